@@ -1,0 +1,30 @@
+"""fnmesh: a function engine for Python with a Rust core, speaking the iii wire protocol."""
+
+from __future__ import annotations
+
+from fnmesh._native import __version__
+from fnmesh.errors import (
+    FnmeshError,
+    FrameTooLarge,
+    FunctionConflict,
+    InvalidArgument,
+    InvalidNamespace,
+    MalformedFrame,
+    ProtocolError,
+    RegistrationError,
+)
+from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "FnmeshError",
+    "Frame",
+    "FrameTooLarge",
+    "FunctionConflict",
+    "InvalidArgument",
+    "InvalidNamespace",
+    "MalformedFrame",
+    "ProtocolError",
+    "RegistrationError",
+    "__version__",
+]

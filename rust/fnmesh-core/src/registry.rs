@@ -1,0 +1,1 @@
+//! Registries (placeholder: the FunctionsRegistry lands here).

@@ -1,0 +1,45 @@
+//! Maps `fnmesh_core::Error` onto the Python hierarchy in `fnmesh/errors.py`, one class per
+//! variant. The classes live in Python (so they can carry attributes and multiple bases such as
+//! `ValueError`); they are imported lazily the first time an error crosses the boundary.
+
+use fnmesh_core::Error;
+use pyo3::prelude::*;
+
+pyo3::import_exception!(fnmesh.errors, FnmeshError);
+pyo3::import_exception!(fnmesh.errors, MalformedFrame);
+pyo3::import_exception!(fnmesh.errors, FrameTooLarge);
+pyo3::import_exception!(fnmesh.errors, FunctionConflict);
+pyo3::import_exception!(fnmesh.errors, InvalidNamespace);
+pyo3::import_exception!(fnmesh.errors, InvalidArgument);
+
+/// Converts a core error into the matching Python exception.
+pub fn to_py(err: Error) -> PyErr {
+    let message = err.to_string();
+    match err {
+        Error::MalformedFrame(_) => MalformedFrame::new_err(message),
+        Error::FrameTooLarge { size, limit } => FrameTooLarge::new_err((message, size, limit)),
+        Error::FunctionConflict {
+            namespace,
+            function_id,
+            owner,
+        } => FunctionConflict::new_err((message, namespace, function_id, owner)),
+        Error::InvalidNamespace => InvalidNamespace::new_err(message),
+        Error::InvalidArgument(_) => InvalidArgument::new_err(message),
+        // `Error` is non_exhaustive for downstream crates; a variant added to the core without a
+        // class here still reaches Python as the root class rather than a bare Exception.
+        #[allow(unreachable_patterns)]
+        _ => FnmeshError::new_err(message),
+    }
+}
+
+/// Extension to turn `fnmesh_core::Result` into `PyResult` with `?`.
+pub trait IntoPyResult<T> {
+    /// Maps the error variant by variant.
+    fn into_py_result(self) -> PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for fnmesh_core::Result<T> {
+    fn into_py_result(self) -> PyResult<T> {
+        self.map_err(to_py)
+    }
+}

@@ -1,0 +1,17 @@
+//! `fnmesh._native`: the thin PyO3 binding over `fnmesh-core`. No engine logic lives here; each
+//! module below wraps one core module and maps its errors (see `errors.rs`).
+
+use pyo3::prelude::*;
+
+mod errors;
+mod protocol;
+mod registry;
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    protocol::register(m)?;
+    registry::register(m)?;
+    Ok(())
+}
