@@ -96,7 +96,7 @@ def test_unknown_fields_of_known_messages_survive() -> None:
         (b'{"type":"invokefunction","function_id":"f","action":{"type":"teleport"}}', "action"),
         (b'{"type":"reattach","previous_worker_id":"w"}', "reattach_token"),
         (b'{"type":"registertrigger","id":"t","function_id":"f"}', "trigger_type"),
-        (b"\xff\xfe", ""),
+        (b"\xff\xfe", "expected value"),
     ],
 )
 def test_malformed_frames_raise_malformed_frame(raw: bytes, needle: str) -> None:

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod invocation;
 pub mod protocol;
 pub mod registry;
 
