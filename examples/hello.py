@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import fnmesh
-from fnmesh._native import FunctionsRegistry
+from fnmesh import FunctionsRegistry
 
 
 def add(data: dict[str, int]) -> dict[str, int]:

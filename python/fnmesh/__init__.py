@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fnmesh._native import __version__
+from fnmesh._native import FunctionInfo, FunctionsRegistry, Replica, __version__
 from fnmesh.errors import (
     FnmeshError,
     FrameTooLarge,
@@ -12,6 +12,7 @@ from fnmesh.errors import (
     MalformedFrame,
     ProtocolError,
     RegistrationError,
+    WorkerConflict,
 )
 from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 
@@ -21,10 +22,14 @@ __all__ = [
     "Frame",
     "FrameTooLarge",
     "FunctionConflict",
+    "FunctionInfo",
+    "FunctionsRegistry",
     "InvalidArgument",
     "InvalidNamespace",
     "MalformedFrame",
     "ProtocolError",
     "RegistrationError",
+    "Replica",
+    "WorkerConflict",
     "__version__",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "MalformedFrame",
     "ProtocolError",
     "RegistrationError",
+    "WorkerConflict",
 ]
 
 
@@ -63,6 +64,18 @@ class FunctionConflict(RegistrationError):
         super().__init__(message)
         self.namespace = namespace
         self.function_id = function_id
+        self.owner = owner
+
+
+class WorkerConflict(RegistrationError):
+    """Another live connection already uses this worker name in this namespace."""
+
+    code = "WORKER_NAMESPACE_CONFLICT"
+
+    def __init__(self, message: str, namespace: str, name: str, owner: str) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+        self.name = name
         self.owner = owner
 
 

@@ -34,6 +34,17 @@ pub enum Error {
         owner: String,
     },
 
+    /// Another live connection already registered a worker with this name in this namespace.
+    #[error("worker '{name}' in namespace '{namespace}' is already connected as '{owner}'")]
+    WorkerConflict {
+        /// Namespace of the worker.
+        namespace: String,
+        /// The worker name.
+        name: String,
+        /// Id of the live connection that keeps the name.
+        owner: String,
+    },
+
     /// A namespace that is present but blank (empty or whitespace only).
     #[error("namespace must not be blank")]
     InvalidNamespace,
@@ -51,6 +62,7 @@ impl Error {
             Error::MalformedFrame(_) => "deserialization_error",
             Error::FrameTooLarge { .. } => "frame_too_large",
             Error::FunctionConflict { .. } => "FUNCTION_NAMESPACE_CONFLICT",
+            Error::WorkerConflict { .. } => "WORKER_NAMESPACE_CONFLICT",
             Error::InvalidNamespace => "INVALID_NAMESPACE",
             Error::InvalidArgument(_) => "INVALID_ARGUMENTS",
         }

@@ -82,6 +82,14 @@ impl<T> PendingTable<T> {
         self.entries.contains_key(id)
     }
 
+    /// Counts the entries `select` picks.
+    pub fn count_where(&self, mut select: impl FnMut(&T) -> bool) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| select(&e.value().value))
+            .count()
+    }
+
     /// Removes every entry `select` picks (a connection went away), returning them.
     pub fn drain_where(&self, mut select: impl FnMut(&T) -> bool) -> Vec<(Box<str>, T)> {
         let ids: Vec<Box<str>> = self

@@ -22,5 +22,7 @@ pub mod error;
 pub mod invocation;
 pub mod protocol;
 pub mod registry;
+pub mod triggers;
+pub mod workers;
 
 pub use error::{Error, Result};

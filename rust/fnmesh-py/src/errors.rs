@@ -9,6 +9,7 @@ pyo3::import_exception!(fnmesh.errors, FnmeshError);
 pyo3::import_exception!(fnmesh.errors, MalformedFrame);
 pyo3::import_exception!(fnmesh.errors, FrameTooLarge);
 pyo3::import_exception!(fnmesh.errors, FunctionConflict);
+pyo3::import_exception!(fnmesh.errors, WorkerConflict);
 pyo3::import_exception!(fnmesh.errors, InvalidNamespace);
 pyo3::import_exception!(fnmesh.errors, InvalidArgument);
 
@@ -23,6 +24,11 @@ pub fn to_py(err: Error) -> PyErr {
             function_id,
             owner,
         } => FunctionConflict::new_err((message, namespace, function_id, owner)),
+        Error::WorkerConflict {
+            namespace,
+            name,
+            owner,
+        } => WorkerConflict::new_err((message, namespace, name, owner)),
         Error::InvalidNamespace => InvalidNamespace::new_err(message),
         Error::InvalidArgument(_) => InvalidArgument::new_err(message),
         // `Error` is non_exhaustive for downstream crates; a variant added to the core without a
