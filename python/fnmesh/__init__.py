@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fnmesh._native import FunctionInfo, FunctionsRegistry, Replica, __version__
+from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
     FnmeshError,
     FrameTooLarge,
@@ -18,6 +19,8 @@ from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "Engine",
+    "EngineConfig",
     "FnmeshError",
     "Frame",
     "FrameTooLarge",

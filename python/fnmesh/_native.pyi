@@ -100,3 +100,41 @@ class FunctionInfo:
     def __hash__(self) -> int: ...
 
 # --- end registry ---
+
+# --- engine ---
+def init_logging(level: str = "info") -> bool: ...
+
+@final
+class EngineHandle:
+    """A running engine and the tokio runtime it runs on."""
+
+    @staticmethod
+    def start(
+        *,
+        host: str,
+        port: int,
+        http_port: int,
+        auth_token: str | None,
+        function_conflict: str,
+        invocation_timeout_ms: int,
+        namespace_grace_ms: int,
+        max_frame_bytes: int,
+        handshake_timeout_ms: int,
+        outbound_queue: int,
+        functions_available_interval_ms: int,
+        trigger_ack_timeout_ms: int,
+        worker_threads: int,
+    ) -> EngineHandle: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def worker_count(self) -> int: ...
+    @property
+    def pending_count(self) -> int: ...
+    def stop(self) -> None: ...
+
+# --- end engine ---

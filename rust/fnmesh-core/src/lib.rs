@@ -18,10 +18,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod builtins;
+pub mod engine;
 pub mod error;
+pub mod function;
 pub mod invocation;
 pub mod protocol;
 pub mod registry;
+pub mod server;
 pub mod triggers;
 pub mod workers;
 

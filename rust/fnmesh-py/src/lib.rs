@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod engine;
 mod errors;
 mod protocol;
 mod registry;
@@ -13,5 +14,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     protocol::register(m)?;
     registry::register(m)?;
+    engine::register(m)?;
     Ok(())
 }

@@ -1,0 +1,192 @@
+"""The embedded engine: start the Rust engine in this process and stop it.
+
+```python
+async with fnmesh.Engine(port=0) as engine:
+    print(engine.url)  # iii-sdk workers connect here
+```
+
+Every setting lives in :class:`EngineConfig`; ``fnmesh serve`` reads the same settings from a TOML
+file (see :meth:`EngineConfig.from_file`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from fnmesh import _native
+from fnmesh.errors import InvalidArgument
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+
+__all__ = ["Engine", "EngineConfig"]
+
+CONFLICT_POLICIES = ("replicate", "reject")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Every engine setting, with PROTOCOL.md's defaults."""
+
+    host: str = "127.0.0.1"
+    """Address of the worker WebSocket listener (an IP address)."""
+    port: int = 49134
+    """Port of the worker WebSocket listener; 0 picks a free port."""
+    http_port: int = 3111
+    """Port of the HTTP trigger server."""
+    auth_token: str | None = None
+    """When set, workers must send ``Authorization: Bearer <token>`` (or ``?token=``)."""
+    function_conflict: str = "replicate"
+    """A second owner of a function becomes a replica (``replicate``) or is refused (``reject``)."""
+    invocation_timeout_ms: int = 300_000
+    """Engine-side bound on a pending call."""
+    namespace_grace_ms: int = 5_000
+    """How long registrations wait for ``engine::workers::register`` to name the namespace."""
+    max_frame_bytes: int = 16 * 1024 * 1024
+    """Largest frame accepted; a bigger one closes that connection with code 1009."""
+    handshake_timeout_ms: int = 10_000
+    """A client must finish the WebSocket upgrade within this time."""
+    outbound_queue: int = 65_536
+    """Frames queued to one connection before it is closed as too slow."""
+    functions_available_interval_ms: int = 5_000
+    """Minimum time between two ``engine::functions-available`` fires."""
+    trigger_ack_timeout_ms: int = 10_000
+    """How long ``engine::register_trigger`` waits for a worker provider's answer."""
+    worker_threads: int = 2
+    """Threads of the engine's tokio runtime."""
+    log_level: str = "info"
+    """Log filter for the engine's lines on stderr (``info``, ``debug``, ``fnmesh_core=debug``)."""
+
+    def __post_init__(self) -> None:
+        if self.function_conflict not in CONFLICT_POLICIES:
+            raise InvalidArgument(
+                f"function_conflict must be one of {CONFLICT_POLICIES}, not {self.function_conflict!r}"
+            )
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise InvalidArgument(f"{field.name} must be a non-negative integer, not {value!r}")
+        if not 0 <= self.port <= 65535 or not 0 <= self.http_port <= 65535:
+            raise InvalidArgument("ports must be between 0 and 65535")
+        if self.max_frame_bytes == 0 or self.outbound_queue == 0 or self.worker_threads == 0:
+            raise InvalidArgument("max_frame_bytes, outbound_queue and worker_threads must be positive")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> EngineConfig:
+        """Builds a config from a mapping; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidArgument(f"unknown engine setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> EngineConfig:
+        """Reads a TOML file whose top-level keys are the field names, e.g.::
+
+        host = "0.0.0.0"
+        port = 49134
+        function_conflict = "reject"
+        """
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"{path}: not valid TOML: {exc}") from exc
+        return cls.from_mapping(data)
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+
+class Engine:
+    """An engine running inside this process, on its own Rust threads.
+
+    Use it as an async (or plain) context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, **settings: Any) -> None:
+        base = config or EngineConfig()
+        self.config = base.replace(**settings) if settings else base
+        self._handle: _native.EngineHandle | None = None
+
+    def start(self) -> Engine:
+        """Binds the listener and starts serving; returns self."""
+        if self._handle is not None:
+            raise InvalidArgument("engine already started")
+        _native.init_logging(self.config.log_level)
+        cfg = dataclasses.asdict(self.config)
+        cfg.pop("log_level")
+        self._handle = _native.EngineHandle.start(**cfg)
+        return self
+
+    def stop(self) -> None:
+        """Closes every connection and stops. Idempotent."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None and self._handle.running
+
+    @property
+    def port(self) -> int:
+        """The real worker port (useful with ``port=0``)."""
+        return self._require().port
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` for workers (``III_URL``)."""
+        handle = self._require()
+        host = handle.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{handle.port}"
+
+    @property
+    def worker_count(self) -> int:
+        return self._require().worker_count
+
+    @property
+    def pending_count(self) -> int:
+        return self._require().pending_count
+
+    def _require(self) -> _native.EngineHandle:
+        if self._handle is None:
+            raise InvalidArgument("engine is not running")
+        return self._handle
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Engine:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def __repr__(self) -> str:
+        state = self.url if self._handle is not None else "stopped"
+        return f"Engine({state})"

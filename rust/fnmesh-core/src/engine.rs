@@ -1,0 +1,1283 @@
+//! The engine: worker connections, registrations and the dispatch loop (PROTOCOL.md 1-4, 6.1-6.2).
+//!
+//! Every frame of a worker is handled inline in that connection's reader task: decode the
+//! envelope, route, re-encode. Payloads stay raw JSON from socket to socket and nothing here
+//! touches Python. Calls wait in one [`PendingTable`] whatever serves them (a remote worker, a
+//! native function, a built-in), so completion, timeouts and disconnects work the same way.
+//!
+//! ```no_run
+//! use fnmesh_core::engine::Engine;
+//! use fnmesh_core::function::{async_fn, Outcome};
+//! use fnmesh_core::registry::FunctionDef;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let engine = Engine::builder()
+//!     .addr("127.0.0.1:49134".parse().unwrap())
+//!     .function("math::double", FunctionDef::default(), async_fn(|data| async move {
+//!         let n: i64 = serde_json::from_str(data.get()).unwrap_or(0);
+//!         Outcome::json(&(n * 2))
+//!     }))
+//!     .start()
+//!     .await?;
+//! println!("workers connect to {}", engine.url());
+//! engine.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::function::{Call, Completer, NativeFunction, Outcome, Reply};
+use crate::invocation::{
+    inject_caller_worker_id, PendingTable, DEFAULT_INVOCATION_TIMEOUT, SWEEP_INTERVAL,
+};
+use crate::protocol::{
+    self, ErrorBody, InvocationResult, InvokeFunction, Message, RawJson, RegisterTrigger,
+    RegistrationRejected, TriggerAction, TriggerRegistrationResult, UnregisterTrigger,
+    WorkerRegistered,
+};
+use crate::registry::{
+    check_namespace, ConflictPolicy, FunctionDef, FunctionKind, FunctionsRegistry, Lease,
+    DEFAULT_NAMESPACE,
+};
+use crate::server::{Connection, ConnectionHandler, Server, ServerConfig};
+use crate::triggers::{
+    BindingState, TriggerBinding, TriggerBindingRegistry, TriggerType, TriggerTypeRegistry,
+};
+use crate::workers::WorkerRegistry;
+
+/// Owner name of the engine's own built-in functions and trigger types.
+pub const ENGINE_OWNER: &str = "engine";
+/// Owner name of functions a host program registers through [`Engine::register_function`].
+pub const HOST_OWNER: &str = "host";
+/// Trigger type fired when the set of functions changes.
+pub const FUNCTIONS_AVAILABLE: &str = "engine::functions-available";
+/// Trigger type fired when workers connect, leave or describe themselves.
+pub const WORKERS_AVAILABLE: &str = "engine::workers-available";
+
+/// Every engine setting. `Default` gives PROTOCOL.md's defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The worker WebSocket listener.
+    pub server: ServerConfig,
+    /// Port of the HTTP trigger server (served once the HTTP trigger lands).
+    pub http_port: u16,
+    /// What a second owner of a function gets: a replica (default) or iii's rejection.
+    pub function_conflict: ConflictPolicy,
+    /// Engine-side bound on a pending call (PROTOCOL.md 11.2).
+    pub invocation_timeout: Duration,
+    /// How long registrations wait for `engine::workers::register` to name the namespace.
+    pub namespace_grace: Duration,
+    /// Minimum time between two `engine::functions-available` fires.
+    pub functions_available_interval: Duration,
+    /// How long `engine::register_trigger` waits for a worker provider's answer.
+    pub trigger_ack_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            server: ServerConfig::default(),
+            http_port: 3111,
+            function_conflict: ConflictPolicy::Replicate,
+            invocation_timeout: DEFAULT_INVOCATION_TIMEOUT,
+            namespace_grace: Duration::from_millis(5000),
+            functions_available_interval: Duration::from_secs(5),
+            trigger_ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What serves one replica of a function.
+#[derive(Clone)]
+pub enum Target {
+    /// A remote worker connection.
+    Worker(Arc<Connection>),
+    /// A function inside this process.
+    Native(Arc<dyn NativeFunction>),
+}
+
+/// Who provides a trigger type.
+#[derive(Clone)]
+pub(crate) enum Provider {
+    Worker(Arc<Connection>),
+    Builtin,
+}
+
+enum NsState {
+    // Registrations wait here until `engine::workers::register` names the namespace (3.4).
+    Buffering(Vec<Message>),
+    Known(String),
+}
+
+pub(crate) struct WorkerState {
+    pub(crate) conn: Arc<Connection>,
+    reattach_token: String,
+    ns: Mutex<NsState>,
+    cleaned: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Caller {
+    // A worker that wants the result (`reply`) or made a void call.
+    Worker { conn: Arc<Connection>, reply: bool },
+    Local(oneshot::Sender<Outcome>),
+    Discard,
+}
+
+struct Pending {
+    caller: Caller,
+    function_id: String,
+    // Connection id of the worker serving the call, for `invocation_stopped` on disconnect.
+    target: Option<Arc<str>>,
+    timeout: Duration,
+    _lease: Lease<Target>,
+}
+
+/// Everything the engine shares between connections.
+pub(crate) struct Shared {
+    pub(crate) config: EngineConfig,
+    pub(crate) functions: FunctionsRegistry<Target>,
+    pub(crate) trigger_types: TriggerTypeRegistry<Provider>,
+    pub(crate) bindings: TriggerBindingRegistry,
+    pub(crate) workers: WorkerRegistry,
+    pub(crate) conns: DashMap<Arc<str>, Arc<WorkerState>>,
+    pending: PendingTable<Pending>,
+    pub(crate) acks: DashMap<String, oneshot::Sender<Option<ErrorBody>>>,
+    me: Weak<Shared>,
+    fn_change_scheduled: AtomicBool,
+    fn_last_fire: Mutex<Option<Instant>>,
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn raw_null() -> RawJson {
+    RawValue::NULL.to_owned()
+}
+
+fn send_msg(conn: &Connection, msg: &Message) -> bool {
+    conn.send(msg.encode()).is_ok()
+}
+
+impl Shared {
+    fn new(config: EngineConfig) -> Arc<Shared> {
+        Arc::new_cyclic(|me| Shared {
+            functions: FunctionsRegistry::new(config.function_conflict),
+            trigger_types: TriggerTypeRegistry::default(),
+            bindings: TriggerBindingRegistry::default(),
+            workers: WorkerRegistry::default(),
+            conns: DashMap::default(),
+            pending: PendingTable::new(),
+            acks: DashMap::default(),
+            me: me.clone(),
+            fn_change_scheduled: AtomicBool::new(false),
+            fn_last_fire: Mutex::new(None),
+            config,
+        })
+    }
+
+    fn completer(&self) -> Weak<dyn Completer> {
+        self.me.clone()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Invocation
+    // -----------------------------------------------------------------------------------------
+
+    /// Routes one call. `invocation_id` is the caller's id (echoed on both hops) or `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: RawJson,
+        metadata: Option<RawJson>,
+        traceparent: Option<String>,
+        baggage: Option<String>,
+        invocation_id: Option<String>,
+        caller: Caller,
+        caller_worker_id: Option<Arc<str>>,
+        timeout: Option<Duration>,
+    ) {
+        let Some(lease) = self.functions.select(namespace, function_id) else {
+            let message = self.not_found_message(namespace, function_id);
+            self.fail(
+                caller,
+                invocation_id.as_deref(),
+                function_id,
+                "function_not_found",
+                message,
+            );
+            return;
+        };
+        let target = lease.handler().clone();
+        let id: Arc<str> = Arc::from(invocation_id.unwrap_or_else(uuid));
+        let timeout = timeout.unwrap_or(self.config.invocation_timeout);
+        let pending = Pending {
+            caller,
+            function_id: function_id.to_owned(),
+            target: match &target {
+                Target::Worker(conn) => Some(conn.id().clone()),
+                Target::Native(_) => None,
+            },
+            timeout,
+            _lease: lease,
+        };
+        if let Err(pending) = self.pending.insert(&id, pending, timeout) {
+            self.fail(
+                pending.caller,
+                Some(&id),
+                function_id,
+                "INVALID_ARGUMENTS",
+                format!("invocation_id {id} is already in flight"),
+            );
+            return;
+        }
+        match target {
+            Target::Worker(conn) => {
+                let frame = Message::InvokeFunction(InvokeFunction {
+                    invocation_id: Some(id.to_string()),
+                    function_id: function_id.to_owned(),
+                    data: Some(data),
+                    traceparent,
+                    baggage,
+                    metadata,
+                    ..InvokeFunction::default()
+                });
+                if conn.send(frame.encode()).is_err() {
+                    self.complete(
+                        &id,
+                        Outcome::failure("invocation_stopped", "Invocation stopped"),
+                    );
+                }
+            }
+            Target::Native(function) => function.invoke(Call {
+                invocation_id: id.clone(),
+                function_id: function_id.to_owned(),
+                namespace: namespace.to_owned(),
+                data,
+                metadata,
+                traceparent,
+                baggage,
+                caller_worker_id,
+                reply: Reply::new(id, self.completer()),
+            }),
+        }
+    }
+
+    fn not_found_message(&self, namespace: &str, function_id: &str) -> String {
+        let mut elsewhere: Vec<String> = self
+            .functions
+            .list(crate::registry::ListFilter {
+                prefix: Some(function_id),
+                ..Default::default()
+            })
+            .into_iter()
+            .filter(|f| f.function_id == function_id && f.namespace != namespace)
+            .map(|f| f.namespace)
+            .collect();
+        elsewhere.dedup();
+        let mut message = format!("Function {function_id} not found in namespace {namespace}.");
+        if !elsewhere.is_empty() {
+            message.push_str(&format!(
+                " It is registered in namespace(s): {}.",
+                elsewhere.join(", ")
+            ));
+        }
+        message
+    }
+
+    fn fail(
+        &self,
+        caller: Caller,
+        invocation_id: Option<&str>,
+        function_id: &str,
+        code: &str,
+        message: String,
+    ) {
+        debug!(function_id, code, %message, "call failed before dispatch");
+        let outcome = Outcome::failure(code, message);
+        match (caller, invocation_id) {
+            (Caller::Worker { conn, reply: true }, Some(id)) => {
+                reply_to(&conn, id, function_id, outcome)
+            }
+            (Caller::Local(tx), _) => {
+                let _ = tx.send(outcome);
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver(&self, id: &str, pending: Pending, outcome: Outcome) {
+        match pending.caller {
+            Caller::Worker { conn, reply: true } => {
+                reply_to(&conn, id, &pending.function_id, outcome)
+            }
+            Caller::Local(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Caller::Worker { reply: false, .. } | Caller::Discard => {
+                if let Outcome::Failure(e) = outcome {
+                    debug!(function_id = %pending.function_id, code = %e.code, "void call failed: {}", e.message);
+                }
+            }
+        }
+    }
+
+    /// A worker answered a call routed to it.
+    fn on_result(&self, from: &Arc<WorkerState>, result: InvocationResult, frame: &[u8]) {
+        let from_id = from.conn.id();
+        let Some(pending) = self.pending.take_if(&result.invocation_id, |p| {
+            p.target.as_ref() == Some(from_id)
+        }) else {
+            debug!(invocation_id = %result.invocation_id, "result for an unknown or finished call dropped");
+            return;
+        };
+        match &pending.caller {
+            // The reply frame is already what the caller needs (same id on both hops): forward
+            // the worker's bytes untouched.
+            Caller::Worker { conn, reply: true } if result.function_id == pending.function_id => {
+                let _ = conn.send(frame.to_vec());
+            }
+            _ => {
+                let outcome = match result.error {
+                    Some(error) => Outcome::Failure(error),
+                    None => Outcome::Success(result.result),
+                };
+                self.deliver(&result.invocation_id, pending, outcome);
+            }
+        }
+    }
+
+    fn sweep(&self) {
+        for (id, pending) in self.pending.expired(Instant::now()) {
+            let ms = pending.timeout.as_millis();
+            self.deliver(
+                &id,
+                pending,
+                Outcome::failure(
+                    "invocation_timeout",
+                    format!("Invocation timed out after {ms} ms"),
+                ),
+            );
+        }
+    }
+
+    /// Calls a function from inside the process and waits for the outcome.
+    pub(crate) async fn call(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: RawJson,
+        metadata: Option<RawJson>,
+        timeout: Option<Duration>,
+    ) -> Outcome {
+        if let Err(e) = check_namespace(namespace) {
+            return Outcome::failure(e.code(), e.to_string());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.dispatch(
+            namespace,
+            function_id,
+            data,
+            metadata,
+            None,
+            None,
+            None,
+            Caller::Local(tx),
+            None,
+            timeout,
+        );
+        rx.await.unwrap_or_else(|_| {
+            Outcome::failure("invocation_error", "the call was dropped by the engine")
+        })
+    }
+
+    /// Fires a call whose outcome nobody waits for (trigger fires).
+    pub(crate) fn fire(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: RawJson,
+        metadata: Option<RawJson>,
+    ) {
+        self.dispatch(
+            namespace,
+            function_id,
+            data,
+            metadata,
+            None,
+            None,
+            None,
+            Caller::Discard,
+            None,
+            None,
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Frames from workers
+    // -----------------------------------------------------------------------------------------
+
+    fn on_frame(&self, ws: &Arc<WorkerState>, frame: &[u8]) {
+        if protocol::is_blank(frame) {
+            return;
+        }
+        let message = match protocol::decode(frame) {
+            Ok(message) => message,
+            Err(e) => {
+                warn!(worker = %ws.conn.id(), "ignoring a frame: {e}");
+                return;
+            }
+        };
+        match message {
+            Message::InvokeFunction(call) => self.on_invoke(ws, call),
+            Message::InvocationResult(result) => self.on_result(ws, result, frame),
+            Message::Reattach(r) => self.on_reattach(ws, &r.previous_worker_id, &r.reattach_token),
+            Message::TriggerRegistrationResult(r) => self.on_trigger_ack(ws, r),
+            Message::Ping(_) => {
+                let _ = ws.conn.send(br#"{"type":"pong"}"#.to_vec());
+            }
+            Message::Pong(_) => {}
+            m @ (Message::RegisterFunction(_)
+            | Message::UnregisterFunction(_)
+            | Message::RegisterTriggerType(_)
+            | Message::UnregisterTriggerType(_)
+            | Message::RegisterTrigger(_)
+            | Message::UnregisterTrigger(_)
+            | Message::RegisterService(_)) => {
+                let mut state = lock(&ws.ns);
+                match &mut *state {
+                    NsState::Buffering(queue) => queue.push(m),
+                    NsState::Known(ns) => {
+                        let ns = ns.clone();
+                        drop(state);
+                        self.apply_registration(ws, &ns, m);
+                    }
+                }
+            }
+            Message::Unknown(u) => {
+                debug!(worker = %ws.conn.id(), kind = %u.kind, "ignoring a frame of unknown type")
+            }
+            other => {
+                debug!(worker = %ws.conn.id(), kind = other.kind(), "ignoring an engine-to-worker message")
+            }
+        }
+    }
+
+    fn on_invoke(&self, ws: &Arc<WorkerState>, call: InvokeFunction) {
+        let InvokeFunction {
+            invocation_id,
+            function_id,
+            data,
+            traceparent,
+            baggage,
+            action,
+            metadata,
+            namespace,
+            ..
+        } = call;
+        let void = matches!(action, Some(TriggerAction::Void));
+        let caller = Caller::Worker {
+            conn: ws.conn.clone(),
+            reply: invocation_id.is_some() && !void,
+        };
+        if let Some(TriggerAction::Enqueue { .. }) = action {
+            self.fail(
+                caller,
+                invocation_id.as_deref(),
+                &function_id,
+                "enqueue_error",
+                "queues are not available in this engine yet".to_owned(),
+            );
+            return;
+        }
+        let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        if let Err(e) = check_namespace(&namespace) {
+            self.fail(
+                caller,
+                invocation_id.as_deref(),
+                &function_id,
+                e.code(),
+                e.to_string(),
+            );
+            return;
+        }
+        let data = data.unwrap_or_else(raw_null);
+        let data = inject_caller_worker_id(&data, ws.conn.id()).unwrap_or(data);
+        self.dispatch(
+            &namespace,
+            &function_id,
+            data,
+            metadata,
+            traceparent,
+            baggage,
+            invocation_id,
+            caller,
+            Some(ws.conn.id().clone()),
+            None,
+        );
+    }
+
+    /// The worker told us its namespace (or the grace period ran out): apply what waited.
+    pub(crate) fn resolve_namespace(&self, ws: &Arc<WorkerState>, namespace: &str) {
+        let queued = {
+            let mut state = lock(&ws.ns);
+            match std::mem::replace(&mut *state, NsState::Known(namespace.to_owned())) {
+                NsState::Buffering(queue) => queue,
+                // Pinned already: a later namespace is ignored (3.4).
+                NsState::Known(pinned) => {
+                    if pinned != namespace {
+                        debug!(worker = %ws.conn.id(), %pinned, requested = namespace, "namespace already pinned");
+                    }
+                    *state = NsState::Known(pinned);
+                    return;
+                }
+            }
+        };
+        for message in queued {
+            self.apply_registration(ws, namespace, message);
+        }
+    }
+
+    fn apply_registration(&self, ws: &Arc<WorkerState>, ns: &str, message: Message) {
+        let conn = &ws.conn;
+        match message {
+            Message::RegisterFunction(f) => {
+                let rejected = |owner: &str| {
+                    send_msg(
+                        conn,
+                        &Message::RegistrationRejected(RegistrationRejected {
+                            code: "FUNCTION_NAMESPACE_CONFLICT".to_owned(),
+                            namespace: ns.to_owned(),
+                            function_id: Some(f.id.clone()),
+                            owner_worker_id: owner.to_owned(),
+                            ..RegistrationRejected::default()
+                        }),
+                    );
+                };
+                if f.id.starts_with("engine::") && ns != DEFAULT_NAMESPACE {
+                    warn!(worker = %conn.id(), function_id = %f.id, "engine::* ids are reserved");
+                    rejected("");
+                    return;
+                }
+                let builtin = self
+                    .functions
+                    .lookup(ns, &f.id)
+                    .is_some_and(|i| i.owners.iter().any(|o| &**o == ENGINE_OWNER));
+                if builtin {
+                    warn!(worker = %conn.id(), function_id = %f.id, "refusing to shadow a built-in");
+                    rejected("");
+                    return;
+                }
+                let def = FunctionDef {
+                    kind: if f.invocation.is_some() {
+                        FunctionKind::Http
+                    } else {
+                        FunctionKind::Worker
+                    },
+                    description: f.description,
+                    request_format: f.request_format,
+                    response_format: f.response_format,
+                    metadata: f.metadata,
+                };
+                match self.functions.register(
+                    ns,
+                    &f.id,
+                    conn.id().clone(),
+                    Target::Worker(conn.clone()),
+                    def,
+                ) {
+                    Ok(outcome) => {
+                        info!(worker = %conn.id(), namespace = ns, function_id = %f.id, ?outcome, "function registered");
+                        self.functions_changed();
+                    }
+                    Err(Error::FunctionConflict { owner, .. }) => {
+                        info!(worker = %conn.id(), function_id = %f.id, %owner, "function registration rejected: owned by another worker");
+                        rejected(&owner);
+                    }
+                    Err(e) => {
+                        warn!(worker = %conn.id(), function_id = %f.id, "function registration refused: {e}")
+                    }
+                }
+            }
+            Message::UnregisterFunction(f) => {
+                if matches!(self.functions.unregister(ns, &f.id, conn.id()), Ok(true)) {
+                    info!(worker = %conn.id(), function_id = %f.id, "function unregistered");
+                    self.functions_changed();
+                }
+            }
+            Message::RegisterTriggerType(t) => {
+                let namespace = t.namespace.unwrap_or_else(|| ns.to_owned());
+                let trigger_type = TriggerType {
+                    namespace,
+                    id: t.id,
+                    description: t.description.unwrap_or_default(),
+                    trigger_request_format: t.trigger_request_format,
+                    call_request_format: t.call_request_format,
+                    owner: conn.id().clone(),
+                    provider: Provider::Worker(conn.clone()),
+                };
+                let (tns, tid) = (trigger_type.namespace.clone(), trigger_type.id.clone());
+                match self.trigger_types.register(trigger_type) {
+                    Ok(previous) => {
+                        info!(worker = %conn.id(), namespace = %tns, trigger_type = %tid, "trigger type registered");
+                        // The new provider takes over the type's bindings and any that waited.
+                        let taken_over = self.bindings.active_for(&tns, &tid);
+                        if let Some(Provider::Worker(old)) = previous.as_ref().map(|p| &p.provider)
+                        {
+                            if old.id() != conn.id() {
+                                for slot in &taken_over {
+                                    retract_at(old, &slot.binding);
+                                }
+                            }
+                        }
+                        let mut todo = taken_over;
+                        todo.extend(self.bindings.pending_for(&tns, &tid));
+                        if tns != DEFAULT_NAMESPACE {
+                            // Bindings from this namespace that fell back to the `default`
+                            // provider come home.
+                            for slot in self.bindings.active_for(DEFAULT_NAMESPACE, &tid) {
+                                if slot.binding.trigger_namespace.is_none()
+                                    && slot.binding.origin_namespace == tns
+                                {
+                                    self.retract(&slot.binding, &slot.state);
+                                    todo.push(slot);
+                                }
+                            }
+                        }
+                        for slot in todo {
+                            self.activate(&slot.binding);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(worker = %conn.id(), trigger_type = %tid, "trigger type refused: {e}")
+                    }
+                }
+            }
+            Message::UnregisterTriggerType(t)
+                if self
+                    .trigger_types
+                    .unregister(ns, &t.id, conn.id())
+                    .is_some() =>
+            {
+                info!(worker = %conn.id(), trigger_type = %t.id, "trigger type unregistered");
+                for slot in self.bindings.active_for(ns, &t.id) {
+                    self.activate(&slot.binding);
+                }
+            }
+            Message::RegisterTrigger(t) => self.on_register_trigger(ws, ns, t),
+            Message::UnregisterTrigger(t) => {
+                if let Some(slot) = self.bindings.remove(&t.id) {
+                    info!(worker = %conn.id(), trigger_id = %t.id, "trigger unregistered");
+                    self.retract(&slot.binding, &slot.state);
+                }
+            }
+            Message::RegisterService(s) => {
+                debug!(worker = %conn.id(), service = %s.id, "service registered (grouping only)")
+            }
+            _ => {}
+        }
+    }
+
+    fn on_register_trigger(&self, ws: &Arc<WorkerState>, ns: &str, t: RegisterTrigger) {
+        let conn = &ws.conn;
+        let namespace = t
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let blank = check_namespace(&namespace).and_then(|_| {
+            t.trigger_namespace
+                .as_deref()
+                .map_or(Ok(()), check_namespace)
+        });
+        let report = |code: &str, message: String| {
+            send_msg(
+                conn,
+                &Message::TriggerRegistrationResult(TriggerRegistrationResult {
+                    id: t.id.clone(),
+                    trigger_type: t.trigger_type.clone(),
+                    function_id: t.function_id.clone(),
+                    error: Some(ErrorBody::new(code, message)),
+                    ..TriggerRegistrationResult::default()
+                }),
+            );
+        };
+        if let Err(e) = blank {
+            report(e.code(), e.to_string());
+            return;
+        }
+        let binding = TriggerBinding {
+            id: t.id.clone(),
+            trigger_type: t.trigger_type.clone(),
+            function_id: t.function_id.clone(),
+            namespace,
+            trigger_namespace: t.trigger_namespace.clone(),
+            config: t.config.clone().unwrap_or_else(raw_null),
+            metadata: t.metadata.clone(),
+            owner: Some(conn.id().clone()),
+            origin_namespace: ns.to_owned(),
+        };
+        match self.bindings.insert(binding, BindingState::Pending) {
+            Ok(previous) => {
+                if let Some(prev) = previous {
+                    self.retract(&prev.binding, &prev.state);
+                }
+                if let Some(slot) = self.bindings.get(&t.id) {
+                    info!(worker = %conn.id(), trigger_id = %t.id, trigger_type = %t.trigger_type, function_id = %t.function_id, "trigger registered");
+                    self.activate(&slot.binding);
+                }
+            }
+            Err(e) => report("trigger_registration_failed", e.to_string()),
+        }
+    }
+
+    /// Resolves a binding's provider and delivers it, or parks it as pending.
+    pub(crate) fn activate(&self, binding: &Arc<TriggerBinding>) {
+        let provider = self.trigger_types.resolve(
+            &binding.trigger_type,
+            binding.trigger_namespace.as_deref(),
+            &binding.origin_namespace,
+        );
+        let Some(provider) = provider else {
+            warn!(trigger_id = %binding.id, trigger_type = %binding.trigger_type, "no provider for this trigger type yet: binding parked");
+            self.bindings.set_state(&binding.id, BindingState::Pending);
+            return;
+        };
+        if let Provider::Worker(conn) = &provider.provider {
+            let delivery = Message::RegisterTrigger(RegisterTrigger {
+                id: binding.id.clone(),
+                trigger_type: binding.trigger_type.clone(),
+                function_id: binding.function_id.clone(),
+                config: Some(binding.config.clone()),
+                metadata: binding.metadata.clone(),
+                namespace: (binding.namespace != DEFAULT_NAMESPACE)
+                    .then(|| binding.namespace.clone()),
+                trigger_namespace: (provider.namespace != DEFAULT_NAMESPACE)
+                    .then(|| provider.namespace.clone()),
+                ..RegisterTrigger::default()
+            });
+            send_msg(conn, &delivery);
+        }
+        self.bindings.set_state(
+            &binding.id,
+            BindingState::Active {
+                provider_namespace: provider.namespace.clone(),
+            },
+        );
+    }
+
+    /// Tells the provider of a removed binding to drop it.
+    pub(crate) fn retract(&self, binding: &TriggerBinding, state: &BindingState) {
+        let BindingState::Active { provider_namespace } = state else {
+            return;
+        };
+        if let Some(t) = self
+            .trigger_types
+            .get(provider_namespace, &binding.trigger_type)
+        {
+            if let Provider::Worker(conn) = &t.provider {
+                retract_at(conn, binding);
+            }
+        }
+    }
+
+    fn on_trigger_ack(&self, ws: &Arc<WorkerState>, ack: TriggerRegistrationResult) {
+        let Some(slot) = self.bindings.get(&ack.id) else {
+            return;
+        };
+        let BindingState::Active { provider_namespace } = &slot.state else {
+            return;
+        };
+        // Only the provider that owns the type may report on it.
+        let from_provider = self
+            .trigger_types
+            .get(provider_namespace, &slot.binding.trigger_type)
+            .is_some_and(|t| t.owner == *ws.conn.id());
+        if !from_provider {
+            return;
+        }
+        if let Some((_, waiter)) = self.acks.remove(&ack.id) {
+            let _ = waiter.send(ack.error.clone());
+        }
+        let Some(error) = ack.error else {
+            return;
+        };
+        warn!(trigger_id = %ack.id, code = %error.code, "provider refused the binding: {}", error.message);
+        self.bindings.set_state(&ack.id, BindingState::Pending);
+        if let Some(owner) = slot.binding.owner.as_ref().and_then(|o| self.conns.get(o)) {
+            send_msg(
+                &owner.conn,
+                &Message::TriggerRegistrationResult(TriggerRegistrationResult {
+                    id: slot.binding.id.clone(),
+                    trigger_type: slot.binding.trigger_type.clone(),
+                    function_id: slot.binding.function_id.clone(),
+                    error: Some(error),
+                    ..TriggerRegistrationResult::default()
+                }),
+            );
+        }
+    }
+
+    fn on_reattach(&self, ws: &Arc<WorkerState>, previous: &str, token: &str) {
+        if previous == &**ws.conn.id() {
+            return;
+        }
+        let Some(old) = self.conns.get(previous).map(|o| o.clone()) else {
+            debug!(worker = %ws.conn.id(), previous, "reattach to an unknown connection ignored");
+            return;
+        };
+        if !constant_time_eq(old.reattach_token.as_bytes(), token.as_bytes()) {
+            warn!(worker = %ws.conn.id(), previous, "reattach with a wrong token ignored");
+            return;
+        }
+        info!(worker = %ws.conn.id(), previous, "worker reattached: retiring its previous connection");
+        old.conn.close(1000, "replaced by a reattached connection");
+        // Clean up now, before this connection's next frame (the replay) is read.
+        self.cleanup(&old);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Connections
+    // -----------------------------------------------------------------------------------------
+
+    fn connect(&self, conn: &Arc<Connection>) {
+        let token = uuid();
+        let ws = Arc::new(WorkerState {
+            conn: conn.clone(),
+            reattach_token: token.clone(),
+            ns: Mutex::new(NsState::Buffering(Vec::new())),
+            cleaned: AtomicBool::new(false),
+        });
+        self.conns.insert(conn.id().clone(), ws.clone());
+        self.workers.connect(
+            conn.id().clone(),
+            Some(conn.remote_addr().to_string()),
+            conn.connected_at_ms(),
+        );
+        info!(worker = %conn.id(), remote = %conn.remote_addr(), "worker connected");
+        send_msg(
+            conn,
+            &Message::WorkerRegistered(WorkerRegistered {
+                worker_id: conn.id().to_string(),
+                reattach_token: Some(token),
+                ..WorkerRegistered::default()
+            }),
+        );
+        let grace = self.config.namespace_grace;
+        let me = self.me.clone();
+        let weak_ws = Arc::downgrade(&ws);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let (Some(shared), Some(ws)) = (me.upgrade(), weak_ws.upgrade()) {
+                if !ws.cleaned.load(Ordering::Acquire) {
+                    shared.resolve_namespace(&ws, DEFAULT_NAMESPACE);
+                }
+            }
+        });
+        self.fire_workers_available("worker_connected", conn.id());
+    }
+
+    fn cleanup(&self, ws: &Arc<WorkerState>) {
+        if ws.cleaned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let id = ws.conn.id().clone();
+        self.conns.remove_if(&id, |_, v| Arc::ptr_eq(v, ws));
+        let removed = self.functions.remove_owner(&id);
+        for (call_id, pending) in self.pending.drain_where(|p| p.target.as_ref() == Some(&id)) {
+            self.deliver(
+                &call_id,
+                pending,
+                Outcome::failure("invocation_stopped", "Invocation stopped"),
+            );
+        }
+        // Calls this worker made: nobody is left to answer.
+        drop(
+            self.pending.drain_where(
+                |p| matches!(&p.caller, Caller::Worker { conn, .. } if conn.id() == &id),
+            ),
+        );
+        for slot in self.bindings.remove_owner(&id) {
+            self.retract(&slot.binding, &slot.state);
+        }
+        for t in self.trigger_types.remove_owner(&id) {
+            for slot in self.bindings.active_for(&t.namespace, &t.id) {
+                self.activate(&slot.binding);
+            }
+        }
+        let info = self.workers.disconnect(&id);
+        let name = info.as_ref().and_then(|w| w.name().map(str::to_owned));
+        info!(worker = %id, name = name.as_deref().unwrap_or(""), functions = removed.len(), "worker disconnected");
+        if !removed.is_empty() {
+            self.functions_changed();
+        }
+        self.fire_workers_available("worker_disconnected", &id);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Built-in trigger types
+    // -----------------------------------------------------------------------------------------
+
+    pub(crate) fn fire_workers_available(&self, event: &str, worker_id: &str) {
+        let slots = self
+            .bindings
+            .active_for(DEFAULT_NAMESPACE, WORKERS_AVAILABLE);
+        if slots.is_empty() {
+            return;
+        }
+        let payload = serde_json::json!({"event": event, "worker_id": worker_id});
+        let Ok(payload) = serde_json::value::to_raw_value(&payload) else {
+            return;
+        };
+        for slot in slots {
+            let b = &slot.binding;
+            self.fire(
+                &b.namespace,
+                &b.function_id,
+                payload.clone(),
+                b.metadata.clone(),
+            );
+        }
+    }
+
+    fn functions_changed(&self) {
+        if self.fn_change_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let interval = self.config.functions_available_interval;
+        let wait = lock(&self.fn_last_fire).map_or(Duration::ZERO, |last| {
+            interval.saturating_sub(last.elapsed())
+        });
+        let me = self.me.clone();
+        let fire = move || {
+            if let Some(shared) = me.upgrade() {
+                shared.fn_change_scheduled.store(false, Ordering::Release);
+                *lock(&shared.fn_last_fire) = Some(Instant::now());
+                shared.fire_functions_available();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    fire();
+                });
+            }
+            Err(_) => fire(),
+        }
+    }
+
+    fn fire_functions_available(&self) {
+        let slots = self
+            .bindings
+            .active_for(DEFAULT_NAMESPACE, FUNCTIONS_AVAILABLE);
+        if slots.is_empty() {
+            return;
+        }
+        let functions = crate::builtins::function_summaries(self, true);
+        let payload = serde_json::json!({"event": "functions_changed", "functions": functions});
+        let Ok(payload) = serde_json::value::to_raw_value(&payload) else {
+            return;
+        };
+        for slot in slots {
+            let b = &slot.binding;
+            self.fire(
+                &b.namespace,
+                &b.function_id,
+                payload.clone(),
+                b.metadata.clone(),
+            );
+        }
+    }
+
+    /// Calls in flight on worker `id` (as target).
+    pub(crate) fn pending_for_worker(&self, id: &str) -> usize {
+        self.pending
+            .count_where(|p| p.target.as_deref() == Some(id))
+    }
+
+    /// Registers a native function under `owner`.
+    pub(crate) fn register_native(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        owner: &str,
+        def: FunctionDef,
+        function: Arc<dyn NativeFunction>,
+    ) -> crate::Result<()> {
+        self.functions
+            .register(namespace, function_id, owner, Target::Native(function), def)?;
+        self.functions_changed();
+        Ok(())
+    }
+}
+
+impl Completer for Shared {
+    fn complete(&self, invocation_id: &str, outcome: Outcome) {
+        // Only calls served in this process complete this way; a worker's answer goes through
+        // `on_result`, which checks the sender.
+        if let Some(pending) = self.pending.take_if(invocation_id, |p| p.target.is_none()) {
+            self.deliver(invocation_id, pending, outcome);
+        }
+    }
+}
+
+fn reply_to(conn: &Connection, id: &str, function_id: &str, outcome: Outcome) {
+    let (result, error) = match outcome {
+        Outcome::Success(result) => (result, None),
+        Outcome::Failure(error) => (None, Some(error)),
+    };
+    send_msg(
+        conn,
+        &Message::InvocationResult(InvocationResult {
+            invocation_id: id.to_owned(),
+            function_id: function_id.to_owned(),
+            result,
+            error,
+            ..InvocationResult::default()
+        }),
+    );
+}
+
+fn retract_at(provider: &Connection, binding: &TriggerBinding) {
+    send_msg(
+        provider,
+        &Message::UnregisterTrigger(UnregisterTrigger {
+            id: binding.id.clone(),
+            trigger_type: Some(binding.trigger_type.clone()),
+            ..UnregisterTrigger::default()
+        }),
+    );
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+struct Handler(Arc<Shared>);
+
+impl ConnectionHandler for Handler {
+    fn on_connect(&self, conn: &Arc<Connection>) {
+        self.0.connect(conn);
+    }
+
+    fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]) {
+        let Some(ws) = self.0.conns.get(conn.id()).map(|w| w.clone()) else {
+            return; // retired by a reattach; its frames no longer count
+        };
+        self.0.on_frame(&ws, frame);
+    }
+
+    fn on_disconnect(&self, conn: &Arc<Connection>) {
+        if let Some(ws) = self.0.conns.get(conn.id()).map(|w| w.clone()) {
+            self.0.cleanup(&ws);
+        }
+    }
+}
+
+/// Builds and starts an [`Engine`].
+pub struct EngineBuilder {
+    config: EngineConfig,
+    natives: Vec<(String, String, FunctionDef, Arc<dyn NativeFunction>)>,
+}
+
+impl EngineBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The worker WebSocket address (port 0 picks a free port).
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.config.server.addr = addr;
+        self
+    }
+
+    /// Requires workers to present this token (PROTOCOL.md 11.5).
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.config.server.auth_token = Some(token.into());
+        self
+    }
+
+    /// Replicas (default) or iii's rejection for a second owner of a function.
+    pub fn function_conflict(mut self, policy: ConflictPolicy) -> Self {
+        self.config.function_conflict = policy;
+        self
+    }
+
+    /// Engine-side bound on pending calls.
+    pub fn invocation_timeout(mut self, timeout: Duration) -> Self {
+        self.config.invocation_timeout = timeout;
+        self
+    }
+
+    /// Registers a native function in the `default` namespace.
+    pub fn function(
+        mut self,
+        function_id: &str,
+        def: FunctionDef,
+        function: impl NativeFunction,
+    ) -> Self {
+        self.natives.push((
+            DEFAULT_NAMESPACE.to_owned(),
+            function_id.to_owned(),
+            FunctionDef {
+                kind: FunctionKind::Local,
+                ..def
+            },
+            Arc::new(function),
+        ));
+        self
+    }
+
+    /// Binds the listener and starts serving. Must run inside a tokio runtime.
+    pub async fn start(self) -> std::io::Result<Engine> {
+        let shared = Shared::new(self.config.clone());
+        crate::builtins::install(&shared);
+        for (ns, id, def, f) in self.natives {
+            shared
+                .register_native(&ns, &id, HOST_OWNER, def, f)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        }
+        let server = Server::bind(
+            self.config.server.clone(),
+            Arc::new(Handler(shared.clone())),
+        )
+        .await?;
+        let weak = Arc::downgrade(&shared);
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(shared) => shared.sweep(),
+                    None => break,
+                }
+            }
+        });
+        info!(addr = %server.local_addr(), "fnmesh engine listening for workers");
+        Ok(Engine {
+            shared,
+            server,
+            sweeper,
+        })
+    }
+}
+
+/// A running engine. Stop it with [`Engine::shutdown`].
+pub struct Engine {
+    shared: Arc<Shared>,
+    server: Server,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    /// A builder with the default configuration.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            config: EngineConfig::default(),
+            natives: Vec::new(),
+        }
+    }
+
+    /// Where workers connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// `ws://host:port` for workers.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.local_addr())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Registers a native function (owner [`HOST_OWNER`]) while running.
+    pub fn register_function(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        def: FunctionDef,
+        function: impl NativeFunction,
+    ) -> crate::Result<()> {
+        self.shared.register_native(
+            namespace,
+            function_id,
+            HOST_OWNER,
+            FunctionDef {
+                kind: FunctionKind::Local,
+                ..def
+            },
+            Arc::new(function),
+        )
+    }
+
+    /// Removes a native function registered with [`Engine::register_function`].
+    pub fn unregister_function(&self, namespace: &str, function_id: &str) -> crate::Result<bool> {
+        let removed = self
+            .shared
+            .functions
+            .unregister(namespace, function_id, HOST_OWNER)?;
+        if removed {
+            self.shared.functions_changed();
+        }
+        Ok(removed)
+    }
+
+    /// Calls any function (local or on a worker) and waits for its outcome.
+    pub async fn call(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: RawJson,
+        timeout: Option<Duration>,
+    ) -> Outcome {
+        self.shared
+            .call(namespace, function_id, data, None, timeout)
+            .await
+    }
+
+    /// Number of connected workers.
+    pub fn worker_count(&self) -> usize {
+        self.shared.conns.len()
+    }
+
+    /// Number of calls waiting for an answer.
+    pub fn pending_count(&self) -> usize {
+        self.shared.pending.len()
+    }
+
+    /// Stops accepting, closes every connection (their pending calls fail with
+    /// `invocation_stopped`) and waits for the cleanup.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+        self.sweeper.abort();
+        for (id, pending) in self.shared.pending.drain_where(|_| true) {
+            self.shared.deliver(
+                &id,
+                pending,
+                Outcome::failure("invocation_stopped", "engine shutting down"),
+            );
+        }
+        info!("fnmesh engine stopped");
+    }
+}

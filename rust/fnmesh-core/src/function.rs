@@ -1,0 +1,183 @@
+//! Functions that run inside the engine's process: the engine's own built-ins, functions a Rust
+//! host registers, and (through the binding) Python handlers.
+//!
+//! A [`NativeFunction`] receives a [`Call`] and answers it through the call's [`Reply`], now or
+//! later (that is a *Deferred* result). The engine waits for the answer like it waits for a
+//! remote worker's `invocationresult`, with the same timeout.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use crate::protocol::{ErrorBody, RawJson};
+
+/// How an invocation ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The function returned; `None` is *NoResult* (no `result` on the wire).
+    Success(Option<RawJson>),
+    /// The function failed.
+    Failure(ErrorBody),
+}
+
+impl Outcome {
+    /// A failure with this code and message.
+    pub fn failure(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Outcome::Failure(ErrorBody::new(code, message))
+    }
+
+    /// A success carrying this serializable value.
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Self {
+        match serde_json::value::to_raw_value(value) {
+            Ok(raw) => Outcome::Success(Some(raw)),
+            Err(e) => Outcome::failure("serialization_error", e.to_string()),
+        }
+    }
+}
+
+/// Where an answer goes. Implemented by the engine.
+pub(crate) trait Completer: Send + Sync {
+    fn complete(&self, invocation_id: &str, outcome: Outcome);
+}
+
+/// The answer slot of one call. Answer it once with [`Reply::send`]; dropping it unanswered
+/// fails the call with `invocation_error`, so a caller never waits for a lost reply.
+pub struct Reply {
+    invocation_id: Arc<str>,
+    completer: Option<Weak<dyn Completer>>,
+}
+
+impl Reply {
+    pub(crate) fn new(invocation_id: Arc<str>, completer: Weak<dyn Completer>) -> Self {
+        Reply {
+            invocation_id,
+            completer: Some(completer),
+        }
+    }
+
+    /// The invocation this answers.
+    pub fn invocation_id(&self) -> &str {
+        &self.invocation_id
+    }
+
+    /// Answers the call. An answer after the call timed out or its caller left is dropped.
+    pub fn send(mut self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(engine) = self.completer.take().and_then(|w| w.upgrade()) {
+            engine.complete(&self.invocation_id, outcome);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if self.completer.is_some() {
+            self.finish(Outcome::failure(
+                "invocation_error",
+                "the function dropped the call without answering",
+            ));
+        }
+    }
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("invocation_id", &self.invocation_id)
+            .field("answered", &self.completer.is_none())
+            .finish()
+    }
+}
+
+/// One invocation of a native function.
+#[derive(Debug)]
+pub struct Call {
+    /// The invocation id (the caller's, or one the engine made).
+    pub invocation_id: Arc<str>,
+    /// The function called.
+    pub function_id: String,
+    /// The namespace it was called in.
+    pub namespace: String,
+    /// The payload as raw JSON (`null` when the caller sent none).
+    pub data: RawJson,
+    /// The caller's metadata sidecar.
+    pub metadata: Option<RawJson>,
+    /// W3C trace context of the caller.
+    pub traceparent: Option<String>,
+    /// W3C baggage of the caller.
+    pub baggage: Option<String>,
+    /// The calling worker's id, when a worker made the call.
+    pub caller_worker_id: Option<Arc<str>>,
+    /// Where the answer goes.
+    pub reply: Reply,
+}
+
+impl Call {
+    /// Parses the payload into `T`; on failure answers the call with `deserialization_error`
+    /// and returns `None`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        match serde_json::from_str(self.data.get()) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let reply = std::mem::replace(&mut self.reply, Reply::detached());
+                reply.send(Outcome::failure(
+                    "deserialization_error",
+                    format!("invalid input for {}: {e}", self.function_id),
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl Reply {
+    fn detached() -> Self {
+        Reply {
+            invocation_id: Arc::from(""),
+            completer: None,
+        }
+    }
+}
+
+/// A function served inside the engine's process.
+pub trait NativeFunction: Send + Sync + 'static {
+    /// Starts the call. Must not block: answer through `call.reply` now, or hand the call to a
+    /// task that answers later.
+    fn invoke(&self, call: Call);
+}
+
+impl<F> NativeFunction for F
+where
+    F: Fn(Call) + Send + Sync + 'static,
+{
+    fn invoke(&self, call: Call) {
+        self(call)
+    }
+}
+
+/// Wraps an async function of the payload into a [`NativeFunction`] run on the engine's tokio
+/// runtime.
+///
+/// ```
+/// use fnmesh_core::function::{async_fn, Outcome};
+///
+/// let double = async_fn(|data| async move {
+///     let n: i64 = serde_json::from_str(data.get()).unwrap_or(0);
+///     Outcome::json(&(n * 2))
+/// });
+/// # let _ = double;
+/// ```
+pub fn async_fn<F, Fut>(f: F) -> impl NativeFunction
+where
+    F: Fn(RawJson) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    move |call: Call| {
+        let reply = call.reply;
+        let fut = f(call.data);
+        tokio::spawn(async move { reply.send(fut.await) });
+    }
+}

@@ -1,0 +1,499 @@
+//! The worker WebSocket server (PROTOCOL.md 1): accepts connections, enforces the handshake
+//! deadline, the optional token (11.5) and the frame size limit (11.3), and hands each text frame
+//! to a [`ConnectionHandler`]. It knows nothing about iii messages.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tracing::{debug, info, warn};
+
+use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
+
+/// Settings of the worker listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// Largest message accepted; a bigger one closes that connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Deadline for the WebSocket upgrade.
+    pub handshake_timeout: Duration,
+    /// When set, the upgrade must carry `Authorization: Bearer <token>` or `?token=<token>`.
+    pub auth_token: Option<String>,
+    /// Frames queued to one connection before it is closed as too slow.
+    pub outbound_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 49134)),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            handshake_timeout: Duration::from_secs(10),
+            auth_token: None,
+            outbound_queue: 65_536,
+        }
+    }
+}
+
+/// What the server calls for each worker connection.
+pub trait ConnectionHandler: Send + Sync + 'static {
+    /// A worker connected; called before any of its frames.
+    fn on_connect(&self, conn: &Arc<Connection>);
+    /// One text frame, in arrival order, from the connection's reader task. Must not block.
+    fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]);
+    /// The connection is gone; called once, after its last frame.
+    fn on_disconnect(&self, conn: &Arc<Connection>);
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// The peer does not read fast enough; the connection is being closed.
+    #[error("outbound queue full")]
+    QueueFull,
+}
+
+enum Outbound {
+    Frame(Vec<u8>),
+    Close(u16, String),
+}
+
+/// One worker connection, shared with the engine.
+pub struct Connection {
+    id: Arc<str>,
+    remote_addr: SocketAddr,
+    connected_at_ms: u64,
+    headers: HashMap<String, String>,
+    tx: mpsc::Sender<Outbound>,
+    closed: AtomicBool,
+    gone: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("remote_addr", &self.remote_addr)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The connection's id (a UUID assigned on accept).
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The peer address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote_addr
+    }
+
+    /// When the connection was accepted, in milliseconds since the Unix epoch.
+    pub fn connected_at_ms(&self) -> u64 {
+        self.connected_at_ms
+    }
+
+    /// A header of the upgrade request (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// Queues a text frame (UTF-8 JSON). Never blocks.
+    pub fn send(&self, frame: impl Into<Vec<u8>>) -> Result<(), SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        match self.tx.try_send(Outbound::Frame(frame.into())) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(worker = %self.id, "outbound queue full: closing the connection");
+                self.force_close();
+                Err(SendError::QueueFull)
+            }
+        }
+    }
+
+    /// Closes the connection after what is already queued.
+    pub fn close(&self, code: u16, reason: &str) {
+        if !self.closed.swap(true, Ordering::AcqRel)
+            && self
+                .tx
+                .try_send(Outbound::Close(code, reason.to_owned()))
+                .is_err()
+        {
+            let _ = self.gone.send(true);
+        }
+    }
+
+    fn force_close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.gone.send(true);
+    }
+
+    /// True once closing started.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || *self.gone.borrow()
+    }
+
+    /// Resolves when the connection is gone.
+    pub async fn closed(&self) {
+        let mut rx = self.gone.subscribe();
+        let _ = rx.wait_for(|gone| *gone).await;
+    }
+}
+
+struct Live {
+    conns: Mutex<HashMap<Arc<str>, Arc<Connection>>>,
+    empty: Notify,
+}
+
+/// A running listener. Stop it with [`Server::shutdown`].
+pub struct Server {
+    local_addr: SocketAddr,
+    live: Arc<Live>,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds and starts accepting on the current tokio runtime.
+    pub async fn bind(
+        config: ServerConfig,
+        handler: Arc<dyn ConnectionHandler>,
+    ) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(config.addr).await?;
+        let local_addr = listener.local_addr()?;
+        let live = Arc::new(Live {
+            conns: Mutex::new(HashMap::new()),
+            empty: Notify::new(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(config),
+            handler,
+            live.clone(),
+            stop_rx,
+        ));
+        Ok(Server {
+            local_addr,
+            live,
+            stop,
+            accept,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connected workers.
+    pub fn connection_count(&self) -> usize {
+        self.live.conns.lock().map_or(0, |c| c.len())
+    }
+
+    /// Stops accepting, closes every connection with 1001 and waits (at most 5 s) until each
+    /// one's `on_disconnect` ran.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.accept.abort();
+        let conns: Vec<Arc<Connection>> = self
+            .live
+            .conns
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        for conn in &conns {
+            conn.close(1001, "engine shutting down");
+        }
+        let wait = async {
+            while self.connection_count() > 0 {
+                let notified = self.live.empty.notified();
+                if self.connection_count() == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = self.connection_count(),
+                "connections still open after 5 s"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    handler: Arc<dyn ConnectionHandler>,
+    live: Arc<Live>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(serve_socket(
+            stream,
+            peer,
+            config.clone(),
+            handler.clone(),
+            live.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+enum Route {
+    Worker,
+    Telemetry,
+}
+
+fn token_ok(expected: &str, req: &Request) -> bool {
+    let eq = |given: &str| {
+        given.len() == expected.len()
+            && given
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    };
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if header.is_some_and(eq) {
+        return true;
+    }
+    req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .any(|(k, v)| k == "token" && eq(&percent_decode(v)))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[allow(clippy::result_large_err)]
+fn reject(status: u16, body: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(body.to_owned()));
+    *response.status_mut() =
+        tokio_tungstenite::tungstenite::http::StatusCode::from_u16(status).unwrap_or_default();
+    response
+}
+
+async fn serve_socket(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    handler: Arc<dyn ConnectionHandler>,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut route = Route::Worker;
+    let mut headers = HashMap::new();
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    #[allow(clippy::result_large_err)] // the signature tungstenite asks for
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if let Some(token) = &config.auth_token {
+            if !token_ok(token, req) {
+                return Err(reject(401, "missing or invalid token"));
+            }
+        }
+        match req.uri().path() {
+            "/" | "" => route = Route::Worker,
+            "/otel" => route = Route::Telemetry,
+            _ => return Err(reject(404, "not found")),
+        }
+        for (name, value) in req.headers() {
+            if let Ok(v) = value.to_str() {
+                headers.insert(name.as_str().to_ascii_lowercase(), v.to_owned());
+            }
+        }
+        Ok(resp)
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let ws = match tokio::time::timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(%peer, "handshake refused or failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let (mut sink, mut source) = ws.split();
+    if let Route::Telemetry = route {
+        // `/otel`: accepted and discarded.
+        while let Some(Ok(_)) = source.next().await {}
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel(config.outbound_queue.max(1));
+    let (gone, _) = watch::channel(false);
+    let conn = Arc::new(Connection {
+        id: Arc::from(uuid::Uuid::new_v4().to_string()),
+        remote_addr: peer,
+        connected_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        headers,
+        tx,
+        closed: AtomicBool::new(false),
+        gone,
+    });
+    if let Ok(mut conns) = live.conns.lock() {
+        conns.insert(conn.id.clone(), conn.clone());
+    }
+    info!(worker = %conn.id, %peer, "connection open");
+    handler.on_connect(&conn);
+
+    let mut gone_rx = conn.gone.subscribe();
+    let writer_conn = conn.clone();
+    let writer = tokio::spawn(async move {
+        // Frames already queued are fed together and flushed once (one write syscall per batch
+        // instead of per frame); the batch size has not been tuned by measurement yet.
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            let mut close = None;
+            for item in batch.drain(..) {
+                match item {
+                    Outbound::Frame(bytes) => {
+                        let text = match String::from_utf8(bytes) {
+                            Ok(text) => text,
+                            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        };
+                        if sink.feed(WsMessage::text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Outbound::Close(code, reason) => {
+                        close = Some(CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        });
+                        break;
+                    }
+                }
+            }
+            if let Some(frame) = close {
+                let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                let _ = sink.close().await;
+                let _ = writer_conn.gone.send(true);
+                return;
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    loop {
+        tokio::select! {
+            next = source.next() => match next {
+                Some(Ok(WsMessage::Text(text))) => handler.on_frame(&conn, text.as_bytes()),
+                Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                    Ok(_) => handler.on_frame(&conn, &bytes),
+                    Err(_) => debug!(worker = %conn.id, "ignoring a binary frame that is not UTF-8"),
+                },
+                Some(Ok(WsMessage::Close(_))) | None => break,
+                Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frames
+                Some(Err(WsError::Capacity(e))) => {
+                    warn!(worker = %conn.id, "frame over the limit ({e}): closing with 1009");
+                    conn.close(1009, "frame too large");
+                    // Let the writer deliver the close frame before we drop the socket.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                    break;
+                }
+                Some(Err(e)) => {
+                    debug!(worker = %conn.id, "connection error: {e}");
+                    break;
+                }
+            },
+            _ = async { let _ = gone_rx.wait_for(|g| *g).await.map(|_| ()); } => break,
+            _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => {
+                conn.close(1001, "engine shutting down");
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                break;
+            }
+        }
+    }
+    conn.closed.store(true, Ordering::Release);
+    let _ = conn.gone.send(true);
+    writer.abort();
+    handler.on_disconnect(&conn);
+    info!(worker = %conn.id, %peer, "connection closed");
+    if let Ok(mut conns) = live.conns.lock() {
+        conns.remove(&conn.id);
+        if conns.is_empty() {
+            live.empty.notify_waiters();
+        }
+    }
+}

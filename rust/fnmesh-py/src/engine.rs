@@ -1,0 +1,180 @@
+//! Python view of the engine: start an `fnmesh_core::engine::Engine` on a tokio runtime owned by
+//! the handle, and stop it. The engine never calls into Python; the GIL is released while it
+//! starts and stops.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fnmesh_core::engine::{Engine, EngineConfig};
+use fnmesh_core::registry::ConflictPolicy;
+use pyo3::prelude::*;
+
+use crate::errors::IntoPyResult;
+
+/// Registers the classes and functions on the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<EngineHandle>()?;
+    m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    Ok(())
+}
+
+/// Sends the engine's log lines (Rust `tracing`) to stderr, filtered by `level` (an
+/// `env_logger`-style filter such as `"info"` or `"fnmesh_core=debug"`). Only the first call
+/// installs the logger; later calls return False.
+#[pyfunction]
+#[pyo3(signature = (level = "info"))]
+fn init_logging(level: &str) -> PyResult<bool> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+        pyo3::exceptions::PyValueError::new_err(format!("bad log filter {level:?}: {e}"))
+    })?;
+    Ok(tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .is_ok())
+}
+
+/// A running engine and the tokio runtime it runs on.
+#[pyclass(frozen, module = "fnmesh._native", name = "EngineHandle")]
+pub struct EngineHandle {
+    state: Mutex<Option<(tokio::runtime::Runtime, Engine)>>,
+    addr: SocketAddr,
+}
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+#[pymethods]
+impl EngineHandle {
+    /// Binds the listener and starts the engine. Raises `OSError` when the address is taken and
+    /// `InvalidArgument` for a bad setting.
+    #[staticmethod]
+    #[pyo3(signature = (
+        *, host, port, http_port, auth_token, function_conflict, invocation_timeout_ms,
+        namespace_grace_ms, max_frame_bytes, handshake_timeout_ms, outbound_queue,
+        functions_available_interval_ms, trigger_ack_timeout_ms, worker_threads
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        http_port: u16,
+        auth_token: Option<String>,
+        function_conflict: &str,
+        invocation_timeout_ms: u64,
+        namespace_grace_ms: u64,
+        max_frame_bytes: usize,
+        handshake_timeout_ms: u64,
+        outbound_queue: usize,
+        functions_available_interval_ms: u64,
+        trigger_ack_timeout_ms: u64,
+        worker_threads: usize,
+    ) -> PyResult<EngineHandle> {
+        let ip: IpAddr = host.parse().map_err(|_| {
+            crate::errors::to_py(fnmesh_core::Error::InvalidArgument(format!(
+                "host must be an IP address, not {host:?}"
+            )))
+        })?;
+        let policy: ConflictPolicy = function_conflict.parse().into_py_result()?;
+        let mut config = EngineConfig {
+            http_port,
+            function_conflict: policy,
+            invocation_timeout: ms(invocation_timeout_ms),
+            namespace_grace: ms(namespace_grace_ms),
+            functions_available_interval: ms(functions_available_interval_ms),
+            trigger_ack_timeout: ms(trigger_ack_timeout_ms),
+            ..EngineConfig::default()
+        };
+        config.server.addr = SocketAddr::new(ip, port);
+        config.server.auth_token = auth_token;
+        config.server.max_frame_bytes = max_frame_bytes;
+        config.server.handshake_timeout = ms(handshake_timeout_ms);
+        config.server.outbound_queue = outbound_queue;
+        py.detach(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(worker_threads.max(1))
+                .thread_name("fnmesh-engine")
+                .enable_all()
+                .build()?;
+            let engine = runtime.block_on(Engine::builder().config(config).start())?;
+            let addr = engine.local_addr();
+            Ok::<_, std::io::Error>(EngineHandle {
+                state: Mutex::new(Some((runtime, engine))),
+                addr,
+            })
+        })
+        .map_err(PyErr::from)
+    }
+
+    /// The worker WebSocket address.
+    #[getter]
+    fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    /// The worker WebSocket port (the real one when 0 was asked).
+    #[getter]
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// True until `stop()`.
+    #[getter]
+    fn running(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.is_some())
+    }
+
+    /// Connected workers.
+    #[getter]
+    fn worker_count(&self) -> usize {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(_, e)| e.worker_count()))
+            .unwrap_or(0)
+    }
+
+    /// Calls waiting for an answer.
+    #[getter]
+    fn pending_count(&self) -> usize {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(_, e)| e.pending_count()))
+            .unwrap_or(0)
+    }
+
+    /// Closes every connection and stops the engine. Idempotent.
+    fn stop(&self, py: Python<'_>) {
+        let taken = self.state.lock().map(|mut s| s.take()).unwrap_or(None);
+        if let Some((runtime, engine)) = taken {
+            py.detach(move || {
+                runtime.block_on(engine.shutdown());
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            });
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "EngineHandle(addr={}, running={})",
+            self.addr,
+            self.running()
+        )
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some((runtime, engine)) = state.take() {
+                runtime.block_on(engine.shutdown());
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            }
+        }
+    }
+}
