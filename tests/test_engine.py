@@ -61,6 +61,26 @@ class Worker:
                 stream.close()
 
 
+@contextlib.contextmanager
+def sdk_client(url: str, name: str) -> Iterator[Any]:
+    """An iii-sdk worker in this process, shut down (and its private loop closed) afterwards."""
+    from iii import InitOptions, register_worker
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        iii = register_worker(
+            url, InitOptions(worker_name=name, enable_metrics_reporting=False, otel={"enabled": False})
+        )
+    try:
+        yield iii
+    finally:
+        iii.shutdown()
+        # iii-sdk 0.25 stops its event loop on shutdown but never closes it.
+        loop = getattr(iii, "_loop", None)
+        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running():
+            loop.close()
+
+
 @pytest.fixture
 def engine() -> Iterator[fnmesh.Engine]:
     with fnmesh.Engine(port=0, log_level="warn") as running:
@@ -80,16 +100,8 @@ def workers(engine: fnmesh.Engine) -> Iterator[dict[str, Worker]]:
 
 @pytest.fixture
 def client(engine: fnmesh.Engine) -> Iterator[Any]:
-    from iii import InitOptions, register_worker
-
-    iii = register_worker(
-        engine.url, InitOptions(worker_name="pytest", enable_metrics_reporting=False, otel={"enabled": False})
-    )
-    yield iii
-    iii.shutdown()
-    loop = getattr(iii, "_loop", None)
-    if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running():
-        loop.close()
+    with sdk_client(engine.url, "pytest") as iii:
+        yield iii
 
 
 def call(client: Any, function_id: str, payload: Any = None, **extra: Any) -> Any:
@@ -186,17 +198,9 @@ def test_reject_policy_refuses_a_second_owner() -> None:
             # "shared::whoami" is owned by "one"; a second worker is refused that id but
             # keeps its other functions.
             second = Worker(engine.url, "two")
-            from iii import InitOptions, register_worker
-
-            iii = register_worker(engine.url, InitOptions(worker_name="probe", otel={"enabled": False}))
-            try:
+            with sdk_client(engine.url, "probe") as iii:
                 assert {call(iii, "shared::whoami", {})["worker"] for _ in range(4)} == {"one"}
                 assert call(iii, "two::echo", {})["worker"] == "two"
-            finally:
-                iii.shutdown()
-                loop = getattr(iii, "_loop", None)
-                if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running():
-                    loop.close()
         finally:
             first.stop()
             if second is not None:
@@ -311,18 +315,8 @@ def test_fnmesh_serve_subprocess(tmp_path: Path) -> None:
         assert url is not None
         worker = Worker(url, "served")
         try:
-            from iii import InitOptions, register_worker
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                iii = register_worker(url, InitOptions(worker_name="probe", otel={"enabled": False}))
-            try:
+            with sdk_client(url, "probe") as iii:
                 assert call(iii, "served::echo", {"a": 1})["data"]["a"] == 1
-            finally:
-                iii.shutdown()
-                loop = getattr(iii, "_loop", None)
-                if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running():
-                    loop.close()
         finally:
             worker.stop()
     finally:

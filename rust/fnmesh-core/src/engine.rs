@@ -933,14 +933,20 @@ impl Shared {
     // -----------------------------------------------------------------------------------------
 
     pub(crate) fn fire_workers_available(&self, event: &str, worker_id: &str) {
-        let slots = self
-            .bindings
-            .active_for(DEFAULT_NAMESPACE, WORKERS_AVAILABLE);
+        self.fire_builtin_type(
+            WORKERS_AVAILABLE,
+            || serde_json::json!({"event": event, "worker_id": worker_id}),
+        );
+    }
+
+    /// Invokes every function bound to one of the engine's own trigger types with `payload`
+    /// (built only when something is bound).
+    fn fire_builtin_type(&self, trigger_type: &str, payload: impl FnOnce() -> serde_json::Value) {
+        let slots = self.bindings.active_for(DEFAULT_NAMESPACE, trigger_type);
         if slots.is_empty() {
             return;
         }
-        let payload = serde_json::json!({"event": event, "worker_id": worker_id});
-        let Ok(payload) = serde_json::value::to_raw_value(&payload) else {
+        let Ok(payload) = serde_json::value::to_raw_value(&payload()) else {
             return;
         };
         for slot in slots {
@@ -982,26 +988,10 @@ impl Shared {
     }
 
     fn fire_functions_available(&self) {
-        let slots = self
-            .bindings
-            .active_for(DEFAULT_NAMESPACE, FUNCTIONS_AVAILABLE);
-        if slots.is_empty() {
-            return;
-        }
-        let functions = crate::builtins::function_summaries(self, true);
-        let payload = serde_json::json!({"event": "functions_changed", "functions": functions});
-        let Ok(payload) = serde_json::value::to_raw_value(&payload) else {
-            return;
-        };
-        for slot in slots {
-            let b = &slot.binding;
-            self.fire(
-                &b.namespace,
-                &b.function_id,
-                payload.clone(),
-                b.metadata.clone(),
-            );
-        }
+        self.fire_builtin_type(FUNCTIONS_AVAILABLE, || {
+            let functions = crate::builtins::function_summaries(self, true);
+            serde_json::json!({"event": "functions_changed", "functions": functions})
+        });
     }
 
     /// Calls in flight on worker `id` (as target).
