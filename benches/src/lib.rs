@@ -1,4 +1,7 @@
-//! Shared helpers for fnmesh's benchmarks (payload builders used by several benches).
+//! Shared helpers for fnmesh's benchmarks (payload builders used by several benches) and the
+//! wire-protocol load generator behind the `fnmesh-loadgen` binary.
+
+pub mod loadgen;
 
 /// A JSON object of roughly `size` bytes, shaped like a typical function payload.
 pub fn json_payload(size: usize) -> String {

@@ -1,0 +1,12 @@
+//! The iii wire-protocol load generator behind the `fnmesh-loadgen` binary: a benchmark worker
+//! (`worker`), a closed-loop caller that measures latency and throughput (`call`), and a plain
+//! WebSocket echo server that is the one-hop floor no engine can beat (`echo`).
+//!
+//! It speaks only the wire protocol (PROTOCOL.md sections 1-4), so it measures fnmesh and any
+//! compatible engine the same way.
+
+pub mod args;
+pub mod call;
+pub mod echo;
+pub mod wire;
+pub mod worker;
