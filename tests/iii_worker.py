@@ -3,8 +3,12 @@
     python tests/iii_worker.py ws://127.0.0.1:PORT NAME
 
 registers ``NAME::echo``, ``NAME::fail``, ``NAME::call`` (calls another function and returns its
-result) and the replicated ``shared::whoami`` / ``shared::sleep``, prints ``ready`` once the
-engine lists them, and runs until its stdin closes or it is killed.
+result) and the replicated ``shared::whoami`` / ``shared::sleep``; provides the trigger type
+``NAME.ticks`` (``NAME::bindings`` lists what is bound to it, ``NAME::fire`` invokes every bound
+function with its payload); ``NAME::record`` / ``NAME::recorded`` keep and return the payloads it
+was called with, ``NAME::bind`` binds a function to a trigger type and ``NAME::unbind``
+drops every binding it made. It prints ``ready`` once the
+engine lists its functions, and runs until its stdin closes or it is killed.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 
 def main(url: str, name: str) -> None:
-    from iii import InitOptions, register_worker
+    from iii import InitOptions, TriggerAction, register_worker
+    from iii.trigger import TriggerConfig, TriggerHandler
 
     iii = register_worker(
         url, InitOptions(worker_name=name, enable_metrics_reporting=False, otel={"enabled": False})
@@ -40,12 +45,60 @@ def main(url: str, name: str) -> None:
         time.sleep(float(data.get("seconds", 1)))
         return {"worker": name}
 
+    bindings: dict[str, TriggerConfig[Any]] = {}
+    recorded: list[Any] = []
+
+    class Ticks(TriggerHandler[Any]):
+        async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+            bindings[config.id] = config
+
+        async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+            bindings.pop(config.id, None)
+
+    def list_bindings(data: Any) -> list[dict[str, Any]]:
+        return [{"id": b.id, "function_id": b.function_id, "config": b.config} for b in bindings.values()]
+
+    def fire(data: Any) -> dict[str, int]:
+        for b in list(bindings.values()):
+            iii.trigger({"function_id": b.function_id, "payload": data, "action": TriggerAction.Void()})
+        return {"fired": len(bindings)}
+
+    def record(data: Any) -> dict[str, int]:
+        recorded.append(data)
+        return {"count": len(recorded)}
+
+    triggers: list[Any] = []
+
+    def bind(data: dict[str, Any]) -> dict[str, int]:
+        triggers.append(
+            iii.register_trigger(
+                {"type": data["type"], "function_id": data["function_id"], "config": data.get("config")}
+            )
+        )
+        # A round trip on this connection: the engine has read the binding when it answers.
+        iii.trigger({"function_id": "engine::functions::list", "payload": {}})
+        return {"bound": len(triggers)}
+
+    def unbind(data: Any) -> dict[str, int]:
+        for trigger in triggers:
+            trigger.unregister()
+        count = len(triggers)
+        triggers.clear()
+        return {"unbound": count}
+
+    iii.register_trigger_type({"id": f"{name}.ticks", "description": f"Ticks from {name}"}, Ticks())
+    iii.register_function(f"{name}::bindings", list_bindings)
+    iii.register_function(f"{name}::fire", fire)
+    iii.register_function(f"{name}::record", record)
+    iii.register_function(f"{name}::recorded", lambda data: list(recorded))
+    iii.register_function(f"{name}::bind", bind)
+    iii.register_function(f"{name}::unbind", unbind)
     iii.register_function(f"{name}::echo", echo, description=f"Echo from {name}", metadata={"team": "qa"})
     iii.register_function(f"{name}::fail", fail)
     iii.register_function(f"{name}::call", call)
     iii.register_function("shared::whoami", whoami)
     iii.register_function("shared::sleep", sleep)
-    wanted = {f"{name}::echo", f"{name}::fail", f"{name}::call"}
+    wanted = {f"{name}::{fn}" for fn in ("echo", "fail", "call", "fire", "record", "bind")}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         listed = iii.trigger({"function_id": "engine::functions::list", "payload": {}})

@@ -9,13 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -26,59 +22,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import fnmesh
-
-WORKER = Path(__file__).parent / "iii_worker.py"
-
-
-class Worker:
-    def __init__(self, url: str, name: str) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), url, name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
-            raise RuntimeError(f"worker {name} did not start: {line!r}\n{err}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@contextlib.contextmanager
-def sdk_client(url: str, name: str) -> Iterator[Any]:
-    """An iii-sdk worker in this process, shut down (and its private loop closed) afterwards."""
-    from iii import InitOptions, register_worker
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        iii = register_worker(
-            url, InitOptions(worker_name=name, enable_metrics_reporting=False, otel={"enabled": False})
-        )
-    try:
-        yield iii
-    finally:
-        iii.shutdown()
-        # iii-sdk 0.25 stops its event loop on shutdown but never closes it.
-        loop = getattr(iii, "_loop", None)
-        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running():
-            loop.close()
+from harness import Worker, call, sdk_client, serve
 
 
 @pytest.fixture
@@ -102,10 +46,6 @@ def workers(engine: fnmesh.Engine) -> Iterator[dict[str, Worker]]:
 def client(engine: fnmesh.Engine) -> Iterator[Any]:
     with sdk_client(engine.url, "pytest") as iii:
         yield iii
-
-
-def call(client: Any, function_id: str, payload: Any = None, **extra: Any) -> Any:
-    return client.trigger({"function_id": function_id, "payload": payload, "dispatch": "remote", **extra})
 
 
 def test_workers_call_each_other_with_metadata(client: Any, workers: dict[str, Worker]) -> None:
@@ -296,34 +236,18 @@ async def test_auth_token_is_required_when_configured() -> None:
 def test_fnmesh_serve_subprocess(tmp_path: Path) -> None:
     config = tmp_path / "engine.toml"
     config.write_text('function_conflict = "replicate"\ninvocation_timeout_ms = 60000\n')
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fnmesh.cli", "serve", "--port", "0", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stderr is not None
-        url = None
-        deadline = time.monotonic() + 20
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            match = re.search(r"workers connect to (ws://\S+)", line)
-            if match:
-                url = match.group(1)
-        assert url is not None
-        worker = Worker(url, "served")
+    with serve(["--config", str(config), "--log-level", "info"]) as served:
+        served.wait_for_log(r"listening.*127\.0\.0\.1")
+        worker = Worker(served.url, "served")
         try:
-            with sdk_client(url, "probe") as iii:
+            with sdk_client(served.url, "probe") as iii:
                 assert call(iii, "served::echo", {"a": 1})["data"]["a"] == 1
+            # Readable lines for workers arriving, their functions, and workers leaving.
+            served.wait_for_log(r"worker connected")
+            served.wait_for_log(r"function registered.*served::echo")
         finally:
             worker.stop()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        if proc.stderr is not None:
-            proc.stderr.close()
+        served.wait_for_log(r"worker disconnected.*served")
 
 
 def test_engine_config_validation(tmp_path: Path) -> None:

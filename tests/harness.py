@@ -1,0 +1,174 @@
+"""Helpers shared by the engine tests: iii-sdk workers in subprocesses, an in-process iii-sdk
+client, ``fnmesh serve`` as a subprocess, and polling.
+
+``tests/`` is on ``sys.path`` (``pythonpath`` in pyproject.toml), so test modules ``import harness``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+WORKER = Path(__file__).parent / "iii_worker.py"
+
+T = TypeVar("T")
+
+
+class Worker:
+    """``tests/iii_worker.py`` in a subprocess: an iii-sdk worker named ``name``."""
+
+    def __init__(self, url: str, name: str, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), url, name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"worker {name} did not start: {line!r}\n{err}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextlib.contextmanager
+def sdk_client(url: str, name: str, **options: Any) -> Iterator[Any]:
+    """An iii-sdk worker in this process, shut down (and its private loop closed) afterwards.
+
+    ``options`` are extra ``iii.InitOptions`` fields (``headers=...``, ``reconnection_config=...``).
+    """
+    from iii import InitOptions, register_worker
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        iii = register_worker(
+            url,
+            InitOptions(
+                worker_name=name,
+                enable_metrics_reporting=False,
+                otel={"enabled": False},
+                **options,
+            ),
+        )
+    try:
+        yield iii
+    finally:
+        iii.shutdown()
+        # iii-sdk 0.25 stops its event loop on shutdown but never closes it.
+        loop = getattr(iii, "_loop", None)
+        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_running():
+            loop.close()
+
+
+def call(client: Any, function_id: str, payload: Any = None, **extra: Any) -> Any:
+    """``client.trigger`` through the engine (never the SDK's in-process shortcut)."""
+    return client.trigger({"function_id": function_id, "payload": payload, "dispatch": "remote", **extra})
+
+
+def bind(client: Any, trigger_type: str, function_id: str, config: Any = None) -> Any:
+    """``client.register_trigger`` without its 0.25 deprecation warning (iii's ``observe`` is not
+    part of the protocol fnmesh serves)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return client.register_trigger({"type": trigger_type, "function_id": function_id, "config": config})
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
+    """Polls ``probe`` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Served:
+    """A running ``fnmesh serve``: its worker URL and the log lines it has written so far."""
+
+    def __init__(self, url: str, log: list[str]) -> None:
+        self.url = url
+        self.log = log
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
+        regex = re.compile(pattern)
+        return wait_until(
+            lambda: next((line for line in list(self.log) if regex.search(line)), None),
+            timeout,
+            f"a log line matching {pattern!r}",
+        )
+
+
+@contextlib.contextmanager
+def serve(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[Served]:
+    """``fnmesh serve --port 0 ARGS`` in a subprocess. Checks that SIGTERM stops it cleanly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fnmesh.cli", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    log: list[str] = []
+
+    def read() -> None:
+        # Keeps draining stderr so the engine never blocks on a full pipe.
+        for line in stderr:
+            log.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        try:
+            served = Served("", log)
+            line = served.wait_for_log(r"workers connect to ws://\S+", timeout=20)
+        except AssertionError:
+            raise RuntimeError("fnmesh serve did not start:\n" + "".join(log)) from None
+        match = re.search(r"workers connect to (ws://\S+)", line)
+        assert match is not None
+        served.url = match.group(1)
+        yield served
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+        assert code == 0, f"fnmesh serve exited with {code}:\n" + "".join(log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+        stderr.close()
