@@ -21,6 +21,12 @@ from typing import Any
 
 def main(url: str, name: str) -> None:
     from iii import InitOptions, TriggerAction, register_worker
+    from opentelemetry import baggage, trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    # A tracer that records nothing is enough for handlers to see the caller's trace id; the
+    # SDK's own telemetry export stays off.
+    trace.set_tracer_provider(TracerProvider())
     from iii.trigger import TriggerConfig, TriggerHandler
 
     iii = register_worker(
@@ -28,7 +34,13 @@ def main(url: str, name: str) -> None:
     )
 
     def echo(data: Any, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"data": data, "metadata": metadata, "worker": name}
+        # The SDK runs the handler in the trace context the call carried (traceparent, baggage).
+        span = trace.get_current_span().get_span_context()
+        seen = {
+            "trace_id": format(span.trace_id, "032x") if span.is_valid else None,
+            "baggage": dict(baggage.get_all()),
+        }
+        return {"data": data, "metadata": metadata, "worker": name, "trace": seen}
 
     def fail(data: Any) -> Any:
         raise RuntimeError(f"{name} failed on purpose")

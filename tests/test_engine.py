@@ -11,6 +11,9 @@ import contextlib
 import json
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -48,18 +51,47 @@ def client(engine: fnmesh.Engine) -> Iterator[Any]:
         yield iii
 
 
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[None]:
+    """Calls made inside carry a W3C trace context (the SDK sends ``traceparent``)."""
+    from opentelemetry import context, trace
+
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=TRACE_ID,
+            span_id=0x00F067AA0BA902B7,
+            is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+    )
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def test_workers_call_each_other_with_metadata(client: Any, workers: dict[str, Worker]) -> None:
-    out = call(client, "alpha::echo", {"n": 1, "text": "héllo"}, metadata={"session_id": "s_1"})
+    with traced():
+        out = call(client, "alpha::echo", {"n": 1, "text": "héllo"}, metadata={"session_id": "s_1"})
+        nested = call(client, "alpha::call", {"function_id": "beta::echo", "payload": {"x": 2}})
     assert out["worker"] == "alpha"
     assert out["data"]["n"] == 1
     assert out["data"]["text"] == "héllo"
     assert out["metadata"] == {"session_id": "s_1"}
     # The engine injected the caller's worker id.
     assert re.fullmatch(r"[0-9a-f-]{36}", out["data"]["_caller_worker_id"])
-    # alpha calls beta through the engine.
-    nested = call(client, "alpha::call", {"function_id": "beta::echo", "payload": {"x": 2}})
+    # The handler ran in the caller's trace.
+    assert out["trace"]["trace_id"] == f"{TRACE_ID:032x}"
+    # alpha calls beta through the engine, and the trace follows both hops.
     assert nested["worker"] == "beta"
     assert nested["data"]["x"] == 2
+    assert nested["trace"]["trace_id"] == f"{TRACE_ID:032x}"
+    # Outside that trace, the worker's handler runs in a trace of its own.
+    assert call(client, "alpha::echo", {})["trace"]["trace_id"] != f"{TRACE_ID:032x}"
 
 
 def test_void_call_returns_at_once(client: Any, workers: dict[str, Worker]) -> None:
@@ -242,12 +274,40 @@ def test_fnmesh_serve_subprocess(tmp_path: Path) -> None:
         try:
             with sdk_client(served.url, "probe") as iii:
                 assert call(iii, "served::echo", {"a": 1})["data"]["a"] == 1
-            # Readable lines for workers arriving, their functions, and workers leaving.
+            # Readable plain-text lines (no colour codes in a pipe) for workers arriving, naming
+            # themselves, registering functions and leaving.
             served.wait_for_log(r"worker connected")
-            served.wait_for_log(r"function registered.*served::echo")
+            served.wait_for_log(r"worker registered .*name=served namespace=default runtime=python")
+            served.wait_for_log(r"function registered .*function_id=served::echo")
         finally:
             worker.stop()
-        served.wait_for_log(r"worker disconnected.*served")
+        served.wait_for_log(r"worker disconnected .*name=served")
+        assert not any("\x1b[" in line for line in served.log)
+
+
+def test_fnmesh_serve_refuses_bad_settings(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('function_conflict = "sometimes"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        for args, reason in (
+            (["--config", str(bad)], "function_conflict"),
+            (["--config", str(tmp_path / "missing.toml")], "missing.toml"),
+            (["--log-level", "loud=[["], "log filter"),
+            (["--port", "99999"], "65535"),
+            (["--port", busy], busy),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "fnmesh.cli", "serve", "--port", "0", *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert done.returncode == 2, (args, done.stderr)
+            assert "Traceback" not in done.stderr, done.stderr
+            assert reason in done.stderr, (args, done.stderr)
 
 
 def test_engine_config_validation(tmp_path: Path) -> None:

@@ -292,9 +292,9 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
         Ok(info) => {
             info!(
                 worker = %worker_id,
-                name = info.name().unwrap_or(""),
+                name = %info.name().unwrap_or(""),
                 namespace = %info.namespace,
-                runtime = info.metadata.as_ref().and_then(|m| m.runtime.as_deref()).unwrap_or(""),
+                runtime = %info.metadata.as_ref().and_then(|m| m.runtime.as_deref()).unwrap_or(""),
                 "worker registered"
             );
             shared.resolve_namespace(&ws, &info.namespace);

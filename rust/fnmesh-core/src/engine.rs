@@ -604,7 +604,7 @@ impl Shared {
                     def,
                 ) {
                     Ok(outcome) => {
-                        info!(worker = %conn.id(), namespace = ns, function_id = %f.id, ?outcome, "function registered");
+                        info!(worker = %conn.id(), namespace = %ns, function_id = %f.id, ?outcome, "function registered");
                         self.functions_changed();
                     }
                     Err(Error::FunctionConflict { owner, .. }) => {
@@ -923,7 +923,7 @@ impl Shared {
         }
         let info = self.workers.disconnect(&id);
         let name = info.as_ref().and_then(|w| w.name().map(str::to_owned));
-        info!(worker = %id, name = name.as_deref().unwrap_or(""), functions = removed.len(), "worker disconnected");
+        info!(worker = %id, name = %name.as_deref().unwrap_or(""), functions = removed.len(), "worker disconnected");
         if !removed.is_empty() {
             self.functions_changed();
         }

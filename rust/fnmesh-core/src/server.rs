@@ -177,7 +177,9 @@ impl Server {
         config: ServerConfig,
         handler: Arc<dyn ConnectionHandler>,
     ) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(config.addr).await?;
+        let listener = TcpListener::bind(config.addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
+        })?;
         let local_addr = listener.local_addr()?;
         let live = Arc::new(Live {
             conns: Mutex::new(HashMap::new()),

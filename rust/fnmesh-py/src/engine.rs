@@ -26,11 +26,14 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyo3(signature = (level = "info"))]
 fn init_logging(level: &str) -> PyResult<bool> {
     let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
-        pyo3::exceptions::PyValueError::new_err(format!("bad log filter {level:?}: {e}"))
+        crate::errors::InvalidArgument::new_err(format!("bad log filter {level:?}: {e}"))
     })?;
+    // Colours only on a terminal: piped into a file or a log collector, lines stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     Ok(tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init()
         .is_ok())
