@@ -123,9 +123,11 @@ class Inbox:
         with self.lock:
             self.items.append(data)
 
-    def find(self, match: Any) -> Any:
+    def find(self, match: Any, after: Any = None) -> Any:
+        """The first item matching ``match``, only among those received after ``after``."""
         with self.lock:
-            return next((item for item in self.items if match(item)), None)
+            start = 0 if after is None else next(i for i, x in enumerate(self.items) if x is after) + 1
+            return next((item for item in self.items[start:] if match(item)), None)
 
 
 def wait_for_binding(client: Any, trigger_type: str) -> None:
@@ -158,10 +160,10 @@ def test_functions_available_fires_when_functions_change(engine: fnmesh.Engine) 
         wait_until(
             lambda: inbox.find(
                 lambda e: (
-                    e.get("functions") is not None
-                    and "watcher::functions" in {f["function_id"] for f in e["functions"]}
+                    "watcher::functions" in {f["function_id"] for f in e["functions"]}
                     and not any(f["function_id"].startswith("late::") for f in e["functions"])
-                )
+                ),
+                after=event,
             ),
             what="functions-available without late's functions",
         )
