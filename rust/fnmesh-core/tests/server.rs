@@ -273,6 +273,30 @@ async fn frames_in_order_send_and_disconnect() {
 }
 
 #[tokio::test]
+async fn websocket_pings_are_answered_with_their_payload() {
+    let mut h = Harness::default().await;
+    let (mut ws, _conn) = h.client().await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = loop {
+        match timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a pong within 5 s")
+        {
+            Some(Ok(Message::Pong(payload))) => break payload,
+            Some(Ok(other)) => panic!("expected a pong, got {other:?}"),
+            Some(Err(e)) => panic!("connection failed: {e}"),
+            None => panic!("connection closed"),
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
+    // Pings are transport: the handler never sees them.
+    h.expect_quiet(Duration::from_millis(100)).await;
+    h.finish(vec![ws]).await;
+}
+
+#[tokio::test]
 async fn server_side_close_carries_code_and_reason() {
     let mut h = Harness::default().await;
     let (mut ws, conn) = h.client().await;
