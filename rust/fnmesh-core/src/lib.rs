@@ -2,7 +2,8 @@
 //!
 //! The engine core of fnmesh, usable from plain Rust with no Python involved: the iii wire
 //! codec ([`protocol`]), the function, trigger and worker registries ([`registry`]) and, in
-//! later modules, the dispatch loop and the WebSocket/HTTP servers.
+//! later modules, the dispatch loop and the WebSocket/HTTP servers; [`client`] is the worker
+//! client that connects a Rust program to any iii-compatible engine.
 //!
 //! ```
 //! use fnmesh_core::protocol::{decode, Message};
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod builtins;
+pub mod client;
 pub mod engine;
 pub mod error;
 pub mod function;

@@ -279,16 +279,14 @@ async fn websocket_pings_are_answered_with_their_payload() {
     ws.send(Message::Ping(b"are you there".to_vec().into()))
         .await
         .unwrap();
-    let pong = loop {
-        match timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a pong within 5 s")
-        {
-            Some(Ok(Message::Pong(payload))) => break payload,
-            Some(Ok(other)) => panic!("expected a pong, got {other:?}"),
-            Some(Err(e)) => panic!("connection failed: {e}"),
-            None => panic!("connection closed"),
-        }
+    let pong = match timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a pong within 5 s")
+    {
+        Some(Ok(Message::Pong(payload))) => payload,
+        Some(Ok(other)) => panic!("expected a pong, got {other:?}"),
+        Some(Err(e)) => panic!("connection failed: {e}"),
+        None => panic!("connection closed"),
     };
     assert_eq!(&pong[..], b"are you there");
     // Pings are transport: the handler never sees them.
