@@ -3,36 +3,56 @@
 from __future__ import annotations
 
 from fnmesh._native import FunctionInfo, FunctionsRegistry, Replica, __version__
+from fnmesh.app import App
+from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
     FnmeshError,
     FrameTooLarge,
     FunctionConflict,
+    FunctionError,
+    FunctionNotFound,
     InvalidArgument,
     InvalidNamespace,
+    InvocationError,
+    InvocationStopped,
+    InvocationTimeout,
     MalformedFrame,
     ProtocolError,
     RegistrationError,
+    RemoteError,
+    ValidationFailed,
     WorkerConflict,
 )
 from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
+from fnmesh.results import Deferred
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "App",
+    "Context",
+    "Deferred",
     "Engine",
     "EngineConfig",
     "FnmeshError",
     "Frame",
     "FrameTooLarge",
     "FunctionConflict",
+    "FunctionError",
     "FunctionInfo",
+    "FunctionNotFound",
     "FunctionsRegistry",
     "InvalidArgument",
     "InvalidNamespace",
+    "InvocationError",
+    "InvocationStopped",
+    "InvocationTimeout",
     "MalformedFrame",
     "ProtocolError",
     "RegistrationError",
+    "RemoteError",
     "Replica",
+    "ValidationFailed",
     "WorkerConflict",
     "__version__",
 ]

@@ -1,6 +1,7 @@
 # Hand-written stub of the compiled module fnmesh._native (rust/fnmesh-py). Checked against the
 # real module by `python -m mypy.stubtest fnmesh._native` in the test suite.
 import builtins
+from collections.abc import Callable
 from typing import Any, final
 
 __version__: str
@@ -135,6 +136,74 @@ class EngineHandle:
     def worker_count(self) -> int: ...
     @property
     def pending_count(self) -> int: ...
+    def register_function(
+        self,
+        bridge: Bridge,
+        function_id: str,
+        *,
+        namespace: str = "default",
+        description: str | None = None,
+        request_format: str | None = None,
+        response_format: str | None = None,
+        metadata: str | None = None,
+    ) -> None: ...
+    def unregister_function(self, function_id: str, *, namespace: str = "default") -> bool: ...
+    def call(
+        self,
+        bridge: Bridge,
+        future: Any,
+        function_id: str,
+        data: bytes,
+        *,
+        namespace: str | None = None,
+        metadata: bytes | None = None,
+        timeout_ms: int | None = None,
+    ) -> None: ...
+    def send(
+        self,
+        function_id: str,
+        data: bytes,
+        *,
+        namespace: str = "default",
+        metadata: bytes | None = None,
+    ) -> None: ...
     def stop(self) -> None: ...
 
 # --- end engine ---
+
+# --- bridge ---
+@final
+class Bridge:
+    """The bridge between the engine's tokio runtime and one asyncio event loop."""
+
+    def __new__(cls, event_loop: Any, dispatch: Callable[[list[Any]], object]) -> Bridge: ...
+    def close(self) -> None: ...
+    @property
+    def running(self) -> bool: ...
+
+@final
+class Invocation:
+    """One call of a Python handler; answer it once with `succeed` or `fail`."""
+
+    @property
+    def invocation_id(self) -> str: ...
+    @property
+    def function_id(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def metadata(self) -> bytes | None: ...
+    @property
+    def traceparent(self) -> str | None: ...
+    @property
+    def baggage(self) -> str | None: ...
+    @property
+    def caller_worker_id(self) -> str | None: ...
+    @property
+    def answered(self) -> bool: ...
+    def succeed(self, result: bytes | None = None) -> bool: ...
+    def fail(self, code: str, message: str, stacktrace: str | None = None) -> bool: ...
+
+# --- end bridge ---

@@ -138,6 +138,12 @@ class Engine:
         return self._handle is not None and self._handle.running
 
     @property
+    def handle(self) -> _native.EngineHandle:
+        """The native engine (registering Python functions, calls through the bridge): the
+        low-level layer under :class:`fnmesh.App`."""
+        return self._require()
+
+    @property
     def port(self) -> int:
         """The real worker port (useful with ``port=0``)."""
         return self._require().port

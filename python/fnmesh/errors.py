@@ -11,12 +11,20 @@ __all__ = [
     "FnmeshError",
     "FrameTooLarge",
     "FunctionConflict",
+    "FunctionError",
+    "FunctionNotFound",
     "InvalidArgument",
     "InvalidNamespace",
+    "InvocationError",
+    "InvocationStopped",
+    "InvocationTimeout",
     "MalformedFrame",
     "ProtocolError",
     "RegistrationError",
+    "RemoteError",
+    "ValidationFailed",
     "WorkerConflict",
+    "invocation_error",
 ]
 
 
@@ -89,3 +97,76 @@ class InvalidArgument(FnmeshError, ValueError):
     """An argument that can never be valid, such as an empty function id."""
 
     code = "INVALID_ARGUMENTS"
+
+
+class FunctionError(FnmeshError):
+    """Raised by a handler to fail its call with a chosen ``code`` and ``message``.
+
+    Any other exception a handler raises fails the call with code ``invocation_failed``, its
+    message and its traceback.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class InvocationError(FnmeshError):
+    """A call failed. ``code`` is the wire code; ``stacktrace`` the remote one, when sent."""
+
+    code = "invocation_error"
+
+    def __init__(self, message: str, code: str | None = None, stacktrace: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.stacktrace = stacktrace
+
+
+class FunctionNotFound(InvocationError):
+    """No function with that id is registered (in that namespace)."""
+
+    code = "function_not_found"
+
+
+class InvocationTimeout(InvocationError, TimeoutError):
+    """No answer within the call's timeout (the caller's or the engine's)."""
+
+    code = "invocation_timeout"
+
+
+class InvocationStopped(InvocationError):
+    """The worker serving the call went away (or the engine stopped) before answering."""
+
+    code = "invocation_stopped"
+
+
+class ValidationFailed(InvocationError, ValueError):
+    """The input or the output did not match the function's schema; the message names the field."""
+
+    code = "validation_failed"
+
+
+class RemoteError(InvocationError):
+    """The handler failed: raised an exception (``invocation_failed``, with the remote stack
+    trace) or a :class:`FunctionError` with its own code."""
+
+    code = "invocation_failed"
+
+
+_BY_CODE: dict[str, type[InvocationError]] = {
+    "function_not_found": FunctionNotFound,
+    "invocation_timeout": InvocationTimeout,
+    "TIMEOUT": InvocationTimeout,
+    "invocation_stopped": InvocationStopped,
+    "validation_failed": ValidationFailed,
+}
+
+
+def invocation_error(code: str, message: str, stacktrace: str | None = None) -> InvocationError:
+    """The exception for a failed call's wire error: the class that stands for ``code``, or
+    :class:`RemoteError` carrying ``code`` for any code a handler chose."""
+    cls = _BY_CODE.get(code, RemoteError)
+    return cls(message, code=code, stacktrace=stacktrace)

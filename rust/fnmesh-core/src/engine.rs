@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     me: Weak<Shared>,
     fn_change_scheduled: AtomicBool,
     fn_last_fire: Mutex<Option<Instant>>,
+    /// Set by [`Engine::shutdown`]: calls made through an [`EngineRef`] afterwards fail at once.
+    stopped: AtomicBool,
 }
 
 fn uuid() -> String {
@@ -185,6 +187,7 @@ impl Shared {
             me: me.clone(),
             fn_change_scheduled: AtomicBool::new(false),
             fn_last_fire: Mutex::new(None),
+            stopped: AtomicBool::new(false),
             config,
         })
     }
@@ -387,6 +390,9 @@ impl Shared {
     ) -> Outcome {
         if let Err(e) = check_namespace(namespace) {
             return Outcome::failure(e.code(), e.to_string());
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            return Outcome::failure("invocation_stopped", "the engine has stopped");
         }
         let (tx, rx) = oneshot::channel();
         self.dispatch(
@@ -1211,28 +1217,13 @@ impl Engine {
         def: FunctionDef,
         function: impl NativeFunction,
     ) -> crate::Result<()> {
-        self.shared.register_native(
-            namespace,
-            function_id,
-            HOST_OWNER,
-            FunctionDef {
-                kind: FunctionKind::Local,
-                ..def
-            },
-            Arc::new(function),
-        )
+        self.handle()
+            .register_function(namespace, function_id, def, function)
     }
 
     /// Removes a native function registered with [`Engine::register_function`].
     pub fn unregister_function(&self, namespace: &str, function_id: &str) -> crate::Result<bool> {
-        let removed = self
-            .shared
-            .functions
-            .unregister(namespace, function_id, HOST_OWNER)?;
-        if removed {
-            self.shared.functions_changed();
-        }
-        Ok(removed)
+        self.handle().unregister_function(namespace, function_id)
     }
 
     /// Calls any function (local or on a worker) and waits for its outcome.
@@ -1243,9 +1234,17 @@ impl Engine {
         data: RawJson,
         timeout: Option<Duration>,
     ) -> Outcome {
-        self.shared
+        self.handle()
             .call(namespace, function_id, data, None, timeout)
             .await
+    }
+
+    /// A cheap, cloneable handle that calls and registers functions on this engine from any
+    /// task, for as long as it runs (a host binding keeps one per caller).
+    pub fn handle(&self) -> EngineRef {
+        EngineRef {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Number of connected workers.
@@ -1261,6 +1260,7 @@ impl Engine {
     /// Stops accepting, closes every connection (their pending calls fail with
     /// `invocation_stopped`) and waits for the cleanup.
     pub async fn shutdown(self) {
+        self.shared.stopped.store(true, Ordering::Release);
         self.server.shutdown().await;
         self.sweeper.abort();
         for (id, pending) in self.shared.pending.drain_where(|_| true) {
@@ -1271,5 +1271,87 @@ impl Engine {
             );
         }
         info!("fnmesh engine stopped");
+    }
+}
+
+/// A cloneable handle on a running [`Engine`] (see [`Engine::handle`]). Once the engine has
+/// stopped, calls fail at once with `invocation_stopped`.
+#[derive(Clone)]
+pub struct EngineRef {
+    shared: Arc<Shared>,
+}
+
+impl EngineRef {
+    /// Calls any function (local or on a worker) with an optional metadata sidecar and waits
+    /// for its outcome, bounded by `timeout` (the engine's `invocation_timeout` when `None`).
+    pub async fn call(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: RawJson,
+        metadata: Option<RawJson>,
+        timeout: Option<Duration>,
+    ) -> Outcome {
+        self.shared
+            .call(namespace, function_id, data, metadata, timeout)
+            .await
+    }
+
+    /// Invokes a function without waiting for (or receiving) its outcome.
+    pub fn send(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: RawJson,
+        metadata: Option<RawJson>,
+    ) {
+        if !self.shared.stopped.load(Ordering::Acquire) && check_namespace(namespace).is_ok() {
+            self.shared.fire(namespace, function_id, data, metadata);
+        }
+    }
+
+    /// Registers a native function (owner [`HOST_OWNER`]), like [`Engine::register_function`].
+    pub fn register_function(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        def: FunctionDef,
+        function: impl NativeFunction,
+    ) -> crate::Result<()> {
+        self.shared.register_native(
+            namespace,
+            function_id,
+            HOST_OWNER,
+            FunctionDef {
+                kind: FunctionKind::Local,
+                ..def
+            },
+            Arc::new(function),
+        )
+    }
+
+    /// Removes a function registered by the host.
+    pub fn unregister_function(&self, namespace: &str, function_id: &str) -> crate::Result<bool> {
+        let removed = self
+            .shared
+            .functions
+            .unregister(namespace, function_id, HOST_OWNER)?;
+        if removed {
+            self.shared.functions_changed();
+        }
+        Ok(removed)
+    }
+
+    /// True once the engine has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for EngineRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineRef")
+            .field("stopped", &self.is_stopped())
+            .finish()
     }
 }

@@ -1,16 +1,18 @@
 //! Python view of the engine: start an `fnmesh_core::engine::Engine` on a tokio runtime owned by
-//! the handle, and stop it. The engine never calls into Python; the GIL is released while it
-//! starts and stops.
+//! the handle, stop it, register Python functions with it and call any function through it. The
+//! engine never calls into Python: Python functions and awaited outcomes go through a
+//! [`Bridge`]. The GIL is released while the engine starts and stops.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fnmesh_core::engine::{Engine, EngineConfig};
-use fnmesh_core::registry::ConflictPolicy;
+use fnmesh_core::engine::{Engine, EngineConfig, EngineRef};
+use fnmesh_core::registry::{ConflictPolicy, FunctionDef};
 use pyo3::prelude::*;
 
-use crate::errors::IntoPyResult;
+use crate::bridge::{raw_json, Bridge, PyFunction, Work};
+use crate::errors::{IntoPyResult, InvalidArgument};
 
 /// Registers the classes and functions on the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -151,6 +153,95 @@ impl EngineHandle {
             .unwrap_or(0)
     }
 
+    /// Registers a Python function: its calls reach `bridge`'s dispatch as `Invocation`s.
+    /// Schemas and metadata are JSON text (or `None`).
+    #[pyo3(signature = (
+        bridge, function_id, *, namespace = "default", description = None,
+        request_format = None, response_format = None, metadata = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn register_function(
+        &self,
+        bridge: &Bridge,
+        function_id: &str,
+        namespace: &str,
+        description: Option<String>,
+        request_format: Option<&str>,
+        response_format: Option<&str>,
+        metadata: Option<&str>,
+    ) -> PyResult<()> {
+        let json =
+            |text: Option<&str>, what: &str| text.map(|t| raw_json(t.as_bytes(), what)).transpose();
+        let def = FunctionDef {
+            description,
+            request_format: json(request_format, "request_format")?,
+            response_format: json(response_format, "response_format")?,
+            metadata: json(metadata, "metadata")?,
+            ..FunctionDef::default()
+        };
+        let (_, engine) = self.live()?;
+        engine
+            .register_function(namespace, function_id, def, PyFunction(bridge.sender()))
+            .into_py_result()
+    }
+
+    /// Removes a Python function; False when it was not registered.
+    #[pyo3(signature = (function_id, *, namespace = "default"))]
+    fn unregister_function(&self, function_id: &str, namespace: &str) -> PyResult<bool> {
+        let (_, engine) = self.live()?;
+        engine
+            .unregister_function(namespace, function_id)
+            .into_py_result()
+    }
+
+    /// Calls any function through the engine. The outcome completes `future` through
+    /// `bridge` (see `Bridge`). `data` and `metadata` are JSON bytes.
+    #[pyo3(signature = (
+        bridge, future, function_id, data, *, namespace = None, metadata = None, timeout_ms = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &self,
+        bridge: &Bridge,
+        future: Py<PyAny>,
+        function_id: String,
+        data: &[u8],
+        namespace: Option<String>,
+        metadata: Option<&[u8]>,
+        timeout_ms: Option<u64>,
+    ) -> PyResult<()> {
+        let namespace = namespace.unwrap_or_else(|| "default".to_owned());
+        let data = raw_json(data, "the call's data")?;
+        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let (runtime, engine) = self.live()?;
+        let tx = bridge.sender();
+        runtime.spawn(async move {
+            let outcome = engine
+                .call(&namespace, &function_id, data, metadata, timeout_ms.map(ms))
+                .await;
+            tx.send(Work::Done { future, outcome });
+        });
+        Ok(())
+    }
+
+    /// Invokes any function without waiting for its outcome (fire and forget).
+    #[pyo3(signature = (function_id, data, *, namespace = "default", metadata = None))]
+    fn send(
+        &self,
+        function_id: &str,
+        data: &[u8],
+        namespace: &str,
+        metadata: Option<&[u8]>,
+    ) -> PyResult<()> {
+        let data = raw_json(data, "the call's data")?;
+        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let (runtime, engine) = self.live()?;
+        // Dispatch may start a native function's task: run it inside the runtime.
+        let _guard = runtime.enter();
+        engine.send(namespace, function_id, data, metadata);
+        Ok(())
+    }
+
     /// Closes every connection and stops the engine. Idempotent.
     fn stop(&self, py: Python<'_>) {
         let taken = self.state.lock().map(|mut s| s.take()).unwrap_or(None);
@@ -168,6 +259,20 @@ impl EngineHandle {
             self.addr,
             self.running()
         )
+    }
+}
+
+impl EngineHandle {
+    /// The runtime and a handle on the engine, or `InvalidArgument` once stopped.
+    fn live(&self) -> PyResult<(tokio::runtime::Handle, EngineRef)> {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.as_ref()
+                    .map(|(runtime, engine)| (runtime.handle().clone(), engine.handle()))
+            })
+            .ok_or_else(|| InvalidArgument::new_err("the engine is not running"))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod bridge;
 mod engine;
 mod errors;
 mod protocol;
@@ -15,5 +16,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     protocol::register(m)?;
     registry::register(m)?;
     engine::register(m)?;
+    bridge::register(m)?;
     Ok(())
 }

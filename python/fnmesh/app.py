@@ -1,0 +1,504 @@
+"""``fnmesh.App``: declare functions with a decorator, serve them from the embedded engine, and call
+any function, local or remote.
+
+```python
+app = fnmesh.App("orders")
+
+@app.function("orders.create", description="Create an order")
+async def create(order: NewOrder, ctx: fnmesh.Context) -> Order: ...
+
+async with app:                              # the embedded engine, open to other workers
+    order = await app.call("orders.create", {"sku": "A1"})
+```
+
+A call between two functions of the app touches no socket and no JSON: the input is validated as
+Python objects and the handler is awaited directly. Calls to anything else (a worker's function, a
+Rust function of the engine) go through the engine; their outcome comes back through the bridge
+(``fnmesh._native.Bridge``). Calls from other workers reach the app's handlers the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import signal
+import traceback
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import pydantic_core
+
+from fnmesh import _native
+from fnmesh.context import Context
+from fnmesh.engine import Engine, EngineConfig
+from fnmesh.errors import (
+    FunctionError,
+    InvalidArgument,
+    InvocationError,
+    InvocationTimeout,
+    RemoteError,
+    ValidationFailed,
+    invocation_error,
+)
+from fnmesh.results import Deferred, LocalOutcome
+from fnmesh.schema import HandlerSpec, inspect_handler
+
+__all__ = ["App"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("fnmesh.app")
+
+
+class _Function:
+    __slots__ = ("description", "metadata", "spec")
+
+    def __init__(self, spec: HandlerSpec, description: str | None, metadata: dict[str, Any] | None) -> None:
+        self.spec = spec
+        self.description = description
+        self.metadata = metadata
+
+
+def _to_json(value: Any) -> bytes:
+    try:
+        return pydantic_core.to_json(value)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise InvalidArgument(f"cannot send {type(value).__name__} as JSON: {exc}") from exc
+
+
+class App:
+    """A set of functions and the engine that serves them.
+
+    ``settings`` are :class:`fnmesh.EngineConfig` fields for the embedded engine (``port=0`` picks
+    a free port). Sync handlers run on a thread pool of ``max_threads`` threads, never a new thread
+    per call; async handlers run on the loop the app was started on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        namespace: str = "default",
+        config: EngineConfig | None = None,
+        max_threads: int = 32,
+        **settings: Any,
+    ) -> None:
+        if not name.strip():
+            raise InvalidArgument("an app needs a name")
+        self.name = name
+        self.namespace = namespace
+        self._engine = Engine(config, **settings)
+        self._functions: dict[str, _Function] = {}
+        self._max_threads = max_threads
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge: _native.Bridge | None = None
+        self._deferred: dict[str, Deferred] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------------------------------
+    # Declaring functions
+    # ------------------------------------------------------------------------------------------
+
+    def function(
+        self,
+        function_id: str,
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Declares the decorated callable as the function ``function_id``.
+
+        Its first parameter (if any, and not the context) is the input: a pydantic model or any
+        type pydantic validates, or ``dict``/``Any``/no annotation for the raw JSON value. A
+        parameter annotated ``fnmesh.Context`` receives the invocation's context. The return
+        annotation validates the output. Both give the JSON Schemas shown by discovery.
+        """
+
+        def register(func: F) -> F:
+            self.add_function(function_id, func, description=description, metadata=metadata)
+            return func
+
+        return register
+
+    def add_function(
+        self,
+        function_id: str,
+        func: Callable[..., Any],
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Like :meth:`function`, without the decorator. Works before and after :meth:`start`."""
+        if not function_id.strip():
+            raise InvalidArgument("a function needs a non-empty id")
+        if function_id in self._functions:
+            raise InvalidArgument(f"{function_id} is already declared in app {self.name!r}")
+        spec = inspect_handler(function_id, func, context_type=Context)
+        entry = _Function(spec, description or (func.__doc__ or "").strip() or None, metadata)
+        self._functions[function_id] = entry
+        if self._bridge is not None:
+            self._publish(function_id, entry)
+
+    @property
+    def functions(self) -> list[str]:
+        """Ids of the functions declared in this app."""
+        return list(self._functions)
+
+    # ------------------------------------------------------------------------------------------
+    # Running
+    # ------------------------------------------------------------------------------------------
+
+    async def start(self) -> App:
+        """Starts the embedded engine on this loop and publishes the app's functions."""
+        if self._bridge is not None:
+            raise InvalidArgument(f"app {self.name!r} is already running")
+        self._loop = asyncio.get_running_loop()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._max_threads, thread_name_prefix=f"fnmesh-{self.name}"
+        )
+        await asyncio.to_thread(self._engine.start)
+        self._bridge = _native.Bridge(self._loop, self._dispatch)
+        for function_id, entry in self._functions.items():
+            self._publish(function_id, entry)
+        log.info("app %s serving %d function(s) at %s", self.name, len(self._functions), self.url)
+        return self
+
+    async def stop(self) -> None:
+        """Stops the engine (pending calls fail with ``invocation_stopped``) and the bridge."""
+        bridge, self._bridge = self._bridge, None
+        if bridge is None:
+            return
+        await asyncio.to_thread(self._engine.stop)
+        await asyncio.to_thread(bridge.close)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._deferred.clear()
+
+    async def serve(self) -> None:
+        """Runs until cancelled (Ctrl-C / SIGTERM with :meth:`run`)."""
+        started = self._bridge is None
+        if started:
+            await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if started:
+                await self.stop()
+
+    def run(self) -> None:
+        """Serves the app in this thread until SIGINT or SIGTERM."""
+
+        async def main() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, task.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.serve()
+
+        asyncio.run(main())
+
+    @property
+    def running(self) -> bool:
+        return self._bridge is not None
+
+    @property
+    def url(self) -> str:
+        """Where other workers connect (``ws://host:port``)."""
+        return self._engine.url
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    async def __aenter__(self) -> App:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _publish(self, function_id: str, entry: _Function) -> None:
+        assert self._bridge is not None
+        spec = entry.spec
+        self._engine.handle.register_function(
+            self._bridge,
+            function_id,
+            namespace=self.namespace,
+            description=entry.description,
+            request_format=json.dumps(spec.request_format) if spec.request_format is not None else None,
+            response_format=json.dumps(spec.response_format) if spec.response_format is not None else None,
+            metadata=json.dumps(entry.metadata) if entry.metadata is not None else None,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Calling
+    # ------------------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        function_id: str,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Calls any function and returns its result.
+
+        A function of this app runs directly (no socket, no JSON) and returns what its handler
+        returned; any other goes through the engine and returns the decoded JSON result. Failures
+        raise :class:`fnmesh.InvocationError` subclasses.
+        """
+        entry = self._functions.get(function_id)
+        if entry is not None:
+            return await self._call_local(function_id, entry, data, timeout, metadata)
+        return await self._call_remote(function_id, data, timeout, metadata)
+
+    def call_sync(
+        self,
+        function_id: str,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """:meth:`call` from synchronous code running outside the app's loop (a sync handler, a
+        thread). Blocks until the outcome."""
+        loop = self._require_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise InvalidArgument("call_sync() would block the app's own loop: use `await app.call()`")
+        future = asyncio.run_coroutine_threadsafe(
+            self.call(function_id, data, timeout=timeout, metadata=metadata), loop
+        )
+        return future.result()
+
+    def send(self, function_id: str, data: Any = None, *, metadata: dict[str, Any] | None = None) -> None:
+        """Invokes a function without waiting for it (fire and forget)."""
+        self._require_loop()
+        self._engine.handle.send(
+            function_id,
+            _to_json(data),
+            namespace=self.namespace,
+            metadata=_to_json(metadata) if metadata is not None else None,
+        )
+
+    def complete(self, invocation_id: str, value: Any = None) -> bool:
+        """Finishes a deferred call of this app with ``value``. False when no such call waits."""
+        deferred = self._deferred.get(invocation_id)
+        return deferred.complete(value) if deferred is not None else False
+
+    def fail(self, invocation_id: str, code: str, message: str) -> bool:
+        """Finishes a deferred call of this app with a failure. False when no such call waits."""
+        deferred = self._deferred.get(invocation_id)
+        return deferred.fail(code, message) if deferred is not None else False
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._bridge is None:
+            raise InvalidArgument(f"app {self.name!r} is not running: `await app.start()` first")
+        return self._loop
+
+    async def _call_remote(
+        self, function_id: str, data: Any, timeout: float | None, metadata: dict[str, Any] | None
+    ) -> Any:
+        loop = self._require_loop()
+        assert self._bridge is not None
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._engine.handle.call(
+            self._bridge,
+            future,
+            function_id,
+            _to_json(data),
+            namespace=self.namespace,
+            metadata=_to_json(metadata) if metadata is not None else None,
+            timeout_ms=None if timeout is None else max(1, int(timeout * 1000)),
+        )
+        result = await future
+        return None if result is None else json.loads(result)
+
+    async def _call_local(
+        self,
+        function_id: str,
+        entry: _Function,
+        data: Any,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+    ) -> Any:
+        loop = self._require_loop()
+        spec = entry.spec
+        value = spec.parse_python(data)
+        outcome = LocalOutcome(loop)
+
+        def answer(ok: bool, result: Any, error: tuple[str, str] | None) -> bool:
+            return outcome.settle(ok, result, error)
+
+        ctx = self._context(
+            invocation_id=f"local-{id(outcome):x}",
+            function_id=function_id,
+            metadata=metadata,
+            traceparent=None,
+            baggage=None,
+            caller_worker_id=None,
+            answer=answer,
+        )
+
+        async def run() -> Any:
+            try:
+                result = await self._invoke(spec, value, ctx)
+            except FunctionError as exc:
+                raise invocation_error(exc.code, exc.message) from exc
+            except (InvocationError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                # As a remote caller would see it; the original stays the cause.
+                message = str(exc) or type(exc).__name__
+                raise RemoteError(
+                    message, code="invocation_failed", stacktrace=traceback.format_exc()
+                ) from exc
+            deferred = ctx.deferred
+            if deferred is None:
+                return spec.check_python(result)
+            ok, late, error = await outcome.future
+            if not ok:
+                assert error is not None
+                raise invocation_error(*error)
+            return spec.check_python(late)
+
+        try:
+            return await asyncio.wait_for(run(), timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, InvocationError):
+                raise
+            raise InvocationTimeout(
+                f"{function_id} did not answer within {timeout} s", code="invocation_timeout"
+            ) from None
+
+    # ------------------------------------------------------------------------------------------
+    # Serving calls from the engine
+    # ------------------------------------------------------------------------------------------
+
+    def _context(
+        self,
+        *,
+        invocation_id: str,
+        function_id: str,
+        metadata: dict[str, Any] | None,
+        traceparent: str | None,
+        baggage: str | None,
+        caller_worker_id: str | None,
+        answer: Callable[[bool, Any, tuple[str, str] | None], bool],
+    ) -> Context:
+        def make_deferred() -> Deferred:
+            deferred = Deferred(invocation_id, function_id, answer, self._forget)
+            self._deferred[invocation_id] = deferred
+            # The engine gives up on the call after its timeout; so does the app (ctx.defer() may
+            # run in a sync handler's thread, hence the thread-safe hop).
+            loop = self._require_loop()
+            expiry = self._engine.config.invocation_timeout_ms / 1000
+            loop.call_soon_threadsafe(loop.call_later, expiry, self._forget, deferred)
+            return deferred
+
+        return Context(
+            self,
+            invocation_id=invocation_id,
+            function_id=function_id,
+            namespace=self.namespace,
+            metadata=metadata,
+            traceparent=traceparent,
+            baggage=baggage,
+            caller_worker_id=caller_worker_id,
+            make_deferred=make_deferred,
+        )
+
+    def _forget(self, deferred: Deferred) -> None:
+        self._deferred.pop(deferred.invocation_id, None)
+
+    async def _invoke(self, spec: HandlerSpec, value: Any, ctx: Context) -> Any:
+        args = spec.call_args(value, ctx)
+        if spec.is_async:
+            return await spec.func(*args)
+        assert self._loop is not None
+        assert self._executor is not None
+        return await self._loop.run_in_executor(self._executor, lambda: spec.func(*args))
+
+    def _dispatch(self, batch: list[Any]) -> None:
+        """Runs on the loop, once per batch the bridge hands over."""
+        for item in batch:
+            if isinstance(item, tuple):
+                future, result, error = item
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(invocation_error(*error))
+                else:
+                    future.set_result(result)
+            else:
+                task = asyncio.ensure_future(self._serve(item))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, invocation: _native.Invocation) -> None:
+        entry = self._functions.get(invocation.function_id)
+        if entry is None:
+            invocation.fail(
+                "function_not_found",
+                f"Function {invocation.function_id} is not served by app {self.name!r}",
+            )
+            return
+        spec = entry.spec
+
+        def answer(ok: bool, value: Any, error: tuple[str, str] | None) -> bool:
+            if not ok:
+                assert error is not None
+                return invocation.fail(*error)
+            try:
+                return invocation.succeed(spec.dump_json(value))
+            except ValidationFailed as exc:
+                return invocation.fail(exc.code, str(exc))
+
+        raw_metadata = invocation.metadata
+        ctx = self._context(
+            invocation_id=invocation.invocation_id,
+            function_id=invocation.function_id,
+            metadata=json.loads(raw_metadata) if raw_metadata is not None else None,
+            traceparent=invocation.traceparent,
+            baggage=invocation.baggage,
+            caller_worker_id=invocation.caller_worker_id,
+            answer=answer,
+        )
+        try:
+            value = spec.parse_json(invocation.data)
+            result = await self._invoke(spec, value, ctx)
+        except FunctionError as exc:
+            invocation.fail(exc.code, exc.message)
+            return
+        except ValidationFailed as exc:
+            invocation.fail(exc.code, str(exc))
+            return
+        except asyncio.CancelledError:
+            invocation.fail("invocation_stopped", f"app {self.name!r} stopped")
+            raise
+        except Exception as exc:
+            invocation.fail("invocation_failed", str(exc) or type(exc).__name__, traceback.format_exc())
+            return
+        if ctx.deferred is None:
+            answer(True, result, None)
