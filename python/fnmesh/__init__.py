@@ -7,6 +7,7 @@ from fnmesh.app import App
 from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
+    ConnectionFailed,
     FnmeshError,
     FrameTooLarge,
     FunctionConflict,
@@ -30,6 +31,7 @@ from fnmesh.results import Deferred
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "App",
+    "ConnectionFailed",
     "Context",
     "Deferred",
     "Engine",

@@ -207,3 +207,51 @@ class Invocation:
     def fail(self, code: str, message: str, stacktrace: str | None = None) -> bool: ...
 
 # --- end bridge ---
+
+# --- client ---
+@final
+class ClientHandle:
+    """A connected worker client and the tokio runtime it runs on."""
+
+    @staticmethod
+    def connect(
+        url: str,
+        *,
+        worker_name: str,
+        namespace: str | None = None,
+        auth_token: str | None = None,
+        call_timeout_ms: int = 30000,
+        first_connect_timeout_ms: int = 30000,
+        worker_threads: int = 2,
+    ) -> ClientHandle: ...
+    def register_function(
+        self,
+        bridge: Bridge,
+        function_id: str,
+        *,
+        description: str | None = None,
+        request_format: str | None = None,
+        response_format: str | None = None,
+        metadata: str | None = None,
+    ) -> None: ...
+    def unregister_function(self, function_id: str) -> bool: ...
+    def call(
+        self,
+        bridge: Bridge,
+        future: Any,
+        function_id: str,
+        data: bytes,
+        *,
+        metadata: bytes | None = None,
+        timeout_ms: int | None = None,
+    ) -> None: ...
+    def send(self, function_id: str, data: bytes, *, metadata: bytes | None = None) -> None: ...
+    @property
+    def worker_id(self) -> str | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def pending_count(self) -> int: ...
+    def shutdown(self) -> None: ...
+
+# --- end client ---

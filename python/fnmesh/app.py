@@ -9,6 +9,8 @@ async def create(order: NewOrder, ctx: fnmesh.Context) -> Order: ...
 
 async with app:                              # the embedded engine, open to other workers
     order = await app.call("orders.create", {"sku": "A1"})
+
+await app.connect("ws://engine:49134")       # or: a worker of another engine (fnmesh or iii)
 ```
 
 A call between two functions of the app touches no socket and no JSON: the input is validated as
@@ -24,6 +26,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import re
 import signal
 import traceback
 from collections.abc import Callable
@@ -52,6 +55,9 @@ __all__ = ["App"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("fnmesh.app")
+
+_CALLER_KEY = b'"_caller_worker_id"'
+_CALLER_RE = re.compile(rb'"_caller_worker_id"\s*:\s*"([^"\\]{1,128})"')
 
 
 class _Function:
@@ -97,6 +103,8 @@ class App:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bridge: _native.Bridge | None = None
+        self._client: _native.ClientHandle | None = None
+        self._connected_to: str | None = None
         self._deferred: dict[str, Deferred] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -155,26 +163,67 @@ class App:
 
     async def start(self) -> App:
         """Starts the embedded engine on this loop and publishes the app's functions."""
+        self._begin()
+        try:
+            await asyncio.to_thread(self._engine.start)
+        except BaseException:
+            await self._end()
+            raise
+        self._publish_all()
+        log.info("app %s serving %d function(s) at %s", self.name, len(self._functions), self.url)
+        return self
+
+    async def connect(self, url: str, *, auth_token: str | None = None, timeout: float = 30.0) -> App:
+        """Makes the app a worker of the engine at ``url`` (fnmesh or any iii engine) instead of
+        embedding one. The connection is kept by Rust: reconnects with backoff and jitter,
+        reattaches, and registers the app's functions again each time."""
+        self._begin()
+        try:
+            self._client = await asyncio.to_thread(
+                _native.ClientHandle.connect,
+                url,
+                worker_name=self.name,
+                namespace=None if self.namespace == "default" else self.namespace,
+                auth_token=auth_token,
+                first_connect_timeout_ms=max(1, int(timeout * 1000)),
+            )
+        except BaseException:
+            await self._end()
+            raise
+        self._connected_to = url
+        self._publish_all()
+        log.info("app %s connected to %s with %d function(s)", self.name, url, len(self._functions))
+        return self
+
+    def _begin(self) -> None:
         if self._bridge is not None:
             raise InvalidArgument(f"app {self.name!r} is already running")
         self._loop = asyncio.get_running_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._max_threads, thread_name_prefix=f"fnmesh-{self.name}"
         )
-        await asyncio.to_thread(self._engine.start)
         self._bridge = _native.Bridge(self._loop, self._dispatch)
+
+    def _publish_all(self) -> None:
         for function_id, entry in self._functions.items():
             self._publish(function_id, entry)
-        log.info("app %s serving %d function(s) at %s", self.name, len(self._functions), self.url)
-        return self
 
     async def stop(self) -> None:
-        """Stops the engine (pending calls fail with ``invocation_stopped``) and the bridge."""
-        bridge, self._bridge = self._bridge, None
-        if bridge is None:
+        """Stops the engine or disconnects (pending calls fail with ``invocation_stopped``)."""
+        if self._bridge is None:
             return
-        await asyncio.to_thread(self._engine.stop)
-        await asyncio.to_thread(bridge.close)
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.shutdown)
+        else:
+            await asyncio.to_thread(self._engine.stop)
+        await self._end()
+
+    async def _end(self) -> None:
+        bridge, self._bridge = self._bridge, None
+        self._connected_to = None
+        if bridge is not None:
+            await asyncio.to_thread(bridge.close)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -216,8 +265,13 @@ class App:
 
     @property
     def url(self) -> str:
-        """Where other workers connect (``ws://host:port``)."""
-        return self._engine.url
+        """Where workers connect: the embedded engine's address, or the engine connected to."""
+        return self._connected_to or self._engine.url
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id the engine gave this app's connection when connected (:meth:`connect`)."""
+        return self._client.worker_id if self._client is not None else None
 
     @property
     def engine(self) -> Engine:
@@ -237,15 +291,18 @@ class App:
     def _publish(self, function_id: str, entry: _Function) -> None:
         assert self._bridge is not None
         spec = entry.spec
-        self._engine.handle.register_function(
-            self._bridge,
-            function_id,
-            namespace=self.namespace,
-            description=entry.description,
-            request_format=json.dumps(spec.request_format) if spec.request_format is not None else None,
-            response_format=json.dumps(spec.response_format) if spec.response_format is not None else None,
-            metadata=json.dumps(entry.metadata) if entry.metadata is not None else None,
-        )
+        formats = {
+            "description": entry.description,
+            "request_format": json.dumps(spec.request_format) if spec.request_format is not None else None,
+            "response_format": json.dumps(spec.response_format) if spec.response_format is not None else None,
+            "metadata": json.dumps(entry.metadata) if entry.metadata is not None else None,
+        }
+        if self._client is not None:
+            self._client.register_function(self._bridge, function_id, **formats)
+        else:
+            self._engine.handle.register_function(
+                self._bridge, function_id, namespace=self.namespace, **formats
+            )
 
     # ------------------------------------------------------------------------------------------
     # Calling
@@ -295,12 +352,13 @@ class App:
     def send(self, function_id: str, data: Any = None, *, metadata: dict[str, Any] | None = None) -> None:
         """Invokes a function without waiting for it (fire and forget)."""
         self._require_loop()
-        self._engine.handle.send(
-            function_id,
-            _to_json(data),
-            namespace=self.namespace,
-            metadata=_to_json(metadata) if metadata is not None else None,
-        )
+        raw_metadata = _to_json(metadata) if metadata is not None else None
+        if self._client is not None:
+            self._client.send(function_id, _to_json(data), metadata=raw_metadata)
+        else:
+            self._engine.handle.send(
+                function_id, _to_json(data), namespace=self.namespace, metadata=raw_metadata
+            )
 
     def complete(self, invocation_id: str, value: Any = None) -> bool:
         """Finishes a deferred call of this app with ``value``. False when no such call waits."""
@@ -323,15 +381,27 @@ class App:
         loop = self._require_loop()
         assert self._bridge is not None
         future: asyncio.Future[bytes | None] = loop.create_future()
-        self._engine.handle.call(
-            self._bridge,
-            future,
-            function_id,
-            _to_json(data),
-            namespace=self.namespace,
-            metadata=_to_json(metadata) if metadata is not None else None,
-            timeout_ms=None if timeout is None else max(1, int(timeout * 1000)),
-        )
+        raw_metadata = _to_json(metadata) if metadata is not None else None
+        timeout_ms = None if timeout is None else max(1, int(timeout * 1000))
+        if self._client is not None:
+            self._client.call(
+                self._bridge,
+                future,
+                function_id,
+                _to_json(data),
+                metadata=raw_metadata,
+                timeout_ms=timeout_ms,
+            )
+        else:
+            self._engine.handle.call(
+                self._bridge,
+                future,
+                function_id,
+                _to_json(data),
+                namespace=self.namespace,
+                metadata=raw_metadata,
+                timeout_ms=timeout_ms,
+            )
         result = await future
         return None if result is None else json.loads(result)
 
@@ -476,17 +546,24 @@ class App:
                 return invocation.fail(exc.code, str(exc))
 
         raw_metadata = invocation.metadata
+        raw_data = invocation.data
+        caller = invocation.caller_worker_id
+        if caller is None and _CALLER_KEY in raw_data:
+            # Over a worker connection the engine's only word on the caller is the
+            # `_caller_worker_id` it put into the payload (PROTOCOL.md 4.1).
+            found = _CALLER_RE.search(raw_data)
+            caller = found.group(1).decode() if found else None
         ctx = self._context(
             invocation_id=invocation.invocation_id,
             function_id=invocation.function_id,
             metadata=json.loads(raw_metadata) if raw_metadata is not None else None,
             traceparent=invocation.traceparent,
             baggage=invocation.baggage,
-            caller_worker_id=invocation.caller_worker_id,
+            caller_worker_id=caller,
             answer=answer,
         )
         try:
-            value = spec.parse_json(invocation.data)
+            value = spec.parse_json(raw_data)
             result = await self._invoke(spec, value, ctx)
         except FunctionError as exc:
             invocation.fail(exc.code, exc.message)

@@ -8,6 +8,7 @@ classes, so callers handle both the same way. Each class carries the wire ``code
 from __future__ import annotations
 
 __all__ = [
+    "ConnectionFailed",
     "FnmeshError",
     "FrameTooLarge",
     "FunctionConflict",
@@ -91,6 +92,12 @@ class InvalidNamespace(RegistrationError, ValueError):
     """A namespace was given but is blank."""
 
     code = "INVALID_NAMESPACE"
+
+
+class ConnectionFailed(FnmeshError, ConnectionError):
+    """An app could not connect to the engine it was pointed at."""
+
+    code = "CONNECTION_FAILED"
 
 
 class InvalidArgument(FnmeshError, ValueError):

@@ -489,6 +489,16 @@ impl Client {
     /// Fire-and-forget call (`action: void`, PROTOCOL.md 4.3): nothing comes back. Queued
     /// while offline.
     pub fn send(&self, function_id: &str, data: RawJson) -> Result<(), ClientError> {
+        self.send_with_metadata(function_id, data, None)
+    }
+
+    /// [`Client::send`] with a metadata sidecar for the handler.
+    pub fn send_with_metadata(
+        &self,
+        function_id: &str,
+        data: RawJson,
+        metadata: Option<RawJson>,
+    ) -> Result<(), ClientError> {
         if self.state() == ClientState::Closed {
             return Err(self.inner.closed_error());
         }
@@ -497,6 +507,7 @@ impl Client {
             function_id: function_id.to_owned(),
             data: Some(data),
             action: Some(TriggerAction::Void),
+            metadata,
             namespace: self.inner.call_namespace(function_id, None),
             ..InvokeFunction::default()
         });

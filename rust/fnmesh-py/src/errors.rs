@@ -12,6 +12,8 @@ pyo3::import_exception!(fnmesh.errors, FunctionConflict);
 pyo3::import_exception!(fnmesh.errors, WorkerConflict);
 pyo3::import_exception!(fnmesh.errors, InvalidNamespace);
 pyo3::import_exception!(fnmesh.errors, InvalidArgument);
+pyo3::import_exception!(fnmesh.errors, RegistrationError);
+pyo3::import_exception!(fnmesh.errors, ConnectionFailed);
 
 /// Converts a core error into the matching Python exception.
 pub fn to_py(err: Error) -> PyErr {

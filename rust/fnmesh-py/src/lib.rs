@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod bridge;
+mod client;
 mod engine;
 mod errors;
 mod protocol;
@@ -17,5 +18,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     registry::register(m)?;
     engine::register(m)?;
     bridge::register(m)?;
+    client::register(m)?;
     Ok(())
 }

@@ -1,0 +1,215 @@
+//! Python view of the worker client (`fnmesh_core::client`): an app connected as a worker of any
+//! iii-compatible engine. Like the engine handle, it owns a tokio runtime and never calls into
+//! Python: invocations and awaited outcomes go through a [`Bridge`].
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fnmesh_core::client::{CallOptions, Client, ClientError, ClientState};
+use fnmesh_core::function::Outcome;
+use fnmesh_core::registry::FunctionDef;
+use pyo3::prelude::*;
+
+use crate::bridge::{raw_json, Bridge, PyFunction, Work};
+use crate::errors::{to_py, ConnectionFailed, InvalidArgument, RegistrationError};
+
+/// Registers the class on the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ClientHandle>()?;
+    Ok(())
+}
+
+/// Errors of connecting, mapped onto the Python hierarchy.
+fn connect_error(err: ClientError) -> PyErr {
+    match err {
+        ClientError::Core(e) => to_py(e),
+        ClientError::Rejected { .. } => RegistrationError::new_err(err.to_string()),
+        other => ConnectionFailed::new_err(other.to_string()),
+    }
+}
+
+/// A connected worker client and the tokio runtime it runs on.
+#[pyclass(frozen, module = "fnmesh._native", name = "ClientHandle")]
+pub struct ClientHandle {
+    state: Mutex<Option<(tokio::runtime::Runtime, Client)>>,
+}
+
+impl ClientHandle {
+    fn live(&self) -> PyResult<(tokio::runtime::Handle, Client)> {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.as_ref()
+                    .map(|(runtime, client)| (runtime.handle().clone(), client.clone()))
+            })
+            .ok_or_else(|| InvalidArgument::new_err("the client is shut down"))
+    }
+}
+
+#[pymethods]
+impl ClientHandle {
+    /// Connects to the engine at `url` (retrying with backoff for up to
+    /// `first_connect_timeout_ms`). Raises `ConnectionFailed` when it cannot,
+    /// `RegistrationError` when the engine refuses the worker, `InvalidArgument` for a bad URL.
+    #[staticmethod]
+    #[pyo3(signature = (
+        url, *, worker_name, namespace = None, auth_token = None, call_timeout_ms = 30_000,
+        first_connect_timeout_ms = 30_000, worker_threads = 2
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        py: Python<'_>,
+        url: String,
+        worker_name: String,
+        namespace: Option<String>,
+        auth_token: Option<String>,
+        call_timeout_ms: u64,
+        first_connect_timeout_ms: u64,
+        worker_threads: usize,
+    ) -> PyResult<ClientHandle> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .thread_name("fnmesh-client")
+            .enable_all()
+            .build()?;
+        let mut builder = Client::builder(url)
+            .worker_name(worker_name)
+            .call_timeout(Duration::from_millis(call_timeout_ms))
+            .first_connect_timeout(Duration::from_millis(first_connect_timeout_ms));
+        if let Some(namespace) = namespace {
+            builder = builder.namespace(namespace);
+        }
+        if let Some(token) = auth_token {
+            builder = builder.auth_token(token);
+        }
+        let client = py
+            .detach(|| runtime.block_on(builder.connect()))
+            .map_err(connect_error)?;
+        Ok(ClientHandle {
+            state: Mutex::new(Some((runtime, client))),
+        })
+    }
+
+    /// Serves a Python function: its calls reach `bridge`'s dispatch as `Invocation`s. It is
+    /// registered again on every reconnect.
+    #[pyo3(signature = (
+        bridge, function_id, *, description = None, request_format = None,
+        response_format = None, metadata = None
+    ))]
+    fn register_function(
+        &self,
+        bridge: &Bridge,
+        function_id: &str,
+        description: Option<String>,
+        request_format: Option<&str>,
+        response_format: Option<&str>,
+        metadata: Option<&str>,
+    ) -> PyResult<()> {
+        let json =
+            |text: Option<&str>, what: &str| text.map(|t| raw_json(t.as_bytes(), what)).transpose();
+        let def = FunctionDef {
+            description,
+            request_format: json(request_format, "request_format")?,
+            response_format: json(response_format, "response_format")?,
+            metadata: json(metadata, "metadata")?,
+            ..FunctionDef::default()
+        };
+        let (_, client) = self.live()?;
+        client
+            .register_function(function_id, def, PyFunction(bridge.sender()))
+            .map_err(connect_error)
+    }
+
+    /// Stops serving a function; False when it was not registered.
+    fn unregister_function(&self, function_id: &str) -> PyResult<bool> {
+        let (_, client) = self.live()?;
+        Ok(client.unregister_function(function_id))
+    }
+
+    /// Calls any function through the engine; the outcome completes `future` through `bridge`.
+    #[pyo3(signature = (bridge, future, function_id, data, *, metadata = None, timeout_ms = None))]
+    fn call(
+        &self,
+        bridge: &Bridge,
+        future: Py<PyAny>,
+        function_id: String,
+        data: &[u8],
+        metadata: Option<&[u8]>,
+        timeout_ms: Option<u64>,
+    ) -> PyResult<()> {
+        let data = raw_json(data, "the call's data")?;
+        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let (runtime, client) = self.live()?;
+        let tx = bridge.sender();
+        runtime.spawn(async move {
+            let options = CallOptions {
+                timeout: timeout_ms.map(Duration::from_millis),
+                metadata,
+                ..CallOptions::default()
+            };
+            let outcome = match client.call(&function_id, data, options).await {
+                Ok(result) => Outcome::Success(result),
+                Err(e) => Outcome::Failure(e.to_error_body()),
+            };
+            tx.send(Work::Done { future, outcome });
+        });
+        Ok(())
+    }
+
+    /// Invokes a function without waiting for it (queued while offline).
+    #[pyo3(signature = (function_id, data, *, metadata = None))]
+    fn send(&self, function_id: &str, data: &[u8], metadata: Option<&[u8]>) -> PyResult<()> {
+        let data = raw_json(data, "the call's data")?;
+        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let (_, client) = self.live()?;
+        client
+            .send_with_metadata(function_id, data, metadata)
+            .map_err(connect_error)
+    }
+
+    /// The id the engine gave the current connection, once known.
+    #[getter]
+    fn worker_id(&self) -> Option<String> {
+        self.live().ok().and_then(|(_, c)| c.worker_id())
+    }
+
+    /// `connecting`, `connected`, `reconnecting` or `closed`.
+    #[getter]
+    fn state(&self) -> &'static str {
+        match self.live().map(|(_, c)| c.state()) {
+            Ok(ClientState::Connecting) => "connecting",
+            Ok(ClientState::Connected) => "connected",
+            Ok(ClientState::Reconnecting) => "reconnecting",
+            Ok(ClientState::Closed) | Err(_) => "closed",
+        }
+    }
+
+    /// Calls waiting for an answer.
+    #[getter]
+    fn pending_count(&self) -> usize {
+        self.live().map_or(0, |(_, c)| c.pending_count())
+    }
+
+    /// Closes the connection (waiting calls fail) and stops the runtime. Idempotent.
+    fn shutdown(&self, py: Python<'_>) {
+        let taken = self.state.lock().map(|mut s| s.take()).unwrap_or(None);
+        if let Some((runtime, client)) = taken {
+            py.detach(move || {
+                runtime.block_on(client.shutdown());
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            });
+        }
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some((runtime, client)) = state.take() {
+                runtime.block_on(client.shutdown());
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+"""``fnmesh.App`` as a worker of a separate engine (``app.connect(url)``, the Rust client):
+an iii-sdk worker process and the app call each other through ``fnmesh serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pydantic
+import pytest
+
+import fnmesh
+from harness import Served, Worker, call, sdk_client, serve
+
+
+class Payment(pydantic.BaseModel):
+    amount: int = pydantic.Field(gt=0)
+    currency: str = "EUR"
+
+
+def make_app() -> fnmesh.App:
+    app = fnmesh.App("payments")
+
+    @app.function("payments::charge", description="Charge a card")
+    async def charge(payment: Payment, ctx: fnmesh.Context) -> dict[str, Any]:
+        return {"charged": payment.amount, "currency": payment.currency, "caller": ctx.caller_worker_id}
+
+    @app.function("payments::settle")
+    def settle(data: dict[str, Any], ctx: fnmesh.Context) -> None:
+        deferred = ctx.defer()
+        loop = asyncio.new_event_loop()  # a sync handler finishing its call from a thread
+        try:
+            loop.run_until_complete(asyncio.sleep(0.05))
+        finally:
+            loop.close()
+        deferred.complete({"settled": data["id"]})
+
+    @app.function("payments::refund")
+    async def refund(data: dict[str, Any]) -> None:
+        raise fnmesh.FunctionError("not_refundable", "too late to refund")
+
+    @app.function("payments::audit")
+    async def audit() -> None:
+        return None
+
+    return app
+
+
+@pytest.fixture
+def engine() -> Iterator[Served]:
+    with serve(["--log-level", "warn"]) as served:
+        yield served
+
+
+@pytest.fixture
+async def app(engine: Served) -> AsyncIterator[fnmesh.App]:
+    running = make_app()
+    await running.connect(engine.url, timeout=10)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_connected_app_and_iii_sdk_worker_call_each_other(engine: Served, app: fnmesh.App) -> None:
+    worker = await asyncio.to_thread(Worker, engine.url, "alpha")
+    try:
+        # app -> iii-sdk worker, through the engine.
+        echoed = await app.call("alpha::echo", {"n": 1}, metadata={"tenant": "acme"})
+        assert echoed["data"]["n"] == 1
+        assert echoed["metadata"] == {"tenant": "acme"}
+        assert echoed["worker"] == "alpha"
+        # iii-sdk worker -> app, through the engine (alpha::call makes the call from alpha).
+        charged = await app.call(
+            "alpha::call", {"function_id": "payments::charge", "payload": {"amount": 12}}
+        )
+        alpha_id = (await app.call("engine::workers::info", {"name": "alpha"}))["worker"]["id"]
+        assert charged == {"charged": 12, "currency": "EUR", "caller": alpha_id}
+        with sdk_client(engine.url, "probe") as probe:
+
+            def sdk(function_id: str, payload: Any = None) -> Any:
+                return call(probe, function_id, payload)
+
+            from iii import InvocationError as SdkError
+
+            assert await asyncio.to_thread(sdk, "payments::settle", {"id": "s1"}) == {"settled": "s1"}
+            assert await asyncio.to_thread(sdk, "payments::audit") is None
+            with pytest.raises(SdkError) as refused:
+                await asyncio.to_thread(sdk, "payments::refund", {})
+            assert refused.value.code == "not_refundable"
+            assert "too late to refund" in str(refused.value)
+            with pytest.raises(SdkError) as invalid:
+                await asyncio.to_thread(sdk, "payments::charge", {"amount": 0})
+            assert invalid.value.code == "validation_failed"
+            assert "amount" in str(invalid.value)
+            charge = await asyncio.to_thread(
+                sdk, "engine::functions::info", {"function_id": "payments::charge"}
+            )
+            assert charge["worker_name"] == "payments"
+            assert charge["description"] == "Charge a card"
+            assert charge["request_schema"]["properties"]["amount"]["exclusiveMinimum"] == 0
+        # Errors from the far side keep their kind.
+        with pytest.raises(fnmesh.RemoteError) as failed:
+            await app.call("alpha::fail", {})
+        assert failed.value.code == "invocation_failed"
+        assert "RuntimeError" in (failed.value.stacktrace or "")
+        with pytest.raises(fnmesh.FunctionNotFound):
+            await app.call("nobody::home", {})
+        with pytest.raises(fnmesh.InvocationTimeout):
+            await app.call("shared::sleep", {"seconds": 3}, timeout=0.3)
+        # Fire and forget reaches the worker.
+        app.send("alpha::record", {"sent": True})
+        for _ in range(100):
+            if await app.call("alpha::recorded", {}) == [{"sent": True, "_caller_worker_id": app.worker_id}]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(await app.call("alpha::recorded", {}))
+    finally:
+        await asyncio.to_thread(worker.stop)
+
+
+async def test_connect_to_nothing_fails_fast_and_cleanly() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = make_app()
+    with pytest.raises(fnmesh.ConnectionFailed):
+        await app.connect(f"ws://127.0.0.1:{port}", timeout=0.5)
+    assert not app.running
+    with pytest.raises(fnmesh.InvalidArgument):
+        await app.connect("http://not-a-websocket", timeout=0.5)
+    assert not app.running
