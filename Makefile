@@ -1,7 +1,7 @@
 .PHONY: run test lint bench bench-rust fmt
 
 run:  ## the main job on the embedded default
-	bash scripts/run.sh
+	bash scripts/run.sh $(ARGS)
 
 test:  ## build the wheel, install it in a fresh venv, run cargo test, linters and pytest
 	bash scripts/test.sh

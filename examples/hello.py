@@ -1,48 +1,54 @@
-"""The smallest fnmesh program: register a function in the Rust FunctionsRegistry, select it and
-call it, and show the wire frame an iii worker would send to invoke it.
+"""The smallest fnmesh app on the embedded default: declare a function, start the engine inside
+this process, call the function locally and through the engine, and show what discovery says.
 
-Run it with `make run`. Later issues grow this into an app served by the embedded engine.
+Run it with `make run`; `make run ARGS=--serve` keeps serving so that iii workers can connect
+(`III_URL` printed below) until Ctrl-C.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import sys
+
+import pydantic
 
 import fnmesh
-from fnmesh import FunctionsRegistry
 
 
-def add(data: dict[str, int]) -> dict[str, int]:
-    return {"sum": data["a"] + data["b"]}
+class Pair(pydantic.BaseModel):
+    a: int
+    b: int
 
 
-def main() -> None:
-    registry = FunctionsRegistry()
-    registry.register(
-        "math::add",
-        add,
-        owner="hello-app",
-        description="Add two integers",
-        request_format={"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
-    )
-    frame = fnmesh.Frame.from_dict(
-        {
-            "type": "invokefunction",
-            "invocation_id": "0b8f1e34-5f7c-4c2e-9d7a-3d1c2b1a0f9e",
-            "function_id": "math::add",
-            "data": {"a": 2, "b": 3},
-        }
-    )
-    call = frame.to_dict()
-    with registry.select(call["function_id"]) as replica:
-        result = replica.handler(call["data"])
-    info = registry.lookup("math::add")
-    assert info is not None
-    print(f"fnmesh {fnmesh.__version__}")
-    print(f"wire frame : {frame.encode().decode()}")
-    print(f"registered : {info.function_id} ({info.kind}) owned by {info.owners}: {info.description}")
-    print(f"result     : {json.dumps(result)}")
+class Sum(pydantic.BaseModel):
+    sum: int
+
+
+app = fnmesh.App("hello", port=0, log_level="warn")
+
+
+@app.function("math::add", description="Add two integers")
+async def add(pair: Pair, ctx: fnmesh.Context) -> Sum:
+    return Sum(sum=pair.a + pair.b)
+
+
+async def main(serve: bool) -> None:
+    async with app:
+        local = await app.call("math::add", {"a": 2, "b": 3})
+        info = await app.call("engine::functions::info", {"function_id": "math::add"})
+        print(f"fnmesh {fnmesh.__version__}: engine at {app.url}")
+        print(f"local call : math::add(2, 3) = {local!r}")
+        print(f"discovery  : {info['function_id']}: {info['description']}, input {info['request_schema']}")
+        try:
+            await app.call("math::add", {"a": "two", "b": 3})
+        except fnmesh.ValidationFailed as exc:
+            print(f"bad input  : {exc.code}: {exc}")
+        if serve:
+            print(f"serving; iii workers connect with III_URL={app.url} (Ctrl-C stops)")
+            await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main("--serve" in sys.argv[1:]))
