@@ -453,6 +453,9 @@ class App:
                 raise invocation_error(*error)
             return spec.check_python(late)
 
+        if timeout is None:
+            # Without a timeout, a local call is a direct await (no wrapper at all).
+            return await run()
         try:
             return await asyncio.wait_for(run(), timeout)
         except TimeoutError as exc:

@@ -29,7 +29,6 @@ class Context:
         "caller_worker_id",
         "function_id",
         "invocation_id",
-        "logger",
         "metadata",
         "namespace",
         "traceparent",
@@ -56,9 +55,13 @@ class Context:
         self.traceparent = traceparent
         self.baggage = baggage
         self.caller_worker_id = caller_worker_id
-        self.logger = logging.getLogger(f"fnmesh.function.{function_id}")
         self._make_deferred = make_deferred
         self._deferred: Deferred | None = None
+
+    @property
+    def logger(self) -> logging.Logger:
+        """``fnmesh.function.<function_id>``: a logger named after the function."""
+        return logging.getLogger(f"fnmesh.function.{self.function_id}")
 
     @property
     def deferred(self) -> Deferred | None:
