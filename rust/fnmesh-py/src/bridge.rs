@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use fnmesh_core::function::{Call, NativeFunction, Outcome, Reply};
 use fnmesh_core::protocol::{ErrorBody, RawJson};
+use fnmesh_core::registry::FunctionDef;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use serde_json::value::RawValue;
@@ -193,6 +194,24 @@ pub(crate) fn raw_json(bytes: &[u8], what: &str) -> PyResult<RawJson> {
         .map_err(|_| InvalidArgument::new_err(format!("{what} is not UTF-8")))?;
     RawValue::from_string(text.to_owned())
         .map_err(|e| InvalidArgument::new_err(format!("{what} is not JSON: {e}")))
+}
+
+/// A function's description for the engine, from what Python hands over (JSON text).
+pub(crate) fn function_def(
+    description: Option<String>,
+    request_format: Option<&str>,
+    response_format: Option<&str>,
+    metadata: Option<&str>,
+) -> PyResult<FunctionDef> {
+    let json =
+        |text: Option<&str>, what: &str| text.map(|t| raw_json(t.as_bytes(), what)).transpose();
+    Ok(FunctionDef {
+        description,
+        request_format: json(request_format, "request_format")?,
+        response_format: json(response_format, "response_format")?,
+        metadata: json(metadata, "metadata")?,
+        ..FunctionDef::default()
+    })
 }
 
 /// One call of a Python handler, handed to Python by the bridge. Answer it exactly once with

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use fnmesh_core::client::{CallOptions, Client, ClientError, ClientState};
 use fnmesh_core::function::Outcome;
-use fnmesh_core::registry::FunctionDef;
 use pyo3::prelude::*;
 
-use crate::bridge::{raw_json, Bridge, PyFunction, Work};
+use crate::bridge::{function_def, raw_json, Bridge, PyFunction, Work};
 use crate::errors::{to_py, ConnectionFailed, InvalidArgument, RegistrationError};
 
 /// Registers the class on the module.
@@ -106,15 +105,7 @@ impl ClientHandle {
         response_format: Option<&str>,
         metadata: Option<&str>,
     ) -> PyResult<()> {
-        let json =
-            |text: Option<&str>, what: &str| text.map(|t| raw_json(t.as_bytes(), what)).transpose();
-        let def = FunctionDef {
-            description,
-            request_format: json(request_format, "request_format")?,
-            response_format: json(response_format, "response_format")?,
-            metadata: json(metadata, "metadata")?,
-            ..FunctionDef::default()
-        };
+        let def = function_def(description, request_format, response_format, metadata)?;
         let (_, client) = self.live()?;
         client
             .register_function(function_id, def, PyFunction(bridge.sender()))

@@ -8,10 +8,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fnmesh_core::engine::{Engine, EngineConfig, EngineRef};
-use fnmesh_core::registry::{ConflictPolicy, FunctionDef};
+use fnmesh_core::registry::ConflictPolicy;
 use pyo3::prelude::*;
 
-use crate::bridge::{raw_json, Bridge, PyFunction, Work};
+use crate::bridge::{function_def, raw_json, Bridge, PyFunction, Work};
 use crate::errors::{IntoPyResult, InvalidArgument};
 
 /// Registers the classes and functions on the module.
@@ -170,15 +170,7 @@ impl EngineHandle {
         response_format: Option<&str>,
         metadata: Option<&str>,
     ) -> PyResult<()> {
-        let json =
-            |text: Option<&str>, what: &str| text.map(|t| raw_json(t.as_bytes(), what)).transpose();
-        let def = FunctionDef {
-            description,
-            request_format: json(request_format, "request_format")?,
-            response_format: json(response_format, "response_format")?,
-            metadata: json(metadata, "metadata")?,
-            ..FunctionDef::default()
-        };
+        let def = function_def(description, request_format, response_format, metadata)?;
         let (_, engine) = self.live()?;
         engine
             .register_function(namespace, function_id, def, PyFunction(bridge.sender()))
