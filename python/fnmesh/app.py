@@ -416,20 +416,19 @@ class App:
         loop = self._require_loop()
         spec = entry.spec
         value = spec.parse_python(data)
-        outcome = LocalOutcome(loop)
-
-        def answer(ok: bool, result: Any, error: tuple[str, str] | None) -> bool:
-            return outcome.settle(ok, result, error)
-
-        ctx = self._context(
-            invocation_id=f"local-{id(outcome):x}",
-            function_id=function_id,
-            metadata=metadata,
-            traceparent=None,
-            baggage=None,
-            caller_worker_id=None,
-            answer=answer,
-        )
+        # Only a handler that takes the context can defer: the others need neither.
+        outcome = LocalOutcome(loop) if spec.wants_context else None
+        ctx = None
+        if outcome is not None:
+            ctx = self._context(
+                invocation_id=f"local-{id(outcome):x}",
+                function_id=function_id,
+                metadata=metadata,
+                traceparent=None,
+                baggage=None,
+                caller_worker_id=None,
+                answer=outcome.settle,
+            )
 
         async def run() -> Any:
             try:
@@ -444,8 +443,7 @@ class App:
                 raise RemoteError(
                     message, code="invocation_failed", stacktrace=traceback.format_exc()
                 ) from exc
-            deferred = ctx.deferred
-            if deferred is None:
+            if ctx is None or outcome is None or ctx.deferred is None:
                 return spec.check_python(result)
             ok, late, error = await outcome.future
             if not ok:
@@ -505,7 +503,7 @@ class App:
     def _forget(self, deferred: Deferred) -> None:
         self._deferred.pop(deferred.invocation_id, None)
 
-    async def _invoke(self, spec: HandlerSpec, value: Any, ctx: Context) -> Any:
+    async def _invoke(self, spec: HandlerSpec, value: Any, ctx: Context | None) -> Any:
         args = spec.call_args(value, ctx)
         if spec.is_async:
             return await spec.func(*args)

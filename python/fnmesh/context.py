@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fnmesh.results import Deferred
@@ -45,7 +46,7 @@ class Context:
         traceparent: str | None,
         baggage: str | None,
         caller_worker_id: str | None,
-        make_deferred: Any,
+        make_deferred: Callable[[], Deferred],
     ) -> None:
         self._app = app
         self.invocation_id = invocation_id
