@@ -158,6 +158,8 @@ class EngineHandle:
         namespace: str | None = None,
         metadata: bytes | None = None,
         timeout_ms: int | None = None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
     ) -> None: ...
     def send(
         self,
@@ -166,6 +168,8 @@ class EngineHandle:
         *,
         namespace: str = "default",
         metadata: bytes | None = None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
     ) -> None: ...
     def stop(self) -> None: ...
 
@@ -244,8 +248,18 @@ class ClientHandle:
         *,
         metadata: bytes | None = None,
         timeout_ms: int | None = None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
     ) -> None: ...
-    def send(self, function_id: str, data: bytes, *, metadata: bytes | None = None) -> None: ...
+    def send(
+        self,
+        function_id: str,
+        data: bytes,
+        *,
+        metadata: bytes | None = None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
+    ) -> None: ...
     @property
     def worker_id(self) -> str | None: ...
     @property

@@ -190,22 +190,7 @@ impl Backoff {
         Duration::from_secs_f64(scaled.max(0.0))
     }
 }
-
-/// Options of one outbound call.
-#[derive(Debug, Default)]
-pub struct CallOptions {
-    /// Client-side bound; `None` is [`ClientBuilder::call_timeout`] (default 30 s).
-    pub timeout: Option<Duration>,
-    /// The metadata sidecar delivered to the handler beside `data` (section 4.8).
-    pub metadata: Option<RawJson>,
-    /// Namespace to call in. `None`: `default` for `engine::*` ids, otherwise the worker's
-    /// namespace (omitted when it has none), as the iii SDKs do (section 4.9).
-    pub namespace: Option<String>,
-    /// W3C trace context to propagate.
-    pub traceparent: Option<String>,
-    /// W3C baggage to propagate.
-    pub baggage: Option<String>,
-}
+pub use crate::function::CallOptions;
 
 /// Connection state of a [`Client`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,6 +484,21 @@ impl Client {
         data: RawJson,
         metadata: Option<RawJson>,
     ) -> Result<(), ClientError> {
+        let options = CallOptions {
+            metadata,
+            ..CallOptions::default()
+        };
+        self.send_with(function_id, data, options)
+    }
+
+    /// [`Client::send`] with a metadata sidecar, a namespace and trace context (the timeout
+    /// does not apply: nothing comes back).
+    pub fn send_with(
+        &self,
+        function_id: &str,
+        data: RawJson,
+        options: CallOptions,
+    ) -> Result<(), ClientError> {
         if self.state() == ClientState::Closed {
             return Err(self.inner.closed_error());
         }
@@ -506,9 +506,11 @@ impl Client {
             invocation_id: None,
             function_id: function_id.to_owned(),
             data: Some(data),
+            traceparent: options.traceparent,
+            baggage: options.baggage,
             action: Some(TriggerAction::Void),
-            metadata,
-            namespace: self.inner.call_namespace(function_id, None),
+            metadata: options.metadata,
+            namespace: self.inner.call_namespace(function_id, options.namespace),
             ..InvokeFunction::default()
         });
         let mut link = lock(&self.inner.link);

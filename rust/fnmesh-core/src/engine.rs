@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
-use crate::function::{Call, Completer, NativeFunction, Outcome, Reply};
+use crate::function::{Call, CallOptions, Completer, NativeFunction, Outcome, Reply};
 use crate::invocation::{
     inject_caller_worker_id, PendingTable, DEFAULT_INVOCATION_TIMEOUT, SWEEP_INTERVAL,
 };
@@ -382,12 +382,11 @@ impl Shared {
     /// Calls a function from inside the process and waits for the outcome.
     pub(crate) async fn call(
         &self,
-        namespace: &str,
         function_id: &str,
         data: RawJson,
-        metadata: Option<RawJson>,
-        timeout: Option<Duration>,
+        options: CallOptions,
     ) -> Outcome {
+        let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         if let Err(e) = check_namespace(namespace) {
             return Outcome::failure(e.code(), e.to_string());
         }
@@ -399,34 +398,29 @@ impl Shared {
             namespace,
             function_id,
             data,
-            metadata,
-            None,
-            None,
+            options.metadata,
+            options.traceparent,
+            options.baggage,
             None,
             Caller::Local(tx),
             None,
-            timeout,
+            options.timeout,
         );
         rx.await.unwrap_or_else(|_| {
             Outcome::failure("invocation_error", "the call was dropped by the engine")
         })
     }
 
-    /// Fires a call whose outcome nobody waits for (trigger fires).
-    pub(crate) fn fire(
-        &self,
-        namespace: &str,
-        function_id: &str,
-        data: RawJson,
-        metadata: Option<RawJson>,
-    ) {
+    /// Fires a call whose outcome nobody waits for (trigger fires, `send`).
+    pub(crate) fn fire(&self, function_id: &str, data: RawJson, options: CallOptions) {
+        let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         self.dispatch(
             namespace,
             function_id,
             data,
-            metadata,
-            None,
-            None,
+            options.metadata,
+            options.traceparent,
+            options.baggage,
             None,
             Caller::Discard,
             None,
@@ -959,12 +953,12 @@ impl Shared {
         };
         for slot in slots {
             let b = &slot.binding;
-            self.fire(
-                &b.namespace,
-                &b.function_id,
-                payload.clone(),
-                b.metadata.clone(),
-            );
+            let options = CallOptions {
+                namespace: Some(b.namespace.clone()),
+                metadata: b.metadata.clone(),
+                ..CallOptions::default()
+            };
+            self.fire(&b.function_id, payload.clone(), options);
         }
     }
 
@@ -1292,9 +1286,24 @@ impl EngineRef {
         metadata: Option<RawJson>,
         timeout: Option<Duration>,
     ) -> Outcome {
-        self.shared
-            .call(namespace, function_id, data, metadata, timeout)
-            .await
+        let options = CallOptions {
+            namespace: Some(namespace.to_owned()),
+            metadata,
+            timeout,
+            ..CallOptions::default()
+        };
+        self.call_with(function_id, data, options).await
+    }
+
+    /// Calls any function with every option (namespace, metadata, timeout, W3C trace context
+    /// handed on to the handler) and waits for its outcome.
+    pub async fn call_with(
+        &self,
+        function_id: &str,
+        data: RawJson,
+        options: CallOptions,
+    ) -> Outcome {
+        self.shared.call(function_id, data, options).await
     }
 
     /// Invokes a function without waiting for (or receiving) its outcome.
@@ -1305,8 +1314,20 @@ impl EngineRef {
         data: RawJson,
         metadata: Option<RawJson>,
     ) {
+        let options = CallOptions {
+            namespace: Some(namespace.to_owned()),
+            metadata,
+            ..CallOptions::default()
+        };
+        self.send_with(function_id, data, options);
+    }
+
+    /// [`EngineRef::send`] with every option (the timeout does not apply). Dropped silently
+    /// after shutdown or for a blank namespace, as nothing would receive an error.
+    pub fn send_with(&self, function_id: &str, data: RawJson, options: CallOptions) {
+        let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         if !self.shared.stopped.load(Ordering::Acquire) && check_namespace(namespace).is_ok() {
-            self.shared.fire(namespace, function_id, data, metadata);
+            self.shared.fire(function_id, data, options);
         }
     }
 

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::protocol::{ErrorBody, RawJson};
 
@@ -90,6 +91,25 @@ impl fmt::Debug for Reply {
             .field("answered", &self.completer.is_none())
             .finish()
     }
+}
+
+/// Options of one call, made through a [`crate::client::Client`] or from inside an engine's
+/// process ([`crate::engine::EngineRef::call_with`]).
+#[derive(Debug, Default, Clone)]
+pub struct CallOptions {
+    /// Bound on the wait; `None` is the client's `call_timeout` (default 30 s) or the engine's
+    /// `invocation_timeout`.
+    pub timeout: Option<Duration>,
+    /// The metadata sidecar delivered to the handler beside `data` (section 4.8).
+    pub metadata: Option<RawJson>,
+    /// Namespace to call in. `None`: in an engine, `default`; through a client, `default` for
+    /// `engine::*` ids and otherwise the worker's namespace (omitted when it has none), as the
+    /// iii SDKs do (section 4.9).
+    pub namespace: Option<String>,
+    /// W3C trace context to propagate (`traceparent`).
+    pub traceparent: Option<String>,
+    /// W3C baggage to propagate.
+    pub baggage: Option<String>,
 }
 
 /// One invocation of a native function.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fnmesh_core::engine::Engine;
-use fnmesh_core::function::{async_fn, Call, Outcome};
+use fnmesh_core::function::{async_fn, Call, CallOptions, Outcome};
 use fnmesh_core::registry::{ConflictPolicy, FunctionDef};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
@@ -1066,4 +1066,56 @@ async fn engine_shutdown_closes_workers() {
         .expect("shutdown returned")
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err() || open(addr, "/").await.is_err());
+}
+
+/// A native function answering with the trace context and metadata its call carried.
+fn trace_echo(call: Call) {
+    let seen = json!({
+        "traceparent": call.traceparent,
+        "baggage": call.baggage,
+        "metadata": call.metadata.as_ref().map(|m| serde_json::from_str::<Value>(m.get()).unwrap()),
+    });
+    call.reply.send(Outcome::json(&seen));
+}
+
+#[tokio::test]
+async fn host_calls_carry_trace_context_to_workers_and_native_functions() {
+    let engine =
+        start(Engine::builder().function("trace::echo", FunctionDef::default(), trace_echo)).await;
+    let handle = engine.handle();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let options = || CallOptions {
+        traceparent: Some(traceparent.to_owned()),
+        baggage: Some("tenant=acme".to_owned()),
+        metadata: Some(raw(r#"{"k":1}"#)),
+        ..CallOptions::default()
+    };
+
+    // To a native function in the same process.
+    let native = handle.call_with("trace::echo", raw("{}"), options()).await;
+    assert_eq!(
+        outcome_json(&native),
+        json!({"traceparent": traceparent, "baggage": "tenant=acme", "metadata": {"k": 1}})
+    );
+
+    // To a worker: the invokefunction frame carries both fields.
+    let mut w = Worker::connect(&engine).await;
+    w.register(&["svc::traced"]).await;
+    let caller = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.call_with("svc::traced", raw("{}"), options()).await })
+    };
+    let (invoke, _) = w.next_invoke().await;
+    assert_eq!(invoke["traceparent"], traceparent);
+    assert_eq!(invoke["baggage"], "tenant=acme");
+    assert_eq!(invoke["metadata"], json!({"k": 1}));
+    w.reply(&invoke, json!({"ok": true})).await;
+    assert_eq!(outcome_json(&caller.await.unwrap()), json!({"ok": true}));
+
+    // Fire and forget too.
+    handle.send_with("svc::traced", raw("{}"), options());
+    let (void, _) = w.next_invoke().await;
+    assert_eq!(void["traceparent"], traceparent);
+    assert_eq!(void["baggage"], "tenant=acme");
+    finish(engine, [w]).await;
 }

@@ -119,7 +119,12 @@ impl ClientHandle {
     }
 
     /// Calls any function through the engine; the outcome completes `future` through `bridge`.
-    #[pyo3(signature = (bridge, future, function_id, data, *, metadata = None, timeout_ms = None))]
+    /// `traceparent` and `baggage` are the W3C trace context sent with the call.
+    #[pyo3(signature = (
+        bridge, future, function_id, data, *, metadata = None, timeout_ms = None,
+        traceparent = None, baggage = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
         bridge: &Bridge,
@@ -128,17 +133,20 @@ impl ClientHandle {
         data: &[u8],
         metadata: Option<&[u8]>,
         timeout_ms: Option<u64>,
+        traceparent: Option<String>,
+        baggage: Option<String>,
     ) -> PyResult<()> {
         let data = raw_json(data, "the call's data")?;
-        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let options = CallOptions {
+            timeout: timeout_ms.map(Duration::from_millis),
+            metadata: metadata.map(|m| raw_json(m, "metadata")).transpose()?,
+            namespace: None,
+            traceparent,
+            baggage,
+        };
         let (runtime, client) = self.live()?;
         let tx = bridge.sender();
         runtime.spawn(async move {
-            let options = CallOptions {
-                timeout: timeout_ms.map(Duration::from_millis),
-                metadata,
-                ..CallOptions::default()
-            };
             let outcome = match client.call(&function_id, data, options).await {
                 Ok(result) => Outcome::Success(result),
                 Err(e) => Outcome::Failure(e.to_error_body()),
@@ -149,13 +157,25 @@ impl ClientHandle {
     }
 
     /// Invokes a function without waiting for it (queued while offline).
-    #[pyo3(signature = (function_id, data, *, metadata = None))]
-    fn send(&self, function_id: &str, data: &[u8], metadata: Option<&[u8]>) -> PyResult<()> {
+    #[pyo3(signature = (function_id, data, *, metadata = None, traceparent = None, baggage = None))]
+    fn send(
+        &self,
+        function_id: &str,
+        data: &[u8],
+        metadata: Option<&[u8]>,
+        traceparent: Option<String>,
+        baggage: Option<String>,
+    ) -> PyResult<()> {
         let data = raw_json(data, "the call's data")?;
-        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let options = CallOptions {
+            metadata: metadata.map(|m| raw_json(m, "metadata")).transpose()?,
+            traceparent,
+            baggage,
+            ..CallOptions::default()
+        };
         let (_, client) = self.live()?;
         client
-            .send_with_metadata(function_id, data, metadata)
+            .send_with(function_id, data, options)
             .map_err(connect_error)
     }
 

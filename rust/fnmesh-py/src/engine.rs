@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fnmesh_core::engine::{Engine, EngineConfig, EngineRef};
+use fnmesh_core::function::CallOptions;
 use fnmesh_core::registry::ConflictPolicy;
 use pyo3::prelude::*;
 
@@ -187,9 +188,11 @@ impl EngineHandle {
     }
 
     /// Calls any function through the engine. The outcome completes `future` through
-    /// `bridge` (see `Bridge`). `data` and `metadata` are JSON bytes.
+    /// `bridge` (see `Bridge`). `data` and `metadata` are JSON bytes; `traceparent` and
+    /// `baggage` are the W3C trace context handed to the handler.
     #[pyo3(signature = (
-        bridge, future, function_id, data, *, namespace = None, metadata = None, timeout_ms = None
+        bridge, future, function_id, data, *, namespace = None, metadata = None, timeout_ms = None,
+        traceparent = None, baggage = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn call(
@@ -201,36 +204,52 @@ impl EngineHandle {
         namespace: Option<String>,
         metadata: Option<&[u8]>,
         timeout_ms: Option<u64>,
+        traceparent: Option<String>,
+        baggage: Option<String>,
     ) -> PyResult<()> {
-        let namespace = namespace.unwrap_or_else(|| "default".to_owned());
         let data = raw_json(data, "the call's data")?;
-        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let options = CallOptions {
+            namespace,
+            metadata: metadata.map(|m| raw_json(m, "metadata")).transpose()?,
+            timeout: timeout_ms.map(ms),
+            traceparent,
+            baggage,
+        };
         let (runtime, engine) = self.live()?;
         let tx = bridge.sender();
         runtime.spawn(async move {
-            let outcome = engine
-                .call(&namespace, &function_id, data, metadata, timeout_ms.map(ms))
-                .await;
+            let outcome = engine.call_with(&function_id, data, options).await;
             tx.send(Work::Done { future, outcome });
         });
         Ok(())
     }
 
     /// Invokes any function without waiting for its outcome (fire and forget).
-    #[pyo3(signature = (function_id, data, *, namespace = "default", metadata = None))]
+    #[pyo3(signature = (
+        function_id, data, *, namespace = "default", metadata = None, traceparent = None,
+        baggage = None
+    ))]
     fn send(
         &self,
         function_id: &str,
         data: &[u8],
         namespace: &str,
         metadata: Option<&[u8]>,
+        traceparent: Option<String>,
+        baggage: Option<String>,
     ) -> PyResult<()> {
         let data = raw_json(data, "the call's data")?;
-        let metadata = metadata.map(|m| raw_json(m, "metadata")).transpose()?;
+        let options = CallOptions {
+            namespace: Some(namespace.to_owned()),
+            metadata: metadata.map(|m| raw_json(m, "metadata")).transpose()?,
+            timeout: None,
+            traceparent,
+            baggage,
+        };
         let (runtime, engine) = self.live()?;
         // Dispatch may start a native function's task: run it inside the runtime.
         let _guard = runtime.enter();
-        engine.send(namespace, function_id, data, metadata);
+        engine.send_with(function_id, data, options);
         Ok(())
     }
 
