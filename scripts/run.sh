@@ -10,5 +10,8 @@ if command -v maturin >/dev/null 2>&1; then maturin=maturin; else
     "$venv/bin/python" -m pip install --quiet "maturin>=1.7,<2"; maturin="$venv/bin/maturin"; fi
 rm -rf dist
 "$maturin" build --release --out dist --interpreter "$venv/bin/python"
-"$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps dist/fnmesh-*.whl
+wheel=$(ls dist/fnmesh-*.whl)
+# The first install brings the dependencies; the second replaces a same-version fnmesh.
+"$venv/bin/python" -m pip install --quiet "$wheel"
+"$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
 exec "$venv/bin/python" examples/hello.py "$@"
