@@ -118,11 +118,13 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 10.0, what: str =
 
 
 class Served:
-    """A running ``fnmesh serve``: its worker URL and the log lines it has written so far."""
+    """A running ``fnmesh serve`` or ``fnmesh run``: its worker URL and the lines it has written
+    so far to stderr (``log``) and stdout (``out``)."""
 
-    def __init__(self, url: str, log: list[str]) -> None:
+    def __init__(self, url: str, log: list[str], out: list[str] | None = None) -> None:
         self.url = url
         self.log = log
+        self.out = out if out is not None else []
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
         regex = re.compile(pattern)
@@ -136,39 +138,70 @@ class Served:
 @contextlib.contextmanager
 def serve(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[Served]:
     """``fnmesh serve --port 0 ARGS`` in a subprocess. Checks that SIGTERM stops it cleanly."""
+    with _fnmesh(["serve", "--port", "0", *args], r"workers connect to (ws://\S+)", env) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def fnmesh_run(
+    args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[Served]:
+    """``fnmesh run ARGS`` in a subprocess, once its app serves (embedded) or is connected
+    (``--connect``). Checks that SIGTERM stops it cleanly; ``out`` is complete afterwards."""
+    ready = r"app \S+ (?:serving \d+ function\(s\) at|connected to) (ws://\S+)"
+    with _fnmesh(["run", *args], ready, env, cwd) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _fnmesh(
+    args: Sequence[str], ready: str, env: dict[str, str] | None, cwd: Path | None = None
+) -> Iterator[Served]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fnmesh.cli", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "fnmesh.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
     )
     assert proc.stderr is not None
-    stderr = proc.stderr
+    assert proc.stdout is not None
     log: list[str] = []
+    out: list[str] = []
 
-    def read() -> None:
-        # Keeps draining stderr so the engine never blocks on a full pipe.
-        for line in stderr:
-            log.append(line)
+    def drain(stream: Any, lines: list[str]) -> None:
+        # Keeps draining so the process never blocks on a full pipe.
+        for line in stream:
+            lines.append(line)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    readers = [
+        threading.Thread(target=drain, args=(proc.stderr, log), daemon=True),
+        threading.Thread(target=drain, args=(proc.stdout, out), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    command = " ".join(["fnmesh", *args])
     try:
+        served = Served("", log, out)
         try:
-            served = Served("", log)
-            line = served.wait_for_log(r"workers connect to ws://\S+", timeout=20)
+            line = served.wait_for_log(ready, timeout=20)
         except AssertionError:
-            raise RuntimeError("fnmesh serve did not start:\n" + "".join(log)) from None
-        match = re.search(r"workers connect to (ws://\S+)", line)
+            raise RuntimeError(f"{command} did not start:\n" + "".join(log)) from None
+        match = re.search(ready, line)
         assert match is not None
         served.url = match.group(1)
         yield served
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=15)
-        assert code == 0, f"fnmesh serve exited with {code}:\n" + "".join(log)
+        for reader in readers:
+            reader.join(timeout=5)
+        assert code == 0, f"{command} exited with {code}:\n" + "".join(log)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        reader.join(timeout=5)
-        stderr.close()
+        for reader in readers:
+            reader.join(timeout=5)
+        proc.stderr.close()
+        proc.stdout.close()

@@ -24,24 +24,27 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import json
 import logging
 import re
 import signal
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
 import pydantic_core
+from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
-from fnmesh import _native
+from fnmesh import _native, telemetry
 from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
     FunctionError,
     InvalidArgument,
     InvocationError,
+    InvocationStopped,
     InvocationTimeout,
     RemoteError,
     ValidationFailed,
@@ -53,6 +56,7 @@ from fnmesh.schema import HandlerSpec, inspect_handler
 __all__ = ["App"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 log = logging.getLogger("fnmesh.app")
 
@@ -82,6 +86,11 @@ class App:
     ``settings`` are :class:`fnmesh.EngineConfig` fields for the embedded engine (``port=0`` picks
     a free port). Sync handlers run on a thread pool of ``max_threads`` threads, never a new thread
     per call; async handlers run on the loop the app was started on.
+
+    ``tracing``: None (default) traces when a global OpenTelemetry tracer provider is configured
+    as the app starts (see :mod:`fnmesh.telemetry`), True always follows the global provider
+    (even one set later), False never traces. ``tracer_provider`` traces through that provider
+    instead of the global one.
     """
 
     def __init__(
@@ -91,6 +100,8 @@ class App:
         namespace: str = "default",
         config: EngineConfig | None = None,
         max_threads: int = 32,
+        tracing: bool | None = None,
+        tracer_provider: TracerProvider | None = None,
         **settings: Any,
     ) -> None:
         if not name.strip():
@@ -107,6 +118,9 @@ class App:
         self._connected_to: str | None = None
         self._deferred: dict[str, Deferred] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tracing = tracing
+        self._tracer_provider = tracer_provider
+        self._tracer: Tracer | None = None
 
     # ------------------------------------------------------------------------------------------
     # Declaring functions
@@ -152,6 +166,13 @@ class App:
         if self._bridge is not None:
             self._publish(function_id, entry)
 
+    def configure(self, config: EngineConfig | None = None, **settings: Any) -> None:
+        """Replaces the embedded engine's settings (``config``, then ``settings`` on top of the
+        current ones) before the app starts, as ``fnmesh run --port ...`` does."""
+        if self.running:
+            raise InvalidArgument(f"app {self.name!r} is running: configure it before it starts")
+        self._engine = Engine((config or self._engine.config).replace(**settings))
+
     @property
     def functions(self) -> list[str]:
         """Ids of the functions declared in this app."""
@@ -170,7 +191,13 @@ class App:
             await self._end()
             raise
         self._publish_all()
-        log.info("app %s serving %d function(s) at %s", self.name, len(self._functions), self.url)
+        log.info(
+            "app %s serving %d function(s) at %s (%s)",
+            self.name,
+            len(self._functions),
+            self.url,
+            _loop_name(self._loop),
+        )
         return self
 
     async def connect(self, url: str, *, auth_token: str | None = None, timeout: float = 30.0) -> App:
@@ -192,7 +219,13 @@ class App:
             raise
         self._connected_to = url
         self._publish_all()
-        log.info("app %s connected to %s with %d function(s)", self.name, url, len(self._functions))
+        log.info(
+            "app %s connected to %s with %d function(s) (%s)",
+            self.name,
+            url,
+            len(self._functions),
+            _loop_name(self._loop),
+        )
         return self
 
     def _begin(self) -> None:
@@ -203,6 +236,11 @@ class App:
             max_workers=self._max_threads, thread_name_prefix=f"fnmesh-{self.name}"
         )
         self._bridge = _native.Bridge(self._loop, self._dispatch)
+        self._tracer = (
+            None
+            if self._tracing is False
+            else telemetry.tracer(self._tracer_provider, always=bool(self._tracing))
+        )
 
     def _publish_all(self) -> None:
         for function_id, entry in self._functions.items():
@@ -233,19 +271,28 @@ class App:
             self._executor = None
         self._deferred.clear()
 
-    async def serve(self) -> None:
-        """Runs until cancelled (Ctrl-C / SIGTERM with :meth:`run`)."""
+    async def serve(
+        self, *, connect: str | None = None, auth_token: str | None = None, connect_timeout: float = 30.0
+    ) -> None:
+        """Runs until cancelled (Ctrl-C / SIGTERM with :meth:`run`): on the embedded engine, or
+        as a worker of the engine at ``connect`` (see :meth:`connect`)."""
         started = self._bridge is None
         if started:
-            await self.start()
+            if connect is None:
+                await self.start()
+            else:
+                await self.connect(connect, auth_token=auth_token, timeout=connect_timeout)
         try:
             await asyncio.Event().wait()
         finally:
             if started:
                 await self.stop()
 
-    def run(self) -> None:
-        """Serves the app in this thread until SIGINT or SIGTERM."""
+    def run(
+        self, *, connect: str | None = None, auth_token: str | None = None, connect_timeout: float = 30.0
+    ) -> None:
+        """Serves the app in this thread until SIGINT or SIGTERM (see :meth:`serve`), on uvloop
+        when it is installed."""
 
         async def main() -> None:
             task = asyncio.current_task()
@@ -255,9 +302,9 @@ class App:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, task.cancel)
             with contextlib.suppress(asyncio.CancelledError):
-                await self.serve()
+                await self.serve(connect=connect, auth_token=auth_token, connect_timeout=connect_timeout)
 
-        asyncio.run(main())
+        run_loop(main())
 
     @property
     def running(self) -> bool:
@@ -323,9 +370,40 @@ class App:
         raise :class:`fnmesh.InvocationError` subclasses.
         """
         entry = self._functions.get(function_id)
+        if self._tracer is not None:
+            return await self._call_traced(self._tracer, function_id, entry, data, timeout, metadata)
         if entry is not None:
             return await self._call_local(function_id, entry, data, timeout, metadata)
         return await self._call_remote(function_id, data, timeout, metadata)
+
+    async def _call_traced(
+        self,
+        tracer: Tracer,
+        function_id: str,
+        entry: _Function | None,
+        data: Any,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+    ) -> Any:
+        with tracer.start_as_current_span(
+            f"call {function_id}", kind=SpanKind.CLIENT, attributes=self._span_attributes(function_id)
+        ) as span:
+            traceparent, baggage = telemetry.outgoing()
+            try:
+                if entry is not None:
+                    return await self._call_local(
+                        function_id, entry, data, timeout, metadata, traceparent, baggage
+                    )
+                return await self._call_remote(function_id, data, timeout, metadata, traceparent, baggage)
+            except InvocationError as exc:
+                telemetry.failed(span, exc.code, str(exc))
+                raise
+
+    def _span_attributes(self, function_id: str, invocation_id: str | None = None) -> dict[str, str]:
+        attributes = {"fnmesh.function_id": function_id, "fnmesh.app": self.name}
+        if invocation_id is not None:
+            attributes["fnmesh.invocation_id"] = invocation_id
+        return attributes
 
     def call_sync(
         self,
@@ -344,20 +422,50 @@ class App:
             running = None
         if running is loop:
             raise InvalidArgument("call_sync() would block the app's own loop: use `await app.call()`")
-        future = asyncio.run_coroutine_threadsafe(
-            self.call(function_id, data, timeout=timeout, metadata=metadata), loop
-        )
+        # The call runs in the caller's context (its trace span, its contextvars), not the loop's.
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def start() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            task = loop.create_task(self.call(function_id, data, timeout=timeout, metadata=metadata))
+            task.add_done_callback(lambda done: _settle(future, done))
+
+        loop.call_soon_threadsafe(start, context=contextvars.copy_context())
         return future.result()
 
     def send(self, function_id: str, data: Any = None, *, metadata: dict[str, Any] | None = None) -> None:
         """Invokes a function without waiting for it (fire and forget)."""
         self._require_loop()
+        if self._tracer is None:
+            self._send(function_id, data, metadata, None, None)
+            return
+        with self._tracer.start_as_current_span(
+            f"call {function_id}", kind=SpanKind.PRODUCER, attributes=self._span_attributes(function_id)
+        ):
+            self._send(function_id, data, metadata, *telemetry.outgoing())
+
+    def _send(
+        self,
+        function_id: str,
+        data: Any,
+        metadata: dict[str, Any] | None,
+        traceparent: str | None,
+        baggage: str | None,
+    ) -> None:
         raw_metadata = _to_json(metadata) if metadata is not None else None
         if self._client is not None:
-            self._client.send(function_id, _to_json(data), metadata=raw_metadata)
+            self._client.send(
+                function_id, _to_json(data), metadata=raw_metadata, traceparent=traceparent, baggage=baggage
+            )
         else:
             self._engine.handle.send(
-                function_id, _to_json(data), namespace=self.namespace, metadata=raw_metadata
+                function_id,
+                _to_json(data),
+                namespace=self.namespace,
+                metadata=raw_metadata,
+                traceparent=traceparent,
+                baggage=baggage,
             )
 
     def complete(self, invocation_id: str, value: Any = None) -> bool:
@@ -376,7 +484,13 @@ class App:
         return self._loop
 
     async def _call_remote(
-        self, function_id: str, data: Any, timeout: float | None, metadata: dict[str, Any] | None
+        self,
+        function_id: str,
+        data: Any,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
     ) -> Any:
         loop = self._require_loop()
         assert self._bridge is not None
@@ -391,6 +505,8 @@ class App:
                 _to_json(data),
                 metadata=raw_metadata,
                 timeout_ms=timeout_ms,
+                traceparent=traceparent,
+                baggage=baggage,
             )
         else:
             self._engine.handle.call(
@@ -401,6 +517,8 @@ class App:
                 namespace=self.namespace,
                 metadata=raw_metadata,
                 timeout_ms=timeout_ms,
+                traceparent=traceparent,
+                baggage=baggage,
             )
         result = await future
         return None if result is None else json.loads(result)
@@ -412,6 +530,8 @@ class App:
         data: Any,
         timeout: float | None,
         metadata: dict[str, Any] | None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
     ) -> Any:
         loop = self._require_loop()
         spec = entry.spec
@@ -424,15 +544,19 @@ class App:
                 invocation_id=f"local-{id(outcome):x}",
                 function_id=function_id,
                 metadata=metadata,
-                traceparent=None,
-                baggage=None,
+                traceparent=traceparent,
+                baggage=baggage,
                 caller_worker_id=None,
                 answer=outcome.settle,
             )
+        tracer = self._tracer
 
         async def run() -> Any:
             try:
-                result = await self._invoke(spec, value, ctx)
+                if tracer is None:
+                    result = await self._invoke(spec, value, ctx)
+                else:
+                    result = await self._invoke_traced(tracer, function_id, spec, value, ctx)
             except FunctionError as exc:
                 raise invocation_error(exc.code, exc.message) from exc
             except (InvocationError, asyncio.CancelledError):
@@ -509,7 +633,31 @@ class App:
             return await spec.func(*args)
         assert self._loop is not None
         assert self._executor is not None
-        return await self._loop.run_in_executor(self._executor, lambda: spec.func(*args))
+        # The handler's thread sees the caller's contextvars (the current span among them).
+        return await self._loop.run_in_executor(
+            self._executor, contextvars.copy_context().run, spec.func, *args
+        )
+
+    async def _invoke_traced(
+        self,
+        tracer: Tracer,
+        function_id: str,
+        spec: HandlerSpec,
+        value: Any,
+        ctx: Context | None,
+        parent: Any = None,
+    ) -> Any:
+        """:meth:`_invoke` inside an ``execute`` span (a local call's; the current span is its
+        parent)."""
+        attributes = self._span_attributes(function_id, ctx.invocation_id if ctx is not None else None)
+        with telemetry.execute_span(tracer, function_id, attributes, parent) as span:
+            try:
+                result = await self._invoke(spec, value, ctx)
+            except FunctionError as exc:
+                telemetry.failed(span, exc.code, exc.message)
+                raise
+            _record_result(span, result, ctx)
+            return result
 
     def _dispatch(self, batch: list[Any]) -> None:
         """Runs on the loop, once per batch the bridge hands over."""
@@ -535,6 +683,16 @@ class App:
                 f"Function {invocation.function_id} is not served by app {self.name!r}",
             )
             return
+        if self._tracer is None:
+            await self._execute(invocation, entry, None)
+            return
+        # The invocation runs in the trace context it arrived with (a root span without one).
+        parent = telemetry.incoming(invocation.traceparent, invocation.baggage)
+        attributes = self._span_attributes(invocation.function_id, invocation.invocation_id)
+        with telemetry.execute_span(self._tracer, invocation.function_id, attributes, parent) as span:
+            await self._execute(invocation, entry, span)
+
+    async def _execute(self, invocation: _native.Invocation, entry: _Function, span: Span | None) -> None:
         spec = entry.spec
 
         def answer(ok: bool, value: Any, error: tuple[str, str] | None) -> bool:
@@ -545,6 +703,11 @@ class App:
                 return invocation.succeed(spec.dump_json(value))
             except ValidationFailed as exc:
                 return invocation.fail(exc.code, str(exc))
+
+        def failed(code: str, message: str, stacktrace: str | None = None) -> None:
+            invocation.fail(code, message, stacktrace)
+            if span is not None:
+                telemetry.failed(span, code, message)
 
         raw_metadata = invocation.metadata
         raw_data = invocation.data
@@ -566,17 +729,53 @@ class App:
         try:
             value = spec.parse_json(raw_data)
             result = await self._invoke(spec, value, ctx)
-        except FunctionError as exc:
-            invocation.fail(exc.code, exc.message)
-            return
-        except ValidationFailed as exc:
-            invocation.fail(exc.code, str(exc))
+            output = None if ctx.deferred is not None else spec.dump_json(result)
+        except (FunctionError, ValidationFailed) as exc:
+            failed(exc.code, exc.message if isinstance(exc, FunctionError) else str(exc))
             return
         except asyncio.CancelledError:
-            invocation.fail("invocation_stopped", f"app {self.name!r} stopped")
+            failed("invocation_stopped", f"app {self.name!r} stopped")
             raise
         except Exception as exc:
-            invocation.fail("invocation_failed", str(exc) or type(exc).__name__, traceback.format_exc())
+            failed("invocation_failed", str(exc) or type(exc).__name__, traceback.format_exc())
+            if span is not None:
+                span.record_exception(exc)
             return
+        if span is not None:
+            _record_result(span, result, ctx)
         if ctx.deferred is None:
-            answer(True, result, None)
+            invocation.succeed(output)
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Runs ``main`` to completion on a new event loop: uvloop's when it is installed, else
+    asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop | None) -> str:
+    kind = type(loop)
+    return "uvloop" if kind.__module__.startswith("uvloop") else f"asyncio {kind.__name__}"
+
+
+def _record_result(span: Span, result: Any, ctx: Context | None) -> None:
+    """Names the result kind on an ``execute`` span: success, no_result or deferred."""
+    if ctx is not None and ctx.deferred is not None:
+        kind = "deferred"
+    else:
+        kind = "no_result" if result is None else "success"
+    span.set_attribute("fnmesh.result", kind)
+
+
+def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    """Hands a task's outcome to a thread waiting on ``future`` (``App.call_sync``)."""
+    if task.cancelled():
+        future.set_exception(InvocationStopped("the call was cancelled", code="invocation_stopped"))
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())

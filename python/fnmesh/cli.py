@@ -4,20 +4,37 @@
 
     fnmesh serve                       # ws://127.0.0.1:49134
     fnmesh serve --host 0.0.0.0 --port 49134 --config engine.toml
+
+``fnmesh run`` serves an :class:`fnmesh.App` until SIGINT or SIGTERM, on its embedded engine or as
+a worker of another engine (fnmesh or iii)::
+
+    fnmesh run orders:app                          # module `orders`, attribute `app`
+    fnmesh run services/orders.py:app --port 0     # a file; any free port
+    fnmesh run orders --connect ws://engine:49134  # attribute `app` by default
+
+``OTEL_TRACES_EXPORTER`` (with the other ``OTEL_*`` variables) turns tracing on; see
+:func:`fnmesh.telemetry.configure_from_env`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
+from pathlib import Path
+from types import FrameType, ModuleType
 
-from fnmesh import __version__
+from fnmesh import __version__, telemetry
+from fnmesh.app import App
 from fnmesh.engine import Engine, EngineConfig
-from fnmesh.errors import FnmeshError
+from fnmesh.errors import FnmeshError, InvalidArgument
 
 __all__ = ["main"]
 
@@ -36,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
         "--function-conflict", choices=["replicate", "reject"], help="second owner of a function"
     )
     serve.add_argument("--log-level", help="log filter, e.g. info or fnmesh_core=debug")
+    run = commands.add_parser("run", help="serve an fnmesh.App until interrupted")
+    run.add_argument("target", metavar="MODULE[:APP]", help="module or .py file, and the app's name (app)")
+    run.add_argument("--connect", metavar="URL", help="be a worker of the engine at URL instead")
+    run.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the first connection may take (default 30)",
+    )
+    run.add_argument("--auth-token", help="token to present (--connect) or to require (embedded)")
+    run.add_argument("--config", help="TOML file with engine settings (embedded engine)")
+    run.add_argument("--host", help="embedded engine's worker WebSocket address")
+    run.add_argument("--port", type=int, help="embedded engine's worker WebSocket port (0 = any free)")
+    run.add_argument("--http-port", type=int, help="embedded engine's HTTP trigger port")
+    run.add_argument("--log-level", default="info", help="log level (default info)")
     return parser
 
 
@@ -67,11 +100,87 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_app(target: str) -> App:
+    """The :class:`fnmesh.App` named by ``module[:attribute]`` (attribute ``app`` by default;
+    dotted attributes and factories taking no arguments work too). ``module`` is a dotted module
+    name importable from the current directory, or a path to a ``.py`` file."""
+    location, _, attribute = target.partition(":")
+    attribute = attribute or "app"
+    if not location:
+        raise InvalidArgument(f"{target!r}: expected MODULE[:APP], e.g. orders:app")
+    module = _import(location)
+    found: object = module
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise InvalidArgument(f"{location} has no attribute {attribute!r}") from None
+    if inspect.isfunction(found):  # a factory
+        found = found()
+    if not isinstance(found, App):
+        raise InvalidArgument(f"{location}:{attribute} is a {type(found).__name__}, not an fnmesh.App")
+    return found
+
+
+def _import(location: str) -> ModuleType:
+    if location.endswith(".py") or os.sep in location:
+        path = Path(location)
+        if not path.is_file():
+            raise InvalidArgument(f"no such file: {location}")
+        # The file's directory is importable, as with `python file.py`.
+        sys.path.insert(0, str(path.resolve().parent))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise InvalidArgument(f"cannot load {location} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        return module
+    sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(location)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and location.startswith(exc.name):
+            raise InvalidArgument(f"no module named {location!r} (from {os.getcwd()})") from None
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        raise InvalidArgument(f"--log-level {args.log_level!r}: use debug, info, warning or error")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = load_app(args.target)
+    if args.connect is not None:
+        names = ("config", "host", "port", "http_port")
+        embedded = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+        if embedded:
+            raise InvalidArgument(f"{', '.join(embedded)} set the embedded engine: not with --connect")
+    else:
+        config = EngineConfig.from_file(args.config) if args.config else None
+        overrides = {"host": args.host, "port": args.port, "http_port": args.http_port}
+        if args.auth_token is not None:
+            overrides["auth_token"] = args.auth_token
+        app.configure(config, **{k: v for k, v in overrides.items() if v is not None})
+    telemetry.configure_from_env(service_name=app.name)
+    try:
+        app.run(
+            connect=args.connect,
+            auth_token=args.auth_token if args.connect else None,
+            connect_timeout=args.connect_timeout,
+        )
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "run":
+            return run(args)
     except (FnmeshError, OSError) as exc:
         print(f"fnmesh: {exc}", file=sys.stderr)
         return 2
