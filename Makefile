@@ -1,4 +1,7 @@
-.PHONY: run test lint bench bench-rust fmt
+.PHONY: run test lint bench bench-rust bench-sdk fmt
+
+# The Python that runs the benchmark scripts (bench-sdk); e.g. PYTHON=/work/venv/bin/python
+PYTHON ?= .venv-test/bin/python
 
 run:  ## the main job on the embedded default
 	bash scripts/run.sh $(ARGS)
@@ -19,3 +22,8 @@ bench-rust:  ## criterion benches (codec, registry)
 bench:  ## criterion benches, then the pytest-benchmark comparisons against the installed wheel
 	cargo bench -p fnmesh-benches
 	.venv-test/bin/python -m pytest benches --benchmark-only -p no:cacheprovider
+
+bench-sdk:  ## E3 embedded call + E2 Python worker benchmark scripts (ARGS=--quick for a smoke run)
+	cargo build --release -p fnmesh-benches --bin fnmesh-loadgen
+	$(PYTHON) benches/sdk_calls.py $(ARGS)
+	$(PYTHON) benches/python_worker.py $(ARGS)

@@ -1,0 +1,405 @@
+"""E2 Python worker: calls/s that one Python worker process serves through the fnmesh engine,
+the fnmesh SDK worker against the official iii-sdk worker.
+
+    python benches/python_worker.py [--quick]
+
+Needs the load generator: ``cargo build --release -p fnmesh-benches --bin fnmesh-loadgen``.
+
+Each measurement starts a fresh ``fnmesh serve`` engine on a free loopback port, one worker process
+serving ``bench.echo`` (``benches/workers/fnmesh_echo.py`` or ``benches/workers/iii_echo.py``, never
+both at once), and runs ``fnmesh-loadgen call`` against it at each concurrency; then both processes
+stop. A round measures the fnmesh worker, then the iii worker; the full run repeats rounds and
+reports the median of each number. Every subprocess is stopped on exit, Ctrl-C and errors included.
+
+Prints a Markdown table and writes ``benches/results/python_worker[.quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import benchkit
+
+LOADGEN = benchkit.ROOT / "target" / "release" / "fnmesh-loadgen"
+WORKERS = {
+    "fnmesh": benchkit.ROOT / "benches" / "workers" / "fnmesh_echo.py",
+    "iii": benchkit.ROOT / "benches" / "workers" / "iii_echo.py",
+}
+LABELS = {"fnmesh": "fnmesh SDK", "iii": "iii-sdk 0.25.0"}
+FUNCTION = "bench.echo"
+CONNECTIONS = 4
+WARMUP = "1s"
+CONCURRENCIES = (1, 64)
+RATIO_TARGET_C64 = 5.0
+
+ENGINE_START_TIMEOUT_S = 20.0
+WORKER_READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+URL_LINE = re.compile(r"workers connect to (ws://\S+)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    duration_s: float
+
+
+FULL = Plan(rounds=3, duration_s=5.0)
+QUICK = Plan(rounds=1, duration_s=2.0)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Processes:
+    """Every subprocess this run started, so that all of them are stopped whatever happens."""
+
+    running: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        # A session of its own: a Ctrl-C reaches only this script, which then stops the children
+        # in order (by pid) instead of racing them.
+        proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any]) -> dict[str, Any]:
+        """Closes its stdin (the workers' polite stop), then SIGTERM, then SIGKILL."""
+        began = time.monotonic()
+        how = "exited"
+        if proc.stdin is not None and not proc.stdin.closed:
+            with suppress(OSError):
+                proc.stdin.close()
+        else:
+            proc.send_signal(signal.SIGTERM)
+            how = "sigterm"
+        try:
+            proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            how = "sigterm" if how == "exited" else "sigkill"
+            proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                how = "sigkill"
+                proc.kill()
+                proc.wait()
+        if proc in self.running:
+            self.running.remove(proc)
+        return {"how": how, "seconds": round(time.monotonic() - began, 3), "returncode": proc.returncode}
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.running)):
+            if proc.poll() is None:
+                self.stop(proc)
+            elif proc in self.running:
+                self.running.remove(proc)
+
+
+@contextmanager
+def managed() -> Iterator[Processes]:
+    procs = Processes()
+    # SIGTERM to this script unwinds like Ctrl-C, through the finally below.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def read_lines(stream: IO[str], into: queue.Queue[str | None]) -> None:
+    for line in stream:
+        into.put(line.rstrip("\n"))
+    into.put(None)
+
+
+def start_engine(procs: Processes, log: Path) -> tuple[subprocess.Popen[Any], str]:
+    """``fnmesh serve`` on a free loopback port; its URL comes from its stderr line."""
+    log_file = log.open("w", encoding="utf-8")
+    try:
+        engine = procs.start(
+            [
+                sys.executable,
+                "-m",
+                "fnmesh.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+                "--log-level",
+                "warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    finally:
+        log_file.close()
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = URL_LINE.search(log.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            return engine, found.group(1)
+        if engine.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise BenchError(f"fnmesh serve did not print its URL:\n{log.read_text(errors='replace')}")
+
+
+def start_worker(procs: Processes, kind: str, url: str, log: Path) -> tuple[subprocess.Popen[Any], float]:
+    """A worker process; returns it once it printed ``ready``, with the seconds that took."""
+    began = time.monotonic()
+    log_file = log.open("w", encoding="utf-8")
+    try:
+        worker = procs.start(
+            [sys.executable, str(WORKERS[kind]), url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
+    finally:
+        log_file.close()
+    assert worker.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=read_lines, args=(worker.stdout, lines), daemon=True).start()
+    deadline = began + WORKER_READY_TIMEOUT_S
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise BenchError(f"{kind} worker not ready after {WORKER_READY_TIMEOUT_S} s") from None
+        if line is None:
+            raise BenchError(f"{kind} worker exited before ready:\n{log.read_text(errors='replace')}")
+        if line.strip() == "ready":
+            return worker, time.monotonic() - began
+
+
+def run_loadgen(procs: Processes, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
+    argv = [
+        str(LOADGEN),
+        "call",
+        "--url",
+        url,
+        "--function",
+        FUNCTION,
+        "--concurrency",
+        str(concurrency),
+        "--connections",
+        str(CONNECTIONS),
+        "--duration",
+        f"{duration_s}s",
+        "--warmup",
+        WARMUP,
+    ]
+    proc = procs.start(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=duration_s + 60)
+    finally:
+        if proc.poll() is None:
+            procs.stop(proc)
+        elif proc in procs.running:
+            procs.running.remove(proc)
+    if proc.returncode != 0:
+        raise BenchError(f"fnmesh-loadgen exited {proc.returncode}: {err.strip()}")
+    lines = [line for line in out.splitlines() if line.strip()]
+    if not lines:
+        raise BenchError(f"fnmesh-loadgen printed nothing: {err.strip()}")
+    report: dict[str, Any] = json.loads(lines[-1])
+    if err.strip():
+        report["stderr"] = err.strip()
+    return report
+
+
+def measure_worker(procs: Processes, kind: str, plan: Plan, logs: Path, round_index: int) -> dict[str, Any]:
+    tag = f"{kind}-r{round_index}"
+    engine, url = start_engine(procs, logs / f"engine-{tag}.log")
+    worker, ready_s = start_worker(procs, kind, url, logs / f"worker-{tag}.log")
+    runs: dict[str, Any] = {}
+    try:
+        for concurrency in CONCURRENCIES:
+            runs[str(concurrency)] = run_loadgen(procs, url, concurrency, plan.duration_s)
+            if worker.poll() is not None:
+                raise BenchError(f"{kind} worker died during the run (exit {worker.returncode})")
+    finally:
+        worker_stop = procs.stop(worker)
+        engine_stop = procs.stop(engine)
+    worker_log = (logs / f"worker-{tag}.log").read_text(errors="replace").strip()
+    engine_log = (logs / f"engine-{tag}.log").read_text(errors="replace").strip()
+    return {
+        "worker": kind,
+        "round": round_index,
+        "url": url,
+        "ready_s": round(ready_s, 3),
+        "worker_stop": worker_stop,
+        "engine_stop": engine_stop,
+        "worker_stderr": worker_log[-4000:],
+        "engine_stderr": engine_log[-4000:],
+        "loadgen": runs,
+    }
+
+
+def median_of(runs: list[dict[str, Any]], concurrency: int, *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run["loadgen"][str(concurrency)]
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return statistics.median(values)
+
+
+def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
+    env = benchkit.environment()
+    by_kind = {kind: [r for r in results if r["worker"] == kind] for kind in WORKERS}
+    summary: dict[str, Any] = {}
+    rows = []
+    for c in CONCURRENCIES:
+        entry: dict[str, Any] = {}
+        for kind, runs in by_kind.items():
+            entry[kind] = {
+                "calls_per_s": median_of(runs, c, "throughput_per_s"),
+                "p50_us": median_of(runs, c, "latency_us", "p50"),
+                "p99_us": median_of(runs, c, "latency_us", "p99"),
+                "errors": sum(int(r["loadgen"][str(c)]["errors"]) for r in runs),
+                "timeouts": sum(int(r["loadgen"][str(c)]["timeouts"]) for r in runs),
+                "calls": sum(int(r["loadgen"][str(c)]["calls"]) for r in runs),
+            }
+        per_round = [
+            benchkit.ratio(
+                float(a["loadgen"][str(c)]["throughput_per_s"]),
+                float(b["loadgen"][str(c)]["throughput_per_s"]),
+            )
+            for a, b in zip(by_kind["fnmesh"], by_kind["iii"], strict=True)
+        ]
+        r = benchkit.ratio(entry["fnmesh"]["calls_per_s"], entry["iii"]["calls_per_s"])
+        entry["ratio"] = r
+        entry["ratio_per_round"] = per_round
+        summary[str(c)] = entry
+        target = f"≥ {RATIO_TARGET_C64:g}x: {'yes' if r >= RATIO_TARGET_C64 else 'NO'}" if c == 64 else "—"
+        f, i = entry["fnmesh"], entry["iii"]
+        errors = f"{f['errors']} / {i['errors']}"
+        rows.append(
+            [
+                str(c),
+                f"{f['calls_per_s']:,.0f}",
+                f"{f['p50_us']:,.0f} / {f['p99_us']:,.0f}",
+                f"{i['calls_per_s']:,.0f}",
+                f"{i['p50_us']:,.0f} / {i['p99_us']:,.0f}",
+                f"{r:.2f}x",
+                target,
+                errors,
+            ]
+        )
+
+    ready = {kind: [r["ready_s"] for r in runs] for kind, runs in by_kind.items()}
+    extra = [
+        "",
+        "one worker process at a time (both on plain asyncio, no uvloop), a fresh `fnmesh serve` "
+        "engine per worker (loopback); "
+        f"`fnmesh-loadgen call --function {FUNCTION} --connections {CONNECTIONS} "
+        f"--duration {plan.duration_s:g}s --warmup {WARMUP}` (64-byte payload); "
+        f"{plan.rounds} round(s), medians" + (" (--quick)" if quick else ""),
+        "",
+    ]
+    print(benchkit.header("E2 Python worker: calls/s through one worker process", env, extra))
+    columns = [
+        "C",
+        "fnmesh calls/s",
+        "fnmesh p50 / p99 µs",
+        "iii-sdk calls/s",
+        "iii-sdk p50 / p99 µs",
+        "ratio",
+        "target",
+        "errors f / iii",
+    ]
+    print(benchkit.table(columns, rows))
+    print()
+    for c in CONCURRENCIES:
+        rounds = ", ".join(f"{x:.2f}x" for x in summary[str(c)]["ratio_per_round"])
+        print(f"C={c} ratio per round: {rounds}")
+    print(
+        "worker ready after (s): "
+        + "; ".join(f"{kind} {', '.join(f'{s:.2f}' for s in values)}" for kind, values in ready.items())
+    )
+    forced = [
+        f"{r['worker']} r{r['round']} {name} ({r[name]['how']})"
+        for r in results
+        for name in ("worker_stop", "engine_stop")
+        if r[name]["how"] != "exited" and not (name == "engine_stop" and r[name]["how"] == "sigterm")
+    ]
+    if forced:
+        print("needed a signal to stop: " + ", ".join(forced))
+
+    path = benchkit.write_results(
+        "python_worker",
+        quick,
+        {
+            "benchmark": "E2 Python worker",
+            "environment": env,
+            "plan": plan.__dict__,
+            "connections": CONNECTIONS,
+            "warmup": WARMUP,
+            "function": FUNCTION,
+            "targets": {"ratio_min_at_c64": RATIO_TARGET_C64},
+            "summary": summary,
+            "runs": results,
+        },
+    )
+    print(f"\nraw numbers: {benchkit.relative(path)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if not os.access(LOADGEN, os.X_OK):
+        print(
+            f"{LOADGEN} is missing: cargo build --release -p fnmesh-benches --bin fnmesh-loadgen",
+            file=sys.stderr,
+        )
+        return 2
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fnmesh-e2-") as tmp, managed() as procs:
+        logs = Path(tmp)
+        for round_index in range(plan.rounds):
+            for kind in WORKERS:
+                results.append(measure_worker(procs, kind, plan, logs, round_index))
+    report(results, plan, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"python_worker: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("python_worker: interrupted; every subprocess was stopped", file=sys.stderr)
+        sys.exit(130)
