@@ -17,6 +17,7 @@ Prints a Markdown table and writes ``benches/results/python_worker[.quick].json`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import queue
@@ -42,6 +43,7 @@ WORKERS = {
     "iii": benchkit.ROOT / "benches" / "workers" / "iii_echo.py",
 }
 LABELS = {"fnmesh": "fnmesh SDK", "iii": "iii-sdk 0.25.0"}
+FNMESH_LOOP = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio (uvloop not installed)"
 FUNCTION = "bench.echo"
 CONNECTIONS = 4
 WARMUP = "1s"
@@ -319,8 +321,9 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
     ready = {kind: [r["ready_s"] for r in runs] for kind, runs in by_kind.items()}
     extra = [
         "",
-        "one worker process at a time (both on plain asyncio, no uvloop), a fresh `fnmesh serve` "
-        "engine per worker (loopback); "
+        "one worker process at a time, each on its SDK's default event loop (fnmesh: "
+        f"{FNMESH_LOOP}, as `App.run()` / `fnmesh run` pick it; iii-sdk: its own asyncio thread), "
+        "a fresh `fnmesh serve` engine per worker (loopback); "
         f"`fnmesh-loadgen call --function {FUNCTION} --connections {CONNECTIONS} "
         f"--duration {plan.duration_s:g}s --warmup {WARMUP}` (64-byte payload); "
         f"{plan.rounds} round(s), medians" + (" (--quick)" if quick else ""),

@@ -4,6 +4,7 @@ result kinds, validation, timeouts and concurrency."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -235,3 +236,72 @@ async def test_app_is_not_callable_before_start_or_after_stop() -> None:
         await app.call("alpha::echo", {})
     with pytest.raises(fnmesh.InvalidArgument, match="already declared"):
         app.add_function("orders::create", lambda: None)
+
+
+REQUEST: contextvars.ContextVar[int] = contextvars.ContextVar("request")
+
+
+async def test_invocations_that_wait_run_concurrently_each_in_its_own_context() -> None:
+    app = fnmesh.App("waiting", port=0, log_level="warn", invocation_timeout_ms=10_000)
+    arrived: list[int] = []
+    everyone_here = asyncio.Event()
+    count = 40
+
+    @app.function("w::gather")
+    async def gather(data: dict[str, Any]) -> dict[str, Any]:
+        before = REQUEST.get(None)  # nothing leaks from another invocation's first step
+        REQUEST.set(data["i"])
+        arrived.append(data["i"])
+        if len(arrived) == count:
+            everyone_here.set()
+        # Only returns once every invocation has started: they must run concurrently.
+        await asyncio.wait_for(everyone_here.wait(), 5)
+        await asyncio.sleep(0)
+        return {"i": data["i"], "seen": REQUEST.get(), "before": before}
+
+    async with app:
+        with sdk_client(app.url, "probe") as probe:
+
+            def burst() -> list[Any]:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(count) as pool:
+                    return list(pool.map(lambda i: call(probe, "w::gather", {"i": i}), range(count)))
+
+            results = await asyncio.to_thread(burst)
+    assert [r["i"] for r in results] == list(range(count))
+    assert all(r["seen"] == r["i"] and r["before"] is None for r in results), results
+
+
+async def test_resumed_invocation_gets_results_errors_and_cancellation() -> None:
+    from fnmesh.app import _resume
+
+    loop = asyncio.get_running_loop()
+    events: list[str] = []
+
+    async def handler(first: asyncio.Future[int], second: asyncio.Future[int]) -> None:
+        events.append(f"got {await first}")
+        try:
+            await second
+        except ValueError as exc:
+            events.append(f"caught {exc}")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    first: asyncio.Future[int] = loop.create_future()
+    second: asyncio.Future[int] = loop.create_future()
+    coro = handler(first, second)
+    waiting = coro.send(None)  # the eager first step stops at `await first`
+    assert waiting is first
+    task = loop.create_task(_resume(coro, waiting))
+    first.set_result(7)
+    await asyncio.sleep(0.01)
+    second.set_exception(ValueError("no"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["got 7", "caught no", "cancelled"]

@@ -12,6 +12,7 @@ import functools
 import json
 import socket
 import textwrap
+import warnings
 from typing import Annotated, Any, Optional
 
 import pytest
@@ -680,6 +681,17 @@ def test_output_of_wrong_model_type_fails() -> None:
         spec.check_python("order")
     with pytest.raises(ValidationFailed, match=r"invalid output: 1: Input should be a valid integer"):
         inspect(takes_ints).check_python([1, "x"])
+
+
+def test_output_model_mutated_into_an_invalid_state_fails_when_serialized() -> None:
+    # Validation passes a model instance through as it is; the serializer still catches a field
+    # that was assigned a wrong type after the model was built.
+    order = Order(id=1, customer="ada", items=[])
+    order.id = "one"  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not an error by way of the warning filters: by fnmesh
+        with pytest.raises(ValidationFailed, match="invalid output: cannot serialize Order"):
+            inspect(create_order).dump_json(order)
 
 
 def test_check_python_returns_validated_python_objects() -> None:

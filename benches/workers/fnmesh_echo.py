@@ -15,6 +15,7 @@ import threading
 import time
 
 import fnmesh
+from fnmesh.app import run_loop
 
 FUNCTION = "bench.echo"
 READY_TIMEOUT_S = 30.0
@@ -64,4 +65,5 @@ async def main(url: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
-    asyncio.run(main(sys.argv[1]))
+    # The loop App.run() and `fnmesh run` use: uvloop when installed, else asyncio's.
+    run_loop(main(sys.argv[1]))

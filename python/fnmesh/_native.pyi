@@ -226,7 +226,7 @@ class ClientHandle:
         auth_token: str | None = None,
         call_timeout_ms: int = 30000,
         first_connect_timeout_ms: int = 30000,
-        worker_threads: int = 2,
+        worker_threads: int = 1,
     ) -> ClientHandle: ...
     def register_function(
         self,

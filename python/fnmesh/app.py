@@ -25,12 +25,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import itertools
 import json
 import logging
 import re
 import signal
+import sys
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -121,6 +123,7 @@ class App:
         self._tracing = tracing
         self._tracer_provider = tracer_provider
         self._tracer: Tracer | None = None
+        self._local_ids = itertools.count(1)
 
     # ------------------------------------------------------------------------------------------
     # Declaring functions
@@ -372,9 +375,25 @@ class App:
         entry = self._functions.get(function_id)
         if self._tracer is not None:
             return await self._call_traced(self._tracer, function_id, entry, data, timeout, metadata)
-        if entry is not None:
+        if entry is None:
+            return await self._call_remote(function_id, data, timeout, metadata)
+        spec = entry.spec
+        if timeout is not None or not spec.is_async or self._bridge is None:
             return await self._call_local(function_id, entry, data, timeout, metadata)
-        return await self._call_remote(function_id, data, timeout, metadata)
+        # The common case, spelled out: an async handler, no timeout.
+        value = spec.parse_python(data)
+        ctx = self._local_context(function_id, metadata) if spec.wants_context else None
+        try:
+            result = await spec.invoke(value, ctx)
+        except FunctionError as exc:
+            raise invocation_error(exc.code, exc.message) from exc
+        except (InvocationError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise _handler_failed(exc) from exc
+        if ctx is not None and ctx._outcome is not None:
+            return await _deferred_result(spec, ctx._outcome)
+        return spec.check_python(result)
 
     async def _call_traced(
         self,
@@ -533,22 +552,12 @@ class App:
         traceparent: str | None = None,
         baggage: str | None = None,
     ) -> Any:
-        loop = self._require_loop()
+        self._require_loop()
         spec = entry.spec
         value = spec.parse_python(data)
-        # Only a handler that takes the context can defer: the others need neither.
-        outcome = LocalOutcome(loop) if spec.wants_context else None
         ctx = None
-        if outcome is not None:
-            ctx = self._context(
-                invocation_id=f"local-{id(outcome):x}",
-                function_id=function_id,
-                metadata=metadata,
-                traceparent=traceparent,
-                baggage=baggage,
-                caller_worker_id=None,
-                answer=outcome.settle,
-            )
+        if spec.wants_context:
+            ctx = self._local_context(function_id, metadata, traceparent, baggage)
         tracer = self._tracer
 
         async def run() -> Any:
@@ -562,21 +571,12 @@ class App:
             except (InvocationError, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                # As a remote caller would see it; the original stays the cause.
-                message = str(exc) or type(exc).__name__
-                raise RemoteError(
-                    message, code="invocation_failed", stacktrace=traceback.format_exc()
-                ) from exc
-            if ctx is None or outcome is None or ctx.deferred is None:
-                return spec.check_python(result)
-            ok, late, error = await outcome.future
-            if not ok:
-                assert error is not None
-                raise invocation_error(*error)
-            return spec.check_python(late)
+                raise _handler_failed(exc) from exc
+            if ctx is not None and ctx._outcome is not None:
+                return await _deferred_result(spec, ctx._outcome)
+            return spec.check_python(result)
 
         if timeout is None:
-            # Without a timeout, a local call is a direct await (no wrapper at all).
             return await run()
         try:
             return await asyncio.wait_for(run(), timeout)
@@ -587,55 +587,55 @@ class App:
                 f"{function_id} did not answer within {timeout} s", code="invocation_timeout"
             ) from None
 
-    # ------------------------------------------------------------------------------------------
-    # Serving calls from the engine
-    # ------------------------------------------------------------------------------------------
-
-    def _context(
+    def _local_context(
         self,
-        *,
-        invocation_id: str,
         function_id: str,
         metadata: dict[str, Any] | None,
-        traceparent: str | None,
-        baggage: str | None,
-        caller_worker_id: str | None,
-        answer: Callable[[bool, Any, tuple[str, str] | None], bool],
+        traceparent: str | None = None,
+        baggage: str | None = None,
     ) -> Context:
-        def make_deferred() -> Deferred:
-            deferred = Deferred(invocation_id, function_id, answer, self._forget)
-            self._deferred[invocation_id] = deferred
-            # The engine gives up on the call after its timeout; so does the app (ctx.defer() may
-            # run in a sync handler's thread, hence the thread-safe hop).
-            loop = self._require_loop()
-            expiry = self._engine.config.invocation_timeout_ms / 1000
-            loop.call_soon_threadsafe(loop.call_later, expiry, self._forget, deferred)
-            return deferred
-
         return Context(
             self,
-            invocation_id=invocation_id,
+            invocation_id=f"local-{next(self._local_ids)}",
             function_id=function_id,
             namespace=self.namespace,
             metadata=metadata,
             traceparent=traceparent,
             baggage=baggage,
-            caller_worker_id=caller_worker_id,
-            make_deferred=make_deferred,
+            caller_worker_id=None,
+            answer=None,
         )
+
+    def _defer(self, ctx: Context) -> Deferred:
+        """``ctx.defer()``: the handle that finishes ``ctx``'s call later (any thread)."""
+        loop = self._require_loop()
+        answer = ctx._answer
+        if answer is None:  # a local call: its caller awaits this outcome
+            ctx._outcome = LocalOutcome(loop)
+            answer = ctx._outcome.settle
+        deferred = Deferred(ctx.invocation_id, ctx.function_id, answer, self._forget)
+        self._deferred[ctx.invocation_id] = deferred
+        # The engine gives up on the call after its timeout; so does the app (ctx.defer() may
+        # run in a sync handler's thread, hence the thread-safe hop).
+        expiry = self._engine.config.invocation_timeout_ms / 1000
+        loop.call_soon_threadsafe(loop.call_later, expiry, self._forget, deferred)
+        return deferred
+
+    # ------------------------------------------------------------------------------------------
+    # Serving calls from the engine
+    # ------------------------------------------------------------------------------------------
 
     def _forget(self, deferred: Deferred) -> None:
         self._deferred.pop(deferred.invocation_id, None)
 
     async def _invoke(self, spec: HandlerSpec, value: Any, ctx: Context | None) -> Any:
-        args = spec.call_args(value, ctx)
         if spec.is_async:
-            return await spec.func(*args)
+            return await spec.invoke(value, ctx)
         assert self._loop is not None
         assert self._executor is not None
         # The handler's thread sees the caller's contextvars (the current span among them).
         return await self._loop.run_in_executor(
-            self._executor, contextvars.copy_context().run, spec.func, *args
+            self._executor, contextvars.copy_context().run, spec.invoke, value, ctx
         )
 
     async def _invoke_traced(
@@ -671,11 +671,15 @@ class App:
                 else:
                     future.set_result(result)
             else:
-                task = asyncio.ensure_future(self._serve(item))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start(item)
 
-    async def _serve(self, invocation: _native.Invocation) -> None:
+    def _start(self, invocation: _native.Invocation) -> None:
+        """Starts serving one invocation from the engine.
+
+        The first step runs right here, in a fresh copy of the context: a handler that finishes
+        without waiting on anything (the common case) costs no Task at all. One that waits goes
+        on in a Task that shares that context (Python 3.11+; before, every invocation gets a
+        Task)."""
         entry = self._functions.get(invocation.function_id)
         if entry is None:
             invocation.fail(
@@ -683,6 +687,24 @@ class App:
                 f"Function {invocation.function_id} is not served by app {self.name!r}",
             )
             return
+        coro = self._serve(invocation, entry)
+        if not _EAGER:
+            self._track(asyncio.ensure_future(coro))
+            return
+        context = contextvars.copy_context()
+        try:
+            waiting = context.run(coro.send, None)
+        except StopIteration:
+            return
+        assert self._loop is not None
+        self._track(self._loop.create_task(_resume(coro, waiting), context=context))  # type: ignore[call-arg]
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        # Kept until done: the loop holds tasks only weakly, and stop() cancels what is left.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, invocation: _native.Invocation, entry: _Function) -> None:
         if self._tracer is None:
             await self._execute(invocation, entry, None)
             return
@@ -694,6 +716,40 @@ class App:
 
     async def _execute(self, invocation: _native.Invocation, entry: _Function, span: Span | None) -> None:
         spec = entry.spec
+        ctx = self._invocation_context(invocation, spec) if spec.wants_context else None
+        try:
+            value = spec.parse_json(invocation.data)
+            if spec.is_async:
+                result = await spec.invoke(value, ctx)
+            else:
+                result = await self._invoke(spec, value, ctx)
+            deferred = ctx is not None and ctx.deferred is not None
+            output = None if deferred else spec.dump_json(result)
+        except (FunctionError, ValidationFailed) as exc:
+            message = exc.message if isinstance(exc, FunctionError) else str(exc)
+            invocation.fail(exc.code, message)
+            if span is not None:
+                telemetry.failed(span, exc.code, message)
+            return
+        except asyncio.CancelledError:
+            invocation.fail("invocation_stopped", f"app {self.name!r} stopped")
+            if span is not None:
+                telemetry.failed(span, "invocation_stopped", "the app stopped")
+            raise
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            invocation.fail("invocation_failed", message, traceback.format_exc())
+            if span is not None:
+                telemetry.failed(span, "invocation_failed", message)
+                span.record_exception(exc)
+            return
+        if span is not None:
+            _record_result(span, result, ctx)
+        if not deferred:
+            invocation.succeed(output)
+
+    def _invocation_context(self, invocation: _native.Invocation, spec: HandlerSpec) -> Context:
+        """The context of an invocation from the engine, for a handler that takes one."""
 
         def answer(ok: bool, value: Any, error: tuple[str, str] | None) -> bool:
             if not ok:
@@ -704,47 +760,77 @@ class App:
             except ValidationFailed as exc:
                 return invocation.fail(exc.code, str(exc))
 
-        def failed(code: str, message: str, stacktrace: str | None = None) -> None:
-            invocation.fail(code, message, stacktrace)
-            if span is not None:
-                telemetry.failed(span, code, message)
-
         raw_metadata = invocation.metadata
-        raw_data = invocation.data
         caller = invocation.caller_worker_id
-        if caller is None and _CALLER_KEY in raw_data:
-            # Over a worker connection the engine's only word on the caller is the
-            # `_caller_worker_id` it put into the payload (PROTOCOL.md 4.1).
-            found = _CALLER_RE.search(raw_data)
-            caller = found.group(1).decode() if found else None
-        ctx = self._context(
+        if caller is None:
+            raw_data = invocation.data
+            if _CALLER_KEY in raw_data:
+                # Over a worker connection the engine's only word on the caller is the
+                # `_caller_worker_id` it put into the payload (PROTOCOL.md 4.1).
+                found = _CALLER_RE.search(raw_data)
+                caller = found.group(1).decode() if found else None
+        return Context(
+            self,
             invocation_id=invocation.invocation_id,
             function_id=invocation.function_id,
+            namespace=self.namespace,
             metadata=json.loads(raw_metadata) if raw_metadata is not None else None,
             traceparent=invocation.traceparent,
             baggage=invocation.baggage,
             caller_worker_id=caller,
             answer=answer,
         )
-        try:
-            value = spec.parse_json(raw_data)
-            result = await self._invoke(spec, value, ctx)
-            output = None if ctx.deferred is not None else spec.dump_json(result)
-        except (FunctionError, ValidationFailed) as exc:
-            failed(exc.code, exc.message if isinstance(exc, FunctionError) else str(exc))
-            return
-        except asyncio.CancelledError:
-            failed("invocation_stopped", f"app {self.name!r} stopped")
-            raise
-        except Exception as exc:
-            failed("invocation_failed", str(exc) or type(exc).__name__, traceback.format_exc())
-            if span is not None:
-                span.record_exception(exc)
-            return
-        if span is not None:
-            _record_result(span, result, ctx)
-        if ctx.deferred is None:
-            invocation.succeed(output)
+
+
+_EAGER = sys.version_info >= (3, 11)  # create_task(context=...)
+
+
+async def _deferred_result(spec: HandlerSpec, outcome: LocalOutcome) -> Any:
+    """What a deferred local call finished with."""
+    ok, late, error = await outcome.future
+    if not ok:
+        assert error is not None
+        raise invocation_error(*error)
+    return spec.check_python(late)
+
+
+def _handler_failed(exc: Exception) -> RemoteError:
+    """A local handler's unexpected exception as a remote caller would see it (the original
+    stays the cause)."""
+    message = str(exc) or type(exc).__name__
+    return RemoteError(message, code="invocation_failed", stacktrace=traceback.format_exc())
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drives ``coro`` on from where its eager first step left it, waiting on ``waiting``."""
+    await _Resume(coro, waiting)
+
+
+class _Resume:
+    """An awaitable that hands the future a started coroutine waits on to the Task running it,
+    and forwards every resumption (or thrown cancellation) to that coroutine."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, waiting = self.coro, self.waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:  # thrown in by the Task: cancellation
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(None)
+                except StopIteration:
+                    return
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:

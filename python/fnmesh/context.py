@@ -6,10 +6,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fnmesh.results import Deferred
+from fnmesh.results import Deferred, LocalOutcome
 
 if TYPE_CHECKING:
     from fnmesh.app import App
+
+#: How a deferred call is finished: ``(ok, value, (code, message) or None) -> answered``.
+Answer = Callable[[bool, Any, "tuple[str, str] | None"], bool]
 
 __all__ = ["Context"]
 
@@ -23,9 +26,10 @@ class Context:
     """
 
     __slots__ = (
+        "_answer",
         "_app",
         "_deferred",
-        "_make_deferred",
+        "_outcome",
         "baggage",
         "caller_worker_id",
         "function_id",
@@ -46,7 +50,7 @@ class Context:
         traceparent: str | None,
         baggage: str | None,
         caller_worker_id: str | None,
-        make_deferred: Callable[[], Deferred],
+        answer: Answer | None,
     ) -> None:
         self._app = app
         self.invocation_id = invocation_id
@@ -56,7 +60,9 @@ class Context:
         self.traceparent = traceparent
         self.baggage = baggage
         self.caller_worker_id = caller_worker_id
-        self._make_deferred = make_deferred
+        # None for a local call: its caller awaits `_outcome`, made only if the handler defers.
+        self._answer = answer
+        self._outcome: LocalOutcome | None = None
         self._deferred: Deferred | None = None
 
     @property
@@ -73,7 +79,7 @@ class Context:
         """Accepts the call now and finishes it later through the returned handle (or
         ``app.complete(ctx.invocation_id, value)``). The handler's return value is then ignored."""
         if self._deferred is None:
-            self._deferred = self._make_deferred()
+            self._deferred = self._app._defer(self)
         return self._deferred
 
     async def call(

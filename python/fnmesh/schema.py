@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import types
 import typing
 from collections.abc import Callable
@@ -86,7 +85,19 @@ class HandlerSpec:
     output_type: Any = None
     _input_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
     _output_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
+    # The adapters' pydantic-core validator and serializer, called directly: TypeAdapter's
+    # Python wrappers cost more than the work for small payloads (~2 µs vs ~0.3 µs for a dump).
+    _input_validator: Any = field(default=None, repr=False)
+    _output_validator: Any = field(default=None, repr=False)
+    _output_serializer: Any = field(default=None, repr=False)
+    # "error" when the output can hold model or dataclass instances, which validation passes
+    # through as they are (a field assigned a wrong type later is caught while serializing);
+    # otherwise validation built the value and nothing can go wrong. "error" costs ~1 µs a dump.
+    _serializer_warnings: Any = field(default=False, repr=False)
     _slots: tuple[_Slot, ...] = field(default=(), repr=False)
+    #: The common argument lists spelled out for :meth:`invoke`: ``""`` (none), ``"i"`` (input),
+    #: ``"c"`` (context), ``"ic"``, ``"ci"``; ``"*"`` for lists with defaults between them.
+    _shape: str = field(default="*", repr=False)
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -96,15 +107,15 @@ class HandlerSpec:
             return None
         if not raw or (raw[:1].isspace() and not raw.strip()):
             raw = b"null"  # no data at all counts as null
-        if self._input_adapter is not None:
+        if self._input_validator is not None:
             try:
-                return self._input_adapter.validate_json(raw)
+                return self._input_validator.validate_json(raw)
             except ValidationError as exc:
                 raise self._invalid("input", exc) from None
         try:
-            return json.loads(raw)
+            # pydantic-core's parser: ~5x json.loads on small payloads, same values.
+            return pydantic_core.from_json(raw)
         except (ValueError, RecursionError) as exc:
-            # json.JSONDecodeError and UnicodeDecodeError are both ValueErrors.
             message = f"{self.function_id}: invalid input: Invalid JSON: {exc}"
             raise ValidationFailed(message) from None
 
@@ -112,12 +123,29 @@ class HandlerSpec:
         """The input given as Python objects (a local call, no JSON in between)."""
         if self.input_kind == "none":
             return None
-        if self._input_adapter is None:
+        if self._input_validator is None:
             return value
         try:
-            return self._input_adapter.validate_python(value)
+            return self._input_validator.validate_python(value)
         except ValidationError as exc:
             raise self._invalid("input", exc) from None
+
+    def invoke(self, data: Any, ctx: Any) -> Any:
+        """Calls the handler with the input and the context in its order; returns what it returns
+        (a coroutine for an async handler)."""
+        shape = self._shape
+        # Spelled out, the common shapes cost 106 ns instead of 256 ns through call_args().
+        if shape == "i":
+            return self.func(data)
+        if shape == "ic":
+            return self.func(data, ctx)
+        if shape == "":
+            return self.func()
+        if shape == "c":
+            return self.func(ctx)
+        if shape == "ci":
+            return self.func(ctx, data)
+        return self.func(*self.call_args(data, ctx))
 
     def call_args(self, data: Any, ctx: Any) -> tuple[Any, ...]:
         """The positional arguments for the handler, in its order."""
@@ -138,8 +166,8 @@ class HandlerSpec:
         if value is None:
             return None
         try:
-            if self._output_adapter is not None:
-                return self._output_adapter.dump_json(value, warnings="error")
+            if self._output_serializer is not None:
+                return self._output_serializer.to_json(value, warnings=self._serializer_warnings)  # type: ignore[no-any-return]
             return pydantic_core.to_json(value, inf_nan_mode="null")
         except Exception as exc:  # anything without a JSON form, whatever the serializer raises
             kind = type(result).__name__
@@ -149,10 +177,10 @@ class HandlerSpec:
     def check_python(self, result: Any) -> Any:
         """The result for a local caller: validated against the return annotation, kept as Python
         objects (a dict returned for a model annotation becomes that model)."""
-        if self._output_adapter is None:
+        if self._output_validator is None:
             return result
         try:
-            return self._output_adapter.validate_python(result)
+            return self._output_validator.validate_python(result)
         except ValidationError as exc:
             raise self._invalid("output", exc) from None
 
@@ -280,8 +308,19 @@ def inspect_handler(function_id: str, func: Callable[..., Any], *, context_type:
         output_type=output_type,
         _input_adapter=input_adapter,
         _output_adapter=output_adapter,
+        _input_validator=input_adapter.validator if input_adapter is not None else None,
+        _output_validator=output_adapter.validator if output_adapter is not None else None,
+        _output_serializer=output_adapter.serializer if output_adapter is not None else None,
+        _serializer_warnings=_warnings_for(output_adapter),
         _slots=tuple(slots),
+        _shape=_shape_of(slots),
     )
+
+
+def _shape_of(slots: list[_Slot]) -> str:
+    if any(isinstance(slot, _Default) for slot in slots):
+        return "*"
+    return "".join("i" if slot == _INPUT else "c" for slot in slots)
 
 
 def _target(func: Any) -> Any:
@@ -370,6 +409,29 @@ def _adapter(function_id: str, side: str, name: str, hint: Any) -> tuple[TypeAda
             f"{function_id}: the {side} annotation {_describe(hint)} of {name!r} has no JSON Schema: {exc}"
         ) from None
     return adapter, schema
+
+
+def _warnings_for(adapter: TypeAdapter[Any] | None) -> Any:
+    return "error" if adapter is not None and _holds_instances(adapter) else False
+
+
+def _holds_instances(adapter: TypeAdapter[Any]) -> bool:
+    """True when values of the adapter's type can contain model or dataclass instances."""
+    seen: set[int] = set()
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            if id(node) in seen:
+                return False
+            seen.add(id(node))
+            if node.get("type") in ("model", "dataclass", "definitions", "definition-ref"):
+                return True
+            return any(walk(value) for value in node.values())
+        if isinstance(node, (list, tuple)):
+            return any(walk(value) for value in node)
+        return False
+
+    return walk(adapter.core_schema)
 
 
 def _describe(hint: Any) -> str:

@@ -826,9 +826,9 @@ impl Inner {
             baggage: invoke.baggage,
             caller_worker_id: None,
         };
-        // NOTE: one task per invocation (PROTOCOL.md 4.10: every invoke runs concurrently); the
-        // spawn cost against a direct call on the read loop is not measured yet.
-        tokio::spawn(async move { handler.invoke(call) });
+        // `NativeFunction::invoke` must not block, so it is called right here on the read loop:
+        // invocations still run concurrently (each handler answers later through its Reply).
+        handler.invoke(call);
     }
 
     fn send_result(&self, invocation_id: &str, function_id: String, outcome: Outcome) {
