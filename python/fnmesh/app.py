@@ -124,6 +124,7 @@ class App:
         self._tracer_provider = tracer_provider
         self._tracer: Tracer | None = None
         self._local_ids = itertools.count(1)
+        self._answers: list[tuple[_native.Invocation, bytes | None]] | None = None
 
     # ------------------------------------------------------------------------------------------
     # Declaring functions
@@ -661,17 +662,25 @@ class App:
 
     def _dispatch(self, batch: list[Any]) -> None:
         """Runs on the loop, once per batch the bridge hands over."""
-        for item in batch:
-            if isinstance(item, tuple):
-                future, result, error = item
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(invocation_error(*error))
+        # Results of the invocations that finish during the batch go back in one crossing.
+        answers: list[tuple[_native.Invocation, bytes | None]] = []
+        self._answers = answers
+        try:
+            for item in batch:
+                if isinstance(item, tuple):
+                    future, result, error = item
+                    if future.done():
+                        continue
+                    if error is not None:
+                        future.set_exception(invocation_error(*error))
+                    else:
+                        future.set_result(result)
                 else:
-                    future.set_result(result)
-            else:
-                self._start(item)
+                    self._start(item)
+        finally:
+            self._answers = None
+            if answers:
+                _native.Invocation.succeed_all(answers)
 
     def _start(self, invocation: _native.Invocation) -> None:
         """Starts serving one invocation from the engine.
@@ -746,7 +755,10 @@ class App:
         if span is not None:
             _record_result(span, result, ctx)
         if not deferred:
-            invocation.succeed(output)
+            if self._answers is not None:  # inside _dispatch: answered with the batch
+                self._answers.append((invocation, output))
+            else:
+                invocation.succeed(output)
 
     def _invocation_context(self, invocation: _native.Invocation, spec: HandlerSpec) -> Context:
         """The context of an invocation from the engine, for a handler that takes one."""
