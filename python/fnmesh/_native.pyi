@@ -125,11 +125,29 @@ class EngineHandle:
         functions_available_interval_ms: int,
         trigger_ack_timeout_ms: int,
         worker_threads: int,
+        http_body_limit_bytes: int,
+        http_timeout_ms: int,
+        http_cors_origins: list[str] | None,
     ) -> EngineHandle: ...
     @property
     def host(self) -> str: ...
     @property
     def port(self) -> int: ...
+    @property
+    def http_addr(self) -> str | None: ...
+    def register_trigger(
+        self,
+        bridge: Bridge,
+        future: Any,
+        trigger_type: str,
+        function_id: str,
+        config: str,
+        *,
+        namespace: str | None = None,
+        metadata: str | None = None,
+        id: str | None = None,
+    ) -> None: ...
+    def unregister_trigger(self, id: str) -> bool: ...
     @property
     def running(self) -> bool: ...
     @property

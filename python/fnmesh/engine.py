@@ -40,7 +40,13 @@ class EngineConfig:
     port: int = 49134
     """Port of the worker WebSocket listener; 0 picks a free port."""
     http_port: int = 3111
-    """Port of the HTTP trigger server."""
+    """Port of the HTTP trigger server (on ``host``), opened when the first route is bound."""
+    http_body_limit_bytes: int = 16 * 1024 * 1024
+    """Largest HTTP request body a route accepts; a larger one gets 413."""
+    http_timeout_ms: int = 30_000
+    """How long an HTTP request may take (middleware, condition, function); then 504."""
+    http_cors_origins: tuple[str, ...] | None = None
+    """Origins allowed to call the routes from a browser (``"*"`` for any); ``None`` is permissive."""
     auth_token: str | None = None
     """When set, workers must send ``Authorization: Bearer <token>`` (or ``?token=``)."""
     function_conflict: str = "replicate"
@@ -77,6 +83,14 @@ class EngineConfig:
             raise InvalidArgument("ports must be between 0 and 65535")
         if self.max_frame_bytes == 0 or self.outbound_queue == 0 or self.worker_threads == 0:
             raise InvalidArgument("max_frame_bytes, outbound_queue and worker_threads must be positive")
+        if self.http_cors_origins is not None:
+            if isinstance(self.http_cors_origins, str) or not all(
+                isinstance(o, str) for o in self.http_cors_origins
+            ):
+                raise InvalidArgument(
+                    f"http_cors_origins must be a list of origins, not {self.http_cors_origins!r}"
+                )
+            object.__setattr__(self, "http_cors_origins", tuple(self.http_cors_origins))
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> EngineConfig:
@@ -124,6 +138,8 @@ class Engine:
         _native.init_logging(self.config.log_level)
         cfg = dataclasses.asdict(self.config)
         cfg.pop("log_level")
+        if cfg["http_cors_origins"] is not None:
+            cfg["http_cors_origins"] = list(cfg["http_cors_origins"])
         self._handle = _native.EngineHandle.start(**cfg)
         return self
 
@@ -156,6 +172,12 @@ class Engine:
         if ":" in host:
             host = f"[{host}]"
         return f"ws://{host}:{handle.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of the HTTP trigger server, once a route has opened it."""
+        addr = self._require().http_addr
+        return f"http://{addr}" if addr is not None else None
 
     @property
     def worker_count(self) -> int:

@@ -762,9 +762,8 @@ fn register_trigger(shared: &Arc<Shared>, mut call: Call) {
     let Some(input) = parse::<RegisterTriggerInput>(&mut call) else {
         return;
     };
-    let id = uuid::Uuid::new_v4().to_string();
     let binding = TriggerBinding {
-        id: id.clone(),
+        id: uuid::Uuid::new_v4().to_string(),
         trigger_type: input.trigger_type,
         function_id: input.function_id,
         namespace: DEFAULT_NAMESPACE.to_owned(),
@@ -776,53 +775,13 @@ fn register_trigger(shared: &Arc<Shared>, mut call: Call) {
         owner: None,
         origin_namespace: DEFAULT_NAMESPACE.to_owned(),
     };
-    if let Err(e) = shared.bindings.insert(binding, BindingState::Pending) {
-        let code = if e == Error::InvalidNamespace {
-            e.code()
-        } else {
-            "trigger_registration_failed"
-        };
-        return call.reply.send(Outcome::failure(code, e.to_string()));
-    }
-    let Some(slot) = shared.bindings.get(&id) else {
-        return call.reply.send(Outcome::failure(
-            "trigger_registration_failed",
-            "binding vanished",
-        ));
-    };
-    // A worker provider gets a chance to refuse the config; wait for its answer.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    shared.acks.insert(id.clone(), tx);
-    shared.activate(&slot.binding);
-    let delivered_to_worker = shared.bindings.get(&id).is_some_and(|s| match &s.state {
-        BindingState::Active { provider_namespace } => shared
-            .trigger_types
-            .get(provider_namespace, &s.binding.trigger_type)
-            .is_some_and(|t| matches!(t.provider, Provider::Worker(_))),
-        BindingState::Pending => false,
-    });
-    info!(trigger_id = %id, trigger_type = %slot.binding.trigger_type, function_id = %slot.binding.function_id, "durable trigger registered");
-    let answer = Outcome::json(&json!({ "id": id }));
-    if !delivered_to_worker {
-        shared.acks.remove(&id);
-        return call.reply.send(answer);
-    }
-    let timeout = shared.config.trigger_ack_timeout;
-    let weak = Arc::downgrade(shared);
+    let shared = shared.clone();
+    // The provider may take its time to accept (a worker, up to `trigger_ack_timeout`).
     tokio::spawn(async move {
-        let verdict = tokio::time::timeout(timeout, rx).await;
-        if let Some(shared) = weak.upgrade() {
-            shared.acks.remove(&id);
-            if let Ok(Ok(Some(error))) = verdict {
-                shared.bindings.remove(&id);
-                return call.reply.send(Outcome::failure(
-                    "trigger_registration_failed",
-                    error.message,
-                ));
-            }
+        match shared.bind(binding).await {
+            Ok(id) => call.reply.send(Outcome::json(&json!({ "id": id }))),
+            Err(e) => call.reply.send(Outcome::Failure(e)),
         }
-        // Accepted, or no answer in time (which counts as accepted).
-        call.reply.send(answer);
     });
 }
 
@@ -835,10 +794,7 @@ fn unregister_trigger(shared: &Arc<Shared>, mut call: Call) {
     let Some(input) = parse::<UnregisterTriggerInput>(&mut call) else {
         return;
     };
-    let removed = shared.bindings.remove(&input.id);
-    if let Some(slot) = &removed {
-        shared.retract(&slot.binding, &slot.state);
-    }
+    let removed = shared.unbind(&input.id);
     call.reply
-        .send(Outcome::json(&json!({ "removed": removed.is_some() })));
+        .send(Outcome::json(&json!({ "removed": removed })));
 }

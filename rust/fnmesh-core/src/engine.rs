@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::function::{Call, CallOptions, Completer, NativeFunction, Outcome, Reply};
+use crate::http::{HttpConfig, HttpTrigger};
 use crate::invocation::{
     inject_caller_worker_id, PendingTable, DEFAULT_INVOCATION_TIMEOUT, SWEEP_INTERVAL,
 };
@@ -50,7 +51,8 @@ use crate::registry::{
 };
 use crate::server::{Connection, ConnectionHandler, Server, ServerConfig};
 use crate::triggers::{
-    BindingState, TriggerBinding, TriggerBindingRegistry, TriggerType, TriggerTypeRegistry,
+    BindingState, TriggerAck, TriggerBinding, TriggerBindingRegistry, TriggerProvider, TriggerSpec,
+    TriggerType, TriggerTypeRegistry,
 };
 use crate::workers::WorkerRegistry;
 
@@ -68,8 +70,8 @@ pub const WORKERS_AVAILABLE: &str = "engine::workers-available";
 pub struct EngineConfig {
     /// The worker WebSocket listener.
     pub server: ServerConfig,
-    /// Port of the HTTP trigger server (served once the HTTP trigger lands).
-    pub http_port: u16,
+    /// The HTTP trigger's server (opened when the first `http` route is bound).
+    pub http: HttpConfig,
     /// What a second owner of a function gets: a replica (default) or iii's rejection.
     pub function_conflict: ConflictPolicy,
     /// Engine-side bound on a pending call (PROTOCOL.md 11.2).
@@ -86,7 +88,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             server: ServerConfig::default(),
-            http_port: 3111,
+            http: HttpConfig::default(),
             function_conflict: ConflictPolicy::Replicate,
             invocation_timeout: DEFAULT_INVOCATION_TIMEOUT,
             namespace_grace: Duration::from_millis(5000),
@@ -109,6 +111,9 @@ pub enum Target {
 #[derive(Clone)]
 pub(crate) enum Provider {
     Worker(Arc<Connection>),
+    /// Served in this process (HTTP, cron, a host's own type).
+    Native(Arc<dyn TriggerProvider>),
+    /// Fired by the engine itself (`engine::functions-available`, ...).
     Builtin,
 }
 
@@ -379,6 +384,33 @@ impl Shared {
         }
     }
 
+    /// Registers a trigger type served in this process and hands it its bindings.
+    pub(crate) fn add_native_trigger_type(
+        &self,
+        namespace: &str,
+        id: &str,
+        description: &str,
+        provider: Arc<dyn TriggerProvider>,
+        owner: &str,
+    ) -> crate::Result<()> {
+        let previous = self.trigger_types.register(TriggerType {
+            namespace: namespace.to_owned(),
+            id: id.to_owned(),
+            description: description.to_owned(),
+            trigger_request_format: None,
+            call_request_format: None,
+            owner: owner.into(),
+            provider: Provider::Native(provider),
+        })?;
+        info!(
+            namespace,
+            trigger_type = id,
+            "trigger type served in process"
+        );
+        self.provider_arrived(namespace, id, previous, owner);
+        Ok(())
+    }
+
     /// Calls a function from inside the process and waits for the outcome.
     pub(crate) async fn call(
         &self,
@@ -637,33 +669,7 @@ impl Shared {
                 match self.trigger_types.register(trigger_type) {
                     Ok(previous) => {
                         info!(worker = %conn.id(), namespace = %tns, trigger_type = %tid, "trigger type registered");
-                        // The new provider takes over the type's bindings and any that waited.
-                        let taken_over = self.bindings.active_for(&tns, &tid);
-                        if let Some(Provider::Worker(old)) = previous.as_ref().map(|p| &p.provider)
-                        {
-                            if old.id() != conn.id() {
-                                for slot in &taken_over {
-                                    retract_at(old, &slot.binding);
-                                }
-                            }
-                        }
-                        let mut todo = taken_over;
-                        todo.extend(self.bindings.pending_for(&tns, &tid));
-                        if tns != DEFAULT_NAMESPACE {
-                            // Bindings from this namespace that fell back to the `default`
-                            // provider come home.
-                            for slot in self.bindings.active_for(DEFAULT_NAMESPACE, &tid) {
-                                if slot.binding.trigger_namespace.is_none()
-                                    && slot.binding.origin_namespace == tns
-                                {
-                                    self.retract(&slot.binding, &slot.state);
-                                    todo.push(slot);
-                                }
-                            }
-                        }
-                        for slot in todo {
-                            self.activate(&slot.binding);
-                        }
+                        self.provider_arrived(&tns, &tid, previous, conn.id());
                     }
                     Err(e) => {
                         warn!(worker = %conn.id(), trigger_type = %tid, "trigger type refused: {e}")
@@ -780,6 +786,160 @@ impl Shared {
                 provider_namespace: provider.namespace.clone(),
             },
         );
+        if let Provider::Native(native) = &provider.provider {
+            let me = self.me.clone();
+            let delivered = binding.clone();
+            native.register(
+                binding.clone(),
+                TriggerAck::new(move |verdict| {
+                    if let Some(shared) = me.upgrade() {
+                        shared.native_verdict(&delivered, verdict);
+                    }
+                }),
+            );
+        }
+    }
+
+    /// A native provider's answer on a binding: a refusal drops the binding and tells whoever
+    /// registered it (PROTOCOL.md 6.2, in-process providers).
+    fn native_verdict(&self, binding: &Arc<TriggerBinding>, verdict: Result<(), String>) {
+        let error = verdict
+            .err()
+            .map(|reason| ErrorBody::new("trigger_registration_failed", reason));
+        if let Some((_, waiter)) = self.acks.remove(&binding.id) {
+            let _ = waiter.send(error.clone());
+        }
+        let Some(error) = error else {
+            return;
+        };
+        // Only if the binding under this id is still the one refused (not a replacement).
+        let current = self
+            .bindings
+            .get(&binding.id)
+            .is_some_and(|slot| Arc::ptr_eq(&slot.binding, binding));
+        if !current {
+            return;
+        }
+        self.bindings.remove(&binding.id);
+        warn!(trigger_id = %binding.id, trigger_type = %binding.trigger_type, "binding refused: {}", error.message);
+        if let Some(owner) = binding.owner.as_ref().and_then(|o| self.conns.get(o)) {
+            send_msg(
+                &owner.conn,
+                &Message::TriggerRegistrationResult(TriggerRegistrationResult {
+                    id: binding.id.clone(),
+                    trigger_type: binding.trigger_type.clone(),
+                    function_id: binding.function_id.clone(),
+                    error: Some(error),
+                    ..TriggerRegistrationResult::default()
+                }),
+            );
+        }
+    }
+
+    /// A provider registered `(tns, tid)` (replacing `previous`, if any): it takes over the
+    /// type's bindings, those that waited for a provider, and those of its namespace that had
+    /// fallen back to the `default` provider.
+    pub(crate) fn provider_arrived(
+        &self,
+        tns: &str,
+        tid: &str,
+        previous: Option<Arc<TriggerType<Provider>>>,
+        new_owner: &str,
+    ) {
+        let taken_over = self.bindings.active_for(tns, tid);
+        if let Some(previous) = previous.filter(|p| &*p.owner != new_owner) {
+            for slot in &taken_over {
+                match &previous.provider {
+                    Provider::Worker(old) => retract_at(old, &slot.binding),
+                    Provider::Native(old) => old.unregister(&slot.binding),
+                    Provider::Builtin => {}
+                }
+            }
+        }
+        let mut todo = taken_over;
+        todo.extend(self.bindings.pending_for(tns, tid));
+        if tns != DEFAULT_NAMESPACE {
+            for slot in self.bindings.active_for(DEFAULT_NAMESPACE, tid) {
+                if slot.binding.trigger_namespace.is_none() && slot.binding.origin_namespace == tns
+                {
+                    self.retract(&slot.binding, &slot.state);
+                    todo.push(slot);
+                }
+            }
+        }
+        for slot in todo {
+            self.activate(&slot.binding);
+        }
+    }
+
+    /// Stores a binding made by the host or through `engine::register_trigger` (not tied to a
+    /// connection) and delivers it; waits for the provider's verdict (up to
+    /// `trigger_ack_timeout`, silence counting as acceptance). Returns the binding id.
+    pub(crate) async fn bind(&self, binding: TriggerBinding) -> Result<String, ErrorBody> {
+        let id = binding.id.clone();
+        match self.bindings.insert(binding, BindingState::Pending) {
+            Ok(Some(previous)) => self.retract(&previous.binding, &previous.state),
+            Ok(None) => {}
+            Err(e) => {
+                let code = if e == Error::InvalidNamespace {
+                    e.code()
+                } else {
+                    "trigger_registration_failed"
+                };
+                return Err(ErrorBody::new(code, e.to_string()));
+            }
+        }
+        let Some(slot) = self.bindings.get(&id) else {
+            return Err(ErrorBody::new(
+                "trigger_registration_failed",
+                "the binding was replaced while it was being registered",
+            ));
+        };
+        let (tx, mut rx) = oneshot::channel();
+        self.acks.insert(id.clone(), tx);
+        self.activate(&slot.binding);
+        let verdict = match rx.try_recv() {
+            Ok(verdict) => verdict,
+            Err(_) if self.answers_for(&id) => {
+                match tokio::time::timeout(self.config.trigger_ack_timeout, rx).await {
+                    Ok(Ok(verdict)) => verdict,
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        self.acks.remove(&id);
+        info!(trigger_id = %id, trigger_type = %slot.binding.trigger_type, function_id = %slot.binding.function_id, accepted = verdict.is_none(), "durable trigger registered");
+        match verdict {
+            Some(error) => {
+                self.bindings.remove(&id);
+                Err(ErrorBody::new("trigger_registration_failed", error.message))
+            }
+            None => Ok(id),
+        }
+    }
+
+    /// True when binding `id` was delivered to a provider that answers (a worker or a native
+    /// provider), so a verdict may still come.
+    fn answers_for(&self, id: &str) -> bool {
+        self.bindings.get(id).is_some_and(|slot| match &slot.state {
+            BindingState::Active { provider_namespace } => self
+                .trigger_types
+                .get(provider_namespace, &slot.binding.trigger_type)
+                .is_some_and(|t| !matches!(t.provider, Provider::Builtin)),
+            BindingState::Pending => false,
+        })
+    }
+
+    /// Removes a binding and tells its provider; false when there was none.
+    pub(crate) fn unbind(&self, id: &str) -> bool {
+        match self.bindings.remove(id) {
+            Some(slot) => {
+                self.retract(&slot.binding, &slot.state);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Tells the provider of a removed binding to drop it.
@@ -791,8 +951,10 @@ impl Shared {
             .trigger_types
             .get(provider_namespace, &binding.trigger_type)
         {
-            if let Provider::Worker(conn) = &t.provider {
-                retract_at(conn, binding);
+            match &t.provider {
+                Provider::Worker(conn) => retract_at(conn, binding),
+                Provider::Native(native) => native.unregister(binding),
+                Provider::Builtin => {}
             }
         }
     }
@@ -1146,6 +1308,22 @@ impl EngineBuilder {
                 .register_native(&ns, &id, HOST_OWNER, def, f)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         }
+        let http = HttpTrigger::new(
+            EngineRef {
+                shared: shared.clone(),
+            }
+            .downgrade(),
+            self.config.http.clone(),
+        );
+        shared
+            .add_native_trigger_type(
+                DEFAULT_NAMESPACE,
+                "http",
+                "HTTP routes served by the engine (PROTOCOL.md 6.3)",
+                Arc::new(http.clone()),
+                ENGINE_OWNER,
+            )
+            .expect("the http trigger type is valid");
         let server = Server::bind(
             self.config.server.clone(),
             Arc::new(Handler(shared.clone())),
@@ -1168,6 +1346,7 @@ impl EngineBuilder {
             shared,
             server,
             sweeper,
+            http,
         })
     }
 }
@@ -1177,6 +1356,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     server: Server,
     sweeper: tokio::task::JoinHandle<()>,
+    http: Arc<HttpTrigger>,
 }
 
 impl Engine {
@@ -1196,6 +1376,11 @@ impl Engine {
     /// `ws://host:port` for workers.
     pub fn url(&self) -> String {
         format!("ws://{}", self.local_addr())
+    }
+
+    /// Where HTTP triggers are served, once the first route opened the listener.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr()
     }
 
     /// The configuration in force.
@@ -1255,6 +1440,7 @@ impl Engine {
     /// `invocation_stopped`) and waits for the cleanup.
     pub async fn shutdown(self) {
         self.shared.stopped.store(true, Ordering::Release);
+        self.http.shutdown().await;
         self.server.shutdown().await;
         self.sweeper.abort();
         for (id, pending) in self.shared.pending.drain_where(|_| true) {
@@ -1351,6 +1537,69 @@ impl EngineRef {
         )
     }
 
+    /// Serves the trigger type `(namespace, id)` from this process (owner [`HOST_OWNER`]): the
+    /// provider receives every binding of that type, including those that waited for one.
+    pub fn register_trigger_type(
+        &self,
+        namespace: &str,
+        id: &str,
+        description: &str,
+        provider: impl TriggerProvider,
+    ) -> crate::Result<()> {
+        self.shared.add_native_trigger_type(
+            namespace,
+            id,
+            description,
+            Arc::new(provider),
+            HOST_OWNER,
+        )
+    }
+
+    /// Stops serving a trigger type registered by the host; its bindings wait for another
+    /// provider. False when the host did not provide it.
+    pub fn unregister_trigger_type(&self, namespace: &str, id: &str) -> bool {
+        let Some(removed) = self
+            .shared
+            .trigger_types
+            .unregister(namespace, id, HOST_OWNER)
+        else {
+            return false;
+        };
+        for slot in self.shared.bindings.active_for(namespace, id) {
+            if let Provider::Native(native) = &removed.provider {
+                native.unregister(&slot.binding);
+            }
+            self.shared.activate(&slot.binding);
+        }
+        true
+    }
+
+    /// Binds a function to a trigger type, like `engine::register_trigger` (the binding is not
+    /// tied to a connection). Waits for the provider's verdict; returns the binding id, or the
+    /// provider's refusal (`trigger_registration_failed`).
+    pub async fn register_trigger(&self, spec: TriggerSpec) -> Result<String, ErrorBody> {
+        let namespace = spec
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let binding = TriggerBinding {
+            id: spec.id.unwrap_or_else(uuid),
+            trigger_type: spec.trigger_type,
+            function_id: spec.function_id,
+            origin_namespace: namespace.clone(),
+            namespace,
+            trigger_namespace: spec.trigger_namespace,
+            config: spec.config,
+            metadata: spec.metadata,
+            owner: None,
+        };
+        self.shared.bind(binding).await
+    }
+
+    /// Removes a binding (made by anyone); false when there was none.
+    pub fn unregister_trigger(&self, id: &str) -> bool {
+        self.shared.unbind(id)
+    }
+
     /// Removes a function registered by the host.
     pub fn unregister_function(&self, namespace: &str, function_id: &str) -> crate::Result<bool> {
         let removed = self
@@ -1366,6 +1615,33 @@ impl EngineRef {
     /// True once the engine has stopped.
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// A handle that does not keep the engine alive (for what the engine itself owns, like a
+    /// trigger provider, which would otherwise hold it in a cycle).
+    pub fn downgrade(&self) -> WeakEngineRef {
+        WeakEngineRef {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+}
+
+/// An [`EngineRef`] that does not keep the engine alive; see [`EngineRef::downgrade`].
+#[derive(Clone)]
+pub struct WeakEngineRef {
+    shared: Weak<Shared>,
+}
+
+impl WeakEngineRef {
+    /// The engine, while it exists.
+    pub fn upgrade(&self) -> Option<EngineRef> {
+        self.shared.upgrade().map(|shared| EngineRef { shared })
+    }
+}
+
+impl std::fmt::Debug for WeakEngineRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakEngineRef").finish_non_exhaustive()
     }
 }
 

@@ -21,9 +21,11 @@
 
 pub mod builtins;
 pub mod client;
+pub mod cron;
 pub mod engine;
 pub mod error;
 pub mod function;
+pub mod http;
 pub mod invocation;
 pub mod protocol;
 pub mod registry;

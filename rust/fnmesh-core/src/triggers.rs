@@ -138,6 +138,69 @@ fn sort_types<P>(types: &mut [Arc<TriggerType<P>>]) {
     types.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
 }
 
+/// A trigger type served inside the engine's process: the HTTP trigger, cron, or an
+/// application's own (a file watcher, an MQTT subscriber, ...).
+///
+/// The engine hands the provider every binding of its type. The provider answers through the
+/// [`TriggerAck`], now or later (never blocking the caller), and fires by calling the bound
+/// function through the engine with the binding's namespace and metadata.
+pub trait TriggerProvider: Send + Sync + 'static {
+    /// Takes a binding on (`ack.accept()`) or refuses it (`ack.refuse(reason)`: the binding is
+    /// dropped and its registrant gets `trigger_registration_failed` with the reason).
+    fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck);
+    /// Drops a binding it took on: unbound, replaced, or its owner left.
+    fn unregister(&self, binding: &TriggerBinding);
+}
+
+/// A provider's answer to one [`TriggerProvider::register`]. Dropping it unanswered counts as
+/// accepting, as a worker provider's silence does.
+pub struct TriggerAck {
+    answer: Option<AnswerFn>,
+}
+
+/// Delivers a provider's verdict to the engine: `Ok` accepted, `Err(reason)` refused.
+type AnswerFn = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+impl TriggerAck {
+    pub(crate) fn new(
+        answer: impl FnOnce(std::result::Result<(), String>) + Send + 'static,
+    ) -> Self {
+        TriggerAck {
+            answer: Some(Box::new(answer)),
+        }
+    }
+
+    /// Accepts the binding.
+    pub fn accept(mut self) {
+        if let Some(answer) = self.answer.take() {
+            answer(Ok(()));
+        }
+    }
+
+    /// Refuses the binding with a reason for its registrant.
+    pub fn refuse(mut self, reason: impl Into<String>) {
+        if let Some(answer) = self.answer.take() {
+            answer(Err(reason.into()));
+        }
+    }
+}
+
+impl Drop for TriggerAck {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            answer(Ok(()));
+        }
+    }
+}
+
+impl std::fmt::Debug for TriggerAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TriggerAck")
+            .field("answered", &self.answer.is_none())
+            .finish()
+    }
+}
+
 /// One trigger binding.
 #[derive(Debug, Clone)]
 pub struct TriggerBinding {
@@ -160,6 +223,26 @@ pub struct TriggerBinding {
     pub owner: Option<Arc<str>>,
     /// Namespace of the connection that registered it (for provider resolution).
     pub origin_namespace: String,
+}
+
+/// A binding as a host asks for it ([`crate::engine::EngineRef::register_trigger`]).
+#[derive(Debug, Clone)]
+pub struct TriggerSpec {
+    /// Binding id; `None` makes a fresh UUID. Reusing an id replaces that binding.
+    pub id: Option<String>,
+    /// The trigger type (`http`, `cron`, a worker's type, ...).
+    pub trigger_type: String,
+    /// The function each fire invokes.
+    pub function_id: String,
+    /// The type's configuration (e.g. `{"api_path": "users/:id", "http_method": "GET"}`).
+    pub config: RawJson,
+    /// Metadata passed to every invocation of the binding.
+    pub metadata: Option<RawJson>,
+    /// Namespace the function resolves in (and where the provider is looked up first);
+    /// `None` is `default`.
+    pub namespace: Option<String>,
+    /// Only look for the provider in this namespace.
+    pub trigger_namespace: Option<String>,
 }
 
 /// Where a binding stands.

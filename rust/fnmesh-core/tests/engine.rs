@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use fnmesh_core::engine::Engine;
 use fnmesh_core::function::{async_fn, Call, CallOptions, Outcome};
 use fnmesh_core::registry::{ConflictPolicy, FunctionDef};
+use fnmesh_core::triggers::{TriggerAck, TriggerBinding, TriggerProvider, TriggerSpec};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -1118,4 +1119,148 @@ async fn host_calls_carry_trace_context_to_workers_and_native_functions() {
     assert_eq!(void["traceparent"], traceparent);
     assert_eq!(void["baggage"], "tenant=acme");
     finish(engine, [w]).await;
+}
+
+/// A trigger type served in-process for the tests: records what it is given and refuses a
+/// config `{"refuse": "<reason>"}`.
+#[derive(Default)]
+struct Recorder {
+    events: std::sync::Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+struct RecorderProvider(std::sync::Arc<Recorder>);
+
+impl TriggerProvider for RecorderProvider {
+    fn register(&self, binding: std::sync::Arc<TriggerBinding>, ack: TriggerAck) {
+        let config: Value = serde_json::from_str(binding.config.get()).unwrap();
+        if let Some(reason) = config["refuse"].as_str() {
+            self.0
+                .events
+                .lock()
+                .unwrap()
+                .push(format!("refused {}", binding.function_id));
+            return ack.refuse(reason);
+        }
+        self.0
+            .events
+            .lock()
+            .unwrap()
+            .push(format!("bound {}", binding.function_id));
+        ack.accept();
+    }
+
+    fn unregister(&self, binding: &TriggerBinding) {
+        self.0
+            .events
+            .lock()
+            .unwrap()
+            .push(format!("unbound {}", binding.function_id));
+    }
+}
+
+fn spec(trigger_type: &str, function_id: &str, config: Value) -> TriggerSpec {
+    TriggerSpec {
+        id: None,
+        trigger_type: trigger_type.to_owned(),
+        function_id: function_id.to_owned(),
+        config: serde_json::value::to_raw_value(&config).unwrap(),
+        metadata: None,
+        namespace: None,
+        trigger_namespace: None,
+    }
+}
+
+#[tokio::test]
+async fn native_trigger_types_take_refuse_and_drop_bindings() {
+    let engine = start(Engine::builder()).await;
+    let handle = engine.handle();
+    let recorder = std::sync::Arc::new(Recorder::default());
+
+    // A binding made before its type exists waits, then is delivered.
+    let early = handle
+        .register_trigger(spec("test.kind", "svc::early", json!({})))
+        .await
+        .expect("parked, not refused");
+    handle
+        .register_trigger_type(
+            "default",
+            "test.kind",
+            "a test type",
+            RecorderProvider(recorder.clone()),
+        )
+        .unwrap();
+    assert_eq!(recorder.events(), vec!["bound svc::early"]);
+
+    // The host's own bindings: accepted, or refused with the provider's reason.
+    let ok = handle
+        .register_trigger(spec("test.kind", "svc::ok", json!({})))
+        .await
+        .unwrap();
+    let refused = handle
+        .register_trigger(spec(
+            "test.kind",
+            "svc::bad",
+            json!({"refuse": "no such path"}),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, "trigger_registration_failed");
+    assert_eq!(refused.message, "no such path");
+
+    // A worker's registertrigger: a refusal comes back as triggerregistrationresult, the
+    // binding is dropped; an accepted one gets no answer.
+    let mut w = Worker::connect(&engine).await;
+    w.register(&["svc::w"]).await;
+    w.send(json!({"type": "registertrigger", "id": "t-bad", "trigger_type": "test.kind", "function_id": "svc::w", "config": {"refuse": "bad config"}})).await;
+    let (ack, _) = w.recv_type("triggerregistrationresult").await;
+    assert_eq!(ack["id"], "t-bad");
+    assert_eq!(ack["error"]["code"], "trigger_registration_failed");
+    assert_eq!(ack["error"]["message"], "bad config");
+    w.send(json!({"type": "registertrigger", "id": "t-ok", "trigger_type": "test.kind", "function_id": "svc::w", "config": {}})).await;
+    w.expect_nothing(Duration::from_millis(200)).await;
+    let listed = w
+        .call_ok("engine::registered-triggers::list", json!({}))
+        .await;
+    let mut ids: Vec<&str> = listed["registered_triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = vec![early.as_str(), ok.as_str(), "t-ok"];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "{listed}");
+
+    // Unbinding, and the owner leaving, reach the provider.
+    assert!(handle.unregister_trigger(&ok));
+    assert!(!handle.unregister_trigger(&ok));
+    w.cut();
+    wait_until("the worker's binding dropped", || {
+        recorder.events().iter().any(|e| e == "unbound svc::w")
+    })
+    .await;
+    assert_eq!(
+        recorder.events(),
+        vec![
+            "bound svc::early",
+            "bound svc::ok",
+            "refused svc::bad",
+            "refused svc::w",
+            "bound svc::w",
+            "unbound svc::ok",
+            "unbound svc::w",
+        ]
+    );
+
+    // Without its provider, the remaining binding is parked again.
+    assert!(handle.unregister_trigger_type("default", "test.kind"));
+    assert_eq!(recorder.events().last().unwrap(), "unbound svc::early");
+    finish(engine, []).await;
 }

@@ -8,8 +8,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fnmesh_core::engine::{Engine, EngineConfig, EngineRef};
-use fnmesh_core::function::CallOptions;
+use fnmesh_core::function::{CallOptions, Outcome};
+use fnmesh_core::http::{CorsConfig, HttpConfig};
 use fnmesh_core::registry::ConflictPolicy;
+use fnmesh_core::triggers::TriggerSpec;
 use pyo3::prelude::*;
 
 use crate::bridge::{function_def, raw_json, Bridge, PyFunction, Work};
@@ -61,7 +63,8 @@ impl EngineHandle {
     #[pyo3(signature = (
         *, host, port, http_port, auth_token, function_conflict, invocation_timeout_ms,
         namespace_grace_ms, max_frame_bytes, handshake_timeout_ms, outbound_queue,
-        functions_available_interval_ms, trigger_ack_timeout_ms, worker_threads
+        functions_available_interval_ms, trigger_ack_timeout_ms, worker_threads,
+        http_body_limit_bytes, http_timeout_ms, http_cors_origins
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -79,6 +82,9 @@ impl EngineHandle {
         functions_available_interval_ms: u64,
         trigger_ack_timeout_ms: u64,
         worker_threads: usize,
+        http_body_limit_bytes: usize,
+        http_timeout_ms: u64,
+        http_cors_origins: Option<Vec<String>>,
     ) -> PyResult<EngineHandle> {
         let ip: IpAddr = host.parse().map_err(|_| {
             crate::errors::to_py(fnmesh_core::Error::InvalidArgument(format!(
@@ -86,8 +92,18 @@ impl EngineHandle {
             )))
         })?;
         let policy: ConflictPolicy = function_conflict.parse().into_py_result()?;
+        let http = HttpConfig {
+            addr: SocketAddr::new(ip, http_port),
+            body_limit: http_body_limit_bytes,
+            timeout: ms(http_timeout_ms),
+            cors: http_cors_origins.map(|origins| CorsConfig {
+                allowed_origins: origins,
+                ..CorsConfig::default()
+            }),
+            ..HttpConfig::default()
+        };
         let mut config = EngineConfig {
-            http_port,
+            http,
             function_conflict: policy,
             invocation_timeout: ms(invocation_timeout_ms),
             namespace_grace: ms(namespace_grace_ms),
@@ -126,6 +142,63 @@ impl EngineHandle {
     #[getter]
     fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// `host:port` of the HTTP trigger server, once the first route opened it.
+    #[getter]
+    fn http_addr(&self) -> Option<String> {
+        let state = self.state.lock().ok()?;
+        let (_, engine) = state.as_ref()?;
+        engine.http_addr().map(|a| a.to_string())
+    }
+
+    /// Binds `function_id` to a trigger type (`http`, `cron`, a worker's type) with `config`
+    /// (JSON text). The outcome completes `future` through `bridge`: `{"id": ...}` or the
+    /// provider's refusal.
+    #[pyo3(signature = (
+        bridge, future, trigger_type, function_id, config, *, namespace = None, metadata = None,
+        id = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn register_trigger(
+        &self,
+        bridge: &Bridge,
+        future: Py<PyAny>,
+        trigger_type: String,
+        function_id: String,
+        config: &str,
+        namespace: Option<String>,
+        metadata: Option<&str>,
+        id: Option<String>,
+    ) -> PyResult<()> {
+        let spec = TriggerSpec {
+            id,
+            trigger_type,
+            function_id,
+            config: raw_json(config.as_bytes(), "the trigger config")?,
+            metadata: metadata
+                .map(|m| raw_json(m.as_bytes(), "metadata"))
+                .transpose()?,
+            namespace,
+            trigger_namespace: None,
+        };
+        let (runtime, engine) = self.live()?;
+        let tx = bridge.sender();
+        runtime.spawn(async move {
+            let outcome = match engine.register_trigger(spec).await {
+                Ok(id) => Outcome::json(&serde_json::json!({ "id": id })),
+                Err(e) => Outcome::Failure(e),
+            };
+            tx.send(Work::Done { future, outcome });
+        });
+        Ok(())
+    }
+
+    /// Removes a trigger binding; False when there was none.
+    fn unregister_trigger(&self, id: &str) -> PyResult<bool> {
+        let (runtime, engine) = self.live()?;
+        let _guard = runtime.enter();
+        Ok(engine.unregister_trigger(id))
     }
 
     /// True until `stop()`.

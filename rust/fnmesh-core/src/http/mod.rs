@@ -1,0 +1,13 @@
+//! The `http` trigger type, served by the engine (PROTOCOL.md 6.3).
+//!
+//! - [`route`]: route templates (`users/:id`) and the router matching request paths to them;
+//! - [`mapping`]: a request as the function's input, and the function's result as a response;
+//! - [`trigger`]: the trigger provider that turns bindings into routes and requests into calls;
+//! - `server`: the hyper listener.
+
+pub mod mapping;
+pub mod route;
+mod server;
+pub mod trigger;
+
+pub use trigger::{CorsConfig, HttpConfig, HttpTrigger};

@@ -1,0 +1,282 @@
+//! The HTTP/1.1 listener of the HTTP trigger (hyper): keep-alive, `TCP_NODELAY`, a bound on
+//! request bodies (413) and on requests in flight, CORS, and a graceful stop.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::debug;
+
+use super::mapping::{error_reply, HttpReply};
+use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
+
+/// One request as the trigger sees it.
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// A bound listener and the task accepting on it.
+pub(crate) struct Listening {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listening {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting; open connections finish their current request and close.
+    pub(crate) async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+const ALL_METHODS: &str = "GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS";
+
+/// Binds `config.addr` (synchronously, so a taken port refuses the route that asked for it)
+/// and serves requests to `trigger` until stopped. Must run inside a tokio runtime.
+pub(crate) fn listen(
+    config: &HttpConfig,
+    trigger: Weak<HttpTrigger>,
+) -> std::io::Result<Listening> {
+    let std_listener = std::net::TcpListener::bind(config.addr)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(std_listener)?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let task = tokio::spawn(accept(listener, trigger, slots, stopped));
+    Ok(Listening { addr, stop, task })
+}
+
+async fn accept(
+    listener: TcpListener,
+    trigger: Weak<HttpTrigger>,
+    slots: Arc<Semaphore>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!("HTTP accept failed: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let trigger = trigger.clone();
+        let slots = slots.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let trigger = trigger.clone();
+                let slots = slots.clone();
+                async move { Ok::<_, Infallible>(respond(trigger, slots, request).await) }
+            });
+            let connection = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%peer, "HTTP connection ended: {e}");
+                    }
+                }
+                _ = stopped.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+async fn respond(
+    trigger: Weak<HttpTrigger>,
+    slots: Arc<Semaphore>,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let Some(trigger) = trigger.upgrade() else {
+        return to_response(
+            error_reply(503, "STOPPED", "the engine is stopping", None, &[]),
+            None,
+        );
+    };
+    let Ok(_slot) = slots.acquire().await else {
+        return to_response(
+            error_reply(503, "STOPPED", "the engine is stopping", None, &[]),
+            None,
+        );
+    };
+    let config = trigger.config();
+    let origin = request.headers().get(http::header::ORIGIN).cloned();
+    let cors = Cors::new(config.cors.as_ref(), origin.as_ref());
+    if is_preflight(&request) && !trigger.has_route("OPTIONS", request.uri().path()) {
+        return cors.preflight(request.headers());
+    }
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        let message = format!("the request body exceeds {} bytes", config.body_limit);
+        to_response(
+            error_reply(413, "PAYLOAD_TOO_LARGE", &message, None, &[]),
+            cors.allow(),
+        )
+    };
+    if declared.is_some_and(|n| n > config.body_limit as u64) {
+        return too_large();
+    }
+    let body = match Limited::new(body, config.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            let message = format!("could not read the request body: {e}");
+            return to_response(
+                error_reply(400, "BAD_REQUEST", &message, None, &[]),
+                cors.allow(),
+            );
+        }
+    };
+    let request = Request {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    };
+    let reply = trigger.handle(request).await;
+    to_response(reply, cors.allow())
+}
+
+fn is_preflight<B>(request: &hyper::Request<B>) -> bool {
+    request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The CORS answer for one request's origin.
+struct Cors<'a> {
+    config: Option<&'a CorsConfig>,
+    origin: Option<HeaderValue>,
+}
+
+impl<'a> Cors<'a> {
+    fn new(config: Option<&'a CorsConfig>, origin: Option<&HeaderValue>) -> Self {
+        let allowed = origin.filter(|origin| match config {
+            None => true,
+            Some(c) => c
+                .allowed_origins
+                .iter()
+                .any(|o| o == "*" || origin.as_bytes() == o.as_bytes()),
+        });
+        Cors {
+            config,
+            origin: allowed.cloned(),
+        }
+    }
+
+    /// The headers every response to an allowed origin carries.
+    fn allow(&self) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        let origin = self.origin.as_ref()?;
+        let credentials = self.config.is_some_and(|c| c.allow_credentials);
+        let mut headers = Vec::new();
+        if self.config.is_none() {
+            headers.push((
+                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ));
+        } else {
+            headers.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
+            headers.push((http::header::VARY, HeaderValue::from_static("Origin")));
+        }
+        if credentials {
+            headers.push((
+                http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
+        }
+        Some(headers)
+    }
+
+    fn preflight(&self, request_headers: &HeaderMap) -> hyper::Response<Full<Bytes>> {
+        let mut headers = self.allow().unwrap_or_default();
+        if !headers.is_empty() {
+            let methods = self
+                .config
+                .filter(|c| !c.allowed_methods.is_empty())
+                .map_or_else(|| ALL_METHODS.to_owned(), |c| c.allowed_methods.join(", "));
+            if let Ok(v) = HeaderValue::from_str(&methods) {
+                headers.push((http::header::ACCESS_CONTROL_ALLOW_METHODS, v));
+            }
+            let asked = request_headers.get(http::header::ACCESS_CONTROL_REQUEST_HEADERS);
+            let allowed = match self.config.filter(|c| !c.allowed_headers.is_empty()) {
+                Some(c) => HeaderValue::from_str(&c.allowed_headers.join(", ")).ok(),
+                None => asked.cloned(),
+            };
+            if let Some(v) = allowed {
+                headers.push((http::header::ACCESS_CONTROL_ALLOW_HEADERS, v));
+            }
+            if let Some(age) = self.config.and_then(|c| c.max_age) {
+                headers.push((http::header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age)));
+            }
+        }
+        let reply = HttpReply {
+            status: 204,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        to_response(reply, Some(headers))
+    }
+}
+
+fn to_response(
+    reply: HttpReply,
+    extra: Option<Vec<(HeaderName, HeaderValue)>>,
+) -> hyper::Response<Full<Bytes>> {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in reply.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => debug!(header = %name, "invalid response header dropped"),
+        }
+    }
+    for (name, value) in extra.unwrap_or_default() {
+        headers.insert(name, value);
+    }
+    response
+}

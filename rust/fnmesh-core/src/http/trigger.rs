@@ -1,0 +1,313 @@
+//! The `http` trigger type (PROTOCOL.md 6.3): bindings become routes, requests become calls.
+//!
+//! [`HttpTrigger`] is the [`TriggerProvider`] the engine installs for the type `http`. It checks
+//! each binding's config, adds its route (refusing one that conflicts with a route already
+//! served) and starts the HTTP listener the first time a route appears, so an engine nobody
+//! binds HTTP routes on never opens the port. [`HttpTrigger::handle`] serves one request:
+//! route, per-route middleware, condition, the call with its timeout, and the response mapping.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use super::mapping::{
+    condition_skips, error_reply, middleware_verdict, reply_from_result, request_input,
+    request_summary, HttpReply, MiddlewareVerdict, RequestParts,
+};
+use super::route::{RoutePattern, Router};
+use super::server::{self, Request};
+use crate::engine::WeakEngineRef;
+use crate::function::{CallOptions, Outcome};
+use crate::protocol::RawJson;
+use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
+
+/// Settings of the HTTP trigger server.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Where the listener binds (port 0 picks a free port); opened with the first route.
+    pub addr: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit: usize,
+    /// How long a request may take (middleware, condition and function); then 504.
+    pub timeout: Duration,
+    /// Cross-origin settings; `None` is permissive (any origin), as iii is by default.
+    pub cors: Option<CorsConfig>,
+    /// Requests served at once; further ones wait for a slot.
+    pub max_in_flight: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3111)),
+            body_limit: 16 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+            cors: None,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// Which origins may call the routes from a browser.
+#[derive(Debug, Clone, Default)]
+pub struct CorsConfig {
+    /// Allowed origins (`*` for any); an origin not listed gets no CORS headers.
+    pub allowed_origins: Vec<String>,
+    /// Methods announced to preflight requests (empty: the route methods).
+    pub allowed_methods: Vec<String>,
+    /// Request headers announced to preflight requests (empty: whatever was asked for).
+    pub allowed_headers: Vec<String>,
+    /// Whether credentials are allowed.
+    pub allow_credentials: bool,
+    /// How long a preflight answer may be cached, in seconds.
+    pub max_age: Option<u64>,
+}
+
+/// A binding's config (PROTOCOL.md 6.3); other keys are kept in listings and ignored here.
+#[derive(Deserialize)]
+struct RouteConfig {
+    api_path: Option<String>,
+    http_method: Option<String>,
+    condition_function_id: Option<String>,
+    #[serde(default)]
+    middleware_function_ids: Vec<String>,
+}
+
+/// What a route calls.
+#[derive(Clone)]
+pub(crate) struct Route {
+    binding: Arc<TriggerBinding>,
+    condition: Option<String>,
+    middleware: Vec<String>,
+}
+
+/// The `http` trigger type: routes and the listener serving them.
+pub struct HttpTrigger {
+    engine: WeakEngineRef,
+    config: HttpConfig,
+    routes: RwLock<Router<Route>>,
+    listener: Mutex<Option<server::Listening>>,
+}
+
+impl HttpTrigger {
+    pub(crate) fn new(engine: WeakEngineRef, config: HttpConfig) -> Arc<HttpTrigger> {
+        Arc::new(HttpTrigger {
+            engine,
+            config,
+            routes: RwLock::new(Router::new()),
+            listener: Mutex::new(None),
+        })
+    }
+
+    /// Where the listener is bound, once a route has opened it.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        lock(&self.listener).as_ref().map(|l| l.local_addr())
+    }
+
+    /// Stops the listener (engine shutdown); in-flight requests finish first.
+    pub(crate) async fn shutdown(&self) {
+        let listening = lock(&self.listener).take();
+        if let Some(listening) = listening {
+            listening.shutdown().await;
+        }
+    }
+
+    fn ensure_listening(self: &Arc<Self>) -> Result<(), String> {
+        let mut listener = lock(&self.listener);
+        if listener.is_some() {
+            return Ok(());
+        }
+        let me = Arc::downgrade(self);
+        let listening = server::listen(&self.config, me)
+            .map_err(|e| format!("cannot serve HTTP triggers on {}: {e}", self.config.addr))?;
+        info!(addr = %listening.local_addr(), "HTTP triggers served");
+        *listener = Some(listening);
+        Ok(())
+    }
+
+    /// True when a route answers `method` on `path` (a preflight `OPTIONS` is answered by the
+    /// server only when none does).
+    pub(crate) fn has_route(&self, method: &str, path: &str) -> bool {
+        read(&self.routes).find(method, path).is_some()
+    }
+
+    pub(crate) fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// Serves one request (body already read within the limit).
+    pub(crate) async fn handle(&self, request: Request) -> HttpReply {
+        let found = {
+            let routes = read(&self.routes);
+            routes
+                .find(&request.method, &request.path)
+                .map(|m| (m.value.clone(), m.template.to_owned(), m.params.clone()))
+        };
+        let Some((route, template, params)) = found else {
+            return error_reply(404, "NOT_FOUND", "Not Found", None, &[]);
+        };
+        let parts = RequestParts {
+            method: &request.method,
+            template: &template,
+            path_params: &params,
+            query: request.query.as_deref(),
+            headers: &request.headers,
+            body: &request.body,
+        };
+        let work = self.serve(&route, &parts);
+        match tokio::time::timeout(self.config.timeout, work).await {
+            Ok(reply) => reply,
+            Err(_) => HttpReply {
+                status: 504,
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+        }
+    }
+
+    async fn serve(&self, route: &Route, parts: &RequestParts<'_>) -> HttpReply {
+        let binding = &route.binding;
+        if !route.middleware.is_empty() {
+            let input = serde_json::json!({
+                "phase": "preHandler",
+                "request": request_summary(parts),
+                "context": {},
+            });
+            for function_id in &route.middleware {
+                match self.call(binding, function_id, &input).await {
+                    Outcome::Success(result) => match middleware_verdict(result.as_deref()) {
+                        Ok(MiddlewareVerdict::Continue) => {}
+                        Ok(MiddlewareVerdict::Respond(reply)) => return reply,
+                        Err(message) => {
+                            return failure(function_id, "invalid_middleware_result", &message)
+                        }
+                    },
+                    Outcome::Failure(e) => return failure(function_id, &e.code, &e.message),
+                }
+            }
+        }
+        let input = request_input(parts);
+        if let Some(condition) = &route.condition {
+            match self.call(binding, condition, &input).await {
+                Outcome::Success(result) if condition_skips(result.as_deref()) => {
+                    return error_reply(
+                        422,
+                        "CONDITION_NOT_MET",
+                        "the trigger's condition was not met",
+                        None,
+                        &[("skipped", serde_json::Value::Bool(true))],
+                    );
+                }
+                Outcome::Success(_) => {}
+                Outcome::Failure(e) => return failure(condition, &e.code, &e.message),
+            }
+        }
+        match self.call(binding, &binding.function_id, &input).await {
+            Outcome::Success(result) => {
+                reply_from_result(result.as_deref()).unwrap_or_else(|message| {
+                    failure(&binding.function_id, "invalid_http_response", &message)
+                })
+            }
+            // The route's function went away: so did the route.
+            Outcome::Failure(e) if e.code == "function_not_found" => {
+                error_reply(404, "NOT_FOUND", "Not Found", None, &[])
+            }
+            Outcome::Failure(e) => failure(&binding.function_id, &e.code, &e.message),
+        }
+    }
+
+    async fn call(
+        &self,
+        binding: &TriggerBinding,
+        function_id: &str,
+        input: &serde_json::Value,
+    ) -> Outcome {
+        let data = match serde_json::value::to_raw_value(input) {
+            Ok(data) => data,
+            Err(e) => return Outcome::failure("serialization_error", e.to_string()),
+        };
+        let options = CallOptions {
+            namespace: Some(binding.namespace.clone()),
+            metadata: binding.metadata.clone(),
+            // The request's own timeout bounds the whole exchange.
+            timeout: Some(self.config.timeout),
+            ..CallOptions::default()
+        };
+        match self.engine.upgrade() {
+            Some(engine) => engine.call_with(function_id, data, options).await,
+            None => Outcome::failure("invocation_stopped", "the engine has stopped"),
+        }
+    }
+}
+
+/// A 500 with the error envelope and a fresh `error_id` that the log line carries too.
+fn failure(function_id: &str, code: &str, message: &str) -> HttpReply {
+    let error_id = uuid::Uuid::new_v4().to_string();
+    warn!(
+        function_id,
+        code, error_id, "HTTP trigger call failed: {message}"
+    );
+    error_reply(500, code, message, Some(&error_id), &[])
+}
+
+impl TriggerProvider for Arc<HttpTrigger> {
+    fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck) {
+        match self.add_route(binding) {
+            Ok(()) => ack.accept(),
+            Err(reason) => ack.refuse(reason),
+        }
+    }
+
+    fn unregister(&self, binding: &TriggerBinding) {
+        let Ok((pattern, _)) = parse_config(&binding.config) else {
+            return;
+        };
+        let removed = write(&self.routes).remove(pattern.method(), pattern.template(), &binding.id);
+        if removed.is_some() {
+            info!(route = %pattern.key(), trigger_id = %binding.id, "HTTP route removed");
+        }
+    }
+}
+
+impl HttpTrigger {
+    fn add_route(self: &Arc<Self>, binding: Arc<TriggerBinding>) -> Result<(), String> {
+        let (pattern, config) = parse_config(&binding.config)?;
+        // The listener first: a port that cannot be opened refuses the route untouched.
+        self.ensure_listening()?;
+        let key = pattern.key();
+        let route = Route {
+            condition: config.condition_function_id,
+            middleware: config.middleware_function_ids,
+            binding: binding.clone(),
+        };
+        write(&self.routes).insert(pattern, &binding.id, route)?;
+        info!(route = %key, function_id = %binding.function_id, trigger_id = %binding.id, "HTTP route added");
+        Ok(())
+    }
+}
+
+fn parse_config(config: &RawJson) -> Result<(RoutePattern, RouteConfig), String> {
+    let config: RouteConfig = serde_json::from_str(config.get())
+        .map_err(|e| format!("invalid http trigger config: {e}"))?;
+    let path = config
+        .api_path
+        .as_deref()
+        .ok_or_else(|| "invalid http trigger config: api_path is required".to_owned())?;
+    let pattern = RoutePattern::parse(config.http_method.as_deref(), path)?;
+    Ok((pattern, config))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
