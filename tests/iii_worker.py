@@ -2,8 +2,9 @@
 
     python tests/iii_worker.py ws://127.0.0.1:PORT NAME
 
-registers ``NAME::echo``, ``NAME::fail``, ``NAME::call`` (calls another function and returns its
-result) and the replicated ``shared::whoami`` / ``shared::sleep``; provides the trigger type
+registers ``NAME::echo``, ``NAME::fail``, ``NAME::respond`` (an HTTP response), ``NAME::call``
+(calls another function and returns its result) and the replicated ``shared::whoami`` /
+``shared::sleep``; provides the trigger type
 ``NAME.ticks`` (``NAME::bindings`` lists what is bound to it, ``NAME::fire`` invokes every bound
 function with its payload); ``NAME::record`` / ``NAME::recorded`` keep and return the payloads it
 was called with, ``NAME::bind`` binds a function to a trigger type and ``NAME::unbind``
@@ -41,6 +42,14 @@ def main(url: str, name: str) -> None:
             "baggage": dict(baggage.get_all()),
         }
         return {"data": data, "metadata": metadata, "worker": name, "trace": seen}
+
+    def respond(data: dict[str, Any], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        # An HTTP trigger's handler: the request in, a response object out (PROTOCOL.md 6.3).
+        return {
+            "status_code": 201,
+            "headers": {"x-worker": name},
+            "body": {"got": data.get("body"), "params": data.get("path_params"), "metadata": metadata},
+        }
 
     def fail(data: Any) -> Any:
         raise RuntimeError(f"{name} failed on purpose")
@@ -107,6 +116,7 @@ def main(url: str, name: str) -> None:
     iii.register_function(f"{name}::unbind", unbind)
     iii.register_function(f"{name}::echo", echo, description=f"Echo from {name}", metadata={"team": "qa"})
     iii.register_function(f"{name}::fail", fail)
+    iii.register_function(f"{name}::respond", respond)
     iii.register_function(f"{name}::call", call)
     iii.register_function("shared::whoami", whoami)
     iii.register_function("shared::sleep", sleep)

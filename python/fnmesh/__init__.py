@@ -27,6 +27,7 @@ from fnmesh.errors import (
 )
 from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
+from fnmesh.triggers import HttpRequest, HttpResponse
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -44,6 +45,8 @@ __all__ = [
     "FunctionInfo",
     "FunctionNotFound",
     "FunctionsRegistry",
+    "HttpRequest",
+    "HttpResponse",
     "InvalidArgument",
     "InvalidNamespace",
     "InvocationError",

@@ -75,6 +75,32 @@ class _Function:
         self.metadata = metadata
 
 
+class _Trigger:
+    """A binding the app makes when it starts (``@app.http``)."""
+
+    __slots__ = ("binding_id", "config", "function_id", "metadata", "trigger_type")
+
+    def __init__(
+        self, trigger_type: str, function_id: str, config: dict[str, Any], metadata: dict[str, Any] | None
+    ) -> None:
+        self.trigger_type = trigger_type
+        self.function_id = function_id
+        self.config = config
+        self.metadata = metadata
+        self.binding_id: str | None = None
+
+    def describe(self) -> str:
+        if self.trigger_type == "http":
+            return f"{self.config.get('http_method', 'GET')} {self.config['api_path']}"
+        if self.trigger_type == "cron":
+            return f"cron {self.config['expression']!r}"
+        return f"{self.trigger_type} {self.config}"
+
+
+# Triggers declared with a decorator below @app.function wait on the function object.
+_PENDING_TRIGGERS = "__fnmesh_triggers__"
+
+
 def _to_json(value: Any) -> bytes:
     try:
         return pydantic_core.to_json(value)
@@ -124,6 +150,7 @@ class App:
         self._tracer_provider = tracer_provider
         self._tracer: Tracer | None = None
         self._local_ids = itertools.count(1)
+        self._triggers: list[_Trigger] = []
         self._answers: list[tuple[_native.Invocation, bytes | None]] | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -167,8 +194,73 @@ class App:
         spec = inspect_handler(function_id, func, context_type=Context)
         entry = _Function(spec, description or (func.__doc__ or "").strip() or None, metadata)
         self._functions[function_id] = entry
+        for make in getattr(func, _PENDING_TRIGGERS, ()):
+            self._triggers.append(make(function_id))
         if self._bridge is not None:
             self._publish(function_id, entry)
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        *,
+        condition: str | None = None,
+        middleware: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Binds the decorated function (declared with ``@app.function``, above or below this
+        decorator) to the HTTP route ``method path`` (``:name`` segments are path parameters).
+        The engine serves it from Rust on ``http_port``. ``condition``: a function whose JSON
+        ``false`` answers 422 instead of calling; ``middleware``: functions run before, each
+        answering ``{"action": "continue"}`` or ``{"action": "respond", "response": {...}}``.
+
+        The handler gets the request as a dict or an :class:`fnmesh.HttpRequest`, and returns
+        an :class:`fnmesh.HttpResponse` (or ``{"status_code", "headers", "body"}``).
+        """
+        config: dict[str, Any] = {"api_path": path, "http_method": method.upper()}
+        if condition is not None:
+            config["condition_function_id"] = condition
+        if middleware:
+            config["middleware_function_ids"] = list(middleware)
+        return self._trigger_decorator("http", config, metadata)
+
+    def cron(
+        self,
+        expression: str,
+        *,
+        timezone: str | None = None,
+        condition: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Runs the decorated function (declared with ``@app.function``) on a cron schedule:
+        6 or 7 fields, seconds first (``"0 */5 * * * *"``: every 5 minutes), evaluated in UTC
+        unless ``timezone`` names an IANA zone. The function receives ``{"trigger": "cron",
+        "job_id", "scheduled_time", "actual_time"}``; runs never overlap. ``condition``: a
+        function whose JSON ``false`` skips a run."""
+        config: dict[str, Any] = {"expression": expression}
+        if timezone is not None:
+            config["timezone"] = timezone
+        if condition is not None:
+            config["condition_function_id"] = condition
+        return self._trigger_decorator("cron", config, metadata)
+
+    def _trigger_decorator(
+        self, trigger_type: str, config: dict[str, Any], metadata: dict[str, Any] | None
+    ) -> Callable[[F], F]:
+        def bind(func: F) -> F:
+            def make(function_id: str) -> _Trigger:
+                return _Trigger(trigger_type, function_id, config, metadata)
+
+            declared = next((fid for fid, f in self._functions.items() if f.spec.func is func), None)
+            if declared is not None:
+                self._triggers.append(make(declared))
+            else:  # @app.function below: it picks this up when it declares the function
+                pending = list(getattr(func, _PENDING_TRIGGERS, ()))
+                pending.append(make)
+                setattr(func, _PENDING_TRIGGERS, pending)
+            return func
+
+        return bind
 
     def configure(self, config: EngineConfig | None = None, **settings: Any) -> None:
         """Replaces the embedded engine's settings (``config``, then ``settings`` on top of the
@@ -195,6 +287,11 @@ class App:
             await self._end()
             raise
         self._publish_all()
+        try:
+            await self._bind_triggers()
+        except BaseException:
+            await self.stop()
+            raise
         log.info(
             "app %s serving %d function(s) at %s (%s)",
             self.name,
@@ -221,6 +318,12 @@ class App:
         except BaseException:
             await self._end()
             raise
+        if self._triggers:
+            await self.stop()
+            raise InvalidArgument(
+                f"app {self.name!r} binds triggers ({self._triggers[0].describe()}, ...): a connected "
+                "app cannot bind them yet; serve it on its embedded engine (app.start())"
+            )
         self._connected_to = url
         self._publish_all()
         log.info(
@@ -245,6 +348,32 @@ class App:
             if self._tracing is False
             else telemetry.tracer(self._tracer_provider, always=bool(self._tracing))
         )
+
+    async def _bind_triggers(self) -> None:
+        """Binds every ``@app.http`` route on the embedded engine; a refusal (a conflicting
+        route, a taken port) fails the start."""
+        loop = self._require_loop()
+        assert self._bridge is not None
+        handle = self._engine.handle
+        for trigger in self._triggers:
+            future: asyncio.Future[bytes | None] = loop.create_future()
+            handle.register_trigger(
+                self._bridge,
+                future,
+                trigger.trigger_type,
+                trigger.function_id,
+                json.dumps(trigger.config),
+                namespace=self.namespace,
+                metadata=json.dumps(trigger.metadata) if trigger.metadata is not None else None,
+                id=trigger.binding_id,
+            )
+            try:
+                answer = await future
+            except InvocationError as exc:
+                raise InvalidArgument(
+                    f"cannot bind {trigger.function_id} to {trigger.describe()}: {exc}"
+                ) from None
+            trigger.binding_id = json.loads(answer or b"{}").get("id")
 
     def _publish_all(self) -> None:
         for function_id, entry in self._functions.items():

@@ -34,6 +34,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::cron::{CronTrigger, LocalLock};
 use crate::error::Error;
 use crate::function::{Call, CallOptions, Completer, NativeFunction, Outcome, Reply};
 use crate::http::{HttpConfig, HttpTrigger};
@@ -1324,6 +1325,22 @@ impl EngineBuilder {
                 ENGINE_OWNER,
             )
             .expect("the http trigger type is valid");
+        let cron = CronTrigger::new(
+            EngineRef {
+                shared: shared.clone(),
+            }
+            .downgrade(),
+            Arc::new(LocalLock),
+        );
+        shared
+            .add_native_trigger_type(
+                DEFAULT_NAMESPACE,
+                "cron",
+                "Runs a function on a cron schedule (PROTOCOL.md 6.4)",
+                Arc::new(cron.clone()),
+                ENGINE_OWNER,
+            )
+            .expect("the cron trigger type is valid");
         let server = Server::bind(
             self.config.server.clone(),
             Arc::new(Handler(shared.clone())),
@@ -1347,6 +1364,7 @@ impl EngineBuilder {
             server,
             sweeper,
             http,
+            cron,
         })
     }
 }
@@ -1357,6 +1375,7 @@ pub struct Engine {
     server: Server,
     sweeper: tokio::task::JoinHandle<()>,
     http: Arc<HttpTrigger>,
+    cron: Arc<CronTrigger>,
 }
 
 impl Engine {
@@ -1440,6 +1459,7 @@ impl Engine {
     /// `invocation_stopped`) and waits for the cleanup.
     pub async fn shutdown(self) {
         self.shared.stopped.store(true, Ordering::Release);
+        self.cron.shutdown();
         self.http.shutdown().await;
         self.server.shutdown().await;
         self.sweeper.abort();

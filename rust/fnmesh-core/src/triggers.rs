@@ -138,6 +138,12 @@ fn sort_types<P>(types: &mut [Arc<TriggerType<P>>]) {
     types.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
 }
 
+/// True when a condition function's result skips the bound function (PROTOCOL.md 6.7): exactly
+/// JSON `false`. No result, `null` or any other value lets the call through.
+pub fn condition_skips(result: Option<&serde_json::value::RawValue>) -> bool {
+    result.is_some_and(|raw| raw.get().trim() == "false")
+}
+
 /// A trigger type served inside the engine's process: the HTTP trigger, cron, or an
 /// application's own (a file watcher, an MQTT subscriber, ...).
 ///

@@ -409,11 +409,7 @@ pub fn middleware_verdict(result: Option<&RawValue>) -> Result<MiddlewareVerdict
     }
 }
 
-/// True when a condition function's result skips the handler: exactly JSON `false`. No result,
-/// `null` or any other value lets the request through.
-pub fn condition_skips(result: Option<&RawValue>) -> bool {
-    result.is_some_and(|raw| raw.get().trim() == "false")
-}
+pub use crate::triggers::condition_skips;
 
 #[cfg(test)]
 mod tests {
