@@ -137,8 +137,11 @@ class Served:
 
 @contextlib.contextmanager
 def serve(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[Served]:
-    """``fnmesh serve --port 0 ARGS`` in a subprocess. Checks that SIGTERM stops it cleanly."""
-    with _fnmesh(["serve", "--port", "0", *args], r"workers connect to (ws://\S+)", env) as served:
+    """``fnmesh serve --port 0 --http-port 0 ARGS`` in a subprocess. Checks that SIGTERM stops it
+    cleanly."""
+    # Any free HTTP port too (args may name one: the last --http-port wins).
+    command = ["serve", "--port", "0", "--http-port", "0", *args]
+    with _fnmesh(command, r"workers connect to (ws://\S+)", env) as served:
         yield served
 
 

@@ -128,6 +128,7 @@ class EngineHandle:
         http_body_limit_bytes: int,
         http_timeout_ms: int,
         http_cors_origins: list[str] | None,
+        http_listen_at_start: bool | None,
     ) -> EngineHandle: ...
     @property
     def host(self) -> str: ...

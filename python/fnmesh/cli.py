@@ -83,6 +83,9 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if config.http_listen_at_start is None:
+        # A standalone engine answers HTTP from the start, as iii does.
+        config = config.replace(http_listen_at_start=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -92,6 +95,8 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     engine = Engine(config).start()
     print(f"fnmesh {__version__}: workers connect to {engine.url}", file=sys.stderr, flush=True)
+    if engine.http_url is not None:
+        print(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}", file=sys.stderr, flush=True)
     try:
         while not stop.wait(0.5):
             pass

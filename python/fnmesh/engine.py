@@ -47,6 +47,9 @@ class EngineConfig:
     """How long an HTTP request may take (middleware, condition, function); then 504."""
     http_cors_origins: tuple[str, ...] | None = None
     """Origins allowed to call the routes from a browser (``"*"`` for any); ``None`` is permissive."""
+    http_listen_at_start: bool | None = None
+    """Open the HTTP port when the engine starts (unknown routes answer 404 from then on) rather
+    than with the first route. ``None``: yes for ``fnmesh serve``, no for an embedded engine."""
     auth_token: str | None = None
     """When set, workers must send ``Authorization: Bearer <token>`` (or ``?token=``)."""
     function_conflict: str = "replicate"

@@ -1325,6 +1325,10 @@ impl EngineBuilder {
                 ENGINE_OWNER,
             )
             .expect("the http trigger type is valid");
+        if self.config.http.listen_at_start {
+            http.ensure_listening()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::AddrInUse, e))?;
+        }
         let cron = CronTrigger::new(
             EngineRef {
                 shared: shared.clone(),

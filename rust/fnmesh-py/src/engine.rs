@@ -64,7 +64,7 @@ impl EngineHandle {
         *, host, port, http_port, auth_token, function_conflict, invocation_timeout_ms,
         namespace_grace_ms, max_frame_bytes, handshake_timeout_ms, outbound_queue,
         functions_available_interval_ms, trigger_ack_timeout_ms, worker_threads,
-        http_body_limit_bytes, http_timeout_ms, http_cors_origins
+        http_body_limit_bytes, http_timeout_ms, http_cors_origins, http_listen_at_start
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -85,6 +85,7 @@ impl EngineHandle {
         http_body_limit_bytes: usize,
         http_timeout_ms: u64,
         http_cors_origins: Option<Vec<String>>,
+        http_listen_at_start: Option<bool>,
     ) -> PyResult<EngineHandle> {
         let ip: IpAddr = host.parse().map_err(|_| {
             crate::errors::to_py(fnmesh_core::Error::InvalidArgument(format!(
@@ -94,6 +95,7 @@ impl EngineHandle {
         let policy: ConflictPolicy = function_conflict.parse().into_py_result()?;
         let http = HttpConfig {
             addr: SocketAddr::new(ip, http_port),
+            listen_at_start: http_listen_at_start.unwrap_or(false),
             body_limit: http_body_limit_bytes,
             timeout: ms(http_timeout_ms),
             cors: http_cors_origins.map(|origins| CorsConfig {

@@ -27,8 +27,12 @@ use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
 /// Settings of the HTTP trigger server.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Where the listener binds (port 0 picks a free port); opened with the first route.
+    /// Where the listener binds (port 0 picks a free port).
     pub addr: SocketAddr,
+    /// Open the listener when the engine starts (an unknown route then answers 404 from the
+    /// start, as iii does), instead of with the first route (so an engine nobody binds HTTP
+    /// routes on never takes the port).
+    pub listen_at_start: bool,
     /// Largest request body accepted; larger ones get 413.
     pub body_limit: usize,
     /// How long a request may take (middleware, condition and function); then 504.
@@ -43,6 +47,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 3111)),
+            listen_at_start: false,
             body_limit: 16 * 1024 * 1024,
             timeout: Duration::from_secs(30),
             cors: None,
@@ -115,7 +120,7 @@ impl HttpTrigger {
         }
     }
 
-    fn ensure_listening(self: &Arc<Self>) -> Result<(), String> {
+    pub(crate) fn ensure_listening(self: &Arc<Self>) -> Result<(), String> {
         let mut listener = lock(&self.listener);
         if listener.is_some() {
             return Ok(());
