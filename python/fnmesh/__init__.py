@@ -27,11 +27,12 @@ from fnmesh.errors import (
 )
 from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
-from fnmesh.triggers import HttpRequest, HttpResponse
+from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "App",
+    "Binding",
     "ConnectionFailed",
     "Context",
     "Deferred",
@@ -57,6 +58,7 @@ __all__ = [
     "RegistrationError",
     "RemoteError",
     "Replica",
+    "TriggerType",
     "ValidationFailed",
     "WorkerConflict",
     "__version__",

@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import hashlib
 import itertools
 import json
 import logging
@@ -54,6 +55,7 @@ from fnmesh.errors import (
 )
 from fnmesh.results import Deferred, LocalOutcome
 from fnmesh.schema import HandlerSpec, inspect_handler
+from fnmesh.triggers import Binding, TriggerType
 
 __all__ = ["App"]
 
@@ -81,13 +83,23 @@ class _Trigger:
     __slots__ = ("binding_id", "config", "function_id", "metadata", "trigger_type")
 
     def __init__(
-        self, trigger_type: str, function_id: str, config: dict[str, Any], metadata: dict[str, Any] | None
+        self,
+        trigger_type: str,
+        function_id: str,
+        config: dict[str, Any],
+        metadata: dict[str, Any] | None,
+        binding_id: str | None,
     ) -> None:
         self.trigger_type = trigger_type
         self.function_id = function_id
         self.config = config
         self.metadata = metadata
-        self.binding_id: str | None = None
+        if binding_id is None:
+            # The same function bound the same way gets the same id in every engine, so the
+            # replicas of an app share one cron job (and its lock) instead of each firing it.
+            digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+            binding_id = f"{trigger_type}:{function_id}:{digest}"
+        self.binding_id = binding_id
 
     def describe(self) -> str:
         if self.trigger_type == "http":
@@ -151,6 +163,8 @@ class App:
         self._tracer: Tracer | None = None
         self._local_ids = itertools.count(1)
         self._triggers: list[_Trigger] = []
+        self._trigger_types: dict[str, TriggerType] = {}
+        self._bindings: dict[str, Binding] = {}
         self._answers: list[tuple[_native.Invocation, bytes | None]] | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -207,6 +221,7 @@ class App:
         condition: str | None = None,
         middleware: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        id: str | None = None,
     ) -> Callable[[F], F]:
         """Binds the decorated function (declared with ``@app.function``, above or below this
         decorator) to the HTTP route ``method path`` (``:name`` segments are path parameters).
@@ -222,7 +237,7 @@ class App:
             config["condition_function_id"] = condition
         if middleware:
             config["middleware_function_ids"] = list(middleware)
-        return self._trigger_decorator("http", config, metadata)
+        return self._trigger_decorator("http", config, metadata, id)
 
     def cron(
         self,
@@ -231,6 +246,7 @@ class App:
         timezone: str | None = None,
         condition: str | None = None,
         metadata: dict[str, Any] | None = None,
+        id: str | None = None,
     ) -> Callable[[F], F]:
         """Runs the decorated function (declared with ``@app.function``) on a cron schedule:
         6 or 7 fields, seconds first (``"0 */5 * * * *"``: every 5 minutes), evaluated in UTC
@@ -242,14 +258,38 @@ class App:
             config["timezone"] = timezone
         if condition is not None:
             config["condition_function_id"] = condition
-        return self._trigger_decorator("cron", config, metadata)
+        return self._trigger_decorator("cron", config, metadata, id)
+
+    def trigger(
+        self,
+        trigger_type: str,
+        config: Any = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Callable[[F], F]:
+        """Binds the decorated function (declared with ``@app.function``) to any trigger type:
+        one of the app's own (:meth:`add_trigger_type`), a worker's, or a built-in one. A
+        binding to a type nobody provides yet waits for a provider."""
+        return self._trigger_decorator(trigger_type, config, metadata, id)
+
+    def add_trigger_type(self, trigger_type: TriggerType) -> None:
+        """Serves a trigger type implemented in Python (see :class:`fnmesh.TriggerType`) from
+        the app's embedded engine, beside the engine's own types."""
+        if not isinstance(trigger_type, TriggerType) or not trigger_type.id.strip():
+            raise InvalidArgument("add_trigger_type() takes a fnmesh.TriggerType with an id")
+        if trigger_type.id in self._trigger_types:
+            raise InvalidArgument(f"trigger type {trigger_type.id!r} is already added")
+        if self._bridge is not None:
+            raise InvalidArgument("add trigger types before the app starts")
+        self._trigger_types[trigger_type.id] = trigger_type
 
     def _trigger_decorator(
-        self, trigger_type: str, config: dict[str, Any], metadata: dict[str, Any] | None
+        self, trigger_type: str, config: Any, metadata: dict[str, Any] | None, binding_id: str | None
     ) -> Callable[[F], F]:
         def bind(func: F) -> F:
             def make(function_id: str) -> _Trigger:
-                return _Trigger(trigger_type, function_id, config, metadata)
+                return _Trigger(trigger_type, function_id, config, metadata, binding_id)
 
             declared = next((fid for fid, f in self._functions.items() if f.spec.func is func), None)
             if declared is not None:
@@ -318,7 +358,7 @@ class App:
         except BaseException:
             await self._end()
             raise
-        if self._triggers:
+        if self._triggers or self._trigger_types:
             await self.stop()
             raise InvalidArgument(
                 f"app {self.name!r} binds triggers ({self._triggers[0].describe()}, ...): a connected "
@@ -355,6 +395,10 @@ class App:
         loop = self._require_loop()
         assert self._bridge is not None
         handle = self._engine.handle
+        for provided in self._trigger_types.values():
+            _native.register_trigger_type(
+                handle, self._bridge, provided.id, provided.description, namespace=self.namespace
+            )
         for trigger in self._triggers:
             future: asyncio.Future[bytes | None] = loop.create_future()
             handle.register_trigger(
@@ -640,6 +684,7 @@ class App:
         metadata: dict[str, Any] | None,
         traceparent: str | None = None,
         baggage: str | None = None,
+        namespace: str | None = None,
     ) -> Any:
         loop = self._require_loop()
         assert self._bridge is not None
@@ -663,7 +708,7 @@ class App:
                 future,
                 function_id,
                 _to_json(data),
-                namespace=self.namespace,
+                namespace=namespace or self.namespace,
                 metadata=raw_metadata,
                 timeout_ms=timeout_ms,
                 traceparent=traceparent,
@@ -804,6 +849,8 @@ class App:
                         future.set_exception(invocation_error(*error))
                     else:
                         future.set_result(result)
+                elif isinstance(item, _native.TriggerEvent):
+                    self._track(asyncio.ensure_future(self._trigger_event(item)))
                 else:
                     self._start(item)
         finally:
@@ -836,6 +883,48 @@ class App:
             return
         assert self._loop is not None
         self._track(self._loop.create_task(_resume(coro, waiting), context=context))  # type: ignore[call-arg]
+
+    async def _trigger_event(self, event: _native.TriggerEvent) -> None:
+        """A binding for one of the app's trigger types, or its withdrawal."""
+        provider = self._trigger_types.get(event.trigger_type)
+        if event.kind == "unregister":
+            binding = self._bindings.pop(event.binding_id, None)
+            if provider is not None and binding is not None:
+                try:
+                    await provider.unregister(binding)
+                except Exception:
+                    log.exception(
+                        "trigger type %s failed to drop binding %s", event.trigger_type, event.binding_id
+                    )
+            return
+        if provider is None:
+            event.refuse(f"app {self.name!r} does not serve trigger type {event.trigger_type!r}")
+            return
+        raw_metadata = event.metadata
+        binding = Binding(
+            id=event.binding_id,
+            trigger_type=event.trigger_type,
+            function_id=event.function_id,
+            config=json.loads(event.config),
+            metadata=json.loads(raw_metadata) if raw_metadata is not None else None,
+            namespace=event.namespace,
+            _fire=self._fire,
+        )
+        try:
+            await provider.register(binding)
+        except Exception as exc:
+            event.refuse(str(exc) or type(exc).__name__)
+            return
+        self._bindings[binding.id] = binding
+        event.accept()
+
+    async def _fire(self, binding: Binding, data: Any) -> Any:
+        """A Python trigger type firing one of its bindings."""
+        if binding.namespace == self.namespace:
+            return await self.call(binding.function_id, data, metadata=binding.metadata)
+        return await self._call_remote(
+            binding.function_id, data, None, binding.metadata, namespace=binding.namespace
+        )
 
     def _track(self, task: asyncio.Task[None]) -> None:
         # Kept until done: the loop holds tasks only weakly, and stop() cancels what is left.

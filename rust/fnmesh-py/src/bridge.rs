@@ -26,6 +26,8 @@ pub(crate) enum Work {
     Invoke(Call),
     /// The outcome of a call Python is awaiting through `future`.
     Done { future: Py<PyAny>, outcome: Outcome },
+    /// A binding for (or withdrawn from) a trigger type implemented in Python.
+    Trigger(crate::triggers::TriggerEvent),
     /// Ends the bridge thread.
     Stop,
 }
@@ -35,7 +37,8 @@ pub(crate) enum Work {
 // bounds how long one dispatch can hold the loop; it is not tuned by measurement yet.
 const MAX_BATCH: usize = 1024;
 
-/// Sends work to a bridge; cloned into every Python function registered with the engine.
+/// Sends work to a bridge; cloned into every Python function and trigger type registered with
+/// the engine.
 #[derive(Clone)]
 pub(crate) struct BridgeSender(mpsc::UnboundedSender<Work>);
 
@@ -72,9 +75,9 @@ impl Bridge {
 #[pymethods]
 impl Bridge {
     /// Starts the bridge thread. `dispatch(batch)` is scheduled on `loop` (with
-    /// `call_soon_threadsafe`) for every batch: a list whose items are `Invocation`s and
-    /// `(future, result, error)` tuples, `result` being JSON bytes or `None` and `error` a
-    /// `(code, message, stacktrace)` tuple or `None`.
+    /// `call_soon_threadsafe`) for every batch: a list whose items are `Invocation`s,
+    /// `TriggerEvent`s and `(future, result, error)` tuples, `result` being JSON bytes or `None`
+    /// and `error` a `(code, message, stacktrace)` tuple or `None`.
     #[new]
     fn new(event_loop: Py<PyAny>, dispatch: Py<PyAny>) -> PyResult<Bridge> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -150,6 +153,7 @@ fn hand_over(
         match work {
             Work::Invoke(call) => items.append(Invocation::from_call(call))?,
             Work::Done { future, outcome } => items.append(done_tuple(py, future, outcome)?)?,
+            Work::Trigger(event) => items.append(event)?,
             Work::Stop => {}
         }
     }

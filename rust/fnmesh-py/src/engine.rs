@@ -350,7 +350,7 @@ impl EngineHandle {
 
 impl EngineHandle {
     /// The runtime and a handle on the engine, or `InvalidArgument` once stopped.
-    fn live(&self) -> PyResult<(tokio::runtime::Handle, EngineRef)> {
+    pub(crate) fn live(&self) -> PyResult<(tokio::runtime::Handle, EngineRef)> {
         self.state
             .lock()
             .ok()

@@ -9,6 +9,7 @@ mod engine;
 mod errors;
 mod protocol;
 mod registry;
+mod triggers;
 
 #[pymodule]
 #[pyo3(name = "_native")]
@@ -19,5 +20,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     bridge::register(m)?;
     client::register(m)?;
+    triggers::register(m)?;
     Ok(())
 }
