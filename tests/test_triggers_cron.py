@@ -109,6 +109,17 @@ async def test_iii_sdk_worker_binds_a_cron_job_and_unbinds_it() -> None:
                 def sdk(function_id: str, payload: Any = None) -> Any:
                     return call(probe, function_id, payload)
 
+                from iii import InvocationError as SdkError
+
+                five = {
+                    "trigger_type": "cron",
+                    "function_id": "alpha::record",
+                    "config": {"expression": "* * * *"},
+                }
+                with pytest.raises(SdkError) as refused:
+                    await asyncio.to_thread(sdk, "engine::register_trigger", five)
+                assert refused.value.code == "trigger_registration_failed"
+                assert "6 or 7" in str(refused.value)
                 bound = {
                     "type": "cron",
                     "function_id": "alpha::record",
