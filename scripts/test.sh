@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, `make test`, `.ci/run`): builds the release wheel with
 # maturin, installs that wheel (not an editable install) into a fresh virtual environment with the
-# test extras, then runs the Rust tests, the linters and pytest.
+# test extras, then runs the Rust tests, the linters and pytest. Installs redis-server first when
+# it is missing and apt-get can (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,27 @@ venv=.venv-test
 python=${PYTHON:-python3}
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "redis-server (the cron lock tests start their own, on a free port)"
+if command -v redis-server >/dev/null 2>&1; then
+    redis-server --version
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    # The package may also enable a system-wide service; no test uses it.
+    apt_log=$(mktemp)
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
+        >"$apt_log" 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
+        cat "$apt_log" >&2
+        echo "could not install redis-server with apt-get (see above); install it and run again" >&2
+        rm -f "$apt_log"
+        exit 1
+    fi
+    rm -f "$apt_log"
+    redis-server --version
+else
+    echo "warning: redis-server is not on PATH and cannot be installed here (needs root and" \
+        "apt-get): the Redis tests will fail; install it (apt-get install redis-server," \
+        "brew install redis)" >&2
+fi
 
 step "fresh virtual environment in $venv"
 rm -rf "$venv" dist

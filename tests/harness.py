@@ -208,3 +208,107 @@ def _fnmesh(
             reader.join(timeout=5)
         proc.stderr.close()
         proc.stdout.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Redis (the cron lock shared by engines)
+# ----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the time of asking)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def redis_command(port: int, *args: str) -> Any:
+    """Sends one command to the Redis on loopback ``port`` and returns its answer: ``str`` for a
+    status or bulk string, ``int``, ``list``, ``None``; an error answer raises ``RuntimeError``."""
+    import socket
+
+    request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request.encode())
+        return _read_redis_reply(conn.makefile("rb"))
+
+
+def _read_redis_reply(stream: Any) -> Any:
+    line = stream.readline().decode().rstrip("\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == "+":
+        return rest
+    if kind == "-":
+        raise RuntimeError(f"Redis answered an error: {rest}")
+    if kind == ":":
+        return int(rest)
+    if kind == "$":
+        if int(rest) < 0:
+            return None
+        return stream.read(int(rest) + 2)[:-2].decode()
+    if kind == "*":
+        return None if int(rest) < 0 else [_read_redis_reply(stream) for _ in range(int(rest))]
+    raise RuntimeError(f"unexpected Redis answer {line!r}")
+
+
+def _redis_answers_ping(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A throwaway ``redis-server`` on loopback ``port`` (a free one by default), without
+    persistence; yields its ``redis://`` URL once it answers PING, and stops it afterwards.
+
+    A missing ``redis-server`` fails the test rather than skipping it: ``scripts/test.sh``
+    installs it."""
+    import shutil
+    import tempfile
+
+    import pytest
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is not on PATH: install it (apt-get install redis-server, "
+            "brew install redis) or run scripts/test.sh, which installs it",
+            pytrace=False,
+        )
+    port = free_port() if port is None else port
+    with tempfile.TemporaryDirectory(prefix="fnmesh-redis-") as workdir:
+        log_path = Path(workdir) / "redis.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 10
+            while not _redis_answers_ping(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server did not answer PING on port {port}:\n"
+                        + log_path.read_text(errors="replace")
+                    )
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

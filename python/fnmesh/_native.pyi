@@ -129,6 +129,7 @@ class EngineHandle:
         http_timeout_ms: int,
         http_cors_origins: list[str] | None,
         http_listen_at_start: bool | None,
+        cron_redis_url: str | None,
     ) -> EngineHandle: ...
     @property
     def host(self) -> str: ...

@@ -89,6 +89,7 @@ class _Trigger:
         config: dict[str, Any],
         metadata: dict[str, Any] | None,
         binding_id: str | None,
+        namespace: str,
     ) -> None:
         self.trigger_type = trigger_type
         self.function_id = function_id
@@ -97,7 +98,8 @@ class _Trigger:
         if binding_id is None:
             # The same function bound the same way gets the same id in every engine, so the
             # replicas of an app share one cron job (and its lock) instead of each firing it.
-            digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+            key = json.dumps({"namespace": namespace, "config": config}, sort_keys=True)
+            digest = hashlib.sha256(key.encode()).hexdigest()[:16]
             binding_id = f"{trigger_type}:{function_id}:{digest}"
         self.binding_id = binding_id
 
@@ -289,7 +291,7 @@ class App:
     ) -> Callable[[F], F]:
         def bind(func: F) -> F:
             def make(function_id: str) -> _Trigger:
-                return _Trigger(trigger_type, function_id, config, metadata, binding_id)
+                return _Trigger(trigger_type, function_id, config, metadata, binding_id, self.namespace)
 
             declared = next((fid for fid, f in self._functions.items() if f.spec.func is func), None)
             if declared is not None:

@@ -70,6 +70,10 @@ class EngineConfig:
     """How long ``engine::register_trigger`` waits for a worker provider's answer."""
     worker_threads: int = 2
     """Threads of the engine's tokio runtime."""
+    cron_redis_url: str | None = None
+    """A Redis shared by several engines (``redis://[[user]:password@]host[:port][/db]`` or
+    ``redis+unix:///path``): each cron tick then fires on one of them only, and a tick is skipped
+    while that Redis cannot be reached. ``None``: this engine fires every tick itself."""
     log_level: str = "info"
     """Log filter for the engine's lines on stderr (``info``, ``debug``, ``fnmesh_core=debug``)."""
 

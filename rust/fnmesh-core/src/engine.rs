@@ -34,7 +34,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::cron::{CronTrigger, LocalLock};
+use crate::cron::{CronLock, CronTrigger, LocalLock, RedisLock};
 use crate::error::Error;
 use crate::function::{Call, CallOptions, Completer, NativeFunction, Outcome, Reply};
 use crate::http::{HttpConfig, HttpTrigger};
@@ -83,6 +83,10 @@ pub struct EngineConfig {
     pub functions_available_interval: Duration,
     /// How long `engine::register_trigger` waits for a worker provider's answer.
     pub trigger_ack_timeout: Duration,
+    /// The Redis that engines sharing cron jobs take each tick's lock in, so that a tick fires on
+    /// one of them only (see [`RedisLock`] for the URL forms); `None`: this engine alone
+    /// ([`LocalLock`]). An invalid URL fails [`EngineBuilder::start`].
+    pub cron_redis_url: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +99,7 @@ impl Default for EngineConfig {
             namespace_grace: Duration::from_millis(5000),
             functions_available_interval: Duration::from_secs(5),
             trigger_ack_timeout: Duration::from_secs(10),
+            cron_redis_url: None,
         }
     }
 }
@@ -1329,12 +1334,25 @@ impl EngineBuilder {
             http.ensure_listening()
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::AddrInUse, e))?;
         }
+        let cron_lock: Arc<dyn CronLock> = match &self.config.cron_redis_url {
+            None => Arc::new(LocalLock),
+            Some(url) => Arc::new(RedisLock::new(url).map_err(|e| {
+                let reason = match e {
+                    Error::InvalidArgument(reason) => reason,
+                    other => other.to_string(),
+                };
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("invalid cron_redis_url: {reason}"),
+                )
+            })?),
+        };
         let cron = CronTrigger::new(
             EngineRef {
                 shared: shared.clone(),
             }
             .downgrade(),
-            Arc::new(LocalLock),
+            cron_lock,
         );
         shared
             .add_native_trigger_type(

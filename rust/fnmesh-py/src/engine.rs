@@ -64,7 +64,8 @@ impl EngineHandle {
         *, host, port, http_port, auth_token, function_conflict, invocation_timeout_ms,
         namespace_grace_ms, max_frame_bytes, handshake_timeout_ms, outbound_queue,
         functions_available_interval_ms, trigger_ack_timeout_ms, worker_threads,
-        http_body_limit_bytes, http_timeout_ms, http_cors_origins, http_listen_at_start
+        http_body_limit_bytes, http_timeout_ms, http_cors_origins, http_listen_at_start,
+        cron_redis_url
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -86,6 +87,7 @@ impl EngineHandle {
         http_timeout_ms: u64,
         http_cors_origins: Option<Vec<String>>,
         http_listen_at_start: Option<bool>,
+        cron_redis_url: Option<String>,
     ) -> PyResult<EngineHandle> {
         let ip: IpAddr = host.parse().map_err(|_| {
             crate::errors::to_py(fnmesh_core::Error::InvalidArgument(format!(
@@ -111,6 +113,7 @@ impl EngineHandle {
             namespace_grace: ms(namespace_grace_ms),
             functions_available_interval: ms(functions_available_interval_ms),
             trigger_ack_timeout: ms(trigger_ack_timeout_ms),
+            cron_redis_url,
             ..EngineConfig::default()
         };
         config.server.addr = SocketAddr::new(ip, port);
