@@ -27,3 +27,4 @@ bench-sdk:  ## E3 embedded call + E2 Python worker benchmark scripts (ARGS=--qui
 	cargo build --release -p fnmesh-benches --bin fnmesh-loadgen
 	$(PYTHON) benches/sdk_calls.py $(ARGS)
 	$(PYTHON) benches/python_worker.py $(ARGS)
+	$(PYTHON) benches/http_trigger.py $(ARGS)

@@ -12,15 +12,26 @@
 //!
 //! # the one-hop floor: answers every invokefunction itself; `call` runs against it unchanged
 //! fnmesh-loadgen echo --addr 127.0.0.1:0          # prints `listening ws://127.0.0.1:PORT`
+//!
+//! # the closed loop over HTTP/1.1 keep-alive (an HTTP trigger, or any HTTP server)
+//! fnmesh-loadgen http --url http://127.0.0.1:3111/echo [--method POST]
+//!     [--body JSON | --payload-bytes 64] [--concurrency 64] [--connections C]
+//!     [--duration 5s | --count N] [--warmup 1s] [--timeout 30s] [--threads N]
 //! ```
 //!
-//! `--data` replaces the generated `--payload-bytes` object (e.g. `{"ms":10}` for bench.sleep).
+//! `--data` replaces the generated `--payload-bytes` object (e.g. `{"ms":10}` for bench.sleep);
+//! `--body` does the same for `http`, whose bodies go as `application/json` (none by default for
+//! GET and HEAD). HTTP/1.1 carries one request at a time per connection, so `http` opens one
+//! connection per request in flight unless `--connections` says fewer (requests then queue for
+//! a connection, and the wait counts in their latency). Its report adds `non_2xx` (answers with
+//! another status) beside `errors` (transport failures and timeouts).
 //! Exit status: 0 on success, 1 on a usage error, 2 when a connection fails.
 
 use std::time::Duration;
 
 use fnmesh_benches::loadgen::args::Args;
 use fnmesh_benches::loadgen::call::{self, CallOptions};
+use fnmesh_benches::loadgen::http::{self, HttpOptions, Target};
 use fnmesh_benches::loadgen::{echo, wire, worker};
 
 const USAGE: &str = "\
@@ -29,7 +40,13 @@ usage:
   fnmesh-loadgen call   --url URL [--function bench.echo] [--payload-bytes 64] [--data JSON]
                         [--concurrency 64] [--connections 4] [--duration 5s | --count N]
                         [--warmup 1s] [--timeout 30s] [--threads N]
-  fnmesh-loadgen echo   --addr 127.0.0.1:0";
+  fnmesh-loadgen echo   --addr 127.0.0.1:0
+  fnmesh-loadgen http   --url http://HOST:PORT/PATH [--method POST]
+                        [--body JSON | --payload-bytes 64] [--concurrency 64]
+                        [--connections C] [--duration 5s | --count N] [--warmup 1s]
+                        [--timeout 30s] [--threads N]
+                        (one kept-alive HTTP/1.1 connection per request in flight unless
+                        --connections says fewer: HTTP/1.1 carries one request at a time)";
 
 const DEFAULT_URL: &str = "ws://127.0.0.1:49134";
 
@@ -37,6 +54,20 @@ enum Mode {
     Worker { url: String, connections: usize },
     Call(CallOptions),
     Echo { addr: String },
+    Http(HttpOptions),
+}
+
+/// `--duration` or `--count` (exclusive), with the 5 s default duration.
+fn run_length(args: &mut Args) -> Result<(Duration, Option<u64>), String> {
+    let count = args
+        .take("count")?
+        .map(|c| c.parse().map_err(|e| format!("--count: {e}")))
+        .transpose()?;
+    let duration = args.take_duration("duration")?;
+    if count.is_some() && duration.is_some() {
+        return Err("--duration and --count are exclusive".into());
+    }
+    Ok((duration.unwrap_or(Duration::from_secs(5)), count))
 }
 
 fn parse(mut args: Args) -> Result<(Mode, Option<usize>), String> {
@@ -60,11 +91,7 @@ fn parse(mut args: Args) -> Result<(Mode, Option<usize>), String> {
                 }
                 None => wire::padded_payload(payload_bytes),
             };
-            let count = args.take("count")?;
-            let duration = args.take_duration("duration")?;
-            if count.is_some() && duration.is_some() {
-                return Err("--duration and --count are exclusive".into());
-            }
+            let (duration, count) = run_length(&mut args)?;
             Mode::Call(CallOptions {
                 url: args.take("url")?.unwrap_or_else(|| DEFAULT_URL.into()),
                 function: args
@@ -76,10 +103,8 @@ fn parse(mut args: Args) -> Result<(Mode, Option<usize>), String> {
                 // connection, 179k over 2, 188k over 4, 159k over 8, 126k over 16; one
                 // connection's reader is a single task, so 1 caps the caller itself.
                 connections: args.take_parsed("connections", 4)?,
-                duration: duration.unwrap_or(Duration::from_secs(5)),
-                count: count
-                    .map(|c| c.parse().map_err(|e| format!("--count: {e}")))
-                    .transpose()?,
+                duration,
+                count,
                 warmup: args
                     .take_duration("warmup")?
                     .unwrap_or(Duration::from_secs(1)),
@@ -91,10 +116,58 @@ fn parse(mut args: Args) -> Result<(Mode, Option<usize>), String> {
         "echo" => Mode::Echo {
             addr: args.take("addr")?.unwrap_or_else(|| "127.0.0.1:0".into()),
         },
+        "http" => {
+            let target = Target::parse(&args.take("url")?.ok_or("http needs --url")?)?;
+            let method = args.take("method")?.unwrap_or_else(|| "POST".into());
+            let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|e| format!("--method {method:?}: {e}"))?;
+            let payload_bytes = args
+                .take("payload-bytes")?
+                .map(|n| n.parse::<usize>())
+                .transpose()
+                .map_err(|e| format!("--payload-bytes: {e}"))?;
+            let body = match (args.take("body")?, payload_bytes) {
+                (Some(_), Some(_)) => return Err("--body and --payload-bytes are exclusive".into()),
+                (Some(b), None) => {
+                    serde_json::from_str::<serde_json::Value>(&b)
+                        .map_err(|e| format!("--body is not JSON: {e}"))?;
+                    b
+                }
+                (None, Some(n)) => wire::padded_payload(n),
+                (None, None) if matches!(method, hyper::Method::GET | hyper::Method::HEAD) => {
+                    String::new()
+                }
+                (None, None) => wire::padded_payload(64),
+            };
+            let concurrency = args.take_parsed("concurrency", 64)?;
+            let (duration, count) = run_length(&mut args)?;
+            Mode::Http(HttpOptions {
+                target,
+                method,
+                body: body.into(),
+                concurrency,
+                connections: args.take_parsed("connections", concurrency)?,
+                duration,
+                count,
+                warmup: args
+                    .take_duration("warmup")?
+                    .unwrap_or(Duration::from_secs(1)),
+                timeout: args
+                    .take_duration("timeout")?
+                    .unwrap_or(Duration::from_secs(30)),
+            })
+        }
         other => return Err(format!("unknown command {other:?}")),
     };
     args.finish()?;
     Ok((mode, threads))
+}
+
+fn print_report(report: &impl serde::Serialize) {
+    match serde_json::to_string(report) {
+        Ok(line) => println!("{line}"),
+        Err(e) => wire::fatal(&format!("cannot encode the report: {e}")),
+    }
 }
 
 fn main() {
@@ -122,13 +195,8 @@ fn main() {
         match mode {
             Mode::Worker { url, connections } => worker::run(&url, connections).await,
             Mode::Echo { addr } => echo::run(&addr).await,
-            Mode::Call(opts) => {
-                let report = call::run(opts).await;
-                match serde_json::to_string(&report) {
-                    Ok(line) => println!("{line}"),
-                    Err(e) => wire::fatal(&format!("cannot encode the report: {e}")),
-                }
-            }
+            Mode::Call(opts) => print_report(&call::run(opts).await),
+            Mode::Http(opts) => print_report(&http::run(opts).await),
         }
     });
 }

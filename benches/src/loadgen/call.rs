@@ -320,11 +320,6 @@ pub async fn run(opts: CallOptions) -> Report {
 
     latencies.sort_unstable();
     let calls = latencies.len();
-    let mean = if calls == 0 {
-        0.0
-    } else {
-        latencies.iter().map(|&v| u64::from(v)).sum::<u64>() as f64 / calls as f64
-    };
     let round1 = |x: f64| (x * 10.0).round() / 10.0;
     Report {
         mode: "call",
@@ -338,13 +333,7 @@ pub async fn run(opts: CallOptions) -> Report {
         errors,
         timeouts,
         throughput_per_s: round1(calls as f64 / elapsed.max(1e-9)),
-        latency_us: Latency {
-            p50: percentile(&latencies, 0.50),
-            p90: percentile(&latencies, 0.90),
-            p99: percentile(&latencies, 0.99),
-            max: latencies.last().copied().unwrap_or(0),
-            mean: round1(mean),
-        },
+        latency_us: Latency::from_sorted(&latencies),
     }
 }
 
@@ -375,6 +364,25 @@ pub struct Latency {
     pub p99: u32,
     pub max: u32,
     pub mean: f64,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles, maximum and mean of latencies sorted in ascending order (all
+    /// zero when there are none); `call` and `http` report them the same way.
+    pub fn from_sorted(sorted: &[u32]) -> Latency {
+        let mean = if sorted.is_empty() {
+            0.0
+        } else {
+            sorted.iter().map(|&v| u64::from(v)).sum::<u64>() as f64 / sorted.len() as f64
+        };
+        Latency {
+            p50: percentile(sorted, 0.50),
+            p90: percentile(sorted, 0.90),
+            p99: percentile(sorted, 0.99),
+            max: sorted.last().copied().unwrap_or(0),
+            mean: (mean * 10.0).round() / 10.0,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,5 +8,6 @@
 pub mod args;
 pub mod call;
 pub mod echo;
+pub mod http;
 pub mod wire;
 pub mod worker;
