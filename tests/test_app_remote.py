@@ -133,3 +133,46 @@ async def test_connect_to_nothing_fails_fast_and_cleanly() -> None:
     with pytest.raises(fnmesh.InvalidArgument):
         await app.connect("http://not-a-websocket", timeout=0.5)
     assert not app.running
+
+
+async def test_connected_app_binds_http_routes_and_cron_jobs(engine: Served) -> None:
+    import httpx
+
+    line = engine.wait_for_log(r"HTTP triggers at http://\S+")
+    http_url = line.rsplit(" ", 1)[1].strip()
+    app = fnmesh.App("shop")
+    ticks: list[str] = []
+
+    @app.http("GET", "/items/:sku")
+    @app.function("shop::item")
+    async def item(request: fnmesh.HttpRequest) -> fnmesh.HttpResponse:
+        return fnmesh.HttpResponse(body={"sku": request.path_params["sku"]})
+
+    @app.cron("* * * * * *")
+    @app.function("shop::tick")
+    async def tick(data: dict[str, Any]) -> None:
+        ticks.append(data["scheduled_time"])
+
+    await app.connect(engine.url, timeout=10)
+    try:
+        async with httpx.AsyncClient(base_url=http_url) as http:
+            got = await http.get("/items/A1")
+            assert (got.status_code, got.json()) == (200, {"sku": "A1"})
+        for _ in range(60):
+            if ticks:
+                break
+            await asyncio.sleep(0.05)
+        assert ticks, "the cron job bound over the connection never fired"
+
+        # A second app asking for a conflicting route is refused at connect.
+        rival = fnmesh.App("rival")
+
+        @rival.http("GET", "/items/:id")
+        @rival.function("rival::item")
+        async def rival_item(data: dict[str, Any]) -> None: ...
+
+        with pytest.raises(fnmesh.InvalidArgument, match="conflicts with already-registered route"):
+            await rival.connect(engine.url, timeout=10)
+        assert not rival.running
+    finally:
+        await app.stop()

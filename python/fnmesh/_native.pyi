@@ -311,6 +311,18 @@ class ClientHandle:
         traceparent: str | None = None,
         baggage: str | None = None,
     ) -> None: ...
+    def register_trigger(
+        self,
+        trigger_type: str,
+        function_id: str,
+        config: str,
+        *,
+        namespace: str | None = None,
+        metadata: str | None = None,
+        id: str | None = None,
+    ) -> str: ...
+    def unregister_trigger(self, id: str) -> bool: ...
+    def trigger_errors(self) -> list[tuple[str, str, str]]: ...
     @property
     def worker_id(self) -> str | None: ...
     @property

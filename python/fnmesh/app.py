@@ -360,14 +360,19 @@ class App:
         except BaseException:
             await self._end()
             raise
-        if self._triggers or self._trigger_types:
+        if self._trigger_types:
             await self.stop()
             raise InvalidArgument(
-                f"app {self.name!r} binds triggers ({self._triggers[0].describe()}, ...): a connected "
-                "app cannot bind them yet; serve it on its embedded engine (app.start())"
+                f"app {self.name!r} serves trigger types ({next(iter(self._trigger_types))}, ...): "
+                "a connected app cannot provide them yet; serve it on its embedded engine"
             )
         self._connected_to = url
         self._publish_all()
+        try:
+            await self._bind_remote_triggers()
+        except BaseException:
+            await self.stop()
+            raise
         log.info(
             "app %s connected to %s with %d function(s) (%s)",
             self.name,
@@ -420,6 +425,30 @@ class App:
                     f"cannot bind {trigger.function_id} to {trigger.describe()}: {exc}"
                 ) from None
             trigger.binding_id = json.loads(answer or b"{}").get("id")
+
+    async def _bind_remote_triggers(self) -> None:
+        """Binds the app's triggers over the connection; they are replayed on every reconnect.
+        A refusal (e.g. a conflicting route) fails the connect."""
+        client = self._client
+        if client is None or not self._triggers:
+            return
+        for trigger in self._triggers:
+            client.register_trigger(
+                trigger.trigger_type,
+                trigger.function_id,
+                json.dumps(trigger.config),
+                namespace=None if self.namespace == "default" else self.namespace,
+                metadata=json.dumps(trigger.metadata) if trigger.metadata is not None else None,
+                id=trigger.binding_id,
+            )
+        # A round trip: the engine answers it after handling the bindings, and the engine's own
+        # providers (http, cron) refuse synchronously, so their refusals are in by then.
+        await self.call("engine::functions::list", {})
+        refused = {binding_id: message for binding_id, _code, message in client.trigger_errors()}
+        for trigger in self._triggers:
+            if trigger.binding_id in refused:
+                reason = refused[trigger.binding_id]
+                raise InvalidArgument(f"cannot bind {trigger.function_id} to {trigger.describe()}: {reason}")
 
     def _publish_all(self) -> None:
         for function_id, entry in self._functions.items():

@@ -61,9 +61,10 @@ use crate::function::{Call, Completer, NativeFunction, Outcome, Reply};
 use crate::invocation::{PendingTable, SWEEP_INTERVAL};
 use crate::protocol::{
     self, ErrorBody, InvocationResult, InvokeFunction, Message, RawJson, Reattach,
-    RegisterFunction, TriggerAction, UnregisterFunction,
+    RegisterFunction, RegisterTrigger, TriggerAction, UnregisterFunction, UnregisterTrigger,
 };
 use crate::registry::FunctionDef;
+use crate::triggers::TriggerSpec;
 
 /// Most messages kept while offline; the oldest is dropped first (the iii SDKs keep 1000).
 pub const MAX_QUEUED: usize = 1000;
@@ -332,6 +333,7 @@ impl ClientBuilder {
                 tx: None,
                 queued: VecDeque::new(),
                 functions,
+                triggers: HashMap::new(),
             }),
             pending: PendingTable::new(),
             inbound: DashMap::new(),
@@ -340,6 +342,7 @@ impl ClientBuilder {
             stop: stop_tx,
             last_error: Mutex::new(None),
             rejected: AtomicBool::new(false),
+            trigger_errors: DashMap::new(),
         });
         let supervisor = tokio::spawn(supervise(inner.clone(), stop_rx.clone()));
         tokio::spawn(sweep(Arc::downgrade(&inner), stop_rx));
@@ -535,6 +538,60 @@ impl Client {
         Ok(())
     }
 
+    /// Binds a function to a trigger type (`registertrigger`); the binding is replayed on
+    /// every reconnect and dies with the connection on the engine's side. Returns the binding
+    /// id (`spec.id` or a fresh one). A provider's refusal arrives later: see
+    /// [`Client::trigger_errors`].
+    pub fn register_trigger(&self, spec: TriggerSpec) -> String {
+        let id = spec.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let frame = Message::RegisterTrigger(RegisterTrigger {
+            id: id.clone(),
+            trigger_type: spec.trigger_type.clone(),
+            function_id: spec.function_id,
+            config: Some(spec.config),
+            metadata: spec.metadata,
+            namespace: spec.namespace,
+            trigger_namespace: spec.trigger_namespace,
+            ..RegisterTrigger::default()
+        })
+        .to_text();
+        self.inner.trigger_errors.remove(&id);
+        let mut link = lock(&self.inner.link);
+        link.triggers
+            .insert(id.clone(), (spec.trigger_type, frame.clone()));
+        self.inner.send_locked(&mut link, frame, false);
+        id
+    }
+
+    /// Removes a binding made with [`Client::register_trigger`]; false when there was none.
+    pub fn unregister_trigger(&self, id: &str) -> bool {
+        let mut link = lock(&self.inner.link);
+        let Some((trigger_type, _)) = link.triggers.remove(id) else {
+            return false;
+        };
+        let frame = Message::UnregisterTrigger(UnregisterTrigger {
+            id: id.to_owned(),
+            trigger_type: Some(trigger_type),
+            ..UnregisterTrigger::default()
+        })
+        .to_text();
+        self.inner.send_locked(&mut link, frame, false);
+        true
+    }
+
+    /// Bindings the engine or their provider refused (`triggerregistrationresult` with an
+    /// error), by binding id, sorted.
+    pub fn trigger_errors(&self) -> Vec<(String, ErrorBody)> {
+        let mut errors: Vec<(String, ErrorBody)> = self
+            .inner
+            .trigger_errors
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        errors.sort_by(|a, b| a.0.cmp(&b.0));
+        errors
+    }
+
     /// Stops serving a function. Returns whether it was registered.
     pub fn unregister_function(&self, function_id: &str) -> bool {
         let mut link = lock(&self.inner.link);
@@ -654,6 +711,8 @@ struct Link {
     tx: Option<mpsc::UnboundedSender<String>>,
     queued: VecDeque<String>,
     functions: HashMap<String, FunctionEntry>,
+    /// Bindings this client made: binding id -> (trigger type, `registertrigger` frame).
+    triggers: HashMap<String, (String, String)>,
 }
 
 struct PendingCall {
@@ -677,6 +736,8 @@ struct Inner {
     last_error: Mutex<Option<String>>,
     /// Set when the engine rejected the worker for good.
     rejected: AtomicBool,
+    /// Refusals of this client's bindings, by binding id.
+    trigger_errors: DashMap<String, ErrorBody>,
 }
 
 impl Inner {
@@ -770,6 +831,12 @@ impl Inner {
                     *lock(&self.last_error) = Some(r.code.clone());
                     self.rejected.store(true, Ordering::Relaxed);
                     self.stop.send_replace(true);
+                }
+            }
+            Message::TriggerRegistrationResult(r) => {
+                if let Some(error) = r.error {
+                    warn!(trigger_id = %r.id, trigger_type = %r.trigger_type, code = %error.code, "the engine refused a binding: {}", error.message);
+                    self.trigger_errors.insert(r.id, error);
                 }
             }
             Message::Ping(_) => self.send_now(r#"{"type":"pong"}"#.to_owned()),
@@ -1000,6 +1067,9 @@ fn replay(inner: &Inner, tx: mpsc::UnboundedSender<String>) {
     }
     for entry in link.functions.values() {
         let _ = tx.send(entry.frame.clone());
+    }
+    for (_, frame) in link.triggers.values() {
+        let _ = tx.send(frame.clone());
     }
     for frame in link.queued.drain(..) {
         let _ = tx.send(frame);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use fnmesh_core::client::{CallOptions, Client, ClientError, ClientState};
 use fnmesh_core::function::Outcome;
+use fnmesh_core::triggers::TriggerSpec;
 use pyo3::prelude::*;
 
 use crate::bridge::{function_def, raw_json, Bridge, PyFunction, Work};
@@ -180,6 +181,49 @@ impl ClientHandle {
         client
             .send_with(function_id, data, options)
             .map_err(connect_error)
+    }
+
+    /// Binds `function_id` to a trigger type (`registertrigger`, replayed on reconnects);
+    /// returns the binding id. Refusals arrive later: see `trigger_errors()`.
+    #[pyo3(signature = (trigger_type, function_id, config, *, namespace = None, metadata = None, id = None))]
+    fn register_trigger(
+        &self,
+        trigger_type: String,
+        function_id: String,
+        config: &str,
+        namespace: Option<String>,
+        metadata: Option<&str>,
+        id: Option<String>,
+    ) -> PyResult<String> {
+        let spec = TriggerSpec {
+            id,
+            trigger_type,
+            function_id,
+            config: raw_json(config.as_bytes(), "the trigger config")?,
+            metadata: metadata
+                .map(|m| raw_json(m.as_bytes(), "metadata"))
+                .transpose()?,
+            namespace,
+            trigger_namespace: None,
+        };
+        let (_, client) = self.live()?;
+        Ok(client.register_trigger(spec))
+    }
+
+    /// Removes a binding made with `register_trigger`; False when there was none.
+    fn unregister_trigger(&self, id: &str) -> PyResult<bool> {
+        let (_, client) = self.live()?;
+        Ok(client.unregister_trigger(id))
+    }
+
+    /// Refused bindings: `(binding_id, code, message)` tuples.
+    fn trigger_errors(&self) -> PyResult<Vec<(String, String, String)>> {
+        let (_, client) = self.live()?;
+        Ok(client
+            .trigger_errors()
+            .into_iter()
+            .map(|(id, e)| (id, e.code, e.message))
+            .collect())
     }
 
     /// The id the engine gave the current connection, once known.
