@@ -11,6 +11,7 @@ use fnmesh_core::engine::Engine;
 use fnmesh_core::function::{async_fn, Call, Outcome};
 use fnmesh_core::protocol::RawJson;
 use fnmesh_core::registry::{ConflictPolicy, FunctionDef};
+use fnmesh_core::triggers::TriggerSpec;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -363,6 +364,40 @@ async fn reconnects_with_backoff_and_replays_functions() {
         call_eventually(&caller, "math::add", json!({"a": 1, "b": 2})).await,
         json!({"sum": 3})
     );
+    let binding = |id: &str, expression: &str| TriggerSpec {
+        id: Some(id.to_owned()),
+        trigger_type: "cron".to_owned(),
+        function_id: "math::add".to_owned(),
+        config: raw(json!({ "expression": expression })),
+        metadata: None,
+        namespace: None,
+        trigger_namespace: None,
+    };
+    assert_eq!(
+        server.register_trigger(binding("t-hourly", "0 0 * * * *")),
+        "t-hourly"
+    );
+    server.register_trigger(binding("t-bad", "* * * * *"));
+    let bound = || async {
+        let listed = call(&caller, "engine::registered-triggers::list", json!({}))
+            .await
+            .unwrap();
+        listed["registered_triggers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while bound().await != ["t-hourly"] {
+        assert!(std::time::Instant::now() < deadline, "binding never listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let errors = server.trigger_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "t-bad");
+    assert_eq!(errors[0].1.code, "trigger_registration_failed");
 
     proxy.cut(Cut::Both);
     let second_id = wait_worker_id(&server, Some(&first_id)).await;
@@ -377,6 +412,14 @@ async fn reconnects_with_backoff_and_replays_functions() {
     );
     let row = listed(&caller, "math::add").await;
     assert_eq!(row["worker_name"], "orders");
+    // The binding died with the old connection and came back with the replay.
+    let deadline = std::time::Instant::now() + WAIT;
+    while bound().await != ["t-hourly"] {
+        assert!(std::time::Instant::now() < deadline, "binding not replayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.unregister_trigger("t-hourly"));
+    assert!(!server.unregister_trigger("t-hourly"));
     // The reconnected client's own calls work too.
     let out = call(&server, "math::add", json!({"a": 1, "b": 1}))
         .await
