@@ -1,6 +1,7 @@
 """Helpers shared by the stand-alone benchmark scripts (``benches/sdk_calls.py``,
-``benches/python_worker.py``): the header that names the machine and versions, the Markdown table,
-the JSON results file, and robust statistics over repeated samples.
+``benches/python_worker.py``, ``benches/http_trigger.py``): the header that names the machine and
+versions, the Markdown table, the JSON results file, robust statistics over repeated samples, the
+subprocesses of a run (all stopped whatever happens) and ``fnmesh-loadgen``.
 
 Not a pytest module: the scripts import it by name (``python benches/<script>.py`` puts
 ``benches/`` first on ``sys.path``).
@@ -12,14 +13,22 @@ import datetime
 import json
 import os
 import platform
+import queue
+import signal
 import statistics
 import subprocess
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
+LOADGEN = ROOT / "target" / "release" / "fnmesh-loadgen"
+STOP_GRACE_S = 5.0
 
 
 def git_commit() -> str:
@@ -112,3 +121,111 @@ def relative(path: Path) -> str:
         return str(path.relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+# Subprocesses of a benchmark run, and the load generator
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Processes:
+    """Every subprocess this run started, so that all of them are stopped whatever happens."""
+
+    running: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        # A session of its own: a Ctrl-C reaches only this script, which then stops the children
+        # in order (by pid) instead of racing them.
+        proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any]) -> dict[str, Any]:
+        """Closes its stdin (the workers' polite stop), then SIGTERM, then SIGKILL."""
+        began = time.monotonic()
+        how = "exited"
+        if proc.stdin is not None and not proc.stdin.closed:
+            with suppress(OSError):
+                proc.stdin.close()
+        else:
+            proc.send_signal(signal.SIGTERM)
+            how = "sigterm"
+        try:
+            proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            how = "sigterm" if how == "exited" else "sigkill"
+            proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                how = "sigkill"
+                proc.kill()
+                proc.wait()
+        if proc in self.running:
+            self.running.remove(proc)
+        return {"how": how, "seconds": round(time.monotonic() - began, 3), "returncode": proc.returncode}
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.running)):
+            if proc.poll() is None:
+                self.stop(proc)
+            elif proc in self.running:
+                self.running.remove(proc)
+
+
+@contextmanager
+def managed() -> Iterator[Processes]:
+    procs = Processes()
+    # SIGTERM to this script unwinds like Ctrl-C, through the finally below.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def read_lines(stream: IO[str], into: queue.Queue[str | None]) -> None:
+    for line in stream:
+        into.put(line.rstrip("\n"))
+    into.put(None)
+
+
+def run_loadgen(procs: Processes, args: Sequence[str], duration_s: float) -> dict[str, Any]:
+    """Runs ``fnmesh-loadgen ARGS`` to the end and returns the JSON object it printed."""
+    proc = procs.start(
+        [str(LOADGEN), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=duration_s + 60)
+    finally:
+        if proc.poll() is None:
+            procs.stop(proc)
+        elif proc in procs.running:
+            procs.running.remove(proc)
+    if proc.returncode != 0:
+        raise BenchError(f"fnmesh-loadgen exited {proc.returncode}: {err.strip()}")
+    lines = [line for line in out.splitlines() if line.strip()]
+    if not lines:
+        raise BenchError(f"fnmesh-loadgen printed nothing: {err.strip()}")
+    report: dict[str, Any] = json.loads(lines[-1])
+    if err.strip():
+        report["stderr"] = err.strip()
+    return report
+
+
+def median_of(runs: list[dict[str, Any]], concurrency: int, *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run["loadgen"][str(concurrency)]
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return statistics.median(values)

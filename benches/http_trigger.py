@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import benchkit
-from python_worker import BenchError, Processes, managed
+from benchkit import BenchError, Processes, managed, median_of
 
-LOADGEN = benchkit.ROOT / "target" / "release" / "fnmesh-loadgen"
+LOADGEN = benchkit.LOADGEN
 WORKERS = benchkit.ROOT / "benches" / "workers"
 SERVERS = ("fnmesh", "fastapi")
 PATH = "/echo"
@@ -183,41 +182,9 @@ def start_server(procs: Processes, kind: str, log: Path) -> tuple[subprocess.Pop
 
 
 def run_loadgen(procs: Processes, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-    argv = [
-        str(LOADGEN),
-        "http",
-        "--url",
-        url,
-        "--method",
-        "POST",
-        "--payload-bytes",
-        str(PAYLOAD_BYTES),
-        "--concurrency",
-        str(concurrency),
-        "--duration",
-        f"{duration_s}s",
-        "--warmup",
-        WARMUP,
-    ]
-    proc = procs.start(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        out, err = proc.communicate(timeout=duration_s + 60)
-    finally:
-        if proc.poll() is None:
-            procs.stop(proc)
-        elif proc in procs.running:
-            procs.running.remove(proc)
-    if proc.returncode != 0:
-        raise BenchError(f"fnmesh-loadgen exited {proc.returncode}: {err.strip()}")
-    lines = [line for line in out.splitlines() if line.strip()]
-    if not lines:
-        raise BenchError(f"fnmesh-loadgen printed nothing: {err.strip()}")
-    report: dict[str, Any] = json.loads(lines[-1])
-    if err.strip():
-        report["stderr"] = err.strip()
-    return report
+    args = ["http", "--url", url, "--method", "POST", "--payload-bytes", str(PAYLOAD_BYTES)]
+    args += ["--concurrency", str(concurrency), "--duration", f"{duration_s}s", "--warmup", WARMUP]
+    return benchkit.run_loadgen(procs, args, duration_s)
 
 
 def measure_server(procs: Processes, kind: str, plan: Plan, logs: Path, round_index: int) -> dict[str, Any]:
@@ -241,16 +208,6 @@ def measure_server(procs: Processes, kind: str, plan: Plan, logs: Path, round_in
         "output": output[-4000:],
         "loadgen": runs,
     }
-
-
-def median_of(runs: list[dict[str, Any]], concurrency: int, *path: str) -> float:
-    values = []
-    for run in runs:
-        value: Any = run["loadgen"][str(concurrency)]
-        for key in path:
-            value = value[key]
-        values.append(float(value))
-    return statistics.median(values)
 
 
 def total_of(runs: list[dict[str, Any]], concurrency: int, key: str) -> int:

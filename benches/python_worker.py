@@ -18,26 +18,22 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import queue
 import re
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import benchkit
+from benchkit import BenchError, Processes, managed, median_of, read_lines
 
-LOADGEN = benchkit.ROOT / "target" / "release" / "fnmesh-loadgen"
+LOADGEN = benchkit.LOADGEN
 WORKERS = {
     "fnmesh": benchkit.ROOT / "benches" / "workers" / "fnmesh_echo.py",
     "iii": benchkit.ROOT / "benches" / "workers" / "iii_echo.py",
@@ -52,7 +48,6 @@ RATIO_TARGET_C64 = 5.0
 
 ENGINE_START_TIMEOUT_S = 20.0
 WORKER_READY_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
 URL_LINE = re.compile(r"workers connect to (ws://\S+)")
 
 
@@ -64,74 +59,6 @@ class Plan:
 
 FULL = Plan(rounds=3, duration_s=5.0)
 QUICK = Plan(rounds=1, duration_s=2.0)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-@dataclass
-class Processes:
-    """Every subprocess this run started, so that all of them are stopped whatever happens."""
-
-    running: list[subprocess.Popen[Any]] = field(default_factory=list)
-
-    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        # A session of its own: a Ctrl-C reaches only this script, which then stops the children
-        # in order (by pid) instead of racing them.
-        proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
-        self.running.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[Any]) -> dict[str, Any]:
-        """Closes its stdin (the workers' polite stop), then SIGTERM, then SIGKILL."""
-        began = time.monotonic()
-        how = "exited"
-        if proc.stdin is not None and not proc.stdin.closed:
-            with suppress(OSError):
-                proc.stdin.close()
-        else:
-            proc.send_signal(signal.SIGTERM)
-            how = "sigterm"
-        try:
-            proc.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            how = "sigterm" if how == "exited" else "sigkill"
-            proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                how = "sigkill"
-                proc.kill()
-                proc.wait()
-        if proc in self.running:
-            self.running.remove(proc)
-        return {"how": how, "seconds": round(time.monotonic() - began, 3), "returncode": proc.returncode}
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.running)):
-            if proc.poll() is None:
-                self.stop(proc)
-            elif proc in self.running:
-                self.running.remove(proc)
-
-
-@contextmanager
-def managed() -> Iterator[Processes]:
-    procs = Processes()
-    # SIGTERM to this script unwinds like Ctrl-C, through the finally below.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
-
-
-def read_lines(stream: IO[str], into: queue.Queue[str | None]) -> None:
-    for line in stream:
-        into.put(line.rstrip("\n"))
-    into.put(None)
 
 
 def start_engine(procs: Processes, log: Path) -> tuple[subprocess.Popen[Any], str]:
@@ -200,41 +127,9 @@ def start_worker(procs: Processes, kind: str, url: str, log: Path) -> tuple[subp
 
 
 def run_loadgen(procs: Processes, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-    argv = [
-        str(LOADGEN),
-        "call",
-        "--url",
-        url,
-        "--function",
-        FUNCTION,
-        "--concurrency",
-        str(concurrency),
-        "--connections",
-        str(CONNECTIONS),
-        "--duration",
-        f"{duration_s}s",
-        "--warmup",
-        WARMUP,
-    ]
-    proc = procs.start(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        out, err = proc.communicate(timeout=duration_s + 60)
-    finally:
-        if proc.poll() is None:
-            procs.stop(proc)
-        elif proc in procs.running:
-            procs.running.remove(proc)
-    if proc.returncode != 0:
-        raise BenchError(f"fnmesh-loadgen exited {proc.returncode}: {err.strip()}")
-    lines = [line for line in out.splitlines() if line.strip()]
-    if not lines:
-        raise BenchError(f"fnmesh-loadgen printed nothing: {err.strip()}")
-    report: dict[str, Any] = json.loads(lines[-1])
-    if err.strip():
-        report["stderr"] = err.strip()
-    return report
+    args = ["call", "--url", url, "--function", FUNCTION, "--concurrency", str(concurrency)]
+    args += ["--connections", str(CONNECTIONS), "--duration", f"{duration_s}s", "--warmup", WARMUP]
+    return benchkit.run_loadgen(procs, args, duration_s)
 
 
 def measure_worker(procs: Processes, kind: str, plan: Plan, logs: Path, round_index: int) -> dict[str, Any]:
@@ -263,16 +158,6 @@ def measure_worker(procs: Processes, kind: str, plan: Plan, logs: Path, round_in
         "engine_stderr": engine_log[-4000:],
         "loadgen": runs,
     }
-
-
-def median_of(runs: list[dict[str, Any]], concurrency: int, *path: str) -> float:
-    values = []
-    for run in runs:
-        value: Any = run["loadgen"][str(concurrency)]
-        for key in path:
-            value = value[key]
-        values.append(float(value))
-    return statistics.median(values)
 
 
 def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use fnmesh_core::function::{Call, NativeFunction, Outcome, Reply};
 use fnmesh_core::protocol::{ErrorBody, RawJson};
 use fnmesh_core::registry::FunctionDef;
+use fnmesh_core::triggers::TriggerSpec;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use serde_json::value::RawValue;
@@ -215,6 +216,28 @@ pub(crate) fn function_def(
         response_format: json(response_format, "response_format")?,
         metadata: json(metadata, "metadata")?,
         ..FunctionDef::default()
+    })
+}
+
+/// A binding for the engine or the client, from what Python hands over (JSON text).
+pub(crate) fn trigger_spec(
+    trigger_type: String,
+    function_id: String,
+    config: &str,
+    namespace: Option<String>,
+    metadata: Option<&str>,
+    id: Option<String>,
+) -> PyResult<TriggerSpec> {
+    Ok(TriggerSpec {
+        id,
+        trigger_type,
+        function_id,
+        config: raw_json(config.as_bytes(), "the trigger config")?,
+        metadata: metadata
+            .map(|m| raw_json(m.as_bytes(), "metadata"))
+            .transpose()?,
+        namespace,
+        trigger_namespace: None,
     })
 }
 

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use fnmesh_core::client::{CallOptions, Client, ClientError, ClientState};
 use fnmesh_core::function::Outcome;
-use fnmesh_core::triggers::TriggerSpec;
 use pyo3::prelude::*;
 
-use crate::bridge::{function_def, raw_json, Bridge, PyFunction, Work};
+use crate::bridge::{function_def, raw_json, trigger_spec, Bridge, PyFunction, Work};
 use crate::errors::{to_py, ConnectionFailed, InvalidArgument, RegistrationError};
 
 /// Registers the class on the module.
@@ -195,17 +194,7 @@ impl ClientHandle {
         metadata: Option<&str>,
         id: Option<String>,
     ) -> PyResult<String> {
-        let spec = TriggerSpec {
-            id,
-            trigger_type,
-            function_id,
-            config: raw_json(config.as_bytes(), "the trigger config")?,
-            metadata: metadata
-                .map(|m| raw_json(m.as_bytes(), "metadata"))
-                .transpose()?,
-            namespace,
-            trigger_namespace: None,
-        };
+        let spec = trigger_spec(trigger_type, function_id, config, namespace, metadata, id)?;
         let (_, client) = self.live()?;
         Ok(client.register_trigger(spec))
     }

@@ -11,10 +11,9 @@ use fnmesh_core::engine::{Engine, EngineConfig, EngineRef};
 use fnmesh_core::function::{CallOptions, Outcome};
 use fnmesh_core::http::{CorsConfig, HttpConfig};
 use fnmesh_core::registry::ConflictPolicy;
-use fnmesh_core::triggers::TriggerSpec;
 use pyo3::prelude::*;
 
-use crate::bridge::{function_def, raw_json, Bridge, PyFunction, Work};
+use crate::bridge::{function_def, raw_json, trigger_spec, Bridge, PyFunction, Work};
 use crate::errors::{IntoPyResult, InvalidArgument};
 
 /// Registers the classes and functions on the module.
@@ -176,17 +175,7 @@ impl EngineHandle {
         metadata: Option<&str>,
         id: Option<String>,
     ) -> PyResult<()> {
-        let spec = TriggerSpec {
-            id,
-            trigger_type,
-            function_id,
-            config: raw_json(config.as_bytes(), "the trigger config")?,
-            metadata: metadata
-                .map(|m| raw_json(m.as_bytes(), "metadata"))
-                .transpose()?,
-            namespace,
-            trigger_namespace: None,
-        };
+        let spec = trigger_spec(trigger_type, function_id, config, namespace, metadata, id)?;
         let (runtime, engine) = self.live()?;
         let tx = bridge.sender();
         runtime.spawn(async move {
