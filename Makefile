@@ -23,7 +23,7 @@ bench:  ## criterion benches, then the pytest-benchmark comparisons against the 
 	cargo bench -p fnmesh-benches
 	.venv-test/bin/python -m pytest benches --benchmark-only -p no:cacheprovider
 
-bench-sdk:  ## E3 embedded call + E2 Python worker benchmark scripts (ARGS=--quick for a smoke run)
+bench-sdk:  ## E3 embedded call, E2 Python worker, E4 HTTP trigger benchmark scripts (ARGS=--quick for a smoke run)
 	cargo build --release -p fnmesh-benches --bin fnmesh-loadgen
 	$(PYTHON) benches/sdk_calls.py $(ARGS)
 	$(PYTHON) benches/python_worker.py $(ARGS)
