@@ -4,13 +4,20 @@ This module is the yardstick the Rust core is benchmarked against: it does the s
 same API and the same errors, written the plain way a careful Python programmer would (a dict and
 one lock), so a benchmark of ``fnmesh.FunctionsRegistry`` against ``ReferenceFunctionsRegistry``
 measures what the Rust core buys, not a strawman. The behaviour suite (``tests/test_registry.py``)
-runs against both, which keeps the two honest. A reference engine will join the registry here.
+runs against both, which keeps the two honest.
+
+:class:`ReferenceEngine` is the same idea for the engine: asyncio and ``websockets``, the iii
+protocol subset the routing benchmark needs (``registerfunction``/``unregisterfunction``,
+``invokefunction`` routed to a worker and its ``invocationresult`` back, void calls,
+``engine::functions::list``, ``invocation_stopped`` when a worker leaves). Run it with
+``python -m fnmesh.reference --port 0`` (it prints ``workers connect to ws://...``).
 
 Nothing in fnmesh imports this module at runtime.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from dataclasses import dataclass, field
@@ -18,7 +25,7 @@ from typing import Any
 
 from fnmesh.errors import FunctionConflict, InvalidArgument, InvalidNamespace
 
-__all__ = ["FunctionInfo", "ReferenceFunctionsRegistry", "Replica"]
+__all__ = ["FunctionInfo", "ReferenceEngine", "ReferenceFunctionsRegistry", "Replica"]
 
 _POLICIES = frozenset({"replicate", "reject"})
 _KINDS = frozenset({"local", "worker", "http"})
@@ -355,3 +362,188 @@ class ReferenceFunctionsRegistry:
 
     def __repr__(self) -> str:
         return f"ReferenceFunctionsRegistry(conflict={self._conflict!r}, functions={len(self)})"
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference engine
+# ------------------------------------------------------------------------------------------------
+
+
+class ReferenceEngine:
+    """A small, correct iii engine in plain asyncio: the baseline of the routing benchmark.
+
+    ``async with ReferenceEngine(port=0) as engine:`` serves workers at ``engine.url``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._port = port
+        self._registry = ReferenceFunctionsRegistry()
+        self._pending: dict[str, tuple[Any, str | None]] = {}  # invocation id -> (caller, target)
+        self._server: Any = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise InvalidArgument("the reference engine is not running")
+        host, port = next(iter(self._server.sockets)).getsockname()[:2]
+        return f"ws://{host}:{port}"
+
+    async def start(self) -> ReferenceEngine:
+        import websockets.asyncio.server
+
+        self._server = await websockets.asyncio.server.serve(
+            self._serve, self._host, self._port, max_size=16 * 1024 * 1024, compression=None
+        )
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> ReferenceEngine:
+        return await self.start()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def _serve(self, socket: Any) -> None:
+        import json
+        import uuid
+
+        worker_id = str(uuid.uuid4())
+        await socket.send(json.dumps({"type": "workerregistered", "worker_id": worker_id}))
+        try:
+            async for frame in socket:
+                try:
+                    message = json.loads(frame)
+                except ValueError:
+                    continue  # garbage is ignored, never fatal
+                if isinstance(message, dict):
+                    await self._on_message(socket, worker_id, message)
+        finally:
+            self._registry.remove_owner(worker_id)
+            for invocation_id, (caller, target) in list(self._pending.items()):
+                if target == worker_id:
+                    del self._pending[invocation_id]
+                    await _send(
+                        caller, _failure(invocation_id, "", "invocation_stopped", "Invocation stopped")
+                    )
+                elif caller is socket:
+                    del self._pending[invocation_id]
+
+    async def _on_message(self, socket: Any, worker_id: str, message: dict[str, Any]) -> None:
+        import json
+        import uuid
+
+        kind = message.get("type")
+        if kind == "registerfunction" and isinstance(message.get("id"), str):
+            self._registry.register(
+                message["id"], socket, owner=worker_id, kind="worker", description=message.get("description")
+            )
+        elif kind == "unregisterfunction" and isinstance(message.get("id"), str):
+            self._registry.unregister(message["id"], owner=worker_id)
+        elif kind == "invocationresult":
+            waiting = self._pending.pop(str(message.get("invocation_id")), None)
+            if waiting is not None and waiting[0] is not None:
+                await _send(waiting[0], json.dumps(message))
+        elif kind == "invokefunction":
+            function_id = str(message.get("function_id", ""))
+            invocation_id = message.get("invocation_id")
+            action = message.get("action") or {}
+            void = invocation_id is None or action.get("type") == "void"
+            answer = await self._builtin(function_id)
+            if answer is not None:
+                if not void:
+                    await _send(socket, json.dumps(_result(invocation_id, function_id, answer)))
+                return
+            replica = self._registry.select(function_id)
+            if replica is None:
+                if not void:
+                    message_text = f"Function {function_id} not found"
+                    await _send(
+                        socket, _failure(invocation_id, function_id, "function_not_found", message_text)
+                    )
+                return
+            with replica:
+                target = replica.handler
+                forwarded_id = str(uuid.uuid4()) if void else str(invocation_id)
+                self._pending[forwarded_id] = (None if void else socket, replica.owner)
+                forwarded = {
+                    "type": "invokefunction",
+                    "invocation_id": forwarded_id,
+                    "function_id": function_id,
+                    "data": message.get("data"),
+                }
+                await _send(target, json.dumps(forwarded))
+        elif kind == "ping":
+            await _send(socket, json.dumps({"type": "pong"}))
+
+    async def _builtin(self, function_id: str) -> Any:
+        if function_id == "engine::functions::list":
+            rows = [
+                {
+                    "function_id": info.function_id,
+                    "namespace": info.namespace,
+                    "description": info.description,
+                }
+                for info in self._registry.list()
+            ]
+            return {"functions": rows}
+        if function_id == "engine::workers::register":
+            return {"success": True}
+        return None
+
+
+async def _send(socket: Any, text: str) -> None:
+    try:
+        await socket.send(text)
+    except Exception:  # the peer left: nothing to deliver to
+        return
+
+
+def _result(invocation_id: Any, function_id: str, result: Any) -> dict[str, Any]:
+    return {
+        "type": "invocationresult",
+        "invocation_id": invocation_id,
+        "function_id": function_id,
+        "result": result,
+    }
+
+
+def _failure(invocation_id: Any, function_id: str, code: str, message: str) -> str:
+    import json
+
+    error = {"code": code, "message": message}
+    frame = {
+        "type": "invocationresult",
+        "invocation_id": invocation_id,
+        "function_id": function_id,
+        "error": error,
+    }
+    return json.dumps(frame)
+
+
+def _main() -> None:
+    import argparse
+    import asyncio
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m fnmesh.reference", description=ReferenceEngine.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=49134)
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        async with ReferenceEngine(args.host, args.port) as engine:
+            print(f"reference engine: workers connect to {engine.url}", file=sys.stderr, flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    _main()
