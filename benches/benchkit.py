@@ -9,6 +9,7 @@ Not a pytest module: the scripts import it by name (``python benches/<script>.py
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -229,3 +230,20 @@ def median_of(runs: list[dict[str, Any]], concurrency: int, *path: str) -> float
             value = value[key]
         values.append(float(value))
     return statistics.median(values)
+
+
+def quick_flag(doc: str | None, argv: list[str] | None, help_text: str) -> bool:
+    """Parses a script's command line (``--quick`` only); the script's doc is its help."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=help_text)
+    return bool(parser.parse_args(argv).quick)
+
+
+def loadgen_missing() -> bool:
+    """True (after saying how to build it) when the release load generator is not built."""
+    if os.access(LOADGEN, os.X_OK):
+        return False
+    print(
+        f"{LOADGEN} is missing: cargo build --release -p fnmesh-benches --bin fnmesh-loadgen", file=sys.stderr
+    )
+    return True

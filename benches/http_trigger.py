@@ -21,11 +21,9 @@ Prints a Markdown table and writes ``benches/results/http_trigger[.quick].json``
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -320,15 +318,9 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
-    args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    if not os.access(LOADGEN, os.X_OK):
-        print(
-            f"{LOADGEN} is missing: cargo build --release -p fnmesh-benches --bin fnmesh-loadgen",
-            file=sys.stderr,
-        )
+    quick = benchkit.quick_flag(__doc__, argv, "one short round (a smoke run)")
+    plan = QUICK if quick else FULL
+    if benchkit.loadgen_missing():
         return 2
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
@@ -340,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(plan.rounds):
             for kind in SERVERS:
                 results.append(measure_server(procs, kind, plan, logs, round_index))
-    report(results, plan, args.quick)
+    report(results, plan, quick)
     return 0
 
 

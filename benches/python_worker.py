@@ -16,9 +16,7 @@ Prints a Markdown table and writes ``benches/results/python_worker[.quick].json`
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import os
 import queue
 import re
 import subprocess
@@ -262,15 +260,9 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
-    args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    if not os.access(LOADGEN, os.X_OK):
-        print(
-            f"{LOADGEN} is missing: cargo build --release -p fnmesh-benches --bin fnmesh-loadgen",
-            file=sys.stderr,
-        )
+    quick = benchkit.quick_flag(__doc__, argv, "one short round (a smoke run)")
+    plan = QUICK if quick else FULL
+    if benchkit.loadgen_missing():
         return 2
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fnmesh-e2-") as tmp, managed() as procs:
@@ -278,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(plan.rounds):
             for kind in WORKERS:
                 results.append(measure_worker(procs, kind, plan, logs, round_index))
-    report(results, plan, args.quick)
+    report(results, plan, quick)
     return 0
 
 

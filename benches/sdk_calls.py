@@ -22,7 +22,6 @@ Prints a Markdown table and writes ``benches/results/sdk_calls[.quick].json``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import gc
@@ -321,12 +320,10 @@ def report(samples: dict[str, list[float]], plan: Plan, quick: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer, smaller batches (a smoke run)")
-    args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    quick = benchkit.quick_flag(__doc__, argv, "fewer, smaller batches (a smoke run)")
+    plan = QUICK if quick else FULL
     samples = asyncio.run(measure(plan))
-    report(samples, plan, args.quick)
+    report(samples, plan, quick)
     return 0
 
 
