@@ -974,9 +974,11 @@ class App:
 
     async def _execute(self, invocation: _native.Invocation, entry: _Function, span: Span | None) -> None:
         spec = entry.spec
-        ctx = self._invocation_context(invocation, spec) if spec.wants_context else None
+        # Read once: each read of `Invocation.data` copies the payload into new bytes.
+        raw_data = invocation.data
+        ctx = self._invocation_context(invocation, spec, raw_data) if spec.wants_context else None
         try:
-            value = spec.parse_json(invocation.data)
+            value = spec.parse_json(raw_data)
             if spec.is_async:
                 result = await spec.invoke(value, ctx)
             else:
@@ -1009,7 +1011,9 @@ class App:
             else:
                 invocation.succeed(output)
 
-    def _invocation_context(self, invocation: _native.Invocation, spec: HandlerSpec) -> Context:
+    def _invocation_context(
+        self, invocation: _native.Invocation, spec: HandlerSpec, raw_data: bytes
+    ) -> Context:
         """The context of an invocation from the engine, for a handler that takes one."""
 
         def answer(ok: bool, value: Any, error: tuple[str, str] | None) -> bool:
@@ -1023,13 +1027,11 @@ class App:
 
         raw_metadata = invocation.metadata
         caller = invocation.caller_worker_id
-        if caller is None:
-            raw_data = invocation.data
-            if _CALLER_KEY in raw_data:
-                # Over a worker connection the engine's only word on the caller is the
-                # `_caller_worker_id` it put into the payload (PROTOCOL.md 4.1).
-                found = _CALLER_RE.search(raw_data)
-                caller = found.group(1).decode() if found else None
+        if caller is None and _CALLER_KEY in raw_data:
+            # Over a worker connection the engine's only word on the caller is the
+            # `_caller_worker_id` it put into the payload (PROTOCOL.md 4.1).
+            found = _CALLER_RE.search(raw_data)
+            caller = found.group(1).decode() if found else None
         return Context(
             self,
             invocation_id=invocation.invocation_id,
