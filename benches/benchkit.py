@@ -20,11 +20,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
@@ -247,3 +247,16 @@ def loadgen_missing() -> bool:
         f"{LOADGEN} is missing: cargo build --release -p fnmesh-benches --bin fnmesh-loadgen", file=sys.stderr
     )
     return True
+
+
+def exit_with(main: Callable[[], int], name: str) -> NoReturn:
+    """Runs a script's ``main`` and exits with its status: 1 with the reason on a
+    :class:`BenchError`, 130 on Ctrl-C (``managed()`` has stopped every subprocess by then)."""
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; every subprocess was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -337,11 +337,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"http_trigger: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("http_trigger: interrupted; every subprocess was stopped", file=sys.stderr)
-        sys.exit(130)
+    benchkit.exit_with(main, "http_trigger")

@@ -275,11 +275,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"python_worker: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("python_worker: interrupted; every subprocess was stopped", file=sys.stderr)
-        sys.exit(130)
+    benchkit.exit_with(main, "python_worker")
