@@ -15,10 +15,12 @@ import json
 import os
 import platform
 import queue
+import re
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -30,6 +32,28 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
 LOADGEN = ROOT / "target" / "release" / "fnmesh-loadgen"
 STOP_GRACE_S = 5.0
+ENGINE_START_TIMEOUT_S = 20.0
+WORKER_READY_TIMEOUT_S = 120.0
+ENGINE_URL_LINE = re.compile(r"workers connect to (ws://\S+)")
+# The engines a benchmark can route through, each on a free loopback port; both print
+# "workers connect to ws://..." on stderr once they listen.
+ENGINES: dict[str, list[str]] = {
+    "fnmesh": [
+        sys.executable,
+        "-m",
+        "fnmesh.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--log-level",
+        "warn",
+    ],
+    "reference": [sys.executable, "-m", "fnmesh.reference", "--host", "127.0.0.1", "--port", "0"],
+}
 
 
 def git_commit() -> str:
@@ -107,6 +131,34 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
 
 def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline else float("inf")
+
+
+def headline(
+    bench: str,
+    fnmesh: str,
+    baseline: str,
+    ratio: float,
+    target: str,
+    met: bool | None,
+    advantage: float | None = None,
+    target_advantage: float | None = None,
+) -> dict[str, Any]:
+    """One row of the suite's headline table (``benches/suite.py`` collects them from every
+    script's results under the key ``headline``). ``fnmesh`` and ``baseline`` are display strings
+    with units; ``ratio`` and ``target`` are the script's own figures (``met`` is None where no
+    target applies). ``advantage`` restates the ratio as "times better than the baseline" (higher
+    is better, whatever the unit) for the chart, with ``target_advantage`` the target on that
+    scale; rows without one stay off the chart."""
+    return {
+        "bench": bench,
+        "fnmesh": fnmesh,
+        "baseline": baseline,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+        "advantage": advantage,
+        "target_advantage": target_advantage,
+    }
 
 
 def write_results(name: str, quick: bool, payload: dict[str, Any]) -> Path:
@@ -193,6 +245,69 @@ def read_lines(stream: IO[str], into: queue.Queue[str | None]) -> None:
     for line in stream:
         into.put(line.rstrip("\n"))
     into.put(None)
+
+
+def start_engine(procs: Processes, log: Path, kind: str = "fnmesh") -> tuple[subprocess.Popen[Any], str]:
+    """Starts the engine ``kind`` (a key of :data:`ENGINES`) with its stderr in ``log``; returns
+    the process and the worker URL it printed."""
+    log_file = log.open("w", encoding="utf-8")
+    try:
+        engine = procs.start(
+            ENGINES[kind], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
+        )
+    finally:
+        log_file.close()
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = ENGINE_URL_LINE.search(log.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            return engine, found.group(1)
+        if engine.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise BenchError(f"the {kind} engine did not print its URL:\n{log.read_text(errors='replace')}")
+
+
+def wait_ready(
+    proc: subprocess.Popen[Any], name: str, log: Path, timeout_s: float = WORKER_READY_TIMEOUT_S
+) -> float:
+    """Waits until ``proc`` prints a ``ready`` line on its stdout (a text pipe); returns the
+    seconds that took. Fails when it exits first or takes longer than ``timeout_s``."""
+    began = time.monotonic()
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=read_lines, args=(proc.stdout, lines), daemon=True).start()
+    deadline = began + timeout_s
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise BenchError(
+                f"{name} not ready after {timeout_s:g} s:\n{log.read_text(errors='replace')}"
+            ) from None
+        if line is None:
+            raise BenchError(f"{name} exited before ready:\n{log.read_text(errors='replace')}")
+        if line.strip() == "ready":
+            return time.monotonic() - began
+
+
+def start_loadgen_worker(
+    procs: Processes, url: str, log: Path, connections: int = 1
+) -> tuple[subprocess.Popen[Any], float]:
+    """``fnmesh-loadgen worker`` (bench.echo, bench.sleep) on ``connections`` connections to
+    ``url``; returns it once every connection is registered, with the seconds that took."""
+    log_file = log.open("w", encoding="utf-8")
+    try:
+        worker = procs.start(
+            [str(LOADGEN), "worker", "--url", url, "--connections", str(connections)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
+    finally:
+        log_file.close()
+    return worker, wait_ready(worker, f"fnmesh-loadgen worker ({connections} connections)", log)
 
 
 def run_loadgen(procs: Processes, args: Sequence[str], duration_s: float) -> dict[str, Any]:

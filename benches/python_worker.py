@@ -17,19 +17,15 @@ Prints a Markdown table and writes ``benches/results/python_worker[.quick].json`
 from __future__ import annotations
 
 import importlib.util
-import queue
-import re
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import benchkit
-from benchkit import BenchError, Processes, managed, median_of, read_lines
+from benchkit import BenchError, Processes, managed, median_of
 
 LOADGEN = benchkit.LOADGEN
 WORKERS = {
@@ -44,9 +40,7 @@ WARMUP = "1s"
 CONCURRENCIES = (1, 64)
 RATIO_TARGET_C64 = 5.0
 
-ENGINE_START_TIMEOUT_S = 20.0
 WORKER_READY_TIMEOUT_S = 60.0
-URL_LINE = re.compile(r"workers connect to (ws://\S+)")
 
 
 @dataclass(frozen=True)
@@ -59,45 +53,8 @@ FULL = Plan(rounds=3, duration_s=5.0)
 QUICK = Plan(rounds=1, duration_s=2.0)
 
 
-def start_engine(procs: Processes, log: Path) -> tuple[subprocess.Popen[Any], str]:
-    """``fnmesh serve`` on a free loopback port; its URL comes from its stderr line."""
-    log_file = log.open("w", encoding="utf-8")
-    try:
-        engine = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "fnmesh.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--http-port",
-                "0",
-                "--log-level",
-                "warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-    finally:
-        log_file.close()
-    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        found = URL_LINE.search(log.read_text(encoding="utf-8", errors="replace"))
-        if found:
-            return engine, found.group(1)
-        if engine.poll() is not None:
-            break
-        time.sleep(0.02)
-    raise BenchError(f"fnmesh serve did not print its URL:\n{log.read_text(errors='replace')}")
-
-
 def start_worker(procs: Processes, kind: str, url: str, log: Path) -> tuple[subprocess.Popen[Any], float]:
     """A worker process; returns it once it printed ``ready``, with the seconds that took."""
-    began = time.monotonic()
     log_file = log.open("w", encoding="utf-8")
     try:
         worker = procs.start(
@@ -109,19 +66,7 @@ def start_worker(procs: Processes, kind: str, url: str, log: Path) -> tuple[subp
         )
     finally:
         log_file.close()
-    assert worker.stdout is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=read_lines, args=(worker.stdout, lines), daemon=True).start()
-    deadline = began + WORKER_READY_TIMEOUT_S
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise BenchError(f"{kind} worker not ready after {WORKER_READY_TIMEOUT_S} s") from None
-        if line is None:
-            raise BenchError(f"{kind} worker exited before ready:\n{log.read_text(errors='replace')}")
-        if line.strip() == "ready":
-            return worker, time.monotonic() - began
+    return worker, benchkit.wait_ready(worker, f"{kind} worker", log, WORKER_READY_TIMEOUT_S)
 
 
 def run_loadgen(procs: Processes, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
@@ -132,7 +77,7 @@ def run_loadgen(procs: Processes, url: str, concurrency: int, duration_s: float)
 
 def measure_worker(procs: Processes, kind: str, plan: Plan, logs: Path, round_index: int) -> dict[str, Any]:
     tag = f"{kind}-r{round_index}"
-    engine, url = start_engine(procs, logs / f"engine-{tag}.log")
+    engine, url = benchkit.start_engine(procs, logs / f"engine-{tag}.log")
     worker, ready_s = start_worker(procs, kind, url, logs / f"worker-{tag}.log")
     runs: dict[str, Any] = {}
     try:
@@ -246,6 +191,18 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
         quick,
         {
             "benchmark": "E2 Python worker",
+            "headline": [
+                benchkit.headline(
+                    "E2 Python worker, C=64",
+                    f"{summary['64']['fnmesh']['calls_per_s']:,.0f} calls/s",
+                    f"{summary['64']['iii']['calls_per_s']:,.0f} calls/s ({LABELS['iii']} worker)",
+                    summary["64"]["ratio"],
+                    f"≥ {RATIO_TARGET_C64:g}x",
+                    summary["64"]["ratio"] >= RATIO_TARGET_C64,
+                    summary["64"]["ratio"],
+                    RATIO_TARGET_C64,
+                )
+            ],
             "environment": env,
             "plan": plan.__dict__,
             "connections": CONNECTIONS,
