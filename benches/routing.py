@@ -1,0 +1,249 @@
+"""E1 routing: calls/s and latency of a call from one connection to another through an engine,
+fnmesh against the pure-Python reference engine, with the one-hop echo floor beside them.
+
+    python benches/routing.py [--quick]
+
+Needs the load generator: ``cargo build --release -p fnmesh-benches --bin fnmesh-loadgen``.
+
+For each engine (``fnmesh serve``, then ``python -m fnmesh.reference``), a fresh engine starts on a
+free loopback port, ``fnmesh-loadgen worker`` registers ``bench.echo`` on one connection, and
+``fnmesh-loadgen call`` drives it at each concurrency over four caller connections: caller ->
+engine -> worker -> engine -> caller. The floor is ``fnmesh-loadgen echo``, a WebSocket server that
+answers every ``invokefunction`` itself: caller -> echo -> caller, one hop and no routing, the
+latency no engine can beat. A round measures all three; the full run repeats rounds and reports
+the median of each number. Every subprocess is stopped on exit, Ctrl-C and errors included.
+
+Prints a Markdown table and writes ``benches/results/routing[.quick].json``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import benchkit
+from benchkit import BenchError, Processes, managed, median_of
+
+FUNCTION = "bench.echo"
+CONNECTIONS = 4
+WARMUP = "1s"
+CONCURRENCIES = (1, 64, 256)
+TARGETS = ("fnmesh", "reference", "echo")
+LABELS = {"fnmesh": "fnmesh", "reference": "reference engine", "echo": "echo floor"}
+THROUGHPUT_TARGET = 10.0
+P50_TARGET = 2.5
+ECHO_LINE = re.compile(r"listening (ws://\S+)")
+ECHO_START_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    duration_s: float
+
+
+FULL = Plan(rounds=3, duration_s=5.0)
+QUICK = Plan(rounds=1, duration_s=2.0)
+
+
+def start_echo(procs: Processes, log: Path) -> tuple[subprocess.Popen[Any], str]:
+    """``fnmesh-loadgen echo`` on a free loopback port; its URL comes from its stdout."""
+    log_file = log.open("w", encoding="utf-8")
+    try:
+        echo = procs.start(
+            [str(benchkit.LOADGEN), "echo", "--addr", "127.0.0.1:0"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        log_file.close()
+    deadline = time.monotonic() + ECHO_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = ECHO_LINE.search(log.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            return echo, found.group(1)
+        if echo.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise BenchError(f"fnmesh-loadgen echo did not print its URL:\n{log.read_text(errors='replace')}")
+
+
+def call(procs: Processes, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
+    args = ["call", "--url", url, "--function", FUNCTION, "--concurrency", str(concurrency)]
+    args += ["--connections", str(CONNECTIONS), "--duration", f"{duration_s}s", "--warmup", WARMUP]
+    report = benchkit.run_loadgen(procs, args, duration_s)
+    if int(report["errors"]) or int(report["timeouts"]):
+        raise BenchError(
+            f"{url} C={concurrency}: {report['errors']} errors, {report['timeouts']} timeouts "
+            f"in {report['calls']} calls"
+        )
+    return report
+
+
+def measure(procs: Processes, target: str, plan: Plan, logs: Path, round_index: int) -> dict[str, Any]:
+    tag = f"{target}-r{round_index}"
+    started: list[subprocess.Popen[Any]] = []
+    runs: dict[str, Any] = {}
+    try:
+        if target == "echo":
+            server, url = start_echo(procs, logs / f"{tag}.log")
+            started.append(server)
+        else:
+            server, url = benchkit.start_engine(procs, logs / f"{tag}.log", target)
+            started.append(server)
+            worker, _ = benchkit.start_loadgen_worker(procs, url, logs / f"worker-{tag}.log")
+            started.append(worker)
+        for concurrency in CONCURRENCIES:
+            runs[str(concurrency)] = call(procs, url, concurrency, plan.duration_s)
+            for proc in started:
+                if proc.poll() is not None:
+                    raise BenchError(f"{target}: a process died during the run (exit {proc.returncode})")
+    finally:
+        for proc in reversed(started):
+            procs.stop(proc)
+    return {"target": target, "round": round_index, "url": url, "loadgen": runs}
+
+
+def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> dict[str, Any]:
+    env = benchkit.environment()
+    by_target = {t: [r for r in results if r["target"] == t] for t in TARGETS}
+    summary: dict[str, Any] = {}
+    rows = []
+    for c in CONCURRENCIES:
+        entry: dict[str, Any] = {
+            t: {
+                "calls_per_s": median_of(runs, c, "throughput_per_s"),
+                "p50_us": median_of(runs, c, "latency_us", "p50"),
+                "p99_us": median_of(runs, c, "latency_us", "p99"),
+                "calls": sum(int(r["loadgen"][str(c)]["calls"]) for r in runs),
+            }
+            for t, runs in by_target.items()
+        }
+        f, ref, echo = entry["fnmesh"], entry["reference"], entry["echo"]
+        entry["throughput_ratio"] = benchkit.ratio(f["calls_per_s"], ref["calls_per_s"])
+        entry["p50_over_floor"] = benchkit.ratio(f["p50_us"], echo["p50_us"])
+        entry["throughput_ratio_per_round"] = [
+            benchkit.ratio(
+                float(a["loadgen"][str(c)]["throughput_per_s"]),
+                float(b["loadgen"][str(c)]["throughput_per_s"]),
+            )
+            for a, b in zip(by_target["fnmesh"], by_target["reference"], strict=True)
+        ]
+        summary[str(c)] = entry
+        # Throughput is judged where the caller saturates the engine (C >= 64), latency where it
+        # does not (C = 1): at saturation every p50 is C / throughput, so a p50 ratio there says
+        # again what the throughput columns say.
+        entry["throughput_target_applies"] = c >= 64
+        entry["p50_target_applies"] = c == 1
+        verdict_throughput = (
+            ("met" if entry["throughput_ratio"] >= THROUGHPUT_TARGET else "MISSED") if c >= 64 else "n/a"
+        )
+        verdict_p50 = ("met" if entry["p50_over_floor"] <= P50_TARGET else "MISSED") if c == 1 else "n/a"
+        rows.append(
+            [
+                str(c),
+                f"{f['calls_per_s']:,.0f}",
+                f"{f['p50_us']:,.0f} / {f['p99_us']:,.0f}",
+                f"{ref['calls_per_s']:,.0f}",
+                f"{ref['p50_us']:,.0f} / {ref['p99_us']:,.0f}",
+                f"{entry['throughput_ratio']:.2f}x ({verdict_throughput})",
+                f"{echo['calls_per_s']:,.0f}",
+                f"{echo['p50_us']:,.0f}",
+                f"{entry['p50_over_floor']:.2f}x ({verdict_p50})",
+            ]
+        )
+    extra = [
+        "",
+        "caller -> engine -> worker -> engine -> caller on loopback; a fresh engine per round; "
+        f"`fnmesh-loadgen worker` (1 connection) serves {FUNCTION}; `fnmesh-loadgen call "
+        f"--connections {CONNECTIONS} --duration {plan.duration_s:g}s --warmup {WARMUP}` (64-byte "
+        "payload); the echo floor answers the caller itself (one hop); "
+        f"{plan.rounds} round(s), medians" + (" (--quick)" if quick else ""),
+        f"targets: fnmesh ≥ {THROUGHPUT_TARGET:g}x the reference engine's calls/s, judged at C ≥ 64 "
+        f"(saturated); fnmesh p50 ≤ {P50_TARGET:g}x the echo floor's p50, judged at C = 1 (at "
+        "saturation a p50 is only C / throughput)",
+        "",
+    ]
+    print(benchkit.header("E1 routing: calls/s through the engine", env, extra))
+    columns = [
+        "C",
+        "fnmesh calls/s",
+        "fnmesh p50 / p99 µs",
+        "reference calls/s",
+        "reference p50 / p99 µs",
+        "ratio (≥ 10x)",
+        "echo floor calls/s",
+        "floor p50 µs",
+        "fnmesh p50 / floor (≤ 2.5x)",
+    ]
+    print(benchkit.table(columns, rows))
+    print()
+    for c in CONCURRENCIES:
+        rounds = ", ".join(f"{x:.2f}x" for x in summary[str(c)]["throughput_ratio_per_round"])
+        print(f"C={c} throughput ratio per round: {rounds}")
+    headline = []
+    for c in (64, 256):
+        e = summary[str(c)]
+        headline.append(
+            benchkit.headline(
+                f"E1 routing, C={c}",
+                f"{e['fnmesh']['calls_per_s']:,.0f} calls/s",
+                f"{e['reference']['calls_per_s']:,.0f} calls/s (reference engine)",
+                e["throughput_ratio"],
+                f"≥ {THROUGHPUT_TARGET:g}x",
+                e["throughput_ratio"] >= THROUGHPUT_TARGET,
+                e["throughput_ratio"],
+                THROUGHPUT_TARGET,
+            )
+        )
+    e = summary["1"]
+    headline.append(
+        benchkit.headline(
+            "E1 routing p50, C=1",
+            f"{e['fnmesh']['p50_us']:,.0f} µs",
+            f"{e['echo']['p50_us']:,.0f} µs (echo floor, one hop)",
+            e["p50_over_floor"],
+            f"≤ {P50_TARGET:g}x",
+            e["p50_over_floor"] <= P50_TARGET,
+        )
+    )
+    payload = {
+        "benchmark": "E1 routing",
+        "headline": headline,
+        "environment": env,
+        "plan": plan.__dict__,
+        "connections": CONNECTIONS,
+        "warmup": WARMUP,
+        "function": FUNCTION,
+        "targets": {"throughput_ratio_min": THROUGHPUT_TARGET, "p50_over_floor_max": P50_TARGET},
+        "summary": summary,
+        "runs": results,
+    }
+    path = benchkit.write_results("routing", quick, payload)
+    print(f"\nraw numbers: {benchkit.relative(path)}")
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    quick = benchkit.quick_flag(__doc__, argv, "one short round (a smoke run)")
+    plan = QUICK if quick else FULL
+    if benchkit.loadgen_missing():
+        return 2
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fnmesh-e1-") as tmp, managed() as procs:
+        logs = Path(tmp)
+        for round_index in range(plan.rounds):
+            for target in TARGETS:
+                results.append(measure(procs, target, plan, logs, round_index))
+    report(results, plan, quick)
+    return 0
+
+
+if __name__ == "__main__":
+    benchkit.exit_with(main, "routing")
