@@ -1,6 +1,6 @@
-.PHONY: run test lint bench bench-rust bench-sdk fmt
+.PHONY: run test lint bench bench-quick bench-rust fmt
 
-# The Python that runs the benchmark scripts (bench-sdk); e.g. PYTHON=/work/venv/bin/python
+# The Python that runs the benchmarks (with fnmesh[bench] installed); e.g. PYTHON=/work/venv/bin/python
 PYTHON ?= .venv-test/bin/python
 
 run:  ## the main job on the embedded default
@@ -16,15 +16,14 @@ fmt:  ## format Rust and Python
 	cargo fmt --all
 	ruff format python tests benches examples
 
-bench-rust:  ## criterion benches (codec, registry)
-	cargo bench -p fnmesh-benches
+bench:  ## the benchmark suite E1-E6: benches/results/RESULTS.md and charts (under 20 min)
+	cargo build --release -p fnmesh-benches --bins
+	$(PYTHON) benches/suite.py $(ARGS)
 
-bench:  ## criterion benches, then the pytest-benchmark comparisons against the installed wheel
-	cargo bench -p fnmesh-benches
-	.venv-test/bin/python -m pytest benches --benchmark-only -p no:cacheprovider
+bench-quick:  ## the short suite (under 3 min): benches/results/RESULTS.quick.md
+	cargo build --release -p fnmesh-benches --bins
+	$(PYTHON) benches/suite.py --quick $(ARGS)
 
-bench-sdk:  ## E3 embedded call, E2 Python worker, E4 HTTP trigger benchmark scripts (ARGS=--quick for a smoke run)
-	cargo build --release -p fnmesh-benches --bin fnmesh-loadgen
-	$(PYTHON) benches/sdk_calls.py $(ARGS)
-	$(PYTHON) benches/python_worker.py $(ARGS)
-	$(PYTHON) benches/http_trigger.py $(ARGS)
+bench-rust:  ## criterion benches (codec, registry) and the pytest-benchmark registry comparison
+	cargo bench -p fnmesh-benches
+	$(PYTHON) -m pytest benches --benchmark-only -p no:cacheprovider

@@ -302,6 +302,19 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
         quick,
         {
             "benchmark": "E4 HTTP trigger",
+            "headline": [
+                benchkit.headline(
+                    f"E4 HTTP trigger, C={c}",
+                    f"{summary[str(c)]['fnmesh']['requests_per_s']:,.0f} req/s",
+                    f"{summary[str(c)]['fastapi']['requests_per_s']:,.0f} req/s (FastAPI on uvicorn)",
+                    summary[str(c)]["ratio"],
+                    f"≥ {RATIO_TARGET:g}x",
+                    summary[str(c)]["ratio"] >= RATIO_TARGET,
+                    summary[str(c)]["ratio"],
+                    RATIO_TARGET,
+                )
+                for c in CONCURRENCIES
+            ],
             "environment": env,
             "versions": versions,
             "stacks": STACKS,

@@ -305,6 +305,20 @@ def report(samples: dict[str, list[float]], plan: Plan, quick: bool) -> None:
         quick,
         {
             "benchmark": "E3 embedded call",
+            "headline": [
+                benchkit.headline(
+                    f"E3 embedded call, {c['handler']}",
+                    f"{c['value_us']:.2f} µs",
+                    f"{c['baseline_us']:.2f} µs ({c['baseline_label']})",
+                    c["ratio"],
+                    f"≤ {c['ratio_target']:g}x and ≤ {ABSOLUTE_TARGET_US:g} µs",
+                    bool(c["ratio_ok"]) and c["value_us"] <= ABSOLUTE_TARGET_US,
+                    1.0 / c["ratio"],
+                    1.0 / c["ratio_target"],
+                )
+                for c in comparisons
+                if c["ratio_target"] is not None
+            ],
             "environment": env,
             "event_loop": "asyncio (default policy, no uvloop)",
             "payload": DATA,

@@ -64,4 +64,10 @@ if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests: treating as a failure" >&2
     exit 1
 fi
-exit "$rc"
+if [ "$rc" -ne 0 ]; then
+    exit "$rc"
+fi
+
+step "benchmark smoke: make bench-quick's E1 row (the suite must not rot; no timing is asserted)"
+cargo build --release --locked -p fnmesh-benches --bins
+"$venv/bin/python" benches/suite.py --quick --only E1
