@@ -24,9 +24,10 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -36,15 +37,16 @@ use tracing::{debug, info, warn};
 
 use crate::cron::{CronLock, CronTrigger, LocalLock, RedisLock};
 use crate::error::Error;
+use crate::external::{ExternalFunctions, ExternalRegistration};
 use crate::function::{Call, CallOptions, Completer, NativeFunction, Outcome, Reply};
 use crate::http::{HttpConfig, HttpTrigger};
 use crate::invocation::{
     inject_caller_worker_id, PendingTable, DEFAULT_INVOCATION_TIMEOUT, SWEEP_INTERVAL,
 };
 use crate::protocol::{
-    self, ErrorBody, InvocationResult, InvokeFunction, Message, RawJson, RegisterTrigger,
-    RegistrationRejected, TriggerAction, TriggerRegistrationResult, UnregisterTrigger,
-    WorkerRegistered,
+    self, ErrorBody, HttpInvocationRef, InvocationResult, InvokeFunction, Message, RawJson,
+    RegisterTrigger, RegistrationRejected, TriggerAction, TriggerRegistrationResult,
+    UnregisterTrigger, WorkerRegistered,
 };
 use crate::registry::{
     check_namespace, ConflictPolicy, FunctionDef, FunctionKind, FunctionsRegistry, Lease,
@@ -134,6 +136,10 @@ pub(crate) struct WorkerState {
     reattach_token: String,
     ns: Mutex<NsState>,
     cleaned: AtomicBool,
+    // External functions waiting for the host's answer, (namespace, id) -> attempt; an
+    // unregistration or a newer registration of the same id makes the answer stale. Held while
+    // an answer registers, and by cleanup, so nothing registers after the worker left.
+    external_pending: Mutex<HashMap<(String, String), u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -171,6 +177,9 @@ pub(crate) struct Shared {
     fn_last_fire: Mutex<Option<Instant>>,
     /// Set by [`Engine::shutdown`]: calls made through an [`EngineRef`] afterwards fail at once.
     stopped: AtomicBool,
+    /// The host serving external HTTP functions, if any.
+    external: RwLock<Option<Arc<dyn ExternalFunctions>>>,
+    external_attempts: AtomicU64,
 }
 
 fn uuid() -> String {
@@ -199,6 +208,8 @@ impl Shared {
             fn_change_scheduled: AtomicBool::new(false),
             fn_last_fire: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            external: RwLock::new(None),
+            external_attempts: AtomicU64::new(0),
             config,
         })
     }
@@ -623,12 +634,19 @@ impl Shared {
                     rejected("");
                     return;
                 }
+                if let Some(invocation) = f.invocation {
+                    let def = FunctionDef {
+                        kind: FunctionKind::Http,
+                        description: f.description,
+                        request_format: f.request_format,
+                        response_format: f.response_format,
+                        metadata: f.metadata,
+                    };
+                    self.prepare_external(ws, ns, f.id, invocation, def);
+                    return;
+                }
                 let def = FunctionDef {
-                    kind: if f.invocation.is_some() {
-                        FunctionKind::Http
-                    } else {
-                        FunctionKind::Worker
-                    },
+                    kind: FunctionKind::Worker,
                     description: f.description,
                     request_format: f.request_format,
                     response_format: f.response_format,
@@ -655,6 +673,7 @@ impl Shared {
                 }
             }
             Message::UnregisterFunction(f) => {
+                lock(&ws.external_pending).remove(&(ns.to_owned(), f.id.clone()));
                 if matches!(self.functions.unregister(ns, &f.id, conn.id()), Ok(true)) {
                     info!(worker = %conn.id(), function_id = %f.id, "function unregistered");
                     self.functions_changed();
@@ -1031,6 +1050,7 @@ impl Shared {
             reattach_token: token.clone(),
             ns: Mutex::new(NsState::Buffering(Vec::new())),
             cleaned: AtomicBool::new(false),
+            external_pending: Mutex::new(HashMap::new()),
         });
         self.conns.insert(conn.id().clone(), ws.clone());
         self.workers.connect(
@@ -1065,6 +1085,9 @@ impl Shared {
         if ws.cleaned.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Waits for an external function being registered right now; later answers see
+        // `cleaned` and drop themselves.
+        lock(&ws.external_pending).clear();
         let id = ws.conn.id().clone();
         self.conns.remove_if(&id, |_, v| Arc::ptr_eq(v, ws));
         let removed = self.functions.remove_owner(&id);
@@ -1171,6 +1194,91 @@ impl Shared {
     }
 
     /// Registers a native function under `owner`.
+    /// A worker's `registerfunction` with an `invocation`: the host checks it, and its answer
+    /// registers the function, owned by the worker (section 5).
+    fn prepare_external(
+        &self,
+        ws: &Arc<WorkerState>,
+        ns: &str,
+        function_id: String,
+        invocation: HttpInvocationRef,
+        def: FunctionDef,
+    ) {
+        let conn = &ws.conn;
+        let host = self
+            .external
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(host) = host else {
+            warn!(worker = %conn.id(), function_id = %function_id, "external HTTP function dropped: this engine does not serve them (setting external_functions)");
+            return;
+        };
+        let key = (ns.to_owned(), function_id.clone());
+        let attempt = self.external_attempts.fetch_add(1, Ordering::Relaxed);
+        lock(&ws.external_pending).insert(key.clone(), attempt);
+        let registration = ExternalRegistration {
+            namespace: ns.to_owned(),
+            function_id,
+            worker_id: conn.id().clone(),
+            invocation,
+        };
+        let me = self.me.clone();
+        let ws = ws.clone();
+        host.prepare(
+            registration,
+            Box::new(move |answer| {
+                let Some(shared) = me.upgrade() else { return };
+                let conn = &ws.conn;
+                let (ns, function_id) = &key;
+                let mut pending = lock(&ws.external_pending);
+                if ws.cleaned.load(Ordering::Acquire) || pending.get(&key) != Some(&attempt) {
+                    debug!(worker = %conn.id(), function_id = %function_id, "external function answer dropped: withdrawn or worker gone");
+                    return;
+                }
+                pending.remove(&key);
+                let function = match answer {
+                    Ok(function) => function,
+                    Err(e) => {
+                        // No message: iii drops a refused registration with a log line, and
+                        // its SDKs treat an unknown `registrationrejected` code as fatal.
+                        warn!(worker = %conn.id(), function_id = %function_id, code = %e.code, "external HTTP function refused: {}", e.message);
+                        return;
+                    }
+                };
+                match shared.functions.register(
+                    ns,
+                    function_id,
+                    conn.id().clone(),
+                    Target::Native(function),
+                    def,
+                ) {
+                    Ok(outcome) => {
+                        info!(worker = %conn.id(), namespace = %ns, function_id = %function_id, ?outcome, "external HTTP function registered");
+                        drop(pending);
+                        shared.functions_changed();
+                    }
+                    Err(Error::FunctionConflict { owner, .. }) => {
+                        info!(worker = %conn.id(), function_id = %function_id, %owner, "external function registration rejected: owned by another worker");
+                        send_msg(
+                            conn,
+                            &Message::RegistrationRejected(RegistrationRejected {
+                                code: "FUNCTION_NAMESPACE_CONFLICT".to_owned(),
+                                namespace: ns.clone(),
+                                function_id: Some(function_id.clone()),
+                                owner_worker_id: owner.to_string(),
+                                ..RegistrationRejected::default()
+                            }),
+                        );
+                    }
+                    Err(e) => {
+                        warn!(worker = %conn.id(), function_id = %function_id, "external function registration refused: {e}")
+                    }
+                }
+            }),
+        );
+    }
+
     pub(crate) fn register_native(
         &self,
         namespace: &str,
@@ -1559,7 +1667,20 @@ impl EngineRef {
         }
     }
 
+    /// Serves the external HTTP functions workers register (`registerfunction` with an
+    /// `invocation`, PROTOCOL.md section 5) through `host`; `None` stops accepting new ones (those
+    /// registered stay until their workers leave).
+    pub fn set_external_functions(&self, host: Option<Arc<dyn ExternalFunctions>>) {
+        *self
+            .shared
+            .external
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = host;
+    }
+
     /// Registers a native function (owner [`HOST_OWNER`]), like [`Engine::register_function`].
+    /// It is listed with kind `local`, or `http` when `def` says so (a host's own external
+    /// function).
     pub fn register_function(
         &self,
         namespace: &str,
@@ -1572,7 +1693,11 @@ impl EngineRef {
             function_id,
             HOST_OWNER,
             FunctionDef {
-                kind: FunctionKind::Local,
+                kind: if def.kind == FunctionKind::Http {
+                    FunctionKind::Http
+                } else {
+                    FunctionKind::Local
+                },
                 ..def
             },
             Arc::new(function),

@@ -24,6 +24,7 @@ pub mod client;
 pub mod cron;
 pub mod engine;
 pub mod error;
+pub mod external;
 pub mod function;
 pub mod http;
 pub mod invocation;

@@ -163,6 +163,10 @@ pub struct HttpInvocationRef {
     /// Authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<HttpAuth>,
+    /// fnmesh extension: the retry policy, passed to the host as given (iii has no retries;
+    /// its workers never send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<serde_json::Value>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1264,3 +1264,134 @@ async fn native_trigger_types_take_refuse_and_drop_bindings() {
     assert_eq!(recorder.events().last().unwrap(), "unbound svc::early");
     finish(engine, []).await;
 }
+
+fn listed_ids(listing: &Value) -> Vec<String> {
+    listing["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn external_functions_are_served_by_the_host_and_leave_with_their_worker() {
+    use fnmesh_core::external::{ExternalReady, ExternalRegistration};
+    use fnmesh_core::protocol::{ErrorBody, HttpMethod};
+    use std::sync::{Arc, Mutex};
+
+    let engine = start(Engine::builder()).await;
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    let external = |id: &str, url: &str| {
+        json!({"type": "registerfunction", "id": id, "description": "charges a card",
+               "invocation": {"url": url, "method": "PUT", "timeout_ms": 500,
+                              "auth": {"type": "bearer", "token_key": "PAY_TOKEN"},
+                              "retry": {"attempts": 2}}})
+    };
+
+    // No host: the registration is dropped (iii without its http-functions module).
+    a.send(external("pay::none", "https://pay.example/none"))
+        .await;
+    a.register(&[]).await;
+    let listing = b.call_ok("engine::functions::list", json!({})).await;
+    assert!(
+        !listed_ids(&listing).contains(&"pay::none".to_owned()),
+        "{listing}"
+    );
+
+    // The host answers later, from another task, as the Python host does after its DNS check.
+    let seen: Arc<Mutex<Vec<ExternalRegistration>>> = Arc::default();
+    let seen_by_host = seen.clone();
+    engine.handle().set_external_functions(Some(Arc::new(
+        move |registration: ExternalRegistration, ready: ExternalReady| {
+            seen_by_host.lock().unwrap().push(registration.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let url = registration.invocation.url.clone();
+                if url.contains("internal") {
+                    ready(Err(ErrorBody::new(
+                        "url_validation_failed",
+                        "Private IP blocked",
+                    )));
+                    return;
+                }
+                ready(Ok(Arc::new(move |call: Call| {
+                    let data: Value = serde_json::from_str(call.data.get()).unwrap();
+                    call.reply
+                        .send(Outcome::json(&json!({"url": url, "body": data})));
+                })));
+            });
+        },
+    )));
+    a.send(external("pay::charge", "https://pay.example/charge"))
+        .await;
+    a.send(external("pay::internal", "https://internal.example/x"))
+        .await;
+    wait_until("the host saw both", || seen.lock().unwrap().len() == 2).await;
+    let registration = seen.lock().unwrap()[0].clone();
+    assert_eq!(registration.function_id, "pay::charge");
+    assert_eq!(registration.namespace, "default");
+    assert_eq!(&*registration.worker_id, a.id.as_str());
+    assert_eq!(registration.invocation.method, Some(HttpMethod::Put));
+    assert_eq!(registration.invocation.timeout_ms, Some(500));
+    assert_eq!(registration.invocation.retry, Some(json!({"attempts": 2})));
+
+    let deadline = Instant::now() + WAIT;
+    let listing = loop {
+        let listing = b.call_ok("engine::functions::list", json!({})).await;
+        if listed_ids(&listing).contains(&"pay::charge".to_owned()) {
+            break listing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pay::charge never listed: {listing}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let row = listing["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["function_id"] == "pay::charge")
+        .unwrap()
+        .clone();
+    assert_eq!(row["kind"], "http", "{row}");
+    assert_eq!(row["description"], "charges a card");
+    // The refused one is not registered.
+    assert!(!listed_ids(&listing).contains(&"pay::internal".to_owned()));
+    let out = b.call("pay::internal", json!({})).await;
+    assert_eq!(error_code(&out), "function_not_found");
+
+    // Calls run in the host (never forwarded to the registering worker), with the caller's id.
+    let result = b.call_ok("pay::charge", json!({"amount": 3})).await;
+    assert_eq!(result["url"], "https://pay.example/charge");
+    assert_eq!(result["body"]["amount"], 3);
+    assert_eq!(result["body"]["_caller_worker_id"], b.id.as_str());
+
+    // An unregistration while the host is still checking wins over the host's late answer.
+    a.send(external("pay::withdrawn", "https://pay.example/w"))
+        .await;
+    a.send(json!({"type": "unregisterfunction", "id": "pay::withdrawn"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let listing = b.call_ok("engine::functions::list", json!({})).await;
+    assert!(
+        !listed_ids(&listing).contains(&"pay::withdrawn".to_owned()),
+        "{listing}"
+    );
+
+    // The function leaves with its worker, and so does one still being checked.
+    a.send(external("pay::late", "https://pay.example/late"))
+        .await;
+    a.cut();
+    wait_until("worker a gone", || engine.worker_count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let listing = b.call_ok("engine::functions::list", json!({})).await;
+    let ids = listed_ids(&listing);
+    assert!(!ids.contains(&"pay::charge".to_owned()), "{listing}");
+    assert!(!ids.contains(&"pay::late".to_owned()), "{listing}");
+    let out = b.call("pay::charge", json!({})).await;
+    assert_eq!(error_code(&out), "function_not_found");
+    finish(engine, [b]).await;
+}
