@@ -20,9 +20,11 @@ __all__ = [
     "InvocationStopped",
     "InvocationTimeout",
     "MalformedFrame",
+    "MissingSecret",
     "ProtocolError",
     "RegistrationError",
     "RemoteError",
+    "UrlValidationFailed",
     "ValidationFailed",
     "WorkerConflict",
     "invocation_error",
@@ -117,6 +119,31 @@ class FunctionError(FnmeshError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class UrlValidationFailed(FunctionError, ValueError):
+    """An external function's URL was refused by the security policy (PROTOCOL.md 5), at
+    registration or before a call. ``reason`` is one of iii's reason strings (``Invalid URL``,
+    ``HTTPS is required``, ``URL not in allowlist``, ``Private IP blocked``, ``DNS lookup
+    failed``); ``detail`` says what was wrong."""
+
+    code = "url_validation_failed"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__("url_validation_failed", f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MissingSecret(FunctionError, LookupError):
+    """An external function's auth names an environment variable that is unset or empty. The
+    message names the variable, never a value."""
+
+    code = "missing_secret"
+
+    def __init__(self, env: str, message: str) -> None:
+        super().__init__("missing_secret", message)
+        self.env = env
 
 
 class InvocationError(FnmeshError):
