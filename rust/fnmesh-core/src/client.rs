@@ -60,8 +60,9 @@ use tracing::{debug, info, warn};
 use crate::function::{Call, Completer, NativeFunction, Outcome, Reply};
 use crate::invocation::{PendingTable, SWEEP_INTERVAL};
 use crate::protocol::{
-    self, ErrorBody, InvocationResult, InvokeFunction, Message, RawJson, Reattach,
-    RegisterFunction, RegisterTrigger, TriggerAction, UnregisterFunction, UnregisterTrigger,
+    self, ErrorBody, HttpInvocationRef, InvocationResult, InvokeFunction, Message, RawJson,
+    Reattach, RegisterFunction, RegisterTrigger, TriggerAction, UnregisterFunction,
+    UnregisterTrigger,
 };
 use crate::registry::FunctionDef;
 use crate::triggers::TriggerSpec;
@@ -321,7 +322,7 @@ impl ClientBuilder {
         }
         let mut functions = HashMap::new();
         for (id, def, handler) in self.functions {
-            let entry = FunctionEntry::new(&id, &def, handler)?;
+            let entry = FunctionEntry::new(&id, &def, handler, None)?;
             functions.insert(id, entry);
         }
         let (state_tx, mut state_rx) = watch::channel(ClientState::Connecting);
@@ -529,13 +530,45 @@ impl Client {
         def: FunctionDef,
         handler: impl NativeFunction,
     ) -> Result<(), ClientError> {
-        let entry = FunctionEntry::new(function_id, &def, Arc::new(handler))?;
+        self.add_function(
+            function_id,
+            FunctionEntry::new(function_id, &def, Arc::new(handler), None)?,
+        );
+        Ok(())
+    }
+
+    /// Registers an external HTTP function (PROTOCOL.md section 5): the engine calls
+    /// `invocation`'s URL for every call of `function_id`, with secrets from its own
+    /// environment. Replayed on every reconnect like any function, and gone when this client
+    /// disconnects. This client never serves it: an invocation forwarded here anyway answers
+    /// `function_not_invokable`. An engine that refuses the URL only logs it (iii sends
+    /// nothing back).
+    pub fn register_external(
+        &self,
+        function_id: &str,
+        def: FunctionDef,
+        invocation: HttpInvocationRef,
+    ) -> Result<(), ClientError> {
+        let id = function_id.to_owned();
+        let not_here = move |call: Call| {
+            call.reply.send(Outcome::failure(
+                "function_not_invokable",
+                format!("{id} is an external HTTP function; the engine calls its URL"),
+            ))
+        };
+        self.add_function(
+            function_id,
+            FunctionEntry::new(function_id, &def, Arc::new(not_here), Some(invocation))?,
+        );
+        Ok(())
+    }
+
+    fn add_function(&self, function_id: &str, entry: FunctionEntry) {
         let frame = entry.frame.clone();
         let mut link = lock(&self.inner.link);
         link.functions.insert(function_id.to_owned(), entry);
         // While offline the replay on connect sends it; queueing it too would only repeat it.
         self.inner.send_locked(&mut link, frame, false);
-        Ok(())
     }
 
     /// Binds a function to a trigger type (`registertrigger`); the binding is replayed on
@@ -687,6 +720,7 @@ impl FunctionEntry {
         function_id: &str,
         def: &FunctionDef,
         handler: Arc<dyn NativeFunction>,
+        invocation: Option<HttpInvocationRef>,
     ) -> Result<FunctionEntry, ClientError> {
         if function_id.trim().is_empty() {
             return Err(
@@ -699,6 +733,7 @@ impl FunctionEntry {
             request_format: def.request_format.clone(),
             response_format: def.response_format.clone(),
             metadata: def.metadata.clone(),
+            invocation,
             ..RegisterFunction::default()
         })
         .to_text();
