@@ -3,7 +3,8 @@
 The iii-sdk sdist on PyPI ships the tests its authors run against their engine (they connect to
 ``III_URL``). The ones covering what the engine does today (worker connection, register/invoke,
 void calls, discovery, not-found, trigger types provided by one worker and bound by another,
-provider reconnects, the buffered HTTP trigger, healthcheck and middleware) must pass unchanged
+provider reconnects, the buffered HTTP trigger, healthcheck, middleware and external HTTP
+functions) must pass unchanged
 against fnmesh. The sdist is fetched with pip into a
 temporary directory at test time, for the iii-sdk version installed here; nothing of it is kept.
 """
@@ -30,6 +31,7 @@ SUITE = {
     "test_api_triggers.py": 7,
     "test_healthcheck.py": 1,
     "test_middleware.py": 5,
+    "test_http_external_functions_integration.py": 9,
 }
 # Of test_api_triggers.py, the buffered HTTP cases: the others stream bodies through data
 # channels (/ws/channels), which fnmesh does not serve yet.
@@ -68,7 +70,14 @@ def test_iii_sdk_integration_suite_passes_against_fnmesh_serve(sdk_tests: Path, 
     config = tmp_path / "engine.toml"
     # test_bridge sends a 30 MiB payload through the engine; iii's frame limit is larger than
     # fnmesh's 16 MiB default, so this run raises it like an operator would.
-    config.write_text(f"max_frame_bytes = {64 * 1024 * 1024}\n")
+    config.write_text(
+        f"max_frame_bytes = {64 * 1024 * 1024}\n"
+        # The external-function tests register webhooks on loopback over plain http: opt in to
+        # external functions and let loopback through the SSRF guard, as iii's test config does.
+        "external_functions = true\n"
+        "external_require_https = false\n"
+        "external_block_private_ips = false\n"
+    )
     report = tmp_path / "junit.xml"
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmesh import auth, external
 from fnmesh._native import FunctionInfo, FunctionsRegistry, Replica, __version__
 from fnmesh.app import App
 from fnmesh.context import Context
@@ -19,9 +20,11 @@ from fnmesh.errors import (
     InvocationStopped,
     InvocationTimeout,
     MalformedFrame,
+    MissingSecret,
     ProtocolError,
     RegistrationError,
     RemoteError,
+    UrlValidationFailed,
     ValidationFailed,
     WorkerConflict,
 )
@@ -54,12 +57,16 @@ __all__ = [
     "InvocationStopped",
     "InvocationTimeout",
     "MalformedFrame",
+    "MissingSecret",
     "ProtocolError",
     "RegistrationError",
     "RemoteError",
     "Replica",
     "TriggerType",
+    "UrlValidationFailed",
     "ValidationFailed",
     "WorkerConflict",
     "__version__",
+    "auth",
+    "external",
 ]

@@ -235,6 +235,44 @@ def unregister_trigger_type(
 ) -> bool: ...
 
 @final
+class ExternalEvent:
+    """A worker registered an external HTTP function; answer with `accept` or `refuse`."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def function_id(self) -> str: ...
+    @property
+    def worker_id(self) -> str: ...
+    @property
+    def invocation(self) -> bytes: ...
+    def accept(self, handler: Any) -> bool: ...
+    def refuse(self, code: str, message: str) -> bool: ...
+
+@final
+class ExternalCall:
+    """One call of an external function: answer `invocation` using `handler`."""
+
+    @property
+    def handler(self) -> Any: ...
+    @property
+    def invocation(self) -> Invocation: ...
+
+def set_external_functions(engine: EngineHandle, bridge: Bridge | None) -> None: ...
+def register_external(
+    engine: EngineHandle,
+    bridge: Bridge,
+    function_id: str,
+    handler: Any,
+    *,
+    namespace: str = "default",
+    description: str | None = None,
+    request_format: str | None = None,
+    response_format: str | None = None,
+    metadata: str | None = None,
+) -> None: ...
+
+@final
 class Invocation:
     """One call of a Python handler; answer it once with `succeed` or `fail`."""
 
@@ -283,6 +321,16 @@ class ClientHandle:
         self,
         bridge: Bridge,
         function_id: str,
+        *,
+        description: str | None = None,
+        request_format: str | None = None,
+        response_format: str | None = None,
+        metadata: str | None = None,
+    ) -> None: ...
+    def register_external(
+        self,
+        function_id: str,
+        invocation: str,
         *,
         description: str | None = None,
         request_format: str | None = None,

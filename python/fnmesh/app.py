@@ -33,7 +33,7 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -41,9 +41,11 @@ import pydantic_core
 from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 
 from fnmesh import _native, telemetry
+from fnmesh.auth import Auth
 from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
+    FnmeshError,
     FunctionError,
     InvalidArgument,
     InvocationError,
@@ -53,6 +55,7 @@ from fnmesh.errors import (
     ValidationFailed,
     invocation_error,
 )
+from fnmesh.external import ExternalFunctions, ExternalSpec, PreparedExternal, Retry, Security
 from fnmesh.results import Deferred, LocalOutcome
 from fnmesh.schema import HandlerSpec, inspect_handler
 from fnmesh.triggers import Binding, TriggerType
@@ -65,6 +68,8 @@ T = TypeVar("T")
 log = logging.getLogger("fnmesh.app")
 
 _CALLER_KEY = b'"_caller_worker_id"'
+# Checked first for every item of a dispatch batch (the common case by far).
+_Invocation = _native.Invocation
 _CALLER_RE = re.compile(rb'"_caller_worker_id"\s*:\s*"([^"\\]{1,128})"')
 
 
@@ -72,6 +77,15 @@ class _Function:
     __slots__ = ("description", "metadata", "spec")
 
     def __init__(self, spec: HandlerSpec, description: str | None, metadata: dict[str, Any] | None) -> None:
+        self.spec = spec
+        self.description = description
+        self.metadata = metadata
+
+
+class _External:
+    """An external HTTP function the app declares (:meth:`App.external`)."""
+
+    def __init__(self, spec: ExternalSpec, description: str | None, metadata: dict[str, Any] | None) -> None:
         self.spec = spec
         self.description = description
         self.metadata = metadata
@@ -168,6 +182,8 @@ class App:
         self._trigger_types: dict[str, TriggerType] = {}
         self._bindings: dict[str, Binding] = {}
         self._answers: list[tuple[_native.Invocation, bytes | None]] | None = None
+        self._externals: dict[str, _External] = {}
+        self._external_host: ExternalFunctions | None = None
 
     # ------------------------------------------------------------------------------------------
     # Declaring functions
@@ -205,7 +221,7 @@ class App:
         """Like :meth:`function`, without the decorator. Works before and after :meth:`start`."""
         if not function_id.strip():
             raise InvalidArgument("a function needs a non-empty id")
-        if function_id in self._functions:
+        if function_id in self._functions or function_id in self._externals:
             raise InvalidArgument(f"{function_id} is already declared in app {self.name!r}")
         spec = inspect_handler(function_id, func, context_type=Context)
         entry = _Function(spec, description or (func.__doc__ or "").strip() or None, metadata)
@@ -214,6 +230,52 @@ class App:
             self._triggers.append(make(function_id))
         if self._bridge is not None:
             self._publish(function_id, entry)
+
+    def external(
+        self,
+        function_id: str,
+        *,
+        url: str,
+        method: str = "POST",
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: Auth | None = None,
+        retries: Retry | int | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Declares ``function_id`` as a third-party HTTP endpoint: every call of it, from
+        anywhere, is one request to ``url`` (with the call's data as the JSON body) made by the
+        engine's process, and the response is its result (PROTOCOL.md section 5).
+
+        ``auth`` is :class:`fnmesh.auth.Bearer`, :class:`~fnmesh.auth.ApiKey` or
+        :class:`~fnmesh.auth.Hmac`; each names an environment variable of the engine's process,
+        read when the app starts (a missing one fails the start). ``timeout`` (seconds) bounds
+        each attempt. ``retries`` is a :class:`fnmesh.external.Retry`, or a number of extra
+        attempts with the default backoff; GET, PUT and DELETE only unless the ``Retry`` says
+        otherwise.
+
+        On the embedded engine the URL must pass the engine's ``external_*`` settings (https,
+        allowlist, no private addresses) when the app starts, and again before every call; a
+        refusal fails :meth:`start` with :class:`fnmesh.errors.UrlValidationFailed`. On a
+        connected app the engine at the other end checks and calls it. Declare external
+        functions before the app starts.
+        """
+        if not function_id.strip():
+            raise InvalidArgument("a function needs a non-empty id")
+        if function_id in self._functions or function_id in self._externals:
+            raise InvalidArgument(f"{function_id} is already declared in app {self.name!r}")
+        if self._bridge is not None:
+            raise InvalidArgument(
+                f"app {self.name!r} is running: declare external functions before it starts"
+            )
+        if isinstance(retries, bool):
+            raise InvalidArgument(f"retries: expected a Retry or a number of attempts, got {retries!r}")
+        retry = Retry(attempts=retries) if isinstance(retries, int) else retries
+        spec = ExternalSpec(
+            url=url, method=method, timeout=timeout, headers=dict(headers or {}), auth=auth, retry=retry
+        )
+        self._externals[function_id] = _External(spec, description, metadata)
 
     def http(
         self,
@@ -313,8 +375,8 @@ class App:
 
     @property
     def functions(self) -> list[str]:
-        """Ids of the functions declared in this app."""
-        return list(self._functions)
+        """Ids of the functions declared in this app (external ones included)."""
+        return [*self._functions, *self._externals]
 
     # ------------------------------------------------------------------------------------------
     # Running
@@ -330,6 +392,7 @@ class App:
             raise
         self._publish_all()
         try:
+            await self._start_externals()
             await self._bind_triggers()
         except BaseException:
             await self.stop()
@@ -368,6 +431,10 @@ class App:
             )
         self._connected_to = url
         self._publish_all()
+        for function_id, external in self._externals.items():
+            self._client.register_external(
+                function_id, json.dumps(external.spec.to_wire()), **_formats(external)
+            )
         try:
             await self._bind_remote_triggers()
         except BaseException:
@@ -395,6 +462,64 @@ class App:
             if self._tracing is False
             else telemetry.tracer(self._tracer_provider, always=bool(self._tracing))
         )
+
+    async def _start_externals(self) -> None:
+        """Checks and registers the app's external functions on the embedded engine, and serves
+        those workers register when the engine's ``external_functions`` setting allows it."""
+        config = self._engine.config
+        if not self._externals and not config.external_functions:
+            return
+        assert self._bridge is not None
+        host = self._external_host = ExternalFunctions(
+            Security(
+                require_https=config.external_require_https,
+                url_allowlist=config.external_url_allowlist,
+                block_private_ips=config.external_block_private_ips,
+            )
+        )
+        handle = self._engine.handle
+        for function_id, external in self._externals.items():
+            prepared = await host.prepare(function_id, external.spec)
+            _native.register_external(
+                handle, self._bridge, function_id, prepared, namespace=self.namespace, **_formats(external)
+            )
+        if config.external_functions:
+            _native.set_external_functions(handle, self._bridge)
+
+    async def _external_event(self, event: _native.ExternalEvent) -> None:
+        """A worker registered an external function: check it, then register or refuse it."""
+        host = self._external_host
+        if host is None:
+            event.refuse("external_functions_disabled", f"app {self.name!r} serves no external functions")
+            return
+        try:
+            spec = ExternalSpec.from_wire(json.loads(event.invocation))
+            prepared = await host.prepare(event.function_id, spec)
+        except FnmeshError as exc:
+            event.refuse(exc.code, str(exc))
+            return
+        except Exception as exc:
+            log.exception("checking external function %s failed", event.function_id)
+            event.refuse("invocation_failed", f"{type(exc).__name__}: {exc}")
+            return
+        event.accept(prepared)
+
+    async def _external_call(self, call: _native.ExternalCall) -> None:
+        """One call of an external function: the HTTP request, and its response as the result."""
+        invocation = call.invocation
+        host = self._external_host
+        try:
+            if host is None:
+                raise FunctionError("invocation_stopped", f"app {self.name!r} has stopped")
+            prepared: PreparedExternal = call.handler
+            result = await host.invoke(prepared, invocation.data)
+        except FunctionError as exc:
+            invocation.fail(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("external function %s failed", invocation.function_id)
+            invocation.fail("invocation_failed", f"{type(exc).__name__}: {exc}")
+        else:
+            invocation.succeed(result)
 
     async def _bind_triggers(self) -> None:
         """Binds every ``@app.http`` route on the embedded engine; a refusal (a conflicting
@@ -474,6 +599,9 @@ class App:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        host, self._external_host = self._external_host, None
+        if host is not None:
+            await host.aclose()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -872,7 +1000,9 @@ class App:
         self._answers = answers
         try:
             for item in batch:
-                if isinstance(item, tuple):
+                if type(item) is _Invocation:
+                    self._start(item)
+                elif isinstance(item, tuple):
                     future, result, error = item
                     if future.done():
                         continue
@@ -882,8 +1012,10 @@ class App:
                         future.set_result(result)
                 elif isinstance(item, _native.TriggerEvent):
                     self._track(asyncio.ensure_future(self._trigger_event(item)))
-                else:
-                    self._start(item)
+                elif isinstance(item, _native.ExternalCall):
+                    self._track(asyncio.ensure_future(self._external_call(item)))
+                elif isinstance(item, _native.ExternalEvent):
+                    self._track(asyncio.ensure_future(self._external_event(item)))
         finally:
             self._answers = None
             if answers:
@@ -1055,6 +1187,14 @@ async def _deferred_result(spec: HandlerSpec, outcome: LocalOutcome) -> Any:
         assert error is not None
         raise invocation_error(*error)
     return spec.check_python(late)
+
+
+def _formats(external: _External) -> dict[str, str | None]:
+    """An external function's registration fields, as the binding takes them (JSON text)."""
+    return {
+        "description": external.description,
+        "metadata": json.dumps(external.metadata) if external.metadata is not None else None,
+    }
 
 
 def _handler_failed(exc: Exception) -> RemoteError:

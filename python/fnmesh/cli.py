@@ -19,6 +19,8 @@ a worker of another engine (fnmesh or iii)::
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -32,7 +34,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 
 from fnmesh import __version__, telemetry
-from fnmesh.app import App
+from fnmesh.app import App, run_loop
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import FnmeshError, InvalidArgument
 
@@ -86,6 +88,9 @@ def serve(args: argparse.Namespace) -> int:
     if config.http_listen_at_start is None:
         # A standalone engine answers HTTP from the start, as iii does.
         config = config.replace(http_listen_at_start=True)
+    if config.external_functions:
+        # External functions are called from Python (httpx): that needs the app loop.
+        return _serve_app(config)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -94,14 +99,40 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     engine = Engine(config).start()
-    print(f"fnmesh {__version__}: workers connect to {engine.url}", file=sys.stderr, flush=True)
-    if engine.http_url is not None:
-        print(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}", file=sys.stderr, flush=True)
+    _announce(engine)
     try:
         while not stop.wait(0.5):
             pass
     finally:
         engine.stop()
+    return 0
+
+
+def _announce(engine: Engine) -> None:
+    print(f"fnmesh {__version__}: workers connect to {engine.url}", file=sys.stderr, flush=True)
+    if engine.http_url is not None:
+        print(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}", file=sys.stderr, flush=True)
+
+
+def _serve_app(config: EngineConfig) -> int:
+    """``fnmesh serve`` with an app loop beside the engine, for the external functions."""
+    app = App("fnmesh", config=config)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        await app.start()
+        try:
+            _announce(app.engine)
+            await asyncio.Event().wait()
+        finally:
+            await app.stop()
+
+    with contextlib.suppress(asyncio.CancelledError):
+        run_loop(main())
     return 0
 
 

@@ -74,6 +74,20 @@ class EngineConfig:
     """A Redis shared by several engines (``redis://[[user]:password@]host[:port][/db]`` or
     ``redis+unix:///path``): each cron tick then fires on one of them only, and a tick is skipped
     while that Redis cannot be reached. ``None``: this engine fires every tick itself."""
+    external_functions: bool = False
+    """Serve the external HTTP functions workers register (``registerfunction`` with an
+    ``invocation``, PROTOCOL.md section 5). Off by default, as in iii: such a function makes this
+    process send requests, with secrets read from its environment by name. (An app's own
+    :meth:`fnmesh.App.external` functions need no setting.) Needs a running app loop: ``fnmesh
+    serve`` and ``fnmesh run`` have one."""
+    external_require_https: bool = True
+    """External functions must use ``https`` URLs."""
+    external_url_allowlist: tuple[str, ...] = ("*",)
+    """Glob patterns an external function's host must match (``*.example.com``)."""
+    external_block_private_ips: bool = True
+    """Refuse external URLs whose host is, or resolves to, a loopback, private, link-local
+    (cloud metadata included), multicast or reserved address; checked at registration and
+    before every call."""
     log_level: str = "info"
     """Log filter for the engine's lines on stderr (``info``, ``debug``, ``fnmesh_core=debug``)."""
 
@@ -98,6 +112,15 @@ class EngineConfig:
                     f"http_cors_origins must be a list of origins, not {self.http_cors_origins!r}"
                 )
             object.__setattr__(self, "http_cors_origins", tuple(self.http_cors_origins))
+        allowlist = self.external_url_allowlist
+        if isinstance(allowlist, str) or not all(isinstance(p, str) and p for p in allowlist):
+            raise InvalidArgument(
+                f"external_url_allowlist must be a list of host patterns, not {allowlist!r}"
+            )
+        object.__setattr__(self, "external_url_allowlist", tuple(allowlist))
+        for name in ("external_functions", "external_require_https", "external_block_private_ips"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgument(f"{name} must be true or false, not {getattr(self, name)!r}")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> EngineConfig:
@@ -145,6 +168,9 @@ class Engine:
         _native.init_logging(self.config.log_level)
         cfg = dataclasses.asdict(self.config)
         cfg.pop("log_level")
+        # Served in Python, by the app loop (fnmesh.external).
+        for name in [n for n in cfg if n.startswith("external_")]:
+            cfg.pop(name)
         if cfg["http_cors_origins"] is not None:
             cfg["http_cors_origins"] = list(cfg["http_cors_origins"])
         self._handle = _native.EngineHandle.start(**cfg)

@@ -29,6 +29,13 @@ pub(crate) enum Work {
     Done { future: Py<PyAny>, outcome: Outcome },
     /// A binding for (or withdrawn from) a trigger type implemented in Python.
     Trigger(crate::triggers::TriggerEvent),
+    /// A worker's registration of an external function, for Python to check.
+    External(crate::external::ExternalEvent),
+    /// A call of an external function, for `handler`.
+    InvokeExternal {
+        call: Call,
+        handler: std::sync::Arc<Py<PyAny>>,
+    },
     /// Ends the bridge thread.
     Stop,
 }
@@ -77,7 +84,7 @@ impl Bridge {
 impl Bridge {
     /// Starts the bridge thread. `dispatch(batch)` is scheduled on `loop` (with
     /// `call_soon_threadsafe`) for every batch: a list whose items are `Invocation`s,
-    /// `TriggerEvent`s and `(future, result, error)` tuples, `result` being JSON bytes or `None`
+    /// `TriggerEvent`s, `ExternalEvent`s, `ExternalCall`s and `(future, result, error)` tuples, `result` being JSON bytes or `None`
     /// and `error` a `(code, message, stacktrace)` tuple or `None`.
     #[new]
     fn new(event_loop: Py<PyAny>, dispatch: Py<PyAny>) -> PyResult<Bridge> {
@@ -155,6 +162,10 @@ fn hand_over(
             Work::Invoke(call) => items.append(Invocation::from_call(call))?,
             Work::Done { future, outcome } => items.append(done_tuple(py, future, outcome)?)?,
             Work::Trigger(event) => items.append(event)?,
+            Work::External(event) => items.append(event)?,
+            Work::InvokeExternal { call, handler } => {
+                items.append(crate::external::ExternalCall::new(py, call, &handler)?)?
+            }
             Work::Stop => {}
         }
     }
@@ -263,7 +274,7 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    fn from_call(call: Call) -> Invocation {
+    pub(crate) fn from_call(call: Call) -> Invocation {
         Invocation {
             invocation_id: call.invocation_id.to_string(),
             function_id: call.function_id,

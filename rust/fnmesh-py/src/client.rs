@@ -115,6 +115,32 @@ impl ClientHandle {
             .map_err(connect_error)
     }
 
+    /// Registers an external HTTP function: the engine calls the URL of `invocation` (the
+    /// JSON `invocation` object of PROTOCOL.md section 5) for every call. Registered again on
+    /// every reconnect.
+    #[pyo3(signature = (
+        function_id, invocation, *, description = None, request_format = None,
+        response_format = None, metadata = None
+    ))]
+    fn register_external(
+        &self,
+        function_id: &str,
+        invocation: &str,
+        description: Option<String>,
+        request_format: Option<&str>,
+        response_format: Option<&str>,
+        metadata: Option<&str>,
+    ) -> PyResult<()> {
+        let def = function_def(description, request_format, response_format, metadata)?;
+        let invocation = serde_json::from_str(invocation).map_err(|e| {
+            crate::errors::InvalidArgument::new_err(format!("invalid invocation object: {e}"))
+        })?;
+        let (_, client) = self.live()?;
+        client
+            .register_external(function_id, def, invocation)
+            .map_err(connect_error)
+    }
+
     /// Stops serving a function; False when it was not registered.
     fn unregister_function(&self, function_id: &str) -> PyResult<bool> {
         let (_, client) = self.live()?;

@@ -7,6 +7,7 @@ mod bridge;
 mod client;
 mod engine;
 mod errors;
+mod external;
 mod protocol;
 mod registry;
 mod triggers;
@@ -21,5 +22,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bridge::register(m)?;
     client::register(m)?;
     triggers::register(m)?;
+    external::register(m)?;
     Ok(())
 }

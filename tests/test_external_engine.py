@@ -1,0 +1,298 @@
+"""External HTTP functions through the engine: declared by an app (``app.external``, embedded or
+connected) or registered by an iii-sdk worker (``registerfunction`` with an ``invocation``), then
+called like any function, with every request landing on a real HTTP server on loopback.
+
+``fnmesh.external``'s own behaviour (auth variants, retries, response mapping, the SSRF guard) is
+covered in ``test_external.py``; these tests check the wiring: who may register, who calls, what
+the receiver gets, what discovery shows, and that such functions leave with their worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fnmesh
+from fnmesh.auth import Bearer, Hmac
+from fnmesh.errors import InvocationError, MissingSecret, UrlValidationFailed
+from harness import Served, call, sdk_client, serve, wait_until
+
+HOOK_SECRET = "whsec-7f3a"
+LOOPBACK_OK = {"external_require_https": False, "external_block_private_ips": False}
+
+
+class Receiver:
+    """A threaded HTTP server that records every request. ``/echo`` answers what it got;
+    ``/fail`` a 502 with an error object; ``/hmac`` verifies ``x-iii-Signature`` the way an iii
+    receiver does (HMAC-SHA256 over ``"<x-iii-Timestamp>:<base64(raw body)>"``)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def handle_any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                receiver.requests.append(
+                    {"method": self.command, "path": self.path, "headers": headers, "body": body}
+                )
+                status, answer = receiver.answer(self.path, headers, body)
+                raw = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        if path == "/fail":
+            return 502, {"error": {"code": "upstream_down", "message": "card network down"}}
+        if path == "/hmac":
+            timestamp = headers.get("x-iii-timestamp", "")
+            signed = f"{timestamp}:{base64.b64encode(body).decode()}".encode()
+            expected = "sha256=" + hmac.new(HOOK_SECRET.encode(), signed, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, headers.get("x-iii-signature", "")):
+                return 401, {"error": {"code": "bad_signature", "message": "signature mismatch"}}
+            return 200, {"verified": True}
+        parsed = json.loads(body) if body else None
+        return 200, {"got": parsed, "authorization": headers.get("authorization")}
+
+    def url(self, path: str) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+def external_config(tmp_path: Path, **settings: Any) -> list[str]:
+    config = tmp_path / "engine.toml"
+    config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    return ["--config", str(config), "--log-level", "info"]
+
+
+def listed(client: Any) -> dict[str, dict[str, Any]]:
+    return {row["function_id"]: row for row in call(client, "engine::functions::list", {})["functions"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Declared by an app on its embedded engine
+# ------------------------------------------------------------------------------------------------
+
+
+async def test_an_apps_external_functions_are_called_over_http(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BILLING_TOKEN", "tok-123")
+    monkeypatch.setenv("HOOK_SECRET", HOOK_SECRET)
+    app = fnmesh.App("billing", port=0, **LOOPBACK_OK)
+    app.external(
+        "billing.charge",
+        url=receiver.url("/echo"),
+        auth=Bearer(env="BILLING_TOKEN"),
+        description="charges a card",
+    )
+    app.external("billing.down", url=receiver.url("/fail"))
+    app.external("billing.hook", url=receiver.url("/hmac"), method="PUT", auth=Hmac(env="HOOK_SECRET"))
+    assert app.functions == ["billing.charge", "billing.down", "billing.hook"]
+    async with app:
+        result = await app.call("billing.charge", {"amount": 3})
+        assert result == {"got": {"amount": 3}, "authorization": "Bearer tok-123"}
+        request = receiver.requests[-1]
+        assert request["method"] == "POST"
+        assert request["path"] == "/echo"
+        assert request["headers"]["x-iii-function-path"] == "billing.charge"
+        uuid.UUID(request["headers"]["x-iii-invocation-id"])
+        assert abs(int(request["headers"]["x-iii-timestamp"]) - time.time()) < 60
+        assert request["headers"]["content-type"] == "application/json"
+
+        with pytest.raises(InvocationError) as failed:
+            await app.call("billing.down", {})
+        assert failed.value.code == "upstream_down"
+        assert "card network down" in failed.value.message
+
+        assert await app.call("billing.hook", {"event": "paid"}) == {"verified": True}
+        assert receiver.requests[-1]["method"] == "PUT"
+
+        rows = {
+            row["function_id"]: row for row in (await app.call("engine::functions::list", {}))["functions"]
+        }
+        assert rows["billing.charge"]["kind"] == "http"
+        assert rows["billing.charge"]["description"] == "charges a card"
+        assert rows["billing.hook"]["kind"] == "http"
+    # The secret is never part of what discovery or the app exposes.
+    assert "tok-123" not in json.dumps(rows)
+
+
+async def test_an_apps_external_function_with_a_refused_url_fails_the_start(receiver: Receiver) -> None:
+    app = fnmesh.App("billing", port=0)  # the default guard: https only, no private addresses
+    app.external("billing.charge", url=receiver.url("/echo"))
+    with pytest.raises(UrlValidationFailed) as refused:
+        await app.start()
+    assert refused.value.code == "url_validation_failed"
+    assert not app.running
+    assert receiver.requests == []
+
+    app = fnmesh.App("billing", port=0, external_require_https=False)
+    app.external("billing.charge", url=receiver.url("/echo"))
+    with pytest.raises(UrlValidationFailed, match=r"(?i)private"):
+        await app.start()
+    assert not app.running
+    assert receiver.requests == []
+
+
+async def test_an_apps_external_function_needs_its_secret(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FNMESH_TEST_ABSENT_TOKEN", raising=False)
+    app = fnmesh.App("billing", port=0, **LOOPBACK_OK)
+    app.external("billing.charge", url=receiver.url("/echo"), auth=Bearer(env="FNMESH_TEST_ABSENT_TOKEN"))
+    with pytest.raises(MissingSecret, match="FNMESH_TEST_ABSENT_TOKEN"):
+        await app.start()
+    assert not app.running
+
+
+def test_external_declarations_are_checked_when_made() -> None:
+    app = fnmesh.App("billing")
+
+    @app.function("billing.local")
+    async def local() -> None: ...
+
+    with pytest.raises(fnmesh.InvalidArgument, match="already declared"):
+        app.external("billing.local", url="https://billing.example/x")
+    with pytest.raises(fnmesh.InvalidArgument, match="method"):
+        app.external("billing.x", url="https://billing.example/x", method="BREW")
+    with pytest.raises(fnmesh.InvalidArgument, match="retries"):
+        app.external("billing.y", url="https://billing.example/x", retries=True)  # type: ignore[arg-type]
+    app.external("billing.z", url="https://billing.example/x", retries=2)
+    with pytest.raises(fnmesh.InvalidArgument, match="already declared"):
+        app.external("billing.z", url="https://billing.example/y")
+
+
+# ------------------------------------------------------------------------------------------------
+# Registered by iii-sdk workers on `fnmesh serve`
+# ------------------------------------------------------------------------------------------------
+
+
+def register_http(client: Any, function_id: str, url: str, **options: Any) -> Any:
+    from iii_helpers.http import HttpInvocationConfig
+
+    return client.register_function(function_id, HttpInvocationConfig(url=url, **options))
+
+
+def test_a_workers_external_function_is_called_by_the_engine(tmp_path: Path, receiver: Receiver) -> None:
+    from iii_helpers.http import HttpAuthApiKey
+
+    args = external_config(tmp_path, external_functions=True, **LOOPBACK_OK)
+    with serve(args, env={"PAY_KEY": "k-42"}) as engine, sdk_client(engine.url, "shop") as caller:
+        with sdk_client(engine.url, "payments") as owner:
+            register_http(
+                owner,
+                "payments::charge",
+                receiver.url("/echo"),
+                method="POST",
+                timeout_ms=3000,
+                headers={"X-Tenant": "acme"},
+                auth=HttpAuthApiKey(header="Authorization", value_key="PAY_KEY"),
+            )
+            rows = wait_until(
+                lambda: (r := listed(caller)).get("payments::charge") and r, what="payments::charge listed"
+            )
+            assert rows["payments::charge"]["kind"] == "http"
+
+            result = call(caller, "payments::charge", {"amount": 5})
+            assert result["got"]["amount"] == 5
+            # The engine calls the URL (the registering worker is never asked), with the
+            # caller's id in the body.
+            assert result["got"]["_caller_worker_id"]
+            assert result["authorization"] == "k-42"
+            headers = receiver.requests[-1]["headers"]
+            assert headers["x-tenant"] == "acme"
+            assert headers["x-iii-function-path"] == "payments::charge"
+
+        # The owner left: its external function went with it.
+        wait_until(lambda: "payments::charge" not in listed(caller), what="payments::charge gone")
+        before = len(receiver.requests)
+        with pytest.raises(Exception, match="function_not_found"):
+            call(caller, "payments::charge", {"amount": 6})
+        assert len(receiver.requests) == before
+
+
+def test_a_workers_external_function_behind_the_guard_is_refused(tmp_path: Path, receiver: Receiver) -> None:
+    args = external_config(tmp_path, external_functions=True)  # default guard
+    with serve(args) as engine, sdk_client(engine.url, "payments") as owner:
+        register_http(owner, "payments::loopback", receiver.url("/echo"))
+        line = engine.wait_for_log("external HTTP function refused")
+        assert "url_validation_failed" in line
+        assert "payments::loopback" in line
+        assert "payments::loopback" not in listed(owner)
+        assert receiver.requests == []
+
+
+def test_external_functions_are_off_unless_enabled(receiver: Receiver) -> None:
+    with serve(["--log-level", "info"]) as engine, sdk_client(engine.url, "payments") as owner:
+        register_http(owner, "payments::charge", receiver.url("/echo"))
+        engine.wait_for_log("external HTTP function dropped")
+        assert "payments::charge" not in listed(owner)
+        assert receiver.requests == []
+
+
+def test_a_connected_apps_external_function_is_called_by_its_engine(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    import asyncio
+
+    args = external_config(tmp_path, external_functions=True, **LOOPBACK_OK)
+    app = fnmesh.App("hooks")
+    app.external("hooks.notify", url=receiver.url("/echo"), method="PATCH")
+
+    async def scenario(engine: Served) -> None:
+        await app.connect(engine.url, timeout=10)
+        try:
+            # Registration is checked asynchronously by the engine: wait until it serves it.
+            for _ in range(200):
+                rows = (await app.call("engine::functions::list", {}))["functions"]
+                if any(row["function_id"] == "hooks.notify" for row in rows):
+                    break
+                await asyncio.sleep(0.05)
+            result = await app.call("hooks.notify", {"n": 1})
+            assert result["got"]["n"] == 1
+            assert receiver.requests[-1]["method"] == "PATCH"
+        finally:
+            await app.stop()
+
+    with serve(args) as engine:
+        asyncio.run(scenario(engine))
