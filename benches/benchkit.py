@@ -31,6 +31,7 @@ from typing import IO, Any, NoReturn
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
 LOADGEN = ROOT / "target" / "release" / "fnmesh-loadgen"
+MICROBENCH = ROOT / "target" / "release" / "fnmesh-microbench"
 STOP_GRACE_S = 5.0
 ENGINE_START_TIMEOUT_S = 20.0
 WORKER_READY_TIMEOUT_S = 120.0
@@ -354,14 +355,41 @@ def quick_flag(doc: str | None, argv: list[str] | None, help_text: str) -> bool:
     return bool(parser.parse_args(argv).quick)
 
 
+def binary_missing(path: Path) -> bool:
+    """True (after saying how to build it) when the release binary ``path`` of the
+    ``fnmesh-benches`` crate is not built."""
+    if os.access(path, os.X_OK):
+        return False
+    print(f"{path} is missing: cargo build --release -p fnmesh-benches --bin {path.name}", file=sys.stderr)
+    return True
+
+
 def loadgen_missing() -> bool:
     """True (after saying how to build it) when the release load generator is not built."""
-    if os.access(LOADGEN, os.X_OK):
-        return False
-    print(
-        f"{LOADGEN} is missing: cargo build --release -p fnmesh-benches --bin fnmesh-loadgen", file=sys.stderr
+    return binary_missing(LOADGEN)
+
+
+def run_json(procs: Processes, argv: Sequence[str], timeout_s: float) -> dict[str, Any]:
+    """Runs ``argv`` to the end and returns the JSON object on the last line of its stdout;
+    fails on a non-zero exit, no output or a timeout."""
+    proc = procs.start(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    return True
+    name = Path(argv[0]).name
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{name} still running after {timeout_s:g} s") from None
+    finally:
+        if proc.poll() is None:
+            procs.stop(proc)
+        elif proc in procs.running:
+            procs.running.remove(proc)
+    lines = [line for line in out.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"{name} exited {proc.returncode}: {err.strip()}")
+    report: dict[str, Any] = json.loads(lines[-1])
+    return report
 
 
 def exit_with(main: Callable[[], int], name: str) -> NoReturn:

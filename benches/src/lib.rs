@@ -2,6 +2,7 @@
 //! wire-protocol load generator behind the `fnmesh-loadgen` binary.
 
 pub mod loadgen;
+pub mod micro;
 
 /// A JSON object of roughly `size` bytes, shaped like a typical function payload.
 pub fn json_payload(size: usize) -> String {
