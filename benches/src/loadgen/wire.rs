@@ -71,7 +71,12 @@ pub async fn connect(url: &str) -> Result<Ws, String> {
     stream
         .set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY on {url}: {e}"))?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+    // NOTE: tungstenite's default 128 KiB read buffer per connection made a 1,000-connection
+    // loadgen worker spend most of its sampled CPU in memset (benches/scale.py, E6); 8 KiB as
+    // the engine uses.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| format!("WebSocket handshake with {url} failed: {e}"))?;
     Ok(ws)

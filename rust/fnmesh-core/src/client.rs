@@ -1076,9 +1076,12 @@ async fn connect_once(inner: &Inner) -> Result<Socket, String> {
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        let (socket, _response) = tokio_tungstenite::client_async(request, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(crate::server::READ_BUFFER_BYTES);
+        let (socket, _response) =
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+                .await
+                .map_err(|e| e.to_string())?;
         Ok::<_, String>(socket)
     };
     match tokio::time::timeout(inner.settings.connect_timeout, attempt).await {
