@@ -398,7 +398,10 @@ async fn reconnects_with_backoff_and_replays_functions() {
     // answered first.
     let mut errors = server.trigger_errors();
     while errors.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "refusal never arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refusal never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         errors = server.trigger_errors();
     }
