@@ -48,6 +48,7 @@ use crate::protocol::{
     RegisterTrigger, RegistrationRejected, TriggerAction, TriggerRegistrationResult,
     UnregisterTrigger, WorkerRegistered,
 };
+use crate::queue::service::{DurableSubscriber, QueueService, QueueSettings, DURABLE_SUBSCRIBER};
 use crate::registry::{
     check_namespace, ConflictPolicy, FunctionDef, FunctionKind, FunctionsRegistry, Lease,
     DEFAULT_NAMESPACE,
@@ -89,6 +90,10 @@ pub struct EngineConfig {
     /// one of them only (see [`RedisLock`] for the URL forms); `None`: this engine alone
     /// ([`LocalLock`]). An invalid URL fails [`EngineBuilder::start`].
     pub cron_redis_url: Option<String>,
+    /// Durable queues (`action: enqueue`, `engine::queue::*`, `durable:subscriber`); `None`
+    /// turns them off (an enqueue then fails with `enqueue_error`). Default: a SQLite file at
+    /// `.fnmesh/queues.sqlite3`, created at the first enqueue.
+    pub queues: Option<QueueSettings>,
 }
 
 impl Default for EngineConfig {
@@ -102,6 +107,7 @@ impl Default for EngineConfig {
             functions_available_interval: Duration::from_secs(5),
             trigger_ack_timeout: Duration::from_secs(10),
             cron_redis_url: None,
+            queues: Some(QueueSettings::default()),
         }
     }
 }
@@ -180,6 +186,8 @@ pub(crate) struct Shared {
     /// The host serving external HTTP functions, if any.
     external: RwLock<Option<Arc<dyn ExternalFunctions>>>,
     external_attempts: AtomicU64,
+    /// The queues, when enabled (set once at start).
+    queues: std::sync::OnceLock<Arc<QueueService>>,
 }
 
 fn uuid() -> String {
@@ -210,6 +218,7 @@ impl Shared {
             stopped: AtomicBool::new(false),
             external: RwLock::new(None),
             external_attempts: AtomicU64::new(0),
+            queues: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -546,17 +555,50 @@ impl Shared {
         };
         // A void call's target gets a fresh id (4.3): the caller may reuse its own at once.
         let invocation_id = if void { None } else { invocation_id };
-        if let Some(TriggerAction::Enqueue { .. }) = action {
-            self.fail(
-                caller,
-                invocation_id.as_deref(),
-                &function_id,
-                "enqueue_error",
-                "queues are not available in this engine yet".to_owned(),
-            );
+        let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        if let Some(TriggerAction::Enqueue { queue }) = action {
+            // As iii does (4.4): a call of `engine::queue::enqueue` with the call inside.
+            let request = self.queues.get().map(|_| {
+                serde_json::value::to_raw_value(&serde_json::json!({
+                    "queue": queue,
+                    "function_id": function_id,
+                    "data": data.as_deref(),
+                    "messageReceiptId": uuid(),
+                    "traceparent": traceparent,
+                    "baggage": baggage,
+                    "namespace": namespace,
+                }))
+            });
+            match request {
+                Some(Ok(request)) => self.dispatch(
+                    DEFAULT_NAMESPACE,
+                    "engine::queue::enqueue",
+                    request,
+                    None,
+                    None,
+                    None,
+                    invocation_id,
+                    caller,
+                    Some(ws.conn.id().clone()),
+                    None,
+                ),
+                Some(Err(e)) => self.fail(
+                    caller,
+                    invocation_id.as_deref(),
+                    &function_id,
+                    "enqueue_error",
+                    e.to_string(),
+                ),
+                None => self.fail(
+                    caller,
+                    invocation_id.as_deref(),
+                    &function_id,
+                    "enqueue_error",
+                    "queues are turned off in this engine (setting queue_backend)".to_owned(),
+                ),
+            }
             return;
         }
-        let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         if let Err(e) = check_namespace(&namespace) {
             self.fail(
                 caller,
@@ -1455,6 +1497,48 @@ impl EngineBuilder {
                 )
             })?),
         };
+        if let Some(settings) = &self.config.queues {
+            settings
+                .validate()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let service = QueueService::new(
+                settings.clone(),
+                EngineRef {
+                    shared: shared.clone(),
+                }
+                .downgrade(),
+            );
+            for (id, description, handler) in crate::queue::service::functions() {
+                let s = service.clone();
+                let native = move |call: Call| {
+                    tokio::spawn(handler(s.clone(), call));
+                };
+                shared
+                    .register_native(
+                        DEFAULT_NAMESPACE,
+                        id,
+                        ENGINE_OWNER,
+                        FunctionDef {
+                            kind: FunctionKind::Local,
+                            description: Some(description.to_owned()),
+                            ..FunctionDef::default()
+                        },
+                        Arc::new(native),
+                    )
+                    .expect("queue function ids are valid and registered once");
+            }
+            shared
+                .add_native_trigger_type(
+                    DEFAULT_NAMESPACE,
+                    DURABLE_SUBSCRIBER,
+                    "Durable topic subscription: every subscriber gets its own queued copy (PROTOCOL.md 6.5)",
+                    Arc::new(DurableSubscriber(service.clone())),
+                    ENGINE_OWNER,
+                )
+                .expect("the durable:subscriber trigger type is valid");
+            service.start();
+            let _ = shared.queues.set(service);
+        }
         let cron = CronTrigger::new(
             EngineRef {
                 shared: shared.clone(),
@@ -1589,6 +1673,9 @@ impl Engine {
     /// `invocation_stopped`) and waits for the cleanup.
     pub async fn shutdown(self) {
         self.shared.stopped.store(true, Ordering::Release);
+        if let Some(queues) = self.shared.queues.get() {
+            queues.shutdown();
+        }
         self.cron.shutdown();
         self.http.shutdown().await;
         self.server.shutdown().await;

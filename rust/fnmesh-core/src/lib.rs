@@ -29,6 +29,7 @@ pub mod function;
 pub mod http;
 pub mod invocation;
 pub mod protocol;
+pub mod queue;
 pub mod registry;
 pub mod server;
 pub mod triggers;

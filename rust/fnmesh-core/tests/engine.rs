@@ -1395,3 +1395,134 @@ async fn external_functions_are_served_by_the_host_and_leave_with_their_worker()
     assert_eq!(error_code(&out), "function_not_found");
     finish(engine, [b]).await;
 }
+
+#[tokio::test]
+async fn enqueued_calls_are_delivered_by_the_engine_and_retried() {
+    use fnmesh_core::engine::EngineConfig;
+    use fnmesh_core::queue::service::{QueueBackend, QueueSettings};
+    use fnmesh_core::queue::QueueConfig;
+
+    let mut fast = QueueConfig::new("fast");
+    fast.backoff = Duration::from_millis(20);
+    fast.max_retries = 1;
+    let config = EngineConfig {
+        queues: Some(QueueSettings {
+            backend: QueueBackend::Memory,
+            queues: vec![fast],
+            poll_interval: Duration::from_millis(20),
+        }),
+        ..EngineConfig::default()
+    };
+    let engine = start(Engine::builder().config(config)).await;
+    let mut producer = Worker::connect(&engine).await;
+    let mut consumer = Worker::connect(&engine).await;
+    consumer.register(&["jobs::run"]).await;
+
+    // `action: enqueue`: the caller gets a receipt, the function runs later.
+    let id = new_id();
+    producer
+        .send(
+            json!({"type": "invokefunction", "invocation_id": id, "function_id": "jobs::run",
+                     "data": {"n": 1}, "action": {"type": "enqueue", "queue": "fast"},
+                     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
+        )
+        .await;
+    let receipt = producer.result_for(&id).await;
+    let receipt_id = receipt["result"]["messageReceiptId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(receipt_id.len(), 36, "{receipt}");
+
+    // First attempt fails: retried after the backoff, then succeeds.
+    let (first, _) = consumer.next_invoke().await;
+    assert_eq!(first["function_id"], "jobs::run");
+    assert_eq!(first["data"]["n"], 1);
+    assert_eq!(
+        first["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    consumer
+        .send(
+            json!({"type": "invocationresult", "invocation_id": first["invocation_id"],
+                     "function_id": "jobs::run", "error": {"code": "busy", "message": "later"}}),
+        )
+        .await;
+    let (second, _) = consumer.next_invoke().await;
+    assert_eq!(second["data"]["n"], 1);
+    consumer.reply(&second, json!({"ok": true})).await;
+
+    // Out of attempts (max_retries = 1): dead-lettered with its error.
+    let id = new_id();
+    producer
+        .send(
+            json!({"type": "invokefunction", "invocation_id": id, "function_id": "jobs::run",
+                     "data": {"n": 2}, "action": {"type": "enqueue", "queue": "fast"}}),
+        )
+        .await;
+    producer.result_for(&id).await;
+    for _ in 0..2 {
+        let (attempt, _) = consumer.next_invoke().await;
+        consumer
+            .send(
+                json!({"type": "invocationresult", "invocation_id": attempt["invocation_id"],
+                         "function_id": "jobs::run", "error": {"code": "broken", "message": "no"}}),
+            )
+            .await;
+    }
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let dead = producer
+            .call_ok("engine::queue::dlq_messages", json!({"queue": "fast"}))
+            .await;
+        if !dead["messages"].as_array().unwrap().is_empty() {
+            break dead;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead["messages"][0]["attempts"], 2);
+    assert_eq!(dead["messages"][0]["error"]["code"], "broken");
+    assert_eq!(dead["messages"][0]["data"], json!({"n": 2}));
+
+    // An unknown queue is an enqueue_error naming it.
+    let id = new_id();
+    producer
+        .send(
+            json!({"type": "invokefunction", "invocation_id": id, "function_id": "jobs::run",
+                     "data": {}, "action": {"type": "enqueue", "queue": "nope"}}),
+        )
+        .await;
+    let refused = producer.result_for(&id).await;
+    assert_eq!(error_code(&refused), "enqueue_error");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Queue 'nope' not found"));
+    finish(engine, [producer, consumer]).await;
+}
+
+#[tokio::test]
+async fn enqueue_without_queues_is_an_enqueue_error() {
+    use fnmesh_core::engine::EngineConfig;
+
+    let config = EngineConfig {
+        queues: None,
+        ..EngineConfig::default()
+    };
+    let engine = start(Engine::builder().config(config)).await;
+    let mut producer = Worker::connect(&engine).await;
+    let id = new_id();
+    producer
+        .send(
+            json!({"type": "invokefunction", "invocation_id": id, "function_id": "jobs::run",
+                     "data": {}, "action": {"type": "enqueue", "queue": "default"}}),
+        )
+        .await;
+    let refused = producer.result_for(&id).await;
+    assert_eq!(error_code(&refused), "enqueue_error");
+    assert_eq!(refused["function_id"], "jobs::run");
+    let listed = producer.call_ok("engine::functions::list", json!({})).await;
+    assert!(!listed.to_string().contains("engine::queue::"), "{listed}");
+    finish(engine, [producer]).await;
+}

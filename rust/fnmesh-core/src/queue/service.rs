@@ -1,0 +1,1153 @@
+//! The engine's queues: named queues over one [`QueueStore`], the consumers that call their
+//! functions, the `engine::queue::*` / `iii::queue::*` functions, and topics (the
+//! `durable:subscriber` trigger type with `iii::durable::publish`).
+//!
+//! - `action: enqueue` on any call (PROTOCOL.md 4.4) becomes a call of `engine::queue::enqueue`
+//!   (as in iii), which stores the message and answers `{"messageReceiptId"}`.
+//! - One consumer per queue claims up to its `concurrency` messages at a time, calls each one's
+//!   function in the namespace captured at enqueue (with the enqueuer's trace context), acks on
+//!   success, and on failure retries after `backoff * 2^(attempt-1)` or, after `max_retries`
+//!   retries, moves the message to the queue's dead letters. A consumer sleeps until an enqueue
+//!   in this engine wakes it, or for `poll_interval` (retries coming due, other engines'
+//!   enqueues on a shared store).
+//! - The store opens lazily: at the first enqueue, or at start when it already holds messages
+//!   (a SQLite file from an earlier run: its messages in flight then are released at once).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::{Notify, OnceCell, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::memory::MemoryStore;
+use super::sqlite::SqliteStore;
+use super::{
+    Delivery, Nack, NewMessage, QueueConfig, QueueKind, QueueStore, StoreError, StoreResult,
+};
+use crate::engine::WeakEngineRef;
+use crate::function::{Call, CallOptions, Outcome};
+use crate::protocol::{ErrorBody, RawJson};
+use crate::registry::DEFAULT_NAMESPACE;
+use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvider};
+
+/// The trigger type of topic subscriptions.
+pub const DURABLE_SUBSCRIBER: &str = "durable:subscriber";
+/// Code of every enqueue refusal (PROTOCOL.md 4.4).
+pub const ENQUEUE_ERROR: &str = "enqueue_error";
+
+/// Where the messages live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// In this process only: lost when it exits.
+    Memory,
+    /// A SQLite file (WAL), created at the first enqueue.
+    Sqlite(PathBuf),
+    /// Redis Streams at this URL, shared with other engines.
+    Redis(String),
+}
+
+/// The queue settings of an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// The store.
+    pub backend: QueueBackend,
+    /// Named queues; a `default` queue with the default settings is added when absent.
+    pub queues: Vec<QueueConfig>,
+    /// How often an idle consumer looks for due retries and other engines' messages.
+    pub poll_interval: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            backend: QueueBackend::Sqlite(PathBuf::from(".fnmesh/queues.sqlite3")),
+            queues: Vec::new(),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Checks names and values; the error names the queue and the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for q in &self.queues {
+            if q.name.trim().is_empty() {
+                return Err("a queue needs a non-empty name".into());
+            }
+            if !seen.insert(q.name.as_str()) {
+                return Err(format!("queue '{}' is configured twice", q.name));
+            }
+            if q.concurrency == 0 {
+                return Err(format!(
+                    "queue '{}': concurrency must be at least 1",
+                    q.name
+                ));
+            }
+            if q.visibility_timeout.is_zero() {
+                return Err(format!(
+                    "queue '{}': visibility_timeout must be positive",
+                    q.name
+                ));
+            }
+            if let QueueKind::Fifo {
+                message_group_field,
+            } = &q.kind
+            {
+                if message_group_field.trim().is_empty() {
+                    return Err(format!(
+                        "queue '{}': a fifo queue needs message_group_field",
+                        q.name
+                    ));
+                }
+            }
+        }
+        if self.poll_interval.is_zero() {
+            return Err("queue poll_interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The settings of named queues from JSON: `{"<name>": {"max_retries": 3, "backoff_ms": 1000,
+/// "concurrency": 10, "visibility_timeout_ms": 30000, "type": "standard" | "fifo",
+/// "message_group_field": "...", "idempotency_window_ms": 86400000}}`, every field optional.
+/// Unknown fields and wrong types are errors that name the queue and the field.
+pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        max_retries: Option<u32>,
+        backoff_ms: Option<u64>,
+        concurrency: Option<usize>,
+        visibility_timeout_ms: Option<u64>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        message_group_field: Option<String>,
+        idempotency_window_ms: Option<u64>,
+    }
+    let entries: BTreeMap<String, Value> =
+        serde_json::from_str(text).map_err(|e| format!("queues must be a table of queues: {e}"))?;
+    let mut configs = Vec::new();
+    for (name, value) in entries {
+        let entry: Entry =
+            serde_json::from_value(value).map_err(|e| format!("queue '{name}': {e}"))?;
+        let mut config = QueueConfig::new(name.clone());
+        if let Some(v) = entry.max_retries {
+            config.max_retries = v;
+        }
+        if let Some(v) = entry.backoff_ms {
+            config.backoff = Duration::from_millis(v);
+        }
+        if let Some(v) = entry.concurrency {
+            config.concurrency = v;
+        }
+        if let Some(v) = entry.visibility_timeout_ms {
+            config.visibility_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = entry.idempotency_window_ms {
+            config.idempotency_window = Duration::from_millis(v);
+        }
+        config.kind = match (
+            entry.kind.as_deref().unwrap_or("standard"),
+            entry.message_group_field,
+        ) {
+            ("standard", None) => QueueKind::Standard,
+            ("standard", Some(_)) => {
+                return Err(format!(
+                    "queue '{name}': message_group_field needs type = \"fifo\""
+                ))
+            }
+            ("fifo", Some(field)) => QueueKind::Fifo {
+                message_group_field: field,
+            },
+            ("fifo", None) => {
+                return Err(format!(
+                    "queue '{name}': a fifo queue needs message_group_field"
+                ))
+            }
+            (other, _) => {
+                return Err(format!(
+                    "queue '{name}': type must be \"standard\" or \"fifo\", not {other:?}"
+                ))
+            }
+        };
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
+/// One subscription of a function to a topic.
+#[derive(Debug, Clone)]
+struct Subscription {
+    binding_id: String,
+    topic: String,
+    queue: String,
+    function_id: String,
+    namespace: String,
+}
+
+struct Consumer {
+    stop: Arc<Notify>,
+    wake: Arc<Notify>,
+}
+
+/// The queues of one engine.
+pub(crate) struct QueueService {
+    settings: QueueSettings,
+    engine: WeakEngineRef,
+    store: OnceCell<Arc<dyn QueueStore>>,
+    /// Named queues and the queues of topic subscriptions.
+    configs: Mutex<HashMap<String, QueueConfig>>,
+    consumers: Mutex<HashMap<String, Consumer>>,
+    subscriptions: Mutex<BTreeMap<String, Subscription>>,
+    /// Condition functions of subscriber queues: queue -> (namespace, function id).
+    conditions: Mutex<HashMap<String, (String, String)>>,
+    stopped: std::sync::atomic::AtomicBool,
+    consumer_name: String,
+}
+
+fn failure(code: &str, message: impl Into<String>) -> Outcome {
+    Outcome::failure(code, message)
+}
+
+fn store_failure(e: StoreError) -> Outcome {
+    failure(ENQUEUE_ERROR, e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Deserialize)]
+struct EnqueueRequest {
+    #[serde(default)]
+    queue: Option<String>,
+    function_id: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default, rename = "messageReceiptId")]
+    message_receipt_id: Option<String>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default)]
+    baggage: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct QueueRef {
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default, rename = "messageId")]
+    message_id_camel: Option<String>,
+    #[serde(default)]
+    offset: Option<usize>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+impl QueueRef {
+    fn name(&self) -> Option<&str> {
+        self.queue.as_deref().or(self.topic.as_deref())
+    }
+    fn message(&self) -> Option<&str> {
+        self.message_id
+            .as_deref()
+            .or(self.message_id_camel.as_deref())
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishRequest {
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+/// `durable:subscriber`'s config.
+#[derive(Deserialize)]
+struct SubscriberConfig {
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    condition_function_id: Option<String>,
+    #[serde(default)]
+    queue_config: Option<SubscriberQueueConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SubscriberQueueConfig {
+    #[serde(default)]
+    max_retries: Option<u32>,
+    #[serde(default)]
+    concurrency: Option<usize>,
+    /// Milliseconds.
+    #[serde(default)]
+    visibility_timeout: Option<u64>,
+    #[serde(default)]
+    backoff_delay_ms: Option<u64>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(call: &Call, what: &str) -> Result<T, Outcome> {
+    serde_json::from_str(call.data.get()).map_err(|e| {
+        failure(
+            "deserialization_error",
+            format!("invalid input for {what}: {e}"),
+        )
+    })
+}
+
+fn raw(text: String) -> RawJson {
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+impl QueueService {
+    pub(crate) fn new(settings: QueueSettings, engine: WeakEngineRef) -> Arc<QueueService> {
+        let mut configs: HashMap<String, QueueConfig> = settings
+            .queues
+            .iter()
+            .map(|q| (q.name.clone(), q.clone()))
+            .collect();
+        configs
+            .entry("default".to_owned())
+            .or_insert_with(|| QueueConfig::new("default"));
+        Arc::new(QueueService {
+            settings,
+            engine,
+            store: OnceCell::new(),
+            configs: Mutex::new(configs),
+            consumers: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(BTreeMap::new()),
+            conditions: Mutex::new(HashMap::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            consumer_name: format!("fnmesh-{}", uuid::Uuid::new_v4()),
+        })
+    }
+
+    /// The backend's name, for discovery.
+    fn backend_name(&self) -> &'static str {
+        match self.settings.backend {
+            QueueBackend::Memory => "memory",
+            QueueBackend::Sqlite(_) => "sqlite",
+            QueueBackend::Redis(_) => "redis",
+        }
+    }
+
+    /// Opens the store now when it may already hold messages (memory and Redis always; SQLite
+    /// when its file exists), so that they are delivered without waiting for an enqueue.
+    pub(crate) fn start(self: &Arc<Self>) {
+        let eager = match &self.settings.backend {
+            QueueBackend::Sqlite(path) => path.exists(),
+            QueueBackend::Memory | QueueBackend::Redis(_) => true,
+        };
+        if eager {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.store().await {
+                    warn!("queue store not available yet: {e}");
+                }
+            });
+        }
+    }
+
+    /// Stops every consumer (messages stay in the store).
+    pub(crate) fn shutdown(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        for consumer in lock(&self.consumers).drain().map(|(_, c)| c) {
+            consumer.stop.notify_one();
+        }
+    }
+
+    async fn store(self: &Arc<Self>) -> StoreResult<Arc<dyn QueueStore>> {
+        let store = self
+            .store
+            .get_or_try_init(|| async {
+                let store: Arc<dyn QueueStore> = match &self.settings.backend {
+                    QueueBackend::Memory => Arc::new(MemoryStore::new()),
+                    QueueBackend::Sqlite(path) => {
+                        let store = SqliteStore::open(path)?;
+                        let released = store.release_all().await?;
+                        if released > 0 {
+                            info!(
+                                released,
+                                "queue messages in flight in an earlier run are claimable again"
+                            );
+                        }
+                        Arc::new(store)
+                    }
+                    QueueBackend::Redis(url) => Arc::new(
+                        super::redis_streams::RedisStore::connect(url, &self.consumer_name).await?,
+                    ),
+                };
+                info!(backend = store.backend(), "queue store open");
+                Ok::<_, StoreError>(store)
+            })
+            .await?
+            .clone();
+        self.ensure_consumers(&store);
+        Ok(store)
+    }
+
+    fn config(&self, queue: &str) -> Option<QueueConfig> {
+        lock(&self.configs).get(queue).cloned()
+    }
+
+    /// Starts a consumer for every known queue that has none.
+    fn ensure_consumers(self: &Arc<Self>, store: &Arc<dyn QueueStore>) {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let configs: Vec<QueueConfig> = lock(&self.configs).values().cloned().collect();
+        let mut consumers = lock(&self.consumers);
+        for config in configs {
+            if consumers.contains_key(&config.name) {
+                continue;
+            }
+            let consumer = Consumer {
+                stop: Arc::new(Notify::new()),
+                wake: Arc::new(Notify::new()),
+            };
+            tokio::spawn(consume(
+                self.clone(),
+                store.clone(),
+                config.clone(),
+                consumer.stop.clone(),
+                consumer.wake.clone(),
+            ));
+            consumers.insert(config.name, consumer);
+        }
+    }
+
+    fn wake(&self, queue: &str) {
+        if let Some(c) = lock(&self.consumers).get(queue) {
+            c.wake.notify_one();
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Enqueue
+    // -----------------------------------------------------------------------------------------
+
+    async fn enqueue(self: &Arc<Self>, request: EnqueueRequest) -> Outcome {
+        let queue = request.queue.unwrap_or_else(|| "default".to_owned());
+        let Some(config) = self.config(&queue) else {
+            return failure(ENQUEUE_ERROR, format!("Queue '{queue}' not found"));
+        };
+        if request.function_id.trim().is_empty() {
+            return failure(ENQUEUE_ERROR, "an enqueued call needs a function_id");
+        }
+        let data = request
+            .data
+            .map(|d| d.get().to_owned())
+            .unwrap_or_else(|| "null".to_owned());
+        let group = match &config.kind {
+            QueueKind::Standard => None,
+            QueueKind::Fifo {
+                message_group_field,
+            } => match group_of(&data, message_group_field) {
+                Some(group) => Some(group),
+                None => {
+                    return failure(
+                        ENQUEUE_ERROR,
+                        format!(
+                            "queue '{queue}' is fifo: data.{message_group_field} must be present and not null"
+                        ),
+                    )
+                }
+            },
+        };
+        let message = NewMessage {
+            id: request
+                .message_receipt_id
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            queue: queue.clone(),
+            function_id: request.function_id,
+            namespace: request
+                .namespace
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            data,
+            traceparent: request.traceparent,
+            baggage: request.baggage,
+            group,
+            idempotency_key: request.idempotency_key,
+            delay: Duration::from_millis(request.delay_ms.unwrap_or(0)),
+        };
+        let store = match self.store().await {
+            Ok(store) => store,
+            Err(e) => return store_failure(e),
+        };
+        match store.enqueue(message, &config).await {
+            Ok(done) => {
+                self.wake(&queue);
+                let duplicate = matches!(done, super::Enqueued::Duplicate(_));
+                let mut answer = json!({"messageReceiptId": done.receipt_id()});
+                if duplicate {
+                    answer["duplicate"] = json!(true);
+                }
+                Outcome::json(&answer)
+            }
+            Err(e) => store_failure(e),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Topics
+    // -----------------------------------------------------------------------------------------
+
+    async fn publish(self: &Arc<Self>, request: PublishRequest) -> Outcome {
+        let topic = request.topic.unwrap_or_default();
+        if topic.trim().is_empty() {
+            return failure("topic_not_set", "iii::durable::publish needs a topic");
+        }
+        let data = request
+            .data
+            .map(|d| d.get().to_owned())
+            .unwrap_or_else(|| "null".to_owned());
+        let targets: Vec<Subscription> = {
+            let subs = lock(&self.subscriptions);
+            let mut seen = std::collections::HashSet::new();
+            subs.values()
+                .filter(|s| s.topic == topic && seen.insert(s.queue.clone()))
+                .cloned()
+                .collect()
+        };
+        if targets.is_empty() {
+            return Outcome::json(&json!({"topic": topic, "messageReceiptIds": []}));
+        }
+        let store = match self.store().await {
+            Ok(store) => store,
+            Err(e) => return store_failure(e),
+        };
+        let mut ids = Vec::with_capacity(targets.len());
+        for sub in targets {
+            let Some(config) = self.config(&sub.queue) else {
+                continue;
+            };
+            let message = NewMessage {
+                id: uuid::Uuid::new_v4().to_string(),
+                queue: sub.queue.clone(),
+                function_id: sub.function_id.clone(),
+                namespace: sub.namespace.clone(),
+                data: data.clone(),
+                traceparent: None,
+                baggage: None,
+                group: None,
+                idempotency_key: None,
+                delay: Duration::ZERO,
+            };
+            match store.enqueue(message, &config).await {
+                Ok(done) => {
+                    ids.push(done.receipt_id().to_owned());
+                    self.wake(&sub.queue);
+                }
+                Err(e) => return store_failure(e),
+            }
+        }
+        Outcome::json(&json!({"topic": topic, "messageReceiptIds": ids}))
+    }
+
+    fn subscribe(self: &Arc<Self>, binding: &TriggerBinding) -> Result<(), String> {
+        let config: SubscriberConfig = serde_json::from_str(binding.config.get())
+            .map_err(|e| format!("durable:subscriber config: {e}"))?;
+        let topic = config.topic.unwrap_or_default();
+        if topic.trim().is_empty() {
+            return Err("durable:subscriber needs a topic".into());
+        }
+        let queue = format!("durable::{}::{}", binding.namespace, binding.function_id);
+        let mut queue_config = QueueConfig::new(queue.clone());
+        let qc = config.queue_config.unwrap_or_default();
+        if let Some(r) = qc.max_retries {
+            queue_config.max_retries = r;
+        }
+        if let Some(c) = qc.concurrency {
+            if c == 0 {
+                return Err("queue_config.concurrency must be at least 1".into());
+            }
+            queue_config.concurrency = c;
+        }
+        if let Some(ms) = qc.visibility_timeout {
+            if ms == 0 {
+                return Err("queue_config.visibilityTimeout must be positive".into());
+            }
+            queue_config.visibility_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = qc.backoff_delay_ms {
+            queue_config.backoff = Duration::from_millis(ms);
+        }
+        lock(&self.configs).insert(queue.clone(), queue_config);
+        match config.condition_function_id {
+            Some(f) if !f.is_empty() => {
+                lock(&self.conditions).insert(queue.clone(), (binding.namespace.clone(), f));
+            }
+            _ => {
+                lock(&self.conditions).remove(&queue);
+            }
+        }
+        lock(&self.subscriptions).insert(
+            binding.id.clone(),
+            Subscription {
+                binding_id: binding.id.clone(),
+                topic,
+                queue,
+                function_id: binding.function_id.clone(),
+                namespace: binding.namespace.clone(),
+            },
+        );
+        // Its messages from before (an earlier run, or a subscriber that left) flow again.
+        if let Some(store) = self.store.get() {
+            self.ensure_consumers(store);
+        } else {
+            self.start();
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&self, binding: &TriggerBinding) {
+        let removed = lock(&self.subscriptions).remove(&binding.id);
+        let Some(removed) = removed else { return };
+        let still_used = lock(&self.subscriptions)
+            .values()
+            .any(|s| s.queue == removed.queue);
+        if !still_used {
+            // Messages stay in the store until the function subscribes again.
+            if let Some(consumer) = lock(&self.consumers).remove(&removed.queue) {
+                consumer.stop.notify_one();
+            }
+            lock(&self.configs).remove(&removed.queue);
+            lock(&self.conditions).remove(&removed.queue);
+        }
+        debug!(binding = %removed.binding_id, topic = %removed.topic, "durable subscription removed");
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Inspection and dead letters
+    // -----------------------------------------------------------------------------------------
+
+    async fn list_topics(self: &Arc<Self>) -> Outcome {
+        let configs: Vec<QueueConfig> = {
+            let mut c: Vec<QueueConfig> = lock(&self.configs).values().cloned().collect();
+            c.sort_by(|a, b| a.name.cmp(&b.name));
+            c
+        };
+        let subscriptions: Vec<Subscription> =
+            lock(&self.subscriptions).values().cloned().collect();
+        let mut rows = Vec::new();
+        for c in &configs {
+            let subscribers: Vec<Value> = subscriptions
+                .iter()
+                .filter(|s| s.queue == c.name)
+                .map(|s| json!({"topic": s.topic, "function_id": s.function_id, "namespace": s.namespace}))
+                .collect();
+            let (kind, group_field) = match &c.kind {
+                QueueKind::Standard => ("standard", None),
+                QueueKind::Fifo {
+                    message_group_field,
+                } => ("fifo", Some(message_group_field.clone())),
+            };
+            rows.push(json!({
+                "name": c.name,
+                "type": kind,
+                "message_group_field": group_field,
+                "max_retries": c.max_retries,
+                "backoff_ms": c.backoff.as_millis() as u64,
+                "concurrency": c.concurrency,
+                "visibility_timeout_ms": c.visibility_timeout.as_millis() as u64,
+                "subscribers": subscribers,
+            }));
+        }
+        let mut topics: Vec<String> = subscriptions.iter().map(|s| s.topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        Outcome::json(&json!({"backend": self.backend_name(), "queues": rows, "topics": topics}))
+    }
+
+    async fn topic_stats(self: &Arc<Self>, r: QueueRef) -> Outcome {
+        let Some(name) = r.name().map(str::to_owned) else {
+            return failure("invalid_argument", "topic_stats needs a queue");
+        };
+        if self.config(&name).is_none() {
+            return failure("queue_not_found", format!("Queue '{name}' not found"));
+        }
+        let store = match self.store().await {
+            Ok(s) => s,
+            Err(e) => return failure("queue_store_error", e.to_string()),
+        };
+        match store.stats(&name).await {
+            Ok(stats) => Outcome::json(&json!({
+                "queue": name,
+                "ready": stats.ready,
+                "delayed": stats.delayed,
+                "in_flight": stats.in_flight,
+                "dead": stats.dead,
+            })),
+            Err(e) => failure("queue_store_error", e.to_string()),
+        }
+    }
+
+    async fn dlq_topics(self: &Arc<Self>) -> Outcome {
+        let store = match self.store().await {
+            Ok(s) => s,
+            Err(e) => return failure("queue_store_error", e.to_string()),
+        };
+        let names = match store.queues().await {
+            Ok(n) => n,
+            Err(e) => return failure("queue_store_error", e.to_string()),
+        };
+        let mut rows = Vec::new();
+        for name in names {
+            match store.stats(&name).await {
+                Ok(stats) if stats.dead > 0 => {
+                    rows.push(json!({"queue": name, "count": stats.dead}))
+                }
+                Ok(_) => {}
+                Err(e) => return failure("queue_store_error", e.to_string()),
+            }
+        }
+        Outcome::json(&json!({"queues": rows}))
+    }
+
+    async fn dlq_messages(self: &Arc<Self>, r: QueueRef) -> Outcome {
+        let Some(name) = r.name().map(str::to_owned) else {
+            return failure("invalid_argument", "dlq_messages needs a queue");
+        };
+        let store = match self.store().await {
+            Ok(s) => s,
+            Err(e) => return failure("queue_store_error", e.to_string()),
+        };
+        let limit = r.limit.unwrap_or(100).min(1000);
+        match store
+            .dead_letters(&name, r.offset.unwrap_or(0), limit)
+            .await
+        {
+            Ok(letters) => {
+                let rows: Vec<Value> = letters
+                    .into_iter()
+                    .map(|d| {
+                        let data: Value = serde_json::from_str(&d.data).unwrap_or(Value::Null);
+                        json!({
+                            "id": d.id,
+                            "queue": d.queue,
+                            "function_id": d.function_id,
+                            "namespace": d.namespace,
+                            "data": data,
+                            "group": d.group,
+                            "attempts": d.attempts,
+                            "error": {"code": d.error.code, "message": d.error.message},
+                            "enqueued_at_ms": d.enqueued_at_ms,
+                            "failed_at_ms": d.failed_at_ms,
+                        })
+                    })
+                    .collect();
+                Outcome::json(&json!({"queue": name, "messages": rows}))
+            }
+            Err(e) => failure("queue_store_error", e.to_string()),
+        }
+    }
+
+    async fn redrive(self: &Arc<Self>, r: QueueRef, one: bool) -> Outcome {
+        let Some(name) = r.name().map(str::to_owned) else {
+            return failure("invalid_argument", "redrive needs a queue");
+        };
+        let id = r.message().map(str::to_owned);
+        if one && id.is_none() {
+            return failure("invalid_argument", "redrive_message needs a message_id");
+        }
+        let store = match self.store().await {
+            Ok(s) => s,
+            Err(e) => return failure("queue_store_error", e.to_string()),
+        };
+        match store
+            .redrive(&name, if one { id.as_deref() } else { None })
+            .await
+        {
+            Ok(count) => {
+                self.wake(&name);
+                info!(queue = %name, count, "dead letters redriven");
+                if one && count == 0 {
+                    return failure(
+                        "message_not_found",
+                        format!(
+                            "no dead letter {} in queue '{name}'",
+                            id.unwrap_or_default()
+                        ),
+                    );
+                }
+                Outcome::json(&json!({"queue": name, "redriven": count}))
+            }
+            Err(e) => failure("queue_store_error", e.to_string()),
+        }
+    }
+
+    async fn discard(self: &Arc<Self>, r: QueueRef) -> Outcome {
+        let (Some(name), Some(id)) = (r.name().map(str::to_owned), r.message().map(str::to_owned))
+        else {
+            return failure(
+                "invalid_argument",
+                "discard_message needs a queue and a message_id",
+            );
+        };
+        let store = match self.store().await {
+            Ok(s) => s,
+            Err(e) => return failure("queue_store_error", e.to_string()),
+        };
+        match store.discard(&name, &id).await {
+            Ok(true) => Outcome::json(&json!({"queue": name, "discarded": id})),
+            Ok(false) => failure(
+                "message_not_found",
+                format!("no dead letter {id} in queue '{name}'"),
+            ),
+            Err(e) => failure("queue_store_error", e.to_string()),
+        }
+    }
+}
+
+/// The fifo group of a message: `data.<field>`, its string value or its JSON text.
+fn group_of(data: &str, field: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(data).ok()?;
+    match value.get(field)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers
+// ---------------------------------------------------------------------------------------------
+
+async fn consume(
+    service: Arc<QueueService>,
+    store: Arc<dyn QueueStore>,
+    config: QueueConfig,
+    stop: Arc<Notify>,
+    wake: Arc<Notify>,
+) {
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let poll = service.settings.poll_interval;
+    debug!(queue = %config.name, "queue consumer started");
+    loop {
+        if service.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            break;
+        }
+        let free = permits.available_permits();
+        if free == 0 {
+            // Every slot is busy: wait for one (the message waits in the store, not here).
+            tokio::select! {
+                permit = permits.clone().acquire_owned() => drop(permit),
+                _ = stop.notified() => break,
+            }
+            continue;
+        }
+        match store.claim(&config, free).await {
+            Ok(batch) if !batch.is_empty() => {
+                for delivery in batch {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let service = service.clone();
+                    let store = store.clone();
+                    let config = config.clone();
+                    let wake = wake.clone();
+                    tokio::spawn(async move {
+                        deliver(&service, &store, &config, delivery).await;
+                        drop(permit);
+                        // A slot is free: look again at once rather than after the poll.
+                        wake.notify_one();
+                    });
+                }
+            }
+            Ok(_) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = stop.notified() => break,
+                }
+            }
+            Err(e) => {
+                warn!(queue = %config.name, "claiming queue messages failed: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.notified() => break,
+                }
+            }
+        }
+    }
+    debug!(queue = %config.name, "queue consumer stopped");
+}
+
+/// Calls one message's function and settles the message.
+async fn deliver(
+    service: &Arc<QueueService>,
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: Delivery,
+) {
+    let Some(engine) = service.engine.upgrade() else {
+        return;
+    };
+    if delivery.attempt > config.max_retries.saturating_add(1) {
+        // Claimed more often than it may run: earlier claims ended with no answer at all (the
+        // engine holding them died each time, which a poison message can cause). It would
+        // otherwise come back forever.
+        let error = ErrorBody::new(
+            "attempts_exhausted",
+            format!(
+                "claimed {} times; earlier attempts never finished (their engine stopped)",
+                delivery.attempt
+            ),
+        );
+        settle_nack(store, config, &delivery, &error, Nack::Dead).await;
+        return;
+    }
+    let condition = lock(&service.conditions).get(&config.name).cloned();
+    if let Some((namespace, function_id)) = condition {
+        let verdict = engine
+            .call_with(
+                &function_id,
+                raw(delivery.data.clone()),
+                CallOptions {
+                    namespace: Some(namespace),
+                    timeout: Some(config.visibility_timeout),
+                    ..CallOptions::default()
+                },
+            )
+            .await;
+        let skip = match &verdict {
+            Outcome::Success(result) => condition_skips(result.as_deref()),
+            Outcome::Failure(_) => true,
+        };
+        if skip {
+            debug!(queue = %config.name, id = %delivery.id, "condition skipped the message");
+            settle_ack(store, config, &delivery).await;
+            return;
+        }
+    }
+    let outcome = engine
+        .call_with(
+            &delivery.function_id,
+            raw(delivery.data.clone()),
+            CallOptions {
+                namespace: Some(delivery.namespace.clone()),
+                traceparent: delivery.traceparent.clone(),
+                baggage: delivery.baggage.clone(),
+                timeout: Some(config.visibility_timeout),
+                ..CallOptions::default()
+            },
+        )
+        .await;
+    match outcome {
+        Outcome::Success(_) => settle_ack(store, config, &delivery).await,
+        Outcome::Failure(error) if error.code == "function_not_found" => {
+            // Nobody serves it right now (a worker restarting): wait without using up an
+            // attempt.
+            let delay = config
+                .backoff
+                .clamp(Duration::from_millis(100), Duration::from_secs(5));
+            settle_nack(store, config, &delivery, &error, Nack::Release(delay)).await;
+        }
+        Outcome::Failure(error) => {
+            let how = if delivery.attempt > config.max_retries {
+                Nack::Dead
+            } else {
+                Nack::Retry(config.retry_delay(delivery.attempt))
+            };
+            settle_nack(store, config, &delivery, &error, how).await;
+        }
+    }
+}
+
+async fn settle_ack(store: &Arc<dyn QueueStore>, config: &QueueConfig, delivery: &Delivery) {
+    match store.ack(delivery).await {
+        Ok(true) => {}
+        Ok(false) => {
+            debug!(queue = %config.name, id = %delivery.id, "ack after the lease expired: the message will run again")
+        }
+        Err(e) => {
+            warn!(queue = %config.name, id = %delivery.id, "ack failed (the message will run again): {e}")
+        }
+    }
+}
+
+async fn settle_nack(
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
+    error: &ErrorBody,
+    how: Nack,
+) {
+    match &how {
+        Nack::Dead => {
+            warn!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempts = delivery.attempt, code = %error.code, "message dead-lettered: {}", error.message)
+        }
+        Nack::Retry(delay) => {
+            info!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempt = delivery.attempt, code = %error.code, retry_in_ms = delay.as_millis() as u64, "queued call failed; will retry")
+        }
+        Nack::Release(delay) => {
+            debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, "nobody serves the function yet; the message waits")
+        }
+    }
+    match store.nack(delivery, error, how).await {
+        Ok(_) => {}
+        Err(e) => {
+            warn!(queue = %config.name, id = %delivery.id, "nack failed (the message will run again after its visibility timeout): {e}")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Functions and the trigger type
+// ---------------------------------------------------------------------------------------------
+
+/// The `durable:subscriber` trigger type.
+pub(crate) struct DurableSubscriber(pub(crate) Arc<QueueService>);
+
+impl TriggerProvider for DurableSubscriber {
+    fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck) {
+        match self.0.subscribe(&binding) {
+            Ok(()) => ack.accept(),
+            Err(reason) => ack.refuse(reason),
+        }
+    }
+
+    fn unregister(&self, binding: &TriggerBinding) {
+        self.0.unsubscribe(binding);
+    }
+}
+
+type Handler = fn(Arc<QueueService>, Call) -> futures_util::future::BoxFuture<'static, ()>;
+
+/// The queue functions, `(id, description, handler)`.
+pub(crate) fn functions() -> Vec<(&'static str, &'static str, Handler)> {
+    vec![
+        (
+            "engine::queue::enqueue",
+            "Put a call on a named queue; answers {messageReceiptId}",
+            |s, call| {
+                Box::pin(async move {
+                    let outcome = match parse::<EnqueueRequest>(&call, "engine::queue::enqueue") {
+                        Ok(r) => s.enqueue(r).await,
+                        Err(o) => o,
+                    };
+                    call.reply.send(outcome)
+                })
+            },
+        ),
+        (
+            "engine::queue::list_topics",
+            "List queues, their settings and topic subscribers",
+            |s, call| {
+                Box::pin(async move {
+                    let o = s.list_topics().await;
+                    call.reply.send(o)
+                })
+            },
+        ),
+        (
+            "engine::queue::topic_stats",
+            "Counts of one queue's messages (ready, delayed, in flight, dead)",
+            |s, call| {
+                Box::pin(async move {
+                    let o = match parse::<QueueRef>(&call, "engine::queue::topic_stats") {
+                        Ok(r) => s.topic_stats(r).await,
+                        Err(o) => o,
+                    };
+                    call.reply.send(o)
+                })
+            },
+        ),
+        (
+            "engine::queue::dlq_topics",
+            "Queues holding dead letters, with their counts",
+            |s, call| {
+                Box::pin(async move {
+                    let o = s.dlq_topics().await;
+                    call.reply.send(o)
+                })
+            },
+        ),
+        (
+            "engine::queue::dlq_messages",
+            "Dead letters of one queue (offset, limit)",
+            |s, call| {
+                Box::pin(async move {
+                    let o = match parse::<QueueRef>(&call, "engine::queue::dlq_messages") {
+                        Ok(r) => s.dlq_messages(r).await,
+                        Err(o) => o,
+                    };
+                    call.reply.send(o)
+                })
+            },
+        ),
+        (
+            "iii::queue::redrive",
+            "Move every dead letter of a queue back to it",
+            |s, call| {
+                Box::pin(async move {
+                    let o = match parse::<QueueRef>(&call, "iii::queue::redrive") {
+                        Ok(r) => s.redrive(r, false).await,
+                        Err(o) => o,
+                    };
+                    call.reply.send(o)
+                })
+            },
+        ),
+        (
+            "iii::queue::redrive_message",
+            "Move one dead letter back to its queue",
+            |s, call| {
+                Box::pin(async move {
+                    let o = match parse::<QueueRef>(&call, "iii::queue::redrive_message") {
+                        Ok(r) => s.redrive(r, true).await,
+                        Err(o) => o,
+                    };
+                    call.reply.send(o)
+                })
+            },
+        ),
+        (
+            "iii::queue::discard_message",
+            "Delete one dead letter",
+            |s, call| {
+                Box::pin(async move {
+                    let o = match parse::<QueueRef>(&call, "iii::queue::discard_message") {
+                        Ok(r) => s.discard(r).await,
+                        Err(o) => o,
+                    };
+                    call.reply.send(o)
+                })
+            },
+        ),
+        (
+            "iii::durable::publish",
+            "Publish {topic, data}: every durable:subscriber of the topic gets its own copy",
+            |s, call| {
+                Box::pin(async move {
+                    let o = match parse::<PublishRequest>(&call, "iii::durable::publish") {
+                        Ok(r) => s.publish(r).await,
+                        Err(o) => o,
+                    };
+                    call.reply.send(o)
+                })
+            },
+        ),
+    ]
+}
