@@ -312,3 +312,65 @@ def redis_server(port: int | None = None) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# fnmesh processes a test kills (the crash tests)
+# ----------------------------------------------------------------------------------------------
+
+
+class Spawned:
+    """An ``fnmesh`` subprocess the test may SIGKILL: its URL once ready, and its stderr lines."""
+
+    def __init__(self, args: Sequence[str], ready: str, env: dict[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fnmesh.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        )
+        self.log: list[str] = []
+        assert self.proc.stderr is not None
+        self._reader = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
+        self._reader.start()
+        served = Served("", self.log)
+        try:
+            line = served.wait_for_log(ready, timeout=20)
+        except AssertionError:
+            self.kill()
+            raise RuntimeError(f"fnmesh {' '.join(args)} did not start:\n" + "".join(self.log)) from None
+        match = re.search(ready, line)
+        assert match is not None
+        self.url = match.group(1) if match.groups() else ""
+
+    def _drain(self, stream: Any) -> None:
+        for line in stream:
+            self.log.append(line)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind, as a crash or the OOM killer."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def __enter__(self) -> Spawned:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def spawn_engine(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Spawned:
+    """``fnmesh serve --port 0 --http-port 0 ARGS``, to be killed by the test."""
+    return Spawned(["serve", "--port", "0", "--http-port", "0", *args], r"workers connect to (ws://\S+)", env)
+
+
+def spawn_app(args: Sequence[str], env: dict[str, str] | None = None) -> Spawned:
+    """``fnmesh run ARGS`` once its app serves or is connected, to be killed by the test."""
+    return Spawned(["run", *args], r"app \S+ (?:serving \d+ function\(s\) at|connected to) (ws://\S+)", env)

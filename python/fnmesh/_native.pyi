@@ -130,6 +130,11 @@ class EngineHandle:
         http_cors_origins: list[str] | None,
         http_listen_at_start: bool | None,
         cron_redis_url: str | None,
+        queue_backend: str = "sqlite",
+        queue_path: str = ".fnmesh/queues.sqlite3",
+        queue_redis_url: str | None = None,
+        queues: str = "{}",
+        queue_poll_interval_ms: int = 100,
     ) -> EngineHandle: ...
     @property
     def host(self) -> str: ...

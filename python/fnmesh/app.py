@@ -47,6 +47,7 @@ from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
     FnmeshError,
     FunctionError,
+    FunctionNotFound,
     InvalidArgument,
     InvocationError,
     InvocationStopped,
@@ -323,6 +324,41 @@ class App:
         if condition is not None:
             config["condition_function_id"] = condition
         return self._trigger_decorator("cron", config, metadata, id)
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        max_retries: int | None = None,
+        concurrency: int | None = None,
+        backoff_ms: int | None = None,
+        visibility_timeout_ms: int | None = None,
+        condition: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Callable[[F], F]:
+        """Subscribes the decorated function (declared with ``@app.function``) to ``topic``
+        durably (iii's ``durable:subscriber``): every :meth:`publish` to the topic puts a copy
+        on this function's own queue, which delivers it at least once, retrying failures with
+        exponential backoff (``max_retries`` retries, 3 by default) before dead-lettering it.
+        ``condition``: a function whose JSON ``false`` drops a message unprocessed."""
+        if not topic.strip():
+            raise InvalidArgument("a subscription needs a topic")
+        queue_config: dict[str, Any] = {}
+        for key, value in (
+            ("maxRetries", max_retries),
+            ("concurrency", concurrency),
+            ("backoffDelayMs", backoff_ms),
+            ("visibilityTimeout", visibility_timeout_ms),
+        ):
+            if value is not None:
+                queue_config[key] = value
+        config: dict[str, Any] = {"topic": topic}
+        if queue_config:
+            config["queue_config"] = queue_config
+        if condition is not None:
+            config["condition_function_id"] = condition
+        return self._trigger_decorator("durable:subscriber", config, metadata, id)
 
     def trigger(
         self,
@@ -727,6 +763,59 @@ class App:
         if ctx is not None and ctx._outcome is not None:
             return await _deferred_result(spec, ctx._outcome)
         return spec.check_python(result)
+
+    async def enqueue(
+        self,
+        function_id: str,
+        data: Any = None,
+        *,
+        queue: str = "default",
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        namespace: str | None = None,
+    ) -> str:
+        """Puts a call of ``function_id`` with ``data`` on the engine's queue ``queue`` and
+        returns its receipt id (``messageReceiptId``) once the message is stored. The engine
+        calls the function later, at least once, retrying failures per the queue's settings and
+        then dead-lettering the message (``engine::queue::dlq_messages``). A second enqueue with
+        the same ``idempotency_key`` within the queue's window stores nothing and returns the
+        first receipt id. ``delay`` (seconds) holds the message back. Raises
+        :class:`fnmesh.InvocationError` with code ``enqueue_error`` for an unknown queue, a fifo
+        message without its group field, or a store failure."""
+        request: dict[str, Any] = {
+            "queue": queue,
+            "function_id": function_id,
+            "data": data,
+            "namespace": namespace or self.namespace,
+        }
+        traceparent, baggage = telemetry.outgoing() if self._tracer is not None else (None, None)
+        if traceparent is not None:
+            request["traceparent"] = traceparent
+        if baggage is not None:
+            request["baggage"] = baggage
+        if idempotency_key is not None:
+            request["idempotency_key"] = idempotency_key
+        if delay is not None:
+            if delay < 0:
+                raise InvalidArgument(f"delay must not be negative, got {delay!r}")
+            request["delay_ms"] = round(delay * 1000)
+        try:
+            answer = await self.call("engine::queue::enqueue", request)
+        except FunctionNotFound:
+            raise invocation_error(
+                "enqueue_error",
+                "queues are turned off in this engine (setting queue_backend), or it has no queue worker",
+            ) from None
+        receipt: str = answer["messageReceiptId"]
+        return receipt
+
+    async def publish(self, topic: str, data: Any = None) -> list[str]:
+        """Publishes ``data`` to ``topic``: each function subscribed with :meth:`subscribe` (or
+        an iii worker's ``durable:subscriber``) gets its own queued copy. Returns the receipt
+        ids, one per subscriber (none when nobody subscribes)."""
+        answer = await self.call("iii::durable::publish", {"topic": topic, "data": data})
+        ids: list[str] = answer.get("messageReceiptIds", [])
+        return ids
 
     async def _call_traced(
         self,

@@ -12,6 +12,14 @@ a worker of another engine (fnmesh or iii)::
     fnmesh run services/orders.py:app --port 0     # a file; any free port
     fnmesh run orders --connect ws://engine:49134  # attribute `app` by default
 
+``fnmesh queues`` inspects a running engine's queues and acts on their dead letters::
+
+    fnmesh queues list                             # settings and counts of every queue
+    fnmesh queues dlq orders --limit 50            # dead letters, with their last error
+    fnmesh queues redrive orders [--message ID]    # back to the queue, fresh attempts
+    fnmesh queues discard orders --message ID
+    fnmesh queues --url ws://engine:49134 --json list
+
 ``OTEL_TRACES_EXPORTER`` (with the other ``OTEL_*`` variables) turns tracing on; see
 :func:`fnmesh.telemetry.configure_from_env`.
 """
@@ -24,6 +32,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import signal
@@ -32,6 +41,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, ModuleType
+from typing import Any
 
 from fnmesh import __version__, telemetry
 from fnmesh.app import App, run_loop
@@ -71,6 +81,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="embedded engine's worker WebSocket port (0 = any free)")
     run.add_argument("--http-port", type=int, help="embedded engine's HTTP trigger port")
     run.add_argument("--log-level", default="info", help="log level (default info)")
+    queues = commands.add_parser("queues", help="inspect queues and their dead letters on a running engine")
+    queues.add_argument(
+        "--url", default="ws://127.0.0.1:49134", help="the engine's worker URL (default ws://127.0.0.1:49134)"
+    )
+    queues.add_argument("--auth-token", help="token the engine requires")
+    queues.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10")
+    queues.add_argument("--json", action="store_true", help="print the engine's answers as JSON")
+    actions = queues.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every queue with its settings and message counts")
+    dlq = actions.add_parser("dlq", help="a queue's dead letters")
+    dlq.add_argument("queue")
+    dlq.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    dlq.add_argument("--offset", type=int, default=0, help="skip this many first")
+    redrive = actions.add_parser("redrive", help="move dead letters back to their queue")
+    redrive.add_argument("queue")
+    redrive.add_argument("--message", metavar="ID", help="only this dead letter")
+    discard = actions.add_parser("discard", help="delete one dead letter")
+    discard.add_argument("queue")
+    discard.add_argument("--message", metavar="ID", required=True, help="the dead letter's id")
     return parser
 
 
@@ -210,6 +239,64 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def queues(args: argparse.Namespace) -> int:
+    """``fnmesh queues ...``: calls the engine's ``engine::queue::*`` / ``iii::queue::*``
+    functions as a short-lived worker and prints the answers."""
+
+    async def ask() -> list[tuple[str, Any]]:
+        app = App("fnmesh-queues-cli")
+        await app.connect(args.url, auth_token=args.auth_token, timeout=args.connect_timeout)
+        try:
+            if args.action == "list":
+                listing = await app.call("engine::queue::list_topics", {})
+                answers: list[tuple[str, Any]] = [("list", listing)]
+                for queue in listing["queues"]:
+                    stats = await app.call("engine::queue::topic_stats", {"queue": queue["name"]})
+                    answers.append(("stats", stats))
+                return answers
+            if args.action == "dlq":
+                request = {"queue": args.queue, "limit": args.limit, "offset": args.offset}
+                return [("dlq", await app.call("engine::queue::dlq_messages", request))]
+            if args.action == "redrive":
+                if args.message is None:
+                    return [("redrive", await app.call("iii::queue::redrive", {"queue": args.queue}))]
+                request = {"queue": args.queue, "message_id": args.message}
+                return [("redrive", await app.call("iii::queue::redrive_message", request))]
+            request = {"queue": args.queue, "message_id": args.message}
+            return [("discard", await app.call("iii::queue::discard_message", request))]
+        finally:
+            await app.stop()
+
+    answers = run_loop(ask())
+    if args.json:
+        for _, answer in answers:
+            print(json.dumps(answer))
+        return 0
+    for kind, answer in answers:
+        if kind == "list":
+            print(f"backend: {answer['backend']}; topics: {', '.join(answer['topics']) or '-'}")
+            print(f"{'queue':<40} {'type':<9} {'ready':>7} {'delayed':>7} {'running':>7} {'dead':>6}")
+        elif kind == "stats":
+            kinds = {q["name"]: q["type"] for q in answers[0][1]["queues"]}
+            print(
+                f"{answer['queue']:<40} {kinds.get(answer['queue'], '?'):<9} {answer['ready']:>7} "
+                f"{answer['delayed']:>7} {answer['in_flight']:>7} {answer['dead']:>6}"
+            )
+        elif kind == "dlq":
+            if not answer["messages"]:
+                print(f"no dead letters in {answer['queue']}")
+            for m in answer["messages"]:
+                print(
+                    f"{m['id']}  {m['function_id']}  attempts={m['attempts']}  "
+                    f"{m['error']['code']}: {m['error']['message']}  data={json.dumps(m['data'])}"
+                )
+        elif kind == "redrive":
+            print(f"{answer['redriven']} message(s) moved back to {answer['queue']}")
+        else:
+            print(f"discarded {answer['discarded']} from {answer['queue']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -217,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "run":
             return run(args)
+        if args.command == "queues":
+            return queues(args)
     except (FnmeshError, OSError) as exc:
         print(f"fnmesh: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = ["Engine", "EngineConfig"]
 
 CONFLICT_POLICIES = ("replicate", "reject")
+QUEUE_BACKENDS = ("sqlite", "memory", "redis", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,27 @@ class EngineConfig:
     """A Redis shared by several engines (``redis://[[user]:password@]host[:port][/db]`` or
     ``redis+unix:///path``): each cron tick then fires on one of them only, and a tick is skipped
     while that Redis cannot be reached. ``None``: this engine fires every tick itself."""
+    queue_backend: str = "sqlite"
+    """Where queued calls live: ``sqlite`` (a file at ``queue_path``, created at the first
+    enqueue; nothing is lost across restarts), ``memory`` (this process only), ``redis``
+    (Redis Streams at ``queue_redis_url``, shared by engines) or ``off``."""
+    queue_path: str = ".fnmesh/queues.sqlite3"
+    """The SQLite file of ``queue_backend = "sqlite"`` (relative to the working directory)."""
+    queue_redis_url: str | None = None
+    """The Redis of ``queue_backend = "redis"``: ``redis://[[user]:password@]host[:port][/db]``."""
+    queues: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Named queues (a ``default`` queue always exists), e.g. in TOML::
+
+        [queues.orders]
+        max_retries = 5          # attempts after the first (3)
+        backoff_ms = 500         # first retry delay, doubled each time (1000)
+        concurrency = 4          # calls in flight per engine (10)
+        visibility_timeout_ms = 60000  # a claimed message's lease (30000)
+        type = "fifo"            # or "standard"
+        message_group_field = "customer_id"
+    """
+    queue_poll_interval_ms: int = 100
+    """How often an idle queue consumer looks for due retries and other engines' messages."""
     external_functions: bool = False
     """Serve the external HTTP functions workers register (``registerfunction`` with an
     ``invocation``, PROTOCOL.md section 5). Off by default, as in iii: such a function makes this
@@ -112,6 +135,18 @@ class EngineConfig:
                     f"http_cors_origins must be a list of origins, not {self.http_cors_origins!r}"
                 )
             object.__setattr__(self, "http_cors_origins", tuple(self.http_cors_origins))
+        if self.queue_backend not in QUEUE_BACKENDS:
+            raise InvalidArgument(
+                f"queue_backend must be one of {QUEUE_BACKENDS}, not {self.queue_backend!r}"
+            )
+        if self.queue_backend == "redis" and not self.queue_redis_url:
+            raise InvalidArgument('queue_backend = "redis" needs queue_redis_url')
+        if not isinstance(self.queues, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in self.queues.items()
+        ):
+            raise InvalidArgument(f"queues must be a table of queue tables, not {self.queues!r}")
+        if self.queue_poll_interval_ms == 0:
+            raise InvalidArgument("queue_poll_interval_ms must be positive")
         allowlist = self.external_url_allowlist
         if isinstance(allowlist, str) or not all(isinstance(p, str) and p for p in allowlist):
             raise InvalidArgument(
@@ -171,6 +206,7 @@ class Engine:
         # Served in Python, by the app loop (fnmesh.external).
         for name in [n for n in cfg if n.startswith("external_")]:
             cfg.pop(name)
+        cfg["queues"] = json.dumps(cfg["queues"])
         if cfg["http_cors_origins"] is not None:
             cfg["http_cors_origins"] = list(cfg["http_cors_origins"])
         self._handle = _native.EngineHandle.start(**cfg)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use fnmesh_core::engine::{Engine, EngineConfig, EngineRef};
 use fnmesh_core::function::{CallOptions, Outcome};
 use fnmesh_core::http::{CorsConfig, HttpConfig};
+use fnmesh_core::queue::service::{queue_configs_from_json, QueueBackend, QueueSettings};
 use fnmesh_core::registry::ConflictPolicy;
 use pyo3::prelude::*;
 
@@ -64,7 +65,8 @@ impl EngineHandle {
         namespace_grace_ms, max_frame_bytes, handshake_timeout_ms, outbound_queue,
         functions_available_interval_ms, trigger_ack_timeout_ms, worker_threads,
         http_body_limit_bytes, http_timeout_ms, http_cors_origins, http_listen_at_start,
-        cron_redis_url
+        cron_redis_url, queue_backend = "sqlite", queue_path = ".fnmesh/queues.sqlite3",
+        queue_redis_url = None, queues = "{}", queue_poll_interval_ms = 100
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -87,7 +89,42 @@ impl EngineHandle {
         http_cors_origins: Option<Vec<String>>,
         http_listen_at_start: Option<bool>,
         cron_redis_url: Option<String>,
+        queue_backend: &str,
+        queue_path: &str,
+        queue_redis_url: Option<String>,
+        queues: &str,
+        queue_poll_interval_ms: u64,
     ) -> PyResult<EngineHandle> {
+        let invalid =
+            |message: String| crate::errors::to_py(fnmesh_core::Error::InvalidArgument(message));
+        let backend = match (queue_backend, queue_redis_url) {
+            ("off", _) => None,
+            ("memory", _) => Some(QueueBackend::Memory),
+            ("sqlite", _) => Some(QueueBackend::Sqlite(std::path::PathBuf::from(queue_path))),
+            ("redis", Some(url)) => Some(QueueBackend::Redis(url)),
+            ("redis", None) => {
+                return Err(invalid(
+                    "queue_backend = \"redis\" needs queue_redis_url".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "queue_backend must be sqlite, memory, redis or off, not {other:?}"
+                )))
+            }
+        };
+        let queues = match backend {
+            None => None,
+            Some(backend) => {
+                let settings = QueueSettings {
+                    backend,
+                    queues: queue_configs_from_json(queues).map_err(invalid)?,
+                    poll_interval: ms(queue_poll_interval_ms),
+                };
+                settings.validate().map_err(invalid)?;
+                Some(settings)
+            }
+        };
         let ip: IpAddr = host.parse().map_err(|_| {
             crate::errors::to_py(fnmesh_core::Error::InvalidArgument(format!(
                 "host must be an IP address, not {host:?}"
@@ -113,6 +150,7 @@ impl EngineHandle {
             functions_available_interval: ms(functions_available_interval_ms),
             trigger_ack_timeout: ms(trigger_ack_timeout_ms),
             cron_redis_url,
+            queues,
             ..EngineConfig::default()
         };
         config.server.addr = SocketAddr::new(ip, port);
