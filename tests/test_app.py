@@ -273,35 +273,26 @@ async def test_invocations_that_wait_run_concurrently_each_in_its_own_context() 
     assert all(r["seen"] == r["i"] and r["before"] is None for r in results), results
 
 
-async def test_resumed_invocation_gets_results_errors_and_cancellation() -> None:
-    from fnmesh.app import _resume
+async def test_handlers_run_in_a_task_of_their_own_from_their_first_step() -> None:
+    # asyncio.timeout, anyio's cancel scopes and the clients built on them (httpx, redis) need
+    # a current task, including before the handler first waits.
+    app = fnmesh.App("tasks", port=0, log_level="warn")
+    tasks: list[asyncio.Task[Any] | None] = []
 
-    loop = asyncio.get_running_loop()
-    events: list[str] = []
+    @app.function("t::timed")
+    async def timed(data: dict[str, Any]) -> dict[str, Any]:
+        tasks.append(asyncio.current_task())
+        async with asyncio.timeout(5):
+            if data.get("wait"):
+                await asyncio.sleep(0.01)
+            return {"ok": True}
 
-    async def handler(first: asyncio.Future[int], second: asyncio.Future[int]) -> None:
-        events.append(f"got {await first}")
-        try:
-            await second
-        except ValueError as exc:
-            events.append(f"caught {exc}")
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            events.append("cancelled")
-            raise
-
-    first: asyncio.Future[int] = loop.create_future()
-    second: asyncio.Future[int] = loop.create_future()
-    coro = handler(first, second)
-    waiting = coro.send(None)  # the eager first step stops at `await first`
-    assert waiting is first
-    task = loop.create_task(_resume(coro, waiting))
-    first.set_result(7)
-    await asyncio.sleep(0.01)
-    second.set_exception(ValueError("no"))
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert events == ["got 7", "caught no", "cancelled"]
+    async with app:
+        assert await app.call("t::timed", {}) == {"ok": True}
+        with sdk_client(app.url, "probe") as probe:
+            for wait in (False, True, False):
+                result = await asyncio.to_thread(call, probe, "t::timed", {"wait": wait})
+                assert result == {"ok": True}
+    assert len(tasks) == 4
+    assert all(t is not None for t in tasks)
+    assert len({id(t) for t in tasks[1:]}) == 3  # one Task per invocation from the engine
