@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,21 +67,6 @@ class Plan:
 
 FULL = Plan(rounds=3, duration_s=5.0)
 QUICK = Plan(rounds=1, duration_s=2.0)
-
-
-def version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def server_argv(kind: str, port: int) -> list[str]:
@@ -140,7 +124,7 @@ def post_echo(url: str, payload: dict[str, Any], timeout_s: float) -> tuple[int,
 def start_server(procs: Processes, kind: str, log: Path) -> tuple[subprocess.Popen[Any], str, float]:
     """The server on a free port; returned once ``/echo`` answers 200, with the seconds that took."""
     began = time.monotonic()
-    port = free_port()
+    port = benchkit.free_port()
     url = f"http://127.0.0.1:{port}{PATH}"
     log_file = log.open("w", encoding="utf-8")
     try:
@@ -214,7 +198,9 @@ def total_of(runs: list[dict[str, Any]], concurrency: int, key: str) -> int:
 
 def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
     env = benchkit.environment()
-    versions = {p: version(p) for p in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic")}
+    versions = {
+        p: benchkit.version(p) for p in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic")
+    }
     by_kind = {kind: [r for r in results if r["server"] == kind] for kind in SERVERS}
     summary: dict[str, Any] = {}
     rows = []

@@ -45,6 +45,7 @@ BENCHES = (
     Bench("E4", "http_trigger", "HTTP trigger"),
     Bench("E5", "codec", "wire codec"),
     Bench("E6", "scale", "scale"),
+    Bench("E7", "queue_throughput", "queues"),
 )
 
 
@@ -134,7 +135,8 @@ def draw_charts(outcomes: list[Outcome], quick: bool) -> list[Path]:
         labels = [r["bench"] for r in rows][::-1]
         values = [float(r["advantage"]) for r in rows][::-1]
         targets = [r.get("target_advantage") for r in rows][::-1]
-        colors = ["#2a7ab9" if r["met"] else "#d1495b" for r in rows][::-1]
+        palette = {True: "#2a7ab9", False: "#d1495b", None: "#8c8c8c"}  # met, missed, no target
+        colors = [palette[r["met"]] for r in rows][::-1]
         bars = ax.barh(labels, values, color=colors)
         for i, target in enumerate(targets):
             if target:
@@ -145,7 +147,10 @@ def draw_charts(outcomes: list[Outcome], quick: bool) -> list[Path]:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xlim(min(0.5, min(values) / 1.5), max(values) * 3)
-        ax.set_xlabel("times better than the baseline measured in the same run (log); black tick = target")
+        ax.set_xlabel(
+            "times better than the baseline measured in the same run (log); black tick = target; "
+            "blue met, red missed, grey no target"
+        )
         ax.set_title("fnmesh against its baselines" + (" (quick run)" if quick else ""))
         fig.tight_layout()
         path = benchkit.RESULTS / f"headline{suffix}.png"
