@@ -39,6 +39,21 @@ impl Drop for TempDb {
     }
 }
 
+/// Opens the file of a store just dropped: its thread closes the file (and so releases its
+/// lock) a moment after the drop, as a crashed engine's lock goes with its process.
+async fn reopen(path: &Path) -> SqliteStore {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match SqliteStore::open(path) {
+            Ok(store) => return store,
+            Err(e) if e.0.contains("in use") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -238,7 +253,7 @@ async fn sqlite_everything_survives_restart() {
         (sent, in_flight, doomed, fifo_ids)
     };
 
-    let store = SqliteStore::open(db.path()).unwrap();
+    let store = reopen(db.path()).await;
     assert_eq!(
         store.stats("jobs").await.unwrap(),
         QueueStats {
@@ -303,13 +318,13 @@ async fn sqlite_acked_never_returns() {
         ids(&got[3..])
     };
     for _restart in 0..2 {
-        let store = SqliteStore::open(db.path()).unwrap();
+        let store = reopen(db.path()).await;
         store.release_all().await.unwrap();
         let got = take(&store, &config, 10).await;
         assert_eq!(ids(&got), unacked, "only the unacked ones");
         // Claimed again but not acked: they come back after the next restart too.
     }
-    let store = SqliteStore::open(db.path()).unwrap();
+    let store = reopen(db.path()).await;
     assert_eq!(store.release_all().await.unwrap(), 2);
     for d in take(&store, &config, 10).await {
         assert!(store.ack(&d).await.unwrap());

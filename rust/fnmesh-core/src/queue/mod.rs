@@ -205,11 +205,12 @@ pub enum Nack {
 /// Counts of one queue's messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
-    /// Claimable now.
+    /// Waiting for nothing but a consumer: claimable now, a claim whose visibility timeout has
+    /// passed, or (fifo) a message queued behind its group's head.
     pub ready: u64,
     /// Waiting for a retry delay or an enqueue delay.
     pub delayed: u64,
-    /// Claimed and not settled yet.
+    /// Claimed, within the visibility timeout, not settled yet.
     pub in_flight: u64,
     /// Dead letters.
     pub dead: u64,

@@ -331,9 +331,10 @@ pub async fn retry_after_delay(store: &dyn QueueStore, prefix: &str) {
     assert!(store.ack(&third[0]).await.unwrap());
 }
 
-/// `Nack::Release` waits like a retry, but the claim it ends does not count as an attempt.
+/// `Nack::Release(delay)` waits like a retry, but the claim it ends does not count as an
+/// attempt (the next failed one does); a released fifo head stays its group's head.
 pub async fn release_gives_the_attempt_back(store: &dyn QueueStore, prefix: &str) {
-    let config = config(prefix, "release");
+    let config = config(prefix, "release-attempt");
     let id = put(store, &config, "{}").await;
     let first = take(store, &config, 1).await.remove(0);
     assert_eq!(first.attempt, 1);
@@ -349,6 +350,7 @@ pub async fn release_gives_the_attempt_back(store: &dyn QueueStore, prefix: &str
     let again = take(store, &config, 10).await;
     assert_eq!(ids(&again), std::slice::from_ref(&id));
     assert_eq!(again[0].attempt, 1, "the released claim was not an attempt");
+    assert_ne!(again[0].lease, first.lease);
     assert!(
         !store
             .nack(&first, &boom(), Nack::Release(Duration::ZERO))
@@ -356,7 +358,31 @@ pub async fn release_gives_the_attempt_back(store: &dyn QueueStore, prefix: &str
             .unwrap(),
         "a stale lease releases nothing"
     );
+    assert!(store
+        .nack(&again[0], &boom(), Nack::Retry(Duration::ZERO))
+        .await
+        .unwrap());
+    let third = take(store, &config, 10).await;
+    assert_eq!(ids(&third), [id]);
+    assert_eq!(third[0].attempt, 2, "a failed attempt counts");
+    assert!(store.ack(&third[0]).await.unwrap());
+
+    let fifo = fifo_config(prefix, "release-attempt-fifo");
+    let head = put(store, &fifo, &group_data("g", 1)).await;
+    let next = put(store, &fifo, &group_data("g", 2)).await;
+    let claimed = take(store, &fifo, 10).await;
+    assert_eq!(ids(&claimed), [head.clone()]);
+    assert!(store
+        .nack(&claimed[0], &boom(), Nack::Release(Duration::ZERO))
+        .await
+        .unwrap());
+    let again = take(store, &fifo, 10).await;
+    assert_eq!(ids(&again), [head], "the head again, not the next");
+    assert_eq!(again[0].attempt, 1);
     assert!(store.ack(&again[0]).await.unwrap());
+    let got = take(store, &fifo, 10).await;
+    assert_eq!(ids(&got), [next]);
+    assert!(store.ack(&got[0]).await.unwrap());
 }
 
 /// `Nack::Dead` moves the message to the dead letters with its error and attempt count.
