@@ -148,8 +148,8 @@ def draw_charts(outcomes: list[Outcome], quick: bool) -> list[Path]:
         ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xlim(min(0.5, min(values) / 1.5), max(values) * 3)
         ax.set_xlabel(
-            "times better than the baseline measured in the same run (log); black tick = target; "
-            "blue met, red missed, grey no target"
+            "times better than the baseline measured in the same run (log)\n"
+            "black tick: target; blue: met, red: missed, grey: no target"
         )
         ax.set_title("fnmesh against its baselines" + (" (quick run)" if quick else ""))
         fig.tight_layout()
