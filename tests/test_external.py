@@ -355,6 +355,23 @@ async def test_request_headers_and_body(receiver: Receiver, make_invoker: Make) 
     assert first.header("x-iii-Invocation-ID") != second.header("x-iii-Invocation-ID")
 
 
+async def test_the_callers_trace_context_goes_along(receiver: Receiver, make_invoker: Make) -> None:
+    url = receiver.route("/fn", echo())
+    invoker = make_invoker()
+    prepared = await invoker.prepare("orders::create", ExternalSpec(url))
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await invoker.invoke(prepared, b"{}", traceparent=traceparent, baggage="tenant=acme")
+    await invoker.invoke(prepared, b"{}", traceparent="00-bad\r\nx-evil: 1", baggage=None)
+    await invoker.invoke(prepared, b"{}")
+    traced, hostile, plain = receiver.seen("/fn")
+    assert traced.header("traceparent") == traceparent
+    assert traced.header("baggage") == "tenant=acme"
+    assert hostile.header("traceparent") is None  # never a header injection
+    assert hostile.header("x-evil") is None
+    assert plain.header("traceparent") is None
+    assert plain.header("baggage") is None
+
+
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
 async def test_every_method_sends_the_body(receiver: Receiver, make_invoker: Make, method: str) -> None:
     url = receiver.route("/fn", echo())

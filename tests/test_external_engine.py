@@ -296,3 +296,22 @@ def test_a_connected_apps_external_function_is_called_by_its_engine(
 
     with serve(args) as engine:
         asyncio.run(scenario(engine))
+
+
+async def test_an_external_call_carries_the_callers_trace(receiver: Receiver) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = fnmesh.App("traced", port=0, tracer_provider=provider, **LOOPBACK_OK)
+    app.external("traced.hook", url=receiver.url("/echo"))
+    async with app:
+        await app.call("traced.hook", {"n": 1})
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "call traced.hook"]
+    traceparent = receiver.requests[-1]["headers"]["traceparent"]
+    _version, trace_id, parent_id, _flags = traceparent.split("-")
+    assert trace_id == format(span.context.trace_id, "032x")
+    assert parent_id == format(span.context.span_id, "016x")

@@ -548,7 +548,9 @@ class App:
             if host is None:
                 raise FunctionError("invocation_stopped", f"app {self.name!r} has stopped")
             prepared: PreparedExternal = call.handler
-            result = await host.invoke(prepared, invocation.data)
+            result = await host.invoke(
+                prepared, invocation.data, traceparent=invocation.traceparent, baggage=invocation.baggage
+            )
         except FunctionError as exc:
             invocation.fail(exc.code, exc.message)
         except Exception as exc:

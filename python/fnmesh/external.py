@@ -736,8 +736,11 @@ class PreparedExternal:
         """The URL without its query or fragment."""
         return self._target.shown
 
-    def _request_headers(self, invocation_id: str, timestamp: str, body: bytes) -> list[tuple[bytes, bytes]]:
-        """The request headers of one attempt, in the protocol's order."""
+    def _request_headers(
+        self, invocation_id: str, timestamp: str, body: bytes, trace: _Trace = ()
+    ) -> list[tuple[bytes, bytes]]:
+        """The request headers of one attempt, in the protocol's order (W3C trace context last
+        before auth)."""
         content_type, static = self._static_headers
         headers = [
             (b"Content-Type", content_type),
@@ -745,6 +748,7 @@ class PreparedExternal:
             (b"x-iii-Invocation-ID", invocation_id.encode("ascii")),
             (b"x-iii-Timestamp", timestamp.encode("ascii")),
             *static,
+            *trace,
         ]
         if self._auth_header is not None:
             headers.append(self._auth_header)
@@ -764,6 +768,20 @@ class PreparedExternal:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a PreparedExternal holds secrets and cannot be pickled; pickle its spec")
+
+
+# W3C trace-context headers of one call (``traceparent``, ``baggage``), sent with every attempt.
+_Trace = tuple[tuple[bytes, bytes], ...]
+
+
+def _trace_headers(traceparent: str | None, baggage: str | None) -> _Trace:
+    """The caller's trace context as request headers; values that are not plain header text
+    (a malformed or hostile caller's) are left out rather than sent."""
+    headers = []
+    for name, value in ((b"traceparent", traceparent), (b"baggage", baggage)):
+        if value and not _HEADER_VALUE_FORBIDDEN.search(value) and value.isascii():
+            headers.append((name, value.encode("ascii")))
+    return tuple(headers)
 
 
 class _AttemptFailed(Exception):
@@ -926,9 +944,18 @@ class ExternalFunctions:
             )
         return self._client
 
-    async def invoke(self, prepared: PreparedExternal, data: bytes) -> bytes:
+    async def invoke(
+        self,
+        prepared: PreparedExternal,
+        data: bytes,
+        *,
+        traceparent: str | None = None,
+        baggage: str | None = None,
+    ) -> bytes:
         """Calls the function with ``data`` (the invocation's JSON bytes, sent as they are) and
-        returns its result as JSON bytes (``b"null"`` for an empty 2xx body).
+        returns its result as JSON bytes (``b"null"`` for an empty 2xx body). ``traceparent``
+        and ``baggage`` (the caller's W3C trace context) go along as headers, so the endpoint's
+        own tracing joins the caller's trace.
 
         Every failure is a :class:`~fnmesh.errors.FunctionError` whose ``code`` is one of
         PROTOCOL.md 5 (the remote error object's code, ``http_error``, ``invalid_response``,
@@ -940,11 +967,12 @@ class ExternalFunctions:
         retry = spec.retry
         retries = retry.attempts if retry is not None and retry.allows(spec.method) else 0
         invocation_id = str(uuid.uuid4())
+        trace = _trace_headers(traceparent, baggage)
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = await self._attempt_in_time(client, prepared, data, invocation_id)
+                result = await self._attempt_in_time(client, prepared, data, invocation_id, trace)
             except _AttemptFailed as failed:
                 if not failed.retryable or attempt > retries or retry is None:
                     if attempt > 1:
@@ -971,13 +999,20 @@ class ExternalFunctions:
                 return result
 
     async def _attempt_in_time(
-        self, client: httpx.AsyncClient, prepared: PreparedExternal, data: bytes, invocation_id: str
+        self,
+        client: httpx.AsyncClient,
+        prepared: PreparedExternal,
+        data: bytes,
+        invocation_id: str,
+        trace: _Trace,
     ) -> bytes:
         timeout = prepared.spec.timeout or self._default_timeout
         if timeout is None:
-            return await self._attempt(client, prepared, data, invocation_id)
+            return await self._attempt(client, prepared, data, invocation_id, trace)
         try:
-            return await asyncio.wait_for(self._attempt(client, prepared, data, invocation_id), timeout)
+            return await asyncio.wait_for(
+                self._attempt(client, prepared, data, invocation_id, trace), timeout
+            )
         except asyncio.TimeoutError:
             error = FunctionError(TIMEOUT_CODE, f"{prepared.function_id}: no response within {timeout:g} s")
             raise _AttemptFailed(error, retryable=True) from None
@@ -995,7 +1030,12 @@ class ExternalFunctions:
             raise _AttemptFailed(error, retryable=True) from None
 
     async def _attempt(
-        self, client: httpx.AsyncClient, prepared: PreparedExternal, data: bytes, invocation_id: str
+        self,
+        client: httpx.AsyncClient,
+        prepared: PreparedExternal,
+        data: bytes,
+        invocation_id: str,
+        trace: _Trace,
     ) -> bytes:
         try:
             target = _parse_target(prepared.spec.url, self.security)
@@ -1007,7 +1047,7 @@ class ExternalFunctions:
             prepared.spec.method,
             target.url,
             content=data,
-            headers=prepared._request_headers(invocation_id, timestamp, data),
+            headers=prepared._request_headers(invocation_id, timestamp, data, trace),
         )
         token = _PIN.set(pin)
         try:
