@@ -835,27 +835,4 @@ macro_rules! suite {
     };
 }
 
-suite!(
-    round_trip_preserves_fields,
-    claim_respects_max,
-    oldest_first,
-    claimed_is_invisible_until_timeout,
-    stale_lease_changes_nothing,
-    retry_after_delay,
-    release_gives_the_attempt_back,
-    dead_letter_on_nack,
-    dead_letters_paginate,
-    redrive_all,
-    redrive_one,
-    discard_dead_letter,
-    enqueue_delay,
-    idempotency_key_drops_duplicates,
-    idempotency_window_expires,
-    fifo_strict_order_per_group,
-    fifo_retry_blocks_group,
-    fifo_timed_out_head_keeps_group,
-    stats_count_each_state,
-    queues_lists_non_empty,
-    concurrent_consumers_exactly_once,
-    release_all_frees_claims,
-);
+queue_suite::for_each_check!(suite);

@@ -48,6 +48,39 @@ pub const SHORT_DELAY: Duration = Duration::from_millis(150);
 /// Slack added to every wait, for slow CI machines and coarse clocks.
 pub const SLACK: Duration = Duration::from_millis(100);
 
+/// Calls the macro `$m` with the name of every check, so that a backend's test file can make one
+/// test per check (`queue_suite::for_each_check!(my_macro);`) and a new check reaches every
+/// backend.
+macro_rules! for_each_check {
+    ($m:ident) => {
+        $m!(
+            round_trip_preserves_fields,
+            claim_respects_max,
+            oldest_first,
+            claimed_is_invisible_until_timeout,
+            stale_lease_changes_nothing,
+            retry_after_delay,
+            release_gives_the_attempt_back,
+            dead_letter_on_nack,
+            dead_letters_paginate,
+            redrive_all,
+            redrive_one,
+            discard_dead_letter,
+            enqueue_delay,
+            idempotency_key_drops_duplicates,
+            idempotency_window_expires,
+            fifo_strict_order_per_group,
+            fifo_retry_blocks_group,
+            fifo_timed_out_head_keeps_group,
+            stats_count_each_state,
+            queues_lists_non_empty,
+            concurrent_consumers_exactly_once,
+            release_all_frees_claims,
+        );
+    };
+}
+pub(crate) use for_each_check;
+
 /// A `standard` queue named `prefix + name`, with a long visibility timeout (a claim never times
 /// out during a check unless the check asks for it) and a 10 ms backoff.
 pub fn config(prefix: &str, name: &str) -> QueueConfig {
