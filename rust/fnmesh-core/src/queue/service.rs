@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -209,6 +211,8 @@ pub(crate) struct QueueService {
     /// Condition functions of subscriber queues: queue -> (namespace, function id).
     conditions: Mutex<HashMap<String, (String, String)>>,
     stopped: std::sync::atomic::AtomicBool,
+    /// Set when a queue may lack its consumer (before the store opens, after a subscription).
+    consumers_stale: std::sync::atomic::AtomicBool,
     consumer_name: String,
 }
 
@@ -305,15 +309,6 @@ struct SubscriberQueueConfig {
     backoff_delay_ms: Option<u64>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(call: &Call, what: &str) -> Result<T, Outcome> {
-    serde_json::from_str(call.data.get()).map_err(|e| {
-        failure(
-            "deserialization_error",
-            format!("invalid input for {what}: {e}"),
-        )
-    })
-}
-
 fn raw(text: String) -> RawJson {
     RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
@@ -337,6 +332,7 @@ impl QueueService {
             subscriptions: Mutex::new(BTreeMap::new()),
             conditions: Mutex::new(HashMap::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            consumers_stale: std::sync::atomic::AtomicBool::new(true),
             consumer_name: format!("fnmesh-{}", uuid::Uuid::new_v4()),
         })
     }
@@ -402,7 +398,13 @@ impl QueueService {
             })
             .await?
             .clone();
-        self.ensure_consumers(&store);
+        // Once at the first open, and after a subscription added a queue: not every enqueue.
+        if self
+            .consumers_stale
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.ensure_consumers(&store);
+        }
         Ok(store)
     }
 
@@ -613,10 +615,18 @@ impl QueueService {
             },
         );
         // Its messages from before (an earlier run, or a subscriber that left) flow again.
-        if let Some(store) = self.store.get() {
-            self.ensure_consumers(store);
-        } else {
-            self.start();
+        self.consumers_stale
+            .store(true, std::sync::atomic::Ordering::Release);
+        match self.store.get() {
+            Some(store)
+                if self
+                    .consumers_stale
+                    .swap(false, std::sync::atomic::Ordering::AcqRel) =>
+            {
+                self.ensure_consumers(store)
+            }
+            Some(_) => {}
+            None => self.start(),
         }
         Ok(())
     }
@@ -1033,7 +1043,25 @@ impl TriggerProvider for DurableSubscriber {
     }
 }
 
-type Handler = fn(Arc<QueueService>, Call) -> futures_util::future::BoxFuture<'static, ()>;
+type Handler = fn(Arc<QueueService>, Call) -> BoxFuture<'static, ()>;
+
+/// Answers `call` with `handle(input)`, its input parsed from the call's data; a bad input is a
+/// `deserialization_error` naming the function.
+async fn answer<T, F, Fut>(call: Call, handle: F)
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(T) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let outcome = match serde_json::from_str::<T>(call.data.get()) {
+        Ok(input) => handle(input).await,
+        Err(e) => failure(
+            "deserialization_error",
+            format!("invalid input for {}: {e}", call.function_id),
+        ),
+    };
+    call.reply.send(outcome);
+}
 
 /// The queue functions, `(id, description, handler)`.
 pub(crate) fn functions() -> Vec<(&'static str, &'static str, Handler)> {
@@ -1041,113 +1069,70 @@ pub(crate) fn functions() -> Vec<(&'static str, &'static str, Handler)> {
         (
             "engine::queue::enqueue",
             "Put a call on a named queue; answers {messageReceiptId}",
-            |s, call| {
-                Box::pin(async move {
-                    let outcome = match parse::<EnqueueRequest>(&call, "engine::queue::enqueue") {
-                        Ok(r) => s.enqueue(r).await,
-                        Err(o) => o,
-                    };
-                    call.reply.send(outcome)
-                })
-            },
+            |s, call| Box::pin(answer(call, move |r| async move { s.enqueue(r).await })),
         ),
         (
             "engine::queue::list_topics",
             "List queues, their settings and topic subscribers",
             |s, call| {
-                Box::pin(async move {
-                    let o = s.list_topics().await;
-                    call.reply.send(o)
-                })
+                Box::pin(answer(call, move |_: IgnoredAny| async move {
+                    s.list_topics().await
+                }))
             },
         ),
         (
             "engine::queue::topic_stats",
             "Counts of one queue's messages (ready, delayed, in flight, dead)",
-            |s, call| {
-                Box::pin(async move {
-                    let o = match parse::<QueueRef>(&call, "engine::queue::topic_stats") {
-                        Ok(r) => s.topic_stats(r).await,
-                        Err(o) => o,
-                    };
-                    call.reply.send(o)
-                })
-            },
+            |s, call| Box::pin(answer(call, move |r| async move { s.topic_stats(r).await })),
         ),
         (
             "engine::queue::dlq_topics",
             "Queues holding dead letters, with their counts",
             |s, call| {
-                Box::pin(async move {
-                    let o = s.dlq_topics().await;
-                    call.reply.send(o)
-                })
+                Box::pin(answer(call, move |_: IgnoredAny| async move {
+                    s.dlq_topics().await
+                }))
             },
         ),
         (
             "engine::queue::dlq_messages",
             "Dead letters of one queue (offset, limit)",
             |s, call| {
-                Box::pin(async move {
-                    let o = match parse::<QueueRef>(&call, "engine::queue::dlq_messages") {
-                        Ok(r) => s.dlq_messages(r).await,
-                        Err(o) => o,
-                    };
-                    call.reply.send(o)
-                })
+                Box::pin(answer(
+                    call,
+                    move |r| async move { s.dlq_messages(r).await },
+                ))
             },
         ),
         (
             "iii::queue::redrive",
             "Move every dead letter of a queue back to it",
             |s, call| {
-                Box::pin(async move {
-                    let o = match parse::<QueueRef>(&call, "iii::queue::redrive") {
-                        Ok(r) => s.redrive(r, false).await,
-                        Err(o) => o,
-                    };
-                    call.reply.send(o)
-                })
+                Box::pin(answer(
+                    call,
+                    move |r| async move { s.redrive(r, false).await },
+                ))
             },
         ),
         (
             "iii::queue::redrive_message",
             "Move one dead letter back to its queue",
             |s, call| {
-                Box::pin(async move {
-                    let o = match parse::<QueueRef>(&call, "iii::queue::redrive_message") {
-                        Ok(r) => s.redrive(r, true).await,
-                        Err(o) => o,
-                    };
-                    call.reply.send(o)
-                })
+                Box::pin(answer(
+                    call,
+                    move |r| async move { s.redrive(r, true).await },
+                ))
             },
         ),
         (
             "iii::queue::discard_message",
             "Delete one dead letter",
-            |s, call| {
-                Box::pin(async move {
-                    let o = match parse::<QueueRef>(&call, "iii::queue::discard_message") {
-                        Ok(r) => s.discard(r).await,
-                        Err(o) => o,
-                    };
-                    call.reply.send(o)
-                })
-            },
+            |s, call| Box::pin(answer(call, move |r| async move { s.discard(r).await })),
         ),
         (
             "iii::durable::publish",
             "Publish {topic, data}: every durable:subscriber of the topic gets its own copy",
-            |s, call| {
-                Box::pin(async move {
-                    let o = match parse::<PublishRequest>(&call, "iii::durable::publish") {
-                        Ok(r) => s.publish(r).await,
-                        Err(o) => o,
-                    };
-                    call.reply.send(o)
-                })
-            },
+            |s, call| Box::pin(answer(call, move |r| async move { s.publish(r).await })),
         ),
     ]
 }
