@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -354,6 +355,23 @@ def run_loadgen(procs: Processes, args: Sequence[str], duration_s: float) -> dic
     if err.strip():
         report["stderr"] = err.strip()
     return report
+
+
+def run_rounds(
+    prefix: str,
+    rounds: int,
+    kinds: Sequence[str],
+    measure: Callable[[Processes, str, Path, int], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """``measure(procs, kind, logs, round)`` for every kind in every round, kinds taking turns
+    within a round so that drift on the machine hits them alike; logs go to a temporary
+    directory, and every subprocess is stopped whatever happens."""
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, managed() as procs:
+        for round_index in range(rounds):
+            for kind in kinds:
+                results.append(measure(procs, kind, Path(tmp), round_index))
+    return results
 
 
 def median_of(runs: list[dict[str, Any]], concurrency: int, *path: str) -> float:

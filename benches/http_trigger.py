@@ -26,7 +26,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import benchkit
-from benchkit import BenchError, Processes, managed, median_of
+from benchkit import BenchError, Processes, median_of
 
 LOADGEN = benchkit.LOADGEN
 WORKERS = benchkit.ROOT / "benches" / "workers"
@@ -325,12 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{', '.join(missing)} not installed: pip install 'fnmesh[bench]'", file=sys.stderr)
         return 2
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fnmesh-e4-") as tmp, managed() as procs:
-        logs = Path(tmp)
-        for round_index in range(plan.rounds):
-            for kind in SERVERS:
-                results.append(measure_server(procs, kind, plan, logs, round_index))
+    results = benchkit.run_rounds(
+        "fnmesh-e4-",
+        plan.rounds,
+        list(SERVERS),
+        lambda procs, kind, logs, i: measure_server(procs, kind, plan, logs, i),
+    )
     report(results, plan, quick)
     return 0
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import benchkit
-from benchkit import BenchError, Processes, managed, median_of
+from benchkit import BenchError, Processes, median_of
 
 LOADGEN = benchkit.LOADGEN
 WORKERS = {
@@ -221,12 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if quick else FULL
     if benchkit.loadgen_missing():
         return 2
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fnmesh-e2-") as tmp, managed() as procs:
-        logs = Path(tmp)
-        for round_index in range(plan.rounds):
-            for kind in WORKERS:
-                results.append(measure_worker(procs, kind, plan, logs, round_index))
+    results = benchkit.run_rounds(
+        "fnmesh-e2-",
+        plan.rounds,
+        list(WORKERS),
+        lambda procs, kind, logs, i: measure_worker(procs, kind, plan, logs, i),
+    )
     report(results, plan, quick)
     return 0
 

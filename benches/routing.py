@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import benchkit
-from benchkit import BenchError, Processes, managed, median_of
+from benchkit import BenchError, Processes, median_of
 
 FUNCTION = "bench.echo"
 CONNECTIONS = 4
@@ -110,7 +109,7 @@ def measure(procs: Processes, target: str, plan: Plan, logs: Path, round_index: 
     return {"target": target, "round": round_index, "url": url, "loadgen": runs}
 
 
-def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> dict[str, Any]:
+def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
     env = benchkit.environment()
     by_target = {t: [r for r in results if r["target"] == t] for t in TARGETS}
     summary: dict[str, Any] = {}
@@ -227,7 +226,6 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> dict[str, 
     }
     path = benchkit.write_results("routing", quick, payload)
     print(f"\nraw numbers: {benchkit.relative(path)}")
-    return payload
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,12 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if quick else FULL
     if benchkit.loadgen_missing():
         return 2
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fnmesh-e1-") as tmp, managed() as procs:
-        logs = Path(tmp)
-        for round_index in range(plan.rounds):
-            for target in TARGETS:
-                results.append(measure(procs, target, plan, logs, round_index))
+    results = benchkit.run_rounds(
+        "fnmesh-e1-",
+        plan.rounds,
+        list(TARGETS),
+        lambda procs, target, logs, i: measure(procs, target, plan, logs, i),
+    )
     report(results, plan, quick)
     return 0
 
