@@ -156,58 +156,82 @@ def fnmesh_run(
         yield served
 
 
+class Spawned(Served):
+    """An ``fnmesh`` subprocess, once ready: its URL, and the lines it has written so far to
+    stderr (``log``) and stdout (``out``), both drained so it never blocks on a full pipe. Stop
+    it cleanly with :meth:`stop` or as a crash with :meth:`kill` (also what leaving a ``with``
+    does)."""
+
+    def __init__(
+        self, args: Sequence[str], ready: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        super().__init__("", [], [])
+        self.command = " ".join(["fnmesh", *args])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fnmesh.cli", *args],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        )
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.log), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.out), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        try:
+            line = self.wait_for_log(ready, timeout=20)
+        except AssertionError:
+            self.kill()
+            raise RuntimeError(f"{self.command} did not start:\n" + "".join(self.log)) from None
+        match = re.search(ready, line)
+        assert match is not None
+        self.url = match.group(1) if match.groups() else ""
+
+    @staticmethod
+    def _drain(stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+
+    def stop(self) -> None:
+        """SIGTERM, after which the process must exit 0 within 15 s (a clean shutdown)."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=15)
+        self._close()
+        assert code == 0, f"{self.command} exited with {code}:\n" + "".join(self.log)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind, as a crash or the OOM killer."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for stream in (self.proc.stderr, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> Spawned:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
 @contextlib.contextmanager
 def _fnmesh(
     args: Sequence[str], ready: str, env: dict[str, str] | None, cwd: Path | None = None
 ) -> Iterator[Served]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fnmesh.cli", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
-    )
-    assert proc.stderr is not None
-    assert proc.stdout is not None
-    log: list[str] = []
-    out: list[str] = []
-
-    def drain(stream: Any, lines: list[str]) -> None:
-        # Keeps draining so the process never blocks on a full pipe.
-        for line in stream:
-            lines.append(line)
-
-    readers = [
-        threading.Thread(target=drain, args=(proc.stderr, log), daemon=True),
-        threading.Thread(target=drain, args=(proc.stdout, out), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
-    command = " ".join(["fnmesh", *args])
-    try:
-        served = Served("", log, out)
-        try:
-            line = served.wait_for_log(ready, timeout=20)
-        except AssertionError:
-            raise RuntimeError(f"{command} did not start:\n" + "".join(log)) from None
-        match = re.search(ready, line)
-        assert match is not None
-        served.url = match.group(1)
-        yield served
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=15)
-        for reader in readers:
-            reader.join(timeout=5)
-        assert code == 0, f"{command} exited with {code}:\n" + "".join(log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for reader in readers:
-            reader.join(timeout=5)
-        proc.stderr.close()
-        proc.stdout.close()
+    """An fnmesh process for the ``with`` block, which must then stop cleanly on SIGTERM."""
+    with Spawned(args, ready, env, cwd) as spawned:
+        yield spawned
+        spawned.stop()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,53 +341,6 @@ def redis_server(port: int | None = None) -> Iterator[str]:
 # ----------------------------------------------------------------------------------------------
 # fnmesh processes a test kills (the crash tests)
 # ----------------------------------------------------------------------------------------------
-
-
-class Spawned:
-    """An ``fnmesh`` subprocess the test may SIGKILL: its URL once ready, and its stderr lines."""
-
-    def __init__(self, args: Sequence[str], ready: str, env: dict[str, str] | None = None) -> None:
-        self.args = list(args)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fnmesh.cli", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
-        )
-        self.log: list[str] = []
-        assert self.proc.stderr is not None
-        self._reader = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
-        self._reader.start()
-        served = Served("", self.log)
-        try:
-            line = served.wait_for_log(ready, timeout=20)
-        except AssertionError:
-            self.kill()
-            raise RuntimeError(f"fnmesh {' '.join(args)} did not start:\n" + "".join(self.log)) from None
-        match = re.search(ready, line)
-        assert match is not None
-        self.url = match.group(1) if match.groups() else ""
-
-    def _drain(self, stream: Any) -> None:
-        for line in stream:
-            self.log.append(line)
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup of any kind, as a crash or the OOM killer."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._reader.join(timeout=5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-    def __enter__(self) -> Spawned:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
 
 
 def spawn_engine(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Spawned:
