@@ -1,21 +1,25 @@
-//! The HTTP/1.1 listener of the HTTP trigger (hyper): keep-alive, `TCP_NODELAY`, a bound on
-//! request bodies (413) and on requests in flight, CORS, and a graceful stop.
+//! The HTTP/1.1 listener of the HTTP trigger (hyper): keep-alive, `TCP_NODELAY`, CORS, a
+//! graceful stop, and the bounds that keep slow or hostile clients from starving the routes:
+//! a header-read timeout, a body idle timeout (408), a body size limit (413), a cap on open
+//! connections, a budget for body bytes buffered at once, and slots for requests in flight that
+//! a request takes only once its body is in.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tracing::debug;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
 
 use super::mapping::{error_reply, HttpReply};
 use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
@@ -61,18 +65,66 @@ pub(crate) fn listen(
     let listener = TcpListener::from_std(std_listener)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let task = tokio::spawn(accept(listener, trigger, slots, stopped));
+    let limits = Arc::new(Limits {
+        slots: Semaphore::new(config.max_in_flight.max(1)),
+        body_budget: Arc::new(Semaphore::new(budget_units(config))),
+        body_limit: config.body_limit,
+        body_read_timeout: config.body_read_timeout,
+    });
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let header_read_timeout = config.header_read_timeout;
+    let task = tokio::spawn(accept(
+        listener,
+        trigger,
+        limits,
+        connections,
+        header_read_timeout,
+        stopped,
+    ));
     Ok(Listening { addr, stop, task })
+}
+
+/// The bounds every request of one listener shares.
+struct Limits {
+    /// Requests past their body and not yet answered.
+    slots: Semaphore,
+    /// Body bytes buffered at once, in [`BUDGET_UNIT`]s.
+    body_budget: Arc<Semaphore>,
+    body_limit: usize,
+    body_read_timeout: Duration,
+}
+
+/// Granularity of the body budget: a permit per KiB keeps the count within `u32` for any
+/// budget up to 4 TiB.
+const BUDGET_UNIT: usize = 1024;
+
+fn budget_units(config: &HttpConfig) -> usize {
+    // A body within the limit must always fit in the budget, or it could never complete.
+    config
+        .body_buffer_bytes
+        .max(config.body_limit)
+        .div_ceil(BUDGET_UNIT)
+        .max(1)
 }
 
 async fn accept(
     listener: TcpListener,
     trigger: Weak<HttpTrigger>,
-    slots: Arc<Semaphore>,
+    limits: Arc<Limits>,
+    connections: Arc<Semaphore>,
+    header_read_timeout: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
+        // At the cap, stop accepting: further clients wait in the kernel's backlog until an
+        // open connection ends (header and body timeouts make sure idle ones do).
+        let permit = tokio::select! {
+            _ = stopped.changed() => return,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let accepted = tokio::select! {
             _ = stopped.changed() => return,
             accepted = listener.accept() => accepted,
@@ -80,22 +132,27 @@ async fn accept(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                debug!("HTTP accept failed: {e}");
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let trigger = trigger.clone();
-        let slots = slots.clone();
+        let limits = limits.clone();
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |request| {
                 let trigger = trigger.clone();
-                let slots = slots.clone();
-                async move { Ok::<_, Infallible>(respond(trigger, slots, request).await) }
+                let limits = limits.clone();
+                async move { Ok::<_, Infallible>(respond(trigger, &limits, request).await) }
             });
             let connection = http1::Builder::new()
                 .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -115,20 +172,17 @@ async fn accept(
 
 async fn respond(
     trigger: Weak<HttpTrigger>,
-    slots: Arc<Semaphore>,
+    limits: &Limits,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
-    let Some(trigger) = trigger.upgrade() else {
-        return to_response(
+    let stopping = || {
+        to_response(
             error_reply(503, "STOPPED", "the engine is stopping", None, &[]),
             None,
-        );
+        )
     };
-    let Ok(_slot) = slots.acquire().await else {
-        return to_response(
-            error_reply(503, "STOPPED", "the engine is stopping", None, &[]),
-            None,
-        );
+    let Some(trigger) = trigger.upgrade() else {
+        return stopping();
     };
     let config = trigger.config();
     let origin = request.headers().get(http::header::ORIGIN).cloned();
@@ -149,19 +203,39 @@ async fn respond(
             cors.allow(),
         )
     };
-    if declared.is_some_and(|n| n > config.body_limit as u64) {
+    if declared.is_some_and(|n| n > limits.body_limit as u64) {
         return too_large();
     }
-    let body = match Limited::new(body, config.body_limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
+    let (body, _budget) = match read_body(body, limits).await {
+        Ok(read) => read,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Idle) => {
+            let message = format!(
+                "no request body bytes arrived for {} ms",
+                limits.body_read_timeout.as_millis()
+            );
+            let mut response = to_response(
+                error_reply(408, "REQUEST_TIMEOUT", &message, None, &[]),
+                cors.allow(),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        Err(BodyError::Stopped) => return stopping(),
+        Err(BodyError::Read(e)) => {
             let message = format!("could not read the request body: {e}");
             return to_response(
                 error_reply(400, "BAD_REQUEST", &message, None, &[]),
                 cors.allow(),
             );
         }
+    };
+    // The slot is taken once the body is in: a client that sends its body slowly holds a
+    // connection (capped) and budget bytes (bounded), never one of the slots.
+    let Ok(_slot) = limits.slots.acquire().await else {
+        return stopping();
     };
     let request = Request {
         method: parts.method.as_str().to_owned(),
@@ -172,6 +246,67 @@ async fn respond(
     };
     let reply = trigger.handle(request).await;
     to_response(reply, cors.allow())
+}
+
+enum BodyError {
+    TooLarge,
+    Idle,
+    Stopped,
+    Read(hyper::Error),
+}
+
+/// Reads a whole request body within the limits: at most `body_limit` bytes, no gap longer than
+/// `body_read_timeout` between two chunks, and every buffered byte counted against the shared
+/// body budget (held by the returned permit until the request is answered).
+async fn read_body(
+    mut body: Incoming,
+    limits: &Limits,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout(limits.body_read_timeout, body.frame()).await {
+            Err(_) => return Err(BodyError::Idle),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len += data.len();
+        if len > limits.body_limit {
+            return Err(BodyError::TooLarge);
+        }
+        let units = u32::try_from(data.len().div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+        let wait = limits.body_budget.clone().acquire_many_owned(units);
+        let permit = match tokio::time::timeout(limits.body_read_timeout, wait).await {
+            Err(_) => return Err(BodyError::Idle),
+            Ok(Err(_)) => return Err(BodyError::Stopped),
+            Ok(Ok(permit)) => permit,
+        };
+        match &mut held {
+            Some(held) => held.merge(permit),
+            None => held = Some(permit),
+        }
+        chunks.push(data);
+    }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut whole = Vec::with_capacity(len);
+            for chunk in &chunks {
+                whole.extend_from_slice(chunk);
+            }
+            Bytes::from(whole)
+        }
+    };
+    Ok((body, held))
 }
 
 fn is_preflight<B>(request: &hyper::Request<B>) -> bool {

@@ -39,8 +39,20 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// Cross-origin settings; `None` is permissive (any origin), as iii is by default.
     pub cors: Option<CorsConfig>,
-    /// Requests served at once; further ones wait for a slot.
+    /// Requests served at once; further ones wait for a slot. A request takes its slot only
+    /// once its whole body is in, so slow senders cannot hold the slots.
     pub max_in_flight: usize,
+    /// How long a client may take to send a request's headers (the first request's, and each
+    /// next one's on a kept-alive connection); then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a request body may go without a byte arriving; then 408 and the connection is
+    /// closed.
+    pub body_read_timeout: Duration,
+    /// Open connections; further clients wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Request body bytes buffered at once over all connections (at least `body_limit`);
+    /// readers wait for room, so many large uploads at once cannot exhaust memory.
+    pub body_buffer_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -52,6 +64,10 @@ impl Default for HttpConfig {
             timeout: Duration::from_secs(30),
             cors: None,
             max_in_flight: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            body_buffer_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -181,8 +197,14 @@ impl HttpTrigger {
                 "request": request_summary(parts),
                 "context": {},
             });
+            let input = match serde_json::value::to_raw_value(&input) {
+                Ok(input) => input,
+                Err(e) => {
+                    return failure(&binding.function_id, "serialization_error", &e.to_string())
+                }
+            };
             for function_id in &route.middleware {
-                match self.call(binding, function_id, &input).await {
+                match self.call(binding, function_id, input.clone()).await {
                     Outcome::Success(result) => match middleware_verdict(result.as_deref()) {
                         Ok(MiddlewareVerdict::Continue) => {}
                         Ok(MiddlewareVerdict::Respond(reply)) => return reply,
@@ -196,7 +218,7 @@ impl HttpTrigger {
         }
         let input = request_input(parts);
         if let Some(condition) = &route.condition {
-            match self.call(binding, condition, &input).await {
+            match self.call(binding, condition, input.clone()).await {
                 Outcome::Success(result) if condition_skips(result.as_deref()) => {
                     return error_reply(
                         422,
@@ -210,7 +232,7 @@ impl HttpTrigger {
                 Outcome::Failure(e) => return failure(condition, &e.code, &e.message),
             }
         }
-        match self.call(binding, &binding.function_id, &input).await {
+        match self.call(binding, &binding.function_id, input).await {
             Outcome::Success(result) => {
                 reply_from_result(result.as_deref()).unwrap_or_else(|message| {
                     failure(&binding.function_id, "invalid_http_response", &message)
@@ -224,16 +246,7 @@ impl HttpTrigger {
         }
     }
 
-    async fn call(
-        &self,
-        binding: &TriggerBinding,
-        function_id: &str,
-        input: &serde_json::Value,
-    ) -> Outcome {
-        let data = match serde_json::value::to_raw_value(input) {
-            Ok(data) => data,
-            Err(e) => return Outcome::failure("serialization_error", e.to_string()),
-        };
+    async fn call(&self, binding: &TriggerBinding, function_id: &str, data: RawJson) -> Outcome {
         let options = CallOptions {
             namespace: Some(binding.namespace.clone()),
             metadata: binding.metadata.clone(),
