@@ -1,12 +1,13 @@
 //! The worker WebSocket server (PROTOCOL.md 1): accepts connections, enforces the handshake
-//! deadline, the optional token (11.5) and the frame size limit (11.3), and hands each text frame
-//! to a [`ConnectionHandler`]. It knows nothing about iii messages.
+//! deadline, the optional token (11.5) and the frame size limit (11.3), bounds what is queued to
+//! a slow reader, pings idle peers and drops the ones that stop answering, and hands each text
+//! frame to a [`ConnectionHandler`]. It knows nothing about iii messages.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +33,14 @@ pub struct ServerConfig {
     pub auth_token: Option<String>,
     /// Frames queued to one connection before it is closed as too slow.
     pub outbound_queue: usize,
+    /// Bytes queued to one connection before it is closed as too slow (never less than
+    /// `max_frame_bytes`, so one frame of the largest size always fits an empty queue).
+    pub outbound_bytes: usize,
+    /// A connection that sent nothing for this long is pinged.
+    pub ping_interval: Duration,
+    /// A connection that sent nothing at all (not even a pong) for this long is dropped as dead:
+    /// its host vanished or its link went silent. Its pending calls fail at once.
+    pub peer_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +51,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             auth_token: None,
             outbound_queue: 65_536,
+            outbound_bytes: 128 * 1024 * 1024,
+            ping_interval: Duration::from_secs(10),
+            peer_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -69,6 +81,7 @@ pub enum SendError {
 
 enum Outbound {
     Frame(Vec<u8>),
+    Ping,
     Close(u16, String),
 }
 
@@ -79,6 +92,9 @@ pub struct Connection {
     connected_at_ms: u64,
     headers: HashMap<String, String>,
     tx: mpsc::Sender<Outbound>,
+    /// Bytes of the frames queued and not yet handed to the socket.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
     closed: AtomicBool,
     gone: watch::Sender<bool>,
 }
@@ -118,15 +134,38 @@ impl Connection {
         if self.closed.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
-        match self.tx.try_send(Outbound::Frame(frame.into())) {
+        let frame = frame.into();
+        let len = frame.len();
+        let queued = self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if queued > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            warn!(
+                worker = %self.id,
+                queued,
+                "outbound bytes over the bound: closing the connection"
+            );
+            self.force_close();
+            return Err(SendError::QueueFull);
+        }
+        match self.tx.try_send(Outbound::Frame(frame)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(worker = %self.id, "outbound queue full: closing the connection");
-                self.force_close();
-                Err(SendError::QueueFull)
+            Err(e) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Closed(_) => Err(SendError::Closed),
+                    mpsc::error::TrySendError::Full(_) => {
+                        warn!(worker = %self.id, "outbound queue full: closing the connection");
+                        self.force_close();
+                        Err(SendError::QueueFull)
+                    }
+                }
             }
         }
+    }
+
+    /// Bytes queued to this connection and not yet written to its socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Closes the connection after what is already queued.
@@ -422,6 +461,8 @@ async fn serve_socket(
             .map_or(0, |d| d.as_millis() as u64),
         headers,
         tx,
+        queued_bytes: AtomicUsize::new(0),
+        max_queued_bytes: config.outbound_bytes.max(config.max_frame_bytes),
         closed: AtomicBool::new(false),
         gone,
     });
@@ -446,11 +487,23 @@ async fn serve_socket(
             for item in batch.drain(..) {
                 match item {
                     Outbound::Frame(bytes) => {
+                        writer_conn
+                            .queued_bytes
+                            .fetch_sub(bytes.len(), Ordering::AcqRel);
                         let text = match String::from_utf8(bytes) {
                             Ok(text) => text,
                             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
                         };
                         if sink.feed(WsMessage::text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Outbound::Ping => {
+                        if sink
+                            .feed(WsMessage::Ping(Default::default()))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -475,16 +528,45 @@ async fn serve_socket(
         }
     });
 
+    // Liveness: any frame from the peer (a pong included) counts. An idle peer is pinged every
+    // `ping_interval`; one silent for `peer_timeout` is dropped, which fails its pending calls
+    // now instead of at their timeouts.
+    let mut last_heard = Instant::now();
+    let mut liveness = tokio::time::interval(config.ping_interval.max(Duration::from_millis(10)));
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    liveness.tick().await;
     loop {
         tokio::select! {
+            _ = liveness.tick() => {
+                let silent = last_heard.elapsed();
+                if silent >= config.peer_timeout {
+                    warn!(
+                        worker = %conn.id,
+                        %peer,
+                        silent_ms = silent.as_millis() as u64,
+                        "peer silent past peer_timeout: dropping the connection"
+                    );
+                    break;
+                }
+                if silent >= config.ping_interval && conn.tx.try_send(Outbound::Ping).is_err() {
+                    debug!(worker = %conn.id, "no room to queue a ping");
+                }
+            }
             next = source.next() => match next {
-                Some(Ok(WsMessage::Text(text))) => handler.on_frame(&conn, text.as_bytes()),
-                Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                    Ok(_) => handler.on_frame(&conn, &bytes),
-                    Err(_) => debug!(worker = %conn.id, "ignoring a binary frame that is not UTF-8"),
-                },
+                Some(Ok(WsMessage::Text(text))) => {
+                    last_heard = Instant::now();
+                    handler.on_frame(&conn, text.as_bytes());
+                }
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    last_heard = Instant::now();
+                    match std::str::from_utf8(&bytes) {
+                        Ok(_) => handler.on_frame(&conn, &bytes),
+                        Err(_) => debug!(worker = %conn.id, "ignoring a binary frame that is not UTF-8"),
+                    }
+                }
                 Some(Ok(WsMessage::Close(_))) | None => break,
-                Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frames
+                // Ping (answered by tungstenite), pong, raw frames.
+                Some(Ok(_)) => last_heard = Instant::now(),
                 Some(Err(WsError::Capacity(e))) => {
                     warn!(worker = %conn.id, "frame over the limit ({e}): closing with 1009");
                     conn.close(1009, "frame too large");

@@ -1541,3 +1541,36 @@ async fn enqueue_without_queues_is_an_enqueue_error() {
     assert!(!listed.to_string().contains("engine::queue::"), "{listed}");
     finish(engine, [producer]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_is_dropped_and_its_pending_calls_fail_at_once() {
+    // Before: a worker whose link went silent (socket open, nothing read or answered) kept its
+    // functions, and a call routed there waited the whole invocation timeout.
+    let mut config = fnmesh_core::engine::EngineConfig::default();
+    config.server.ping_interval = Duration::from_millis(50);
+    config.server.peer_timeout = Duration::from_millis(300);
+    config.invocation_timeout = Duration::from_secs(120);
+    config.queues = None;
+    let engine = start(Engine::builder().config(config)).await;
+    let mut silent = Worker::connect(&engine).await;
+    silent.register(&["vanish::work"]).await;
+    // From here on `silent` is never polled: it reads nothing and answers no ping.
+    let mut caller = Worker::connect(&engine).await;
+    let started = Instant::now();
+    let id = caller.invoke("vanish::work", json!({})).await;
+    let result = caller.result_for(&id).await;
+    assert_eq!(error_code(&result), "invocation_stopped", "{result}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_until("the silent worker is gone", || engine.worker_count() == 1).await;
+    let listed = caller
+        .call_ok("engine::functions::list", json!({}))
+        .await
+        .to_string();
+    assert!(!listed.contains("vanish::work"), "{listed}");
+    drop(silent);
+    finish(engine, [caller]).await;
+}

@@ -553,3 +553,84 @@ async fn shutdown_runs_on_disconnect_and_empties_connections() {
         "shutdown took {took:?}: connection_count never reached 0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_dropped_and_a_live_one_kept() {
+    // Before: after the handshake nothing watched a connection, so a worker whose host vanished
+    // (socket open, nothing read or written) stayed connected forever.
+    let mut h = Harness::start(ServerConfig {
+        ping_interval: Duration::from_millis(100),
+        peer_timeout: Duration::from_millis(600),
+        ..ServerConfig::default()
+    })
+    .await;
+    let (silent, silent_conn) = h.client().await;
+    let (mut live, live_conn) = h.client().await;
+    // The live client keeps reading, so tungstenite answers the engine's pings with pongs.
+    let reader = tokio::spawn(async move {
+        let mut pings = 0u32;
+        while let Some(Ok(message)) = live.next().await {
+            if matches!(message, Message::Ping(_)) {
+                pings += 1;
+            }
+            if pings >= 10 {
+                break;
+            }
+        }
+        (live, pings)
+    });
+    // The silent client is never polled: it answers no ping.
+    let gone = timeout(Duration::from_secs(20), h.events.recv())
+        .await
+        .expect("the silent peer is dropped within its timeout (with a wide margin)")
+        .expect("handler alive");
+    match gone {
+        Event::Disconnect(id) => assert_eq!(id, silent_conn.id().to_string()),
+        other => panic!("expected the silent peer's on_disconnect, got {other:?}"),
+    }
+    // The live one answered ten pings, well past several peer timeouts, and is still there.
+    let (live, pings) = timeout(Duration::from_secs(20), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pings, 10);
+    assert!(!live_conn.is_closed());
+    assert_eq!(h.server.connection_count(), 1);
+    drop(silent);
+    h.finish(vec![live]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_queue_is_bounded_in_bytes() {
+    // Before: the bound counted frames (65,536 of up to 16 MiB each), so a peer that never
+    // reads could make the engine queue gigabytes.
+    let mut h = Harness::start(ServerConfig {
+        max_frame_bytes: 1024 * 1024,
+        outbound_bytes: 4 * 1024 * 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (ws, conn) = h.client().await;
+    let frame = vec![b'x'; 512 * 1024];
+    let mut accepted = 0usize;
+    let refused = loop {
+        match conn.send(frame.clone()) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            accepted < 1000,
+            "500 MB queued to a peer that does not read"
+        );
+    };
+    assert_eq!(refused, SendError::QueueFull);
+    // What sits in the kernel's socket buffers left the queue; what is queued stays bounded.
+    assert!(
+        conn.queued_bytes() <= 4 * 1024 * 1024,
+        "{}",
+        conn.queued_bytes()
+    );
+    assert_eq!(h.expect_disconnect().await, conn.id().to_string());
+    drop(ws);
+    h.finish(vec![]).await;
+}
