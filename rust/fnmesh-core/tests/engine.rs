@@ -1574,3 +1574,28 @@ async fn a_silent_worker_is_dropped_and_its_pending_calls_fail_at_once() {
     drop(silent);
     finish(engine, [caller]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_on_one_connection_do_not_stall_the_others() {
+    // Before: frames of 200k unique unknown keys took the decoder minutes each (quadratic), on
+    // the runtime threads, so no other connection was served meanwhile.
+    let engine = start(Engine::builder().function("math::add", FunctionDef::default(), add)).await;
+    let mut hostile = Worker::connect(&engine).await;
+    let mut frame = String::from(r#"{"type":"unregisterfunction","id":"nope""#);
+    for i in 0..200_000 {
+        frame.push_str(&format!(r#","k{i}":0"#));
+    }
+    frame.push('}');
+    for _ in 0..3 {
+        hostile.send_text(frame.clone()).await;
+    }
+    let mut caller = Worker::connect(&engine).await;
+    for n in 0..20 {
+        let result = caller.call_ok("math::add", json!({"a": n, "b": 1})).await;
+        assert_eq!(result, json!({"sum": n + 1}));
+    }
+    // The hostile connection is still served too, in order, once its frames are decoded.
+    let listed = hostile.call_ok("engine::functions::list", json!({})).await;
+    assert!(listed.to_string().contains("math::add"), "{listed}");
+    finish(engine, [hostile, caller]).await;
+}

@@ -1,5 +1,6 @@
 //! Decoding one frame into a [`Message`], in a single pass.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -273,18 +274,42 @@ impl<'de> Deserialize<'de> for Fields {
                         Key::Code => f.code = map.next_value_seed(OptString)?,
                         Key::WorkerName => f.worker_name = map.next_value_seed(OptString)?,
                         Key::OwnerWorkerId => f.owner_worker_id = map.next_value_seed(OptString)?,
-                        Key::Other(name) => {
-                            let value: RawJson = map.next_value()?;
-                            f.extra.retain(|(k, _)| *k != name);
-                            f.extra.push((name, value));
-                        }
+                        Key::Other(name) => f.extra.push((name, map.next_value()?)),
                     }
                 }
+                last_wins(&mut f.extra);
                 Ok(f)
             }
         }
         d.deserialize_map(FieldsVisitor)
     }
+}
+
+/// Keeps the last value of each repeated unknown key, at the place of its last occurrence.
+///
+/// Linear in the number of keys. (It was a `retain` over the earlier keys for every key: two
+/// frames of 300k unique unknown keys, a few MB each, held both runtime threads for over a
+/// minute.)
+fn last_wins(extra: &mut Extra) {
+    if extra.len() < 2 {
+        return;
+    }
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(extra.len());
+        let mut keep = vec![false; extra.len()];
+        for (i, (key, _)) in extra.iter().enumerate().rev() {
+            keep[i] = seen.insert(key.as_str());
+        }
+        keep
+    };
+    if keep.iter().all(|k| *k) {
+        return;
+    }
+    let mut at = 0;
+    extra.retain(|_| {
+        at += 1;
+        keep[at - 1]
+    });
 }
 
 fn required(value: Option<String>, kind: &str, field: &str) -> Result<String> {

@@ -222,3 +222,41 @@ fn repeated_keys_last_wins() {
     };
     assert_eq!(m.id, "b");
 }
+
+#[test]
+fn repeated_unknown_keys_last_wins_in_the_order_of_last_occurrence() {
+    let Message::UnregisterFunction(m) =
+        decode(br#"{"type":"unregisterfunction","id":"a","x":1,"y":2,"x":3,"z":4,"y":5}"#).unwrap()
+    else {
+        panic!()
+    };
+    let extra: Vec<(&str, &str)> = m.extra.iter().map(|(k, v)| (k.as_str(), v.get())).collect();
+    assert_eq!(extra, [("x", "3"), ("z", "4"), ("y", "5")]);
+    assert_eq!(
+        String::from_utf8(Message::UnregisterFunction(m).encode()).unwrap(),
+        r#"{"type":"unregisterfunction","id":"a","x":3,"z":4,"y":5}"#
+    );
+}
+
+#[test]
+fn many_unique_unknown_keys_decode_in_linear_time() {
+    // 200k unknown keys (about 3 MB): linear handling takes well under a second even in a debug
+    // build; the old retain-per-key handling took minutes (2e10 key comparisons), so the wide
+    // deadline below only catches that.
+    let mut frame = String::from(r#"{"type":"unregisterfunction","id":"a""#);
+    for i in 0..200_000 {
+        frame.push_str(&format!(r#","k{i}":0"#));
+    }
+    frame.push('}');
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(decode(frame.as_bytes()).map(|m| match m {
+            Message::UnregisterFunction(m) => m.extra.len(),
+            _ => 0,
+        }));
+    });
+    let decoded = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a frame of 200k unknown keys decodes within a minute");
+    assert_eq!(decoded.unwrap(), 200_000);
+}
