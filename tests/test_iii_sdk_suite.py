@@ -68,10 +68,9 @@ def sdk_tests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_iii_sdk_integration_suite_passes_against_fnmesh_serve(sdk_tests: Path, tmp_path: Path) -> None:
     config = tmp_path / "engine.toml"
-    # test_bridge sends a 30 MiB payload through the engine; iii's frame limit is larger than
-    # fnmesh's 16 MiB default, so this run raises it like an operator would.
+    # test_bridge sends a 30 MiB payload through the engine: it passes with the default frame
+    # limit (64 MiB, as iii's).
     config.write_text(
-        f"max_frame_bytes = {64 * 1024 * 1024}\n"
         # The external-function tests register webhooks on loopback over plain http: opt in to
         # external functions and let loopback through the SSRF guard, as iii's test config does.
         "external_functions = true\n"

@@ -114,7 +114,7 @@ def test_frame_too_large() -> None:
     with pytest.raises(FrameTooLarge) as info:
         Frame.decode(raw, max_size=len(raw) - 1)
     assert (info.value.size, info.value.limit) == (len(raw), len(raw) - 1)
-    assert fnmesh.DEFAULT_MAX_FRAME_BYTES == 16 * 1024 * 1024
+    assert fnmesh.DEFAULT_MAX_FRAME_BYTES == 64 * 1024 * 1024
 
 
 def test_wrong_input_type_is_a_type_error() -> None:

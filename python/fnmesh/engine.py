@@ -60,7 +60,7 @@ class EngineConfig:
     """Engine-side bound on a pending call."""
     namespace_grace_ms: int = 5_000
     """How long registrations wait for ``engine::workers::register`` to name the namespace."""
-    max_frame_bytes: int = 16 * 1024 * 1024
+    max_frame_bytes: int = 64 * 1024 * 1024
     """Largest frame accepted; a bigger one closes that connection with code 1009."""
     handshake_timeout_ms: int = 10_000
     """A client must finish the WebSocket upgrade within this time."""

@@ -85,7 +85,7 @@ impl Frame {
     }
 }
 
-/// Default frame size limit in bytes (16 MiB).
+/// Default frame size limit in bytes (64 MiB).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Frame>()?;
     m.add("DEFAULT_MAX_FRAME_BYTES", protocol::DEFAULT_MAX_FRAME_BYTES)?;

@@ -95,8 +95,12 @@ async fn connect_once(inner: &Inner) -> Result<Socket, String> {
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
+        // The engine may send a frame as large as its own limit (iii's and fnmesh's default is
+        // 64 MiB); tungstenite's default would refuse single frames above 16 MiB.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(crate::server::READ_BUFFER_BYTES);
+            .read_buffer_size(crate::server::READ_BUFFER_BYTES)
+            .max_message_size(Some(crate::protocol::DEFAULT_MAX_FRAME_BYTES))
+            .max_frame_size(Some(crate::protocol::DEFAULT_MAX_FRAME_BYTES));
         let (socket, _response) =
             tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
                 .await

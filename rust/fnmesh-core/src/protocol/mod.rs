@@ -40,5 +40,6 @@ pub use messages::{
 };
 pub use raw::{Extra, RawJson};
 
-/// Default limit on the size of one frame (PROTOCOL.md 11.3): 16 MiB.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Default limit on the size of one frame (PROTOCOL.md 11.3): 64 MiB, iii's limit, so whatever
+/// an iii deployment sends passes here with the default settings.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
