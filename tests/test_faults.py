@@ -125,9 +125,7 @@ async def test_stalled_http_clients_are_cut_off_by_the_timeouts() -> None:
                 seen += chunk
             return seen
 
-        (body,) = open_stalled(
-            port, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n[", 1
-        )
+        (body,) = open_stalled(port, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n[", 1)
         (header,) = open_stalled(port, b"POST /echo HTTP/1.1\r\nHost: t\r\n", 1)
         with body, header:
             answer = await asyncio.to_thread(read_until_closed, body)
@@ -217,7 +215,7 @@ async def test_a_worker_whose_link_goes_silent_is_dropped_and_its_call_fails_at_
                     )
                     proxy.freeze()
                     started = time.monotonic()
-                    with pytest.raises(Exception, match="invocation_stopped|Invocation stopped"):
+                    with pytest.raises(Exception, match=r"invocation_stopped|Invocation stopped"):
                         await asyncio.wait_for(pending, BOUND)
                     assert time.monotonic() - started < BOUND
                     await asyncio.to_thread(
@@ -247,9 +245,7 @@ async def test_sigkill_mid_call_fails_that_call_and_the_other_replica_serves() -
                     wait_until, lambda: engine.pending_count >= 2, BOUND, "both calls in flight"
                 )
                 await asyncio.to_thread(first.kill)
-                outcomes = await asyncio.wait_for(
-                    asyncio.gather(*calls, return_exceptions=True), BOUND
-                )
+                outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND)
                 failed = [o for o in outcomes if isinstance(o, BaseException)]
                 assert len(failed) == 1, outcomes
                 assert "invocation_stopped" in str(failed[0]) or "Invocation stopped" in str(failed[0])
