@@ -104,7 +104,6 @@ class FunctionInfo:
 
 # --- engine ---
 def init_logging(level: str = "info") -> bool: ...
-
 def engine_defaults() -> dict[str, Any]: ...
 
 @final

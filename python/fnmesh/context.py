@@ -51,13 +51,13 @@ class Context:
         "_answer",
         "_deferred",
         "_host",
-        "_outcome",
         "baggage",
         "caller_worker_id",
         "function_id",
         "invocation_id",
         "metadata",
         "namespace",
+        "outcome",
         "traceparent",
     )
 
@@ -82,9 +82,16 @@ class Context:
         self.traceparent = traceparent
         self.baggage = baggage
         self.caller_worker_id = caller_worker_id
-        # None for a local call: its caller awaits `_outcome`, made only if the handler defers.
+        # None for a local call: its caller awaits `outcome`, made only if the handler defers.
         self._answer = answer
-        self._outcome: LocalOutcome | None = None
+        #: What a local caller awaits once the handler deferred; ``None`` otherwise (the call
+        #: was not deferred, or its answer goes back to the engine). Read-only: only
+        #: :meth:`defer` sets it.
+        # NOTE: a plain slot, not a property: the app reads it after every local call of a
+        # handler taking a context, and a property read cost ~75 ns more (timeit, 2 CPUs), ~5%
+        # of E3's `echo(data, ctx)` call. As a slot, that call runs 16,091 instructions against
+        # 16,042 when the app read `ctx._outcome` itself (callgrind, 10,000 calls).
+        self.outcome: LocalOutcome | None = None
         self._deferred: Deferred | None = None
 
     @property
@@ -103,16 +110,10 @@ class Context:
         if self._deferred is None:
             answer = self._answer
             if answer is None:  # a local call: its caller awaits this outcome
-                outcome = self._outcome = LocalOutcome(self._host.running_loop())
+                outcome = self.outcome = LocalOutcome(self._host.running_loop())
                 answer = outcome.settle
             self._deferred = self._host.deferral(self.invocation_id, self.function_id, answer)
         return self._deferred
-
-    @property
-    def outcome(self) -> LocalOutcome | None:
-        """What a local caller awaits once the handler deferred (``None`` otherwise: the call
-        was not deferred, or its answer goes back to the engine)."""
-        return self._outcome
 
     async def call(
         self,
