@@ -37,8 +37,12 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::engine::WeakEngineRef;
+
+#[path = "cron/service.rs"]
+mod service;
 use crate::function::{CallOptions, Outcome};
 use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvider};
+pub use service::CronService;
 
 /// A parsed cron expression and the zone it is evaluated in.
 #[derive(Debug, Clone)]
