@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::service::{shutdown_all, EngineService, ServiceEntry};
 use super::session::Handler;
@@ -116,10 +116,6 @@ impl EngineBuilder {
         let mut services = Vec::with_capacity(self.services.len());
         for entry in self.services {
             if let Err(e) = entry.service.install(&handle).await {
-                warn!(
-                    service = entry.service.name(),
-                    "engine service not installed: {e}"
-                );
                 shutdown_all(&services).await;
                 return Err(e.into());
             }

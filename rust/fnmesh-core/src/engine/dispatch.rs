@@ -1,9 +1,9 @@
 //! Dispatch: one call ([`Request`]) routed to whatever serves its function (a worker connection,
 //! a native function, a built-in), its pending entry, and the outcome delivered to its caller.
 //!
-//! Calls wait in one [`PendingTable`](crate::invocation::PendingTable) whatever serves them, so completion, timeouts and
-//! disconnects work the same way. A worker's answer is forwarded byte for byte when it already
-//! is what the caller needs (PROTOCOL.md 4.2).
+//! Calls wait in one [`PendingTable`](crate::invocation::PendingTable) whatever serves them, so
+//! completion, timeouts and disconnects work the same way. A worker's answer is forwarded byte
+//! for byte when it already is what the caller needs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -14,8 +14,9 @@ use crate::protocol::{ErrorBody, RawJson};
 use crate::registry::{check_namespace, FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
 use crate::triggers::{TriggerBinding, TriggerProvider, TriggerSpec};
 
-/// A cloneable handle on a running [`Engine`] (see [`Engine::handle`]). Once the engine has
-/// stopped, calls fail at once with `invocation_stopped`.
+/// A cloneable handle on a running [`Engine`](super::Engine) (see
+/// [`Engine::handle`](super::Engine::handle)). Once the engine has stopped, calls fail at once
+/// with `invocation_stopped`.
 #[derive(Clone)]
 pub struct EngineRef {
     pub(super) shared: Arc<Shared>,
@@ -88,7 +89,8 @@ impl EngineRef {
             .unwrap_or_else(|p| p.into_inner()) = host;
     }
 
-    /// Registers a native function (owner [`HOST_OWNER`]), like [`Engine::register_function`].
+    /// Registers a native function (owner [`HOST_OWNER`]), like
+    /// [`Engine::register_function`](super::Engine::register_function).
     /// It is listed with kind `local`, or `http` when `def` says so (a host's own external
     /// function).
     pub fn register_function(

@@ -2,7 +2,7 @@
 //! inline in that connection's reader task ([`Handler`]): decode the envelope, route, re-encode.
 //! Registrations wait until the worker names its namespace (`engine::workers::register`, or the
 //! grace period runs out, PROTOCOL.md 3.4), then apply; a reattach retires the previous
-//! connection of the same worker (3.5); external HTTP functions go through the host first
+//! connection of the same worker (1.5); external HTTP functions go through the host first
 //! (section 5).
 
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 //! the engine's consumers take it from, until the function succeeds or the message runs out of
 //! attempts and moves to its queue's dead letters.
 //!
-//! A [`QueueStore`] keeps the messages; the engine's consumers (in `engine.rs`) claim, call and
+//! A [`QueueStore`] keeps the messages; the engine's consumers (in [`service`]) claim, call and
 //! settle them. Every backend passes the same behaviour suite (`tests/queue_store.rs`):
 //! - [`memory::MemoryStore`]: in this process only, for tests and throwaway runs;
 //! - [`sqlite::SqliteStore`]: the embedded default, one SQLite file in WAL mode that survives a
