@@ -149,7 +149,7 @@ impl Shared {
             metadata,
             traceparent,
             baggage,
-            timeout: None,
+            ..CallOptions::default()
         };
         self.dispatch(Request {
             invocation_id,
