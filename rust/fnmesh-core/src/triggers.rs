@@ -324,6 +324,23 @@ impl TriggerBindingRegistry {
         self.write().by_id.remove(id)
     }
 
+    /// Removes the binding `id` only if connection `owner` made it: `Ok(None)` when there is
+    /// none, `Err(its owner)` (`None` for a durable binding) when someone else made it.
+    pub fn remove_if_owned(
+        &self,
+        id: &str,
+        owner: &str,
+    ) -> std::result::Result<Option<BindingSlot>, Option<Arc<str>>> {
+        let mut bindings = self.write();
+        match bindings.by_id.get(id) {
+            None => Ok(None),
+            Some(slot) if slot.binding.owner.as_deref() == Some(owner) => {
+                Ok(bindings.by_id.remove(id))
+            }
+            Some(slot) => Err(slot.binding.owner.clone()),
+        }
+    }
+
     /// Changes a binding's state; false when the id is unknown.
     pub fn set_state(&self, id: &str, state: BindingState) -> bool {
         match self.write().by_id.get_mut(id) {

@@ -1598,4 +1598,134 @@ async fn hostile_frames_on_one_connection_do_not_stall_the_others() {
     let listed = hostile.call_ok("engine::functions::list", json!({})).await;
     assert!(listed.to_string().contains("math::add"), "{listed}");
     finish(engine, [hostile, caller]).await;
+
+#[tokio::test]
+async fn built_in_trigger_types_cannot_be_taken_over_by_a_worker() {
+    // Before: a worker's `registertriggertype` with id `cron` replaced the engine's provider,
+    // and once that worker left, `cron` was gone until a restart.
+    let engine = start(Engine::builder()).await;
+    let mut rogue = Worker::connect(&engine).await;
+    for id in ["cron", "http", "durable:subscriber"] {
+        rogue
+            .send(json!({"type": "registertriggertype", "id": id, "description": "mine now"}))
+            .await;
+    }
+    rogue.register(&[]).await;
+    let mut observer = Worker::connect(&engine).await;
+    for id in ["cron", "http", "durable:subscriber"] {
+        let info = observer
+            .call_ok("engine::triggers::info", json!({"id": id}))
+            .await;
+        assert_eq!(info["worker_name"], "fnmesh-engine", "{id}: {info}");
+    }
+    rogue.cut();
+    wait_until("the rogue worker is gone", || engine.worker_count() == 1).await;
+    let info = observer
+        .call_ok("engine::triggers::info", json!({"id": "cron"}))
+        .await;
+    assert_eq!(info["worker_name"], "fnmesh-engine", "{info}");
+    finish(engine, [observer]).await;
+}
+
+#[tokio::test]
+async fn a_worker_cannot_shadow_a_host_function() {
+    let engine = start(Engine::builder().function("math::add", FunctionDef::default(), add)).await;
+    let mut rogue = Worker::connect(&engine).await;
+    rogue
+        .send(json!({"type": "registerfunction", "id": "math::add"}))
+        .await;
+    // Naming the namespace releases the buffered registration (section 3.4).
+    rogue
+        .invoke("engine::workers::register", json!({"runtime": "test"}))
+        .await;
+    let (rejected, _) = rogue.recv_type("registrationrejected").await;
+    assert_eq!(
+        rejected["code"], "FUNCTION_NAMESPACE_CONFLICT",
+        "{rejected}"
+    );
+    // Every call still reaches the host's function, never the rogue worker.
+    for n in 0..10 {
+        let result = rogue.call_ok("math::add", json!({"a": n, "b": 1})).await;
+        assert_eq!(result, json!({"sum": n + 1}));
+    }
+    finish(engine, [rogue]).await;
+}
+
+#[tokio::test]
+async fn a_queued_call_cannot_forge_the_caller_of_engine_workers_register() {
+    // Before: with no caller on the call, `engine::workers::register` trusted the payload's
+    // `_caller_worker_id`, so anyone able to route a call there without a caller (an enqueued
+    // message) could rename, or get closed, any connected worker.
+    let engine = start(Engine::builder()).await;
+    let mut victim = Worker::connect(&engine).await;
+    victim.register(&[]).await;
+    let forged = engine
+        .call(
+            "default",
+            "engine::workers::register",
+            raw(&json!({"_caller_worker_id": victim.id, "name": "stolen"}).to_string()),
+            Some(WAIT),
+        )
+        .await;
+    match forged {
+        Outcome::Failure(e) => assert_eq!(e.code, "deserialization_error", "{e:?}"),
+        Outcome::Success(r) => panic!("a caller-less register was accepted: {r:?}"),
+    }
+    // The victim keeps its identity and its connection.
+    let listed = victim.call_ok("engine::workers::list", json!({})).await;
+    assert!(!listed.to_string().contains("stolen"), "{listed}");
+    assert_eq!(engine.worker_count(), 1);
+    finish(engine, [victim]).await;
+}
+
+#[tokio::test]
+async fn workers_change_only_the_bindings_they_made() {
+    let engine = start(Engine::builder()).await;
+    let mut provider = Worker::connect(&engine).await;
+    provider
+        .send(json!({"type": "registertriggertype", "id": "ticks", "description": "t"}))
+        .await;
+    provider.register(&[]).await;
+    let mut owner = Worker::connect(&engine).await;
+    owner.register(&["own::fn"]).await;
+    owner
+        .send(json!({"type": "registertrigger", "id": "b-1", "trigger_type": "ticks", "function_id": "own::fn", "config": {"n": 1}}))
+        .await;
+    let (delivered, _) = provider.recv_type("registertrigger").await;
+    assert_eq!(delivered["id"], "b-1");
+
+    let mut rogue = Worker::connect(&engine).await;
+    rogue.register(&["rogue::fn"]).await;
+    // Reusing the id of another worker's binding is refused, and the binding stays as it was.
+    rogue
+        .send(json!({"type": "registertrigger", "id": "b-1", "trigger_type": "ticks", "function_id": "rogue::fn", "config": {"n": 2}}))
+        .await;
+    let (refused, _) = rogue.recv_type("triggerregistrationresult").await;
+    assert_eq!(
+        refused["error"]["code"], "trigger_registration_failed",
+        "{refused}"
+    );
+    // Unregistering it is ignored.
+    rogue
+        .send(json!({"type": "unregistertrigger", "id": "b-1", "trigger_type": "ticks"}))
+        .await;
+    let rows = rogue
+        .call_ok("engine::registered-triggers::list", json!({}))
+        .await;
+    let row = rows["registered_triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "b-1")
+        .cloned()
+        .unwrap_or_else(|| panic!("b-1 is gone: {rows}"));
+    assert_eq!(row["function_id"], "own::fn", "{row}");
+    provider.expect_nothing(Duration::from_millis(200)).await;
+    // Its owner can still change and remove it.
+    owner
+        .send(json!({"type": "unregistertrigger", "id": "b-1", "trigger_type": "ticks"}))
+        .await;
+    let (retracted, _) = provider.recv_type("unregistertrigger").await;
+    assert_eq!(retracted["id"], "b-1");
+    finish(engine, [provider, owner, rogue]).await;
 }

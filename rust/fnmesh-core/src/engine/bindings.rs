@@ -73,6 +73,16 @@ impl Shared {
             report(e.code(), e.to_string());
             return;
         }
+        if let Some(existing) = self.bindings.get(&t.id) {
+            if !self.may_replace(&existing.binding, ws) {
+                warn!(worker = %conn.id(), trigger_id = %t.id, "trigger registration refused: the id belongs to another worker's binding");
+                report(
+                    "trigger_registration_failed",
+                    format!("trigger id '{}' is registered by another worker", t.id),
+                );
+                return;
+            }
+        }
         let binding = TriggerBinding {
             id: t.id.clone(),
             trigger_type: t.trigger_type.clone(),
@@ -96,6 +106,32 @@ impl Shared {
             }
             Err(e) => report("trigger_registration_failed", e.to_string()),
         }
+    }
+
+    /// Whether connection `ws` may replace `existing` by registering a binding with its id: its
+    /// own binding, or one whose connection is gone or going, or one made by an earlier
+    /// connection of the same worker (same name and namespace: a reconnect replaying its
+    /// bindings). Never a durable binding (`engine::register_trigger`) nor another live
+    /// worker's.
+    fn may_replace(&self, existing: &TriggerBinding, ws: &Arc<WorkerState>) -> bool {
+        let Some(owner) = existing.owner.as_deref() else {
+            return false;
+        };
+        if owner == &**ws.conn.id() {
+            return true;
+        }
+        let live = self.conns.get(owner).is_some_and(|o| {
+            !o.conn.is_closed() && !o.cleaned.load(std::sync::atomic::Ordering::Acquire)
+        });
+        if !live {
+            return true;
+        }
+        let identity = |id: &str| {
+            self.workers
+                .get(id)
+                .and_then(|w| Some((w.namespace.clone(), w.name()?.to_owned())))
+        };
+        matches!((identity(owner), identity(ws.conn.id())), (Some(a), Some(b)) if a == b)
     }
 
     /// Resolves a binding's provider and delivers it, or parks it as pending.

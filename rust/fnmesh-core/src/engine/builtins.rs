@@ -241,8 +241,8 @@ fn function_detail(shared: &Shared, f: &FunctionInfo) -> Value {
 
 #[derive(Deserialize)]
 struct RegisterInput {
-    #[serde(rename = "_caller_worker_id")]
-    caller: Option<String>,
+    // `_caller_worker_id` in the payload is never read: only the engine says who is calling
+    // (`Call::caller_worker_id`). A payload's copy could be forged, e.g. through a queue.
     name: Option<String>,
     description: Option<String>,
     runtime: Option<String>,
@@ -258,15 +258,11 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
     let Some(input) = parse::<RegisterInput>(&mut call) else {
         return;
     };
-    let Some(worker_id) = call
-        .caller_worker_id
-        .as_deref()
-        .map(str::to_owned)
-        .or(input.caller)
-    else {
+    let Some(worker_id) = call.caller_worker_id.as_deref().map(str::to_owned) else {
         call.reply.send(Outcome::failure(
             "deserialization_error",
-            "engine::workers::register must be called by a worker (_caller_worker_id missing)",
+            "engine::workers::register must be called by a worker over its own connection \
+             (not through a queue, a trigger or the host)",
         ));
         return;
     };

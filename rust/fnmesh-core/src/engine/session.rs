@@ -15,7 +15,7 @@ use super::dispatch::{Caller, Request};
 use super::state::{
     lock, raw_null, send_msg, uuid, NsState, Provider, Shared, Target, WorkerState,
 };
-use super::{ENGINE_OWNER, ENQUEUE_FUNCTION};
+use super::{ENGINE_OWNER, ENQUEUE_FUNCTION, HOST_OWNER};
 use crate::error::Error;
 use crate::external::ExternalRegistration;
 use crate::function::{CallOptions, Outcome};
@@ -208,12 +208,14 @@ impl Shared {
                     rejected("");
                     return;
                 }
-                let builtin = self
+                // The engine's built-ins and the host's (embedded app's) functions belong to this
+                // process: a worker never becomes a replica of one.
+                let in_process = self
                     .functions
                     .lookup(ns, &f.id)
-                    .is_some_and(|i| i.owners.iter().any(|o| &**o == ENGINE_OWNER));
-                if builtin {
-                    warn!(worker = %conn.id(), function_id = %f.id, "refusing to shadow a built-in");
+                    .is_some_and(|i| i.owners.iter().any(|o| is_in_process_owner(o)));
+                if in_process {
+                    warn!(worker = %conn.id(), function_id = %f.id, "refusing to shadow a function of the engine or its host");
                     rejected("");
                     return;
                 }
@@ -264,6 +266,12 @@ impl Shared {
             }
             Message::RegisterTriggerType(t) => {
                 let namespace = t.namespace.unwrap_or_else(|| ns.to_owned());
+                if let Some(existing) = self.trigger_types.get(&namespace, &t.id) {
+                    if is_in_process_owner(&existing.owner) {
+                        warn!(worker = %conn.id(), namespace = %namespace, trigger_type = %t.id, owner = %existing.owner, "trigger type refused: it is provided by the engine or its host");
+                        return;
+                    }
+                }
                 let trigger_type = TriggerType {
                     namespace,
                     id: t.id,
@@ -297,9 +305,15 @@ impl Shared {
             }
             Message::RegisterTrigger(t) => self.on_register_trigger(ws, ns, t),
             Message::UnregisterTrigger(t) => {
-                if let Some(slot) = self.bindings.remove(&t.id) {
-                    info!(worker = %conn.id(), trigger_id = %t.id, "trigger unregistered");
-                    self.retract(&slot.binding, &slot.state);
+                match self.bindings.remove_if_owned(&t.id, conn.id()) {
+                    Ok(Some(slot)) => {
+                        info!(worker = %conn.id(), trigger_id = %t.id, "trigger unregistered");
+                        self.retract(&slot.binding, &slot.state);
+                    }
+                    Ok(None) => {}
+                    Err(owner) => {
+                        warn!(worker = %conn.id(), trigger_id = %t.id, owner = %owner.as_deref().unwrap_or("engine::register_trigger"), "unregistertrigger ignored: the binding belongs to someone else");
+                    }
                 }
             }
             Message::RegisterService(s) => {
@@ -515,4 +529,10 @@ impl ConnectionHandler for Handler {
             self.0.cleanup(&ws);
         }
     }
+}
+
+/// Owners of what this process itself provides: the engine's built-ins and services, and the
+/// host's (embedded app's) functions and trigger types. Workers cannot take these over.
+pub(super) fn is_in_process_owner(owner: &str) -> bool {
+    owner == ENGINE_OWNER || owner == HOST_OWNER
 }
