@@ -1598,6 +1598,7 @@ async fn hostile_frames_on_one_connection_do_not_stall_the_others() {
     let listed = hostile.call_ok("engine::functions::list", json!({})).await;
     assert!(listed.to_string().contains("math::add"), "{listed}");
     finish(engine, [hostile, caller]).await;
+}
 
 #[tokio::test]
 async fn built_in_trigger_types_cannot_be_taken_over_by_a_worker() {
