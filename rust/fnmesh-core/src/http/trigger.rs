@@ -118,11 +118,7 @@ impl HttpTrigger {
         let work = self.serve(&route, &parts);
         match tokio::time::timeout(self.config.timeout, work).await {
             Ok(reply) => reply,
-            Err(_) => HttpReply {
-                status: 504,
-                headers: Vec::new(),
-                body: Vec::new(),
-            },
+            Err(_) => timed_out(),
         }
     }
 
@@ -149,7 +145,7 @@ impl HttpTrigger {
                             return failure(function_id, "invalid_middleware_result", &message)
                         }
                     },
-                    Outcome::Failure(e) => return failure(function_id, &e.code, &e.message),
+                    Outcome::Failure(e) => return failed(function_id, &e),
                 }
             }
         }
@@ -166,7 +162,7 @@ impl HttpTrigger {
                     );
                 }
                 Outcome::Success(_) => {}
-                Outcome::Failure(e) => return failure(condition, &e.code, &e.message),
+                Outcome::Failure(e) => return failed(condition, &e),
             }
         }
         match self.call(binding, &binding.function_id, input).await {
@@ -179,7 +175,7 @@ impl HttpTrigger {
             Outcome::Failure(e) if e.code == "function_not_found" => {
                 error_reply(404, "NOT_FOUND", "Not Found", None, &[])
             }
-            Outcome::Failure(e) => failure(&binding.function_id, &e.code, &e.message),
+            Outcome::Failure(e) => failed(&binding.function_id, &e),
         }
     }
 
@@ -195,6 +191,23 @@ impl HttpTrigger {
             Some(engine) => engine.call_with(function_id, data, options).await,
             None => Outcome::failure("invocation_stopped", "the engine has stopped"),
         }
+    }
+}
+
+/// The reply to a failed call: 504 when the engine timed the call out (its timeout is the
+/// request's, so it races the request's own deadline: both must answer the same), else a 500.
+fn failed(function_id: &str, e: &crate::protocol::ErrorBody) -> HttpReply {
+    if e.code == "invocation_timeout" {
+        return timed_out();
+    }
+    failure(function_id, &e.code, &e.message)
+}
+
+fn timed_out() -> HttpReply {
+    HttpReply {
+        status: 504,
+        headers: Vec::new(),
+        body: Vec::new(),
     }
 }
 
