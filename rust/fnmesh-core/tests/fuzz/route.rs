@@ -85,8 +85,14 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
     out
 }
 
-/// A template: a seed route (mutated or not), or segments put together.
+/// A template: a seed route (mutated or not), segments put together, or now and then a very
+/// long one (the trie has a level per segment).
 fn template(rng: &mut Rng) -> String {
+    if rng.one_in(200) {
+        let segment = *rng.pick(&["a", ":p"]);
+        let count = [255, 256, 257, 1_000, 100_000][rng.below(5)];
+        return format!("{segment}/").repeat(count);
+    }
     let corpus = route_corpus();
     if !corpus.is_empty() && rng.one_in(2) {
         let seed = &rng.pick(corpus).1;

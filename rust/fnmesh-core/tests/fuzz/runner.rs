@@ -99,6 +99,9 @@ pub struct Settings {
     /// `FNMESH_FUZZ_HANG_SECONDS` (default 60): past this, the watchdog writes the input out and
     /// aborts the process.
     pub hang_bound: Duration,
+    /// `FNMESH_FUZZ_TRACE=1`: print each iteration's number before running it, to find the
+    /// input of a crash nothing can catch (a stack overflow aborts the process).
+    pub trace: bool,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -129,6 +132,7 @@ impl Settings {
             replay: std::env::var_os("FNMESH_FUZZ_REPLAY").map(PathBuf::from),
             input_bound: Duration::from_millis(env_u64("FNMESH_FUZZ_INPUT_MS").unwrap_or(2000)),
             hang_bound: Duration::from_secs(env_u64("FNMESH_FUZZ_HANG_SECONDS").unwrap_or(60)),
+            trace: env_u64("FNMESH_FUZZ_TRACE").is_some_and(|v| v != 0),
         }
     }
 }
@@ -260,6 +264,9 @@ pub fn run(target: &Target, settings: &Settings) -> Result<Stats, String> {
     loop {
         let input = (target.generate)(&mut Rng::for_iteration(seed, iter));
         watchdog.entering(iter);
+        if settings.trace {
+            eprintln!("fuzz {}: seed=0x{seed:016x} iter={iter}", target.name);
+        }
         let outcome = run_one(target, &input, settings.input_bound);
         stats.iterations += 1;
         match outcome {
