@@ -13,6 +13,7 @@
 mod gen;
 mod mapping;
 mod protocol;
+mod regressions;
 mod route;
 mod runner;
 

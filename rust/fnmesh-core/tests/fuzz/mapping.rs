@@ -10,11 +10,14 @@
 //! An input is a byte string of chunks (see `gen::Chunks`): method, template, path parameters,
 //! query, headers, body, a function result, a middleware result, an error code and message.
 
+use std::collections::BTreeMap;
+
 use ::http::header::{HeaderMap, HeaderName, HeaderValue};
 use fnmesh_core::http::mapping::{
     condition_skips, error_reply, middleware_verdict, reply_from_result, request_input,
     request_summary, HttpReply, MiddlewareVerdict, RequestParts,
 };
+use fnmesh_core::protocol::{decode, InvokeFunction, Message};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -284,7 +287,9 @@ fn check(input: &[u8]) -> Result<bool, Finding> {
         headers: &headers,
         body,
     };
-    let input = json_object(&request_input(&parts), "request_input")?;
+    let input_json = request_input(&parts);
+    carried_in_a_call(&input_json.json_text())?;
+    let input = json_object(&input_json, "request_input")?;
     for key in [
         "query_params",
         "path_params",
@@ -299,7 +304,7 @@ fn check(input: &[u8]) -> Result<bool, Finding> {
         })?;
     }
     ensure(
-        input["method"].as_str() == Some(method.to_ascii_uppercase().as_str()),
+        input["method"].get() == Value::from(method.to_ascii_uppercase()).to_string(),
         || format!("request_input method {} for {method:?}", input["method"]),
     )?;
     let summary = json_object(&request_summary(&parts), "request_summary")?;
@@ -342,19 +347,37 @@ fn raw_json(bytes: &[u8]) -> Option<Box<RawValue>> {
     serde_json::from_slice(bytes).ok()
 }
 
-/// Parses what a mapping function returned as a JSON object.
+/// Parses what a mapping function returned as a JSON object, its values kept raw.
+///
+/// "Valid JSON" is JSON syntax, as the codec reads it: a string may hold a lone surrogate escape
+/// (`"\ud800"`), which a body passed through raw keeps and Python's `json` reads.
 fn json_object(
     value: &impl JsonText,
     what: &str,
-) -> Result<serde_json::Map<String, Value>, Finding> {
+) -> Result<BTreeMap<String, Box<RawValue>>, Finding> {
     let text = value.json_text();
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Finding::Property(format!(
-            "{what} is not an object: {other}"
-        ))),
-        Err(e) => Err(Finding::Property(format!(
-            "{what} is not JSON ({e}): {text}"
+    serde_json::from_str(&text)
+        .map_err(|e| Finding::Property(format!("{what} is not a JSON object ({e}): {text}")))
+}
+
+/// The function input travels as the `data` of an `invokefunction`: that frame decodes (within
+/// serde_json's nesting limit) and gives the input back unchanged.
+fn carried_in_a_call(input: &str) -> Result<(), Finding> {
+    let data = RawValue::from_string(input.to_owned())
+        .map_err(|e| Finding::Property(format!("request_input is not JSON ({e}): {input}")))?;
+    let call = Message::InvokeFunction(InvokeFunction {
+        function_id: "f".to_owned(),
+        data: Some(data),
+        ..InvokeFunction::default()
+    });
+    match decode(&call.encode()) {
+        Ok(Message::InvokeFunction(decoded)) => {
+            ensure(decoded.data_or_null().get() == input, || {
+                format!("the call changed the input: {input}")
+            })
+        }
+        other => Err(Finding::Property(format!(
+            "a call carrying the input does not decode: {other:?}; input: {input}"
         ))),
     }
 }

@@ -223,7 +223,7 @@ fn check(input: &[u8]) -> Result<bool, Finding> {
             )
         })?;
     }
-    ensure(router.is_empty() && router.len() == 0, || {
+    ensure(router.is_empty(), || {
         format!("{} routes left after removing all", router.len())
     })?;
     Ok(parsed)
