@@ -17,14 +17,14 @@ mod regressions;
 mod route;
 mod runner;
 
-use runner::{report, run, run_one, Settings, Target};
+use runner::{run, run_one, Report, Settings, Target};
 
 const TARGETS: [&Target; 3] = [&protocol::TARGET, &mapping::TARGET, &route::TARGET];
 
 fn fuzz(target: &Target) {
     let settings = Settings::from_env();
-    if let Err(report) = run(target, &settings) {
-        panic!("{report}");
+    if let Err(failure) = run(target, &settings) {
+        panic!("{failure}");
     }
 }
 
@@ -69,12 +69,7 @@ fn corpus() {
         .iter()
         .filter_map(|(target, name, input)| {
             let finding = run_one(target, input, settings.input_bound).err()?;
-            Some(report(
-                target.name,
-                &format!("corpus {name}"),
-                input,
-                &finding,
-            ))
+            Some(Report::new(target.name, format!("corpus {name}"), input, finding).to_string())
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

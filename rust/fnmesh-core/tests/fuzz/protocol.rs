@@ -57,7 +57,7 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
 /// A frame object. Half of them are well-typed: a known `type` with its required fields as
 /// strings, optional fields of the right type, unknown fields. The others have a `type` known or
 /// not (anywhere in the object, sometimes twice or missing) and any field with any value.
-pub fn frame(rng: &mut Rng) -> Vec<u8> {
+fn frame(rng: &mut Rng) -> Vec<u8> {
     let well_typed = rng.one_in(2);
     let mut fields: Vec<Vec<u8>> = Vec::new();
     let kind = *rng.pick(if well_typed { &KINDS[..16] } else { KINDS });

@@ -242,7 +242,7 @@ fn reparses(pattern: &RoutePattern) -> Result<(), Finding> {
 }
 
 /// The template's segments with every parameter as `:`.
-pub fn shape(template: &str) -> Vec<&str> {
+fn shape(template: &str) -> Vec<&str> {
     segments(template)
         .into_iter()
         .map(|s| if s.starts_with(':') { ":" } else { s })

@@ -204,22 +204,80 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// Writes the failing input out and returns the report to fail the test with.
-pub fn report(target: &str, origin: &str, input: &[u8], finding: &Finding) -> String {
-    let dir = findings_dir();
-    let path = dir.join(format!("{target}-{}.bin", origin.replace([' ', '='], "-")));
-    let written = fs::create_dir_all(&dir).and_then(|()| fs::write(&path, input));
-    let file = match written {
-        Ok(()) => format!("written to {}", path.display()),
-        Err(e) => format!("could not be written to {}: {e}", path.display()),
-    };
-    format!(
-        "fuzz target `{target}` ({origin}): {finding}\n  input ({} bytes) {file}\n  replay: \
-         FNMESH_FUZZ_REPLAY={} cargo test -p fnmesh-core --test fuzz -- {target}\n  input: {}",
-        input.len(),
-        path.display(),
-        Escaped(input)
-    )
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The input to replay could not be read.
+    #[error("{path}: {source}")]
+    Replay {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An input broke a property: the report names it and where it was written.
+    #[error("{0}")]
+    Found(Box<Report>),
+}
+
+/// A finding with its input, written to a file so it can be replayed.
+#[derive(Debug)]
+pub struct Report {
+    target: &'static str,
+    /// `seed=... iter=...`, `replay` or `corpus <file>`.
+    origin: String,
+    finding: Finding,
+    input: Vec<u8>,
+    path: PathBuf,
+    /// Why the input could not be written, if it could not.
+    unsaved: Option<std::io::Error>,
+}
+
+impl Report {
+    /// Writes the failing input under `target/tmp/fuzz-findings/`.
+    pub fn new(target: &'static str, origin: String, input: &[u8], finding: Finding) -> Report {
+        let dir = findings_dir();
+        let path = dir.join(format!("{target}-{}.bin", origin.replace([' ', '='], "-")));
+        let unsaved = fs::create_dir_all(&dir)
+            .and_then(|()| fs::write(&path, input))
+            .err();
+        Report {
+            target,
+            origin,
+            finding,
+            input: input.to_vec(),
+            path,
+            unsaved,
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (target, path) = (self.target, self.path.display());
+        writeln!(
+            f,
+            "fuzz target `{target}` ({}): {}",
+            self.origin, self.finding
+        )?;
+        match &self.unsaved {
+            None => writeln!(f, "  input ({} bytes) written to {path}", self.input.len())?,
+            Some(e) => writeln!(
+                f,
+                "  input ({} bytes) not written to {path}: {e}",
+                self.input.len()
+            )?,
+        }
+        writeln!(
+            f,
+            "  replay: FNMESH_FUZZ_REPLAY={path} cargo test -p fnmesh-core --test fuzz -- {target}"
+        )?;
+        write!(f, "  input: {}", Escaped(&self.input))
+    }
+}
+
+impl From<Report> for Failure {
+    fn from(report: Report) -> Failure {
+        Failure::Found(Box::new(report))
+    }
 }
 
 /// Statistics of a finished run.
@@ -234,11 +292,19 @@ pub struct Stats {
 
 /// Runs `target` for its share of the time budget (or the one input or iteration the settings
 /// name) and returns the statistics, or the report of the first finding.
-pub fn run(target: &Target, settings: &Settings) -> Result<Stats, String> {
+pub fn run(target: &Target, settings: &Settings) -> Result<Stats, Failure> {
     if let Some(path) = &settings.replay {
-        let input = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let input = fs::read(path).map_err(|source| Failure::Replay {
+            path: path.clone(),
+            source,
+        })?;
         let (deep, elapsed) = run_one(target, &input, settings.input_bound)
-            .map_err(|f| report(target.name, "replay", &input, &f))?;
+            .map_err(|f| Report::new(target.name, "replay".to_owned(), &input, f))?;
+        println!(
+            "fuzz {}: {} passes in {elapsed:.1?} (got past validation: {deep})",
+            target.name,
+            path.display()
+        );
         return Ok(Stats {
             iterations: 1,
             deep: u64::from(deep),
@@ -277,7 +343,7 @@ pub fn run(target: &Target, settings: &Settings) -> Result<Stats, String> {
             Err(finding) => {
                 watchdog.stop();
                 let origin = format!("seed=0x{seed:016x} iter={iter}");
-                return Err(report(target.name, &origin, &input, &finding));
+                return Err(Report::new(target.name, origin, &input, finding).into());
             }
         }
         iter += 1;
@@ -337,7 +403,7 @@ impl Watchdog {
                     bound,
                 };
                 let origin = format!("seed=0x{seed:016x} iter={current} hang");
-                eprintln!("{}", report(name, &origin, &input, &finding));
+                eprintln!("{}", Report::new(name, origin, &input, finding));
                 std::process::abort();
             }
         });
