@@ -1,4 +1,4 @@
-.PHONY: run test lint bench bench-quick bench-rust fmt
+.PHONY: run test lint typecheck bench bench-quick bench-rust fmt
 
 # The Python that runs the benchmarks (with fnmesh[bench] installed); e.g. PYTHON=/work/venv/bin/python
 PYTHON ?= .venv-test/bin/python
@@ -9,8 +9,11 @@ run:  ## the main job on the embedded default
 test:  ## build the wheel, install it in a fresh venv, run cargo test, linters and pytest
 	bash scripts/test.sh
 
-lint:  ## rustfmt, clippy, ruff, mypy --strict, stubtest (needs ruff/mypy on PATH)
-	bash scripts/lint.sh
+lint:  ## rustfmt, clippy, ruff check and format: no built wheel needed (needs ruff on PATH)
+	bash scripts/lint.sh style
+
+typecheck:  ## mypy --strict and stubtest of _native.pyi against the installed wheel (after make test)
+	PATH="$(CURDIR)/.venv-test/bin:$$PATH" bash scripts/lint.sh types
 
 fmt:  ## format Rust and Python
 	cargo fmt --all
