@@ -1,0 +1,570 @@
+//! Decoding one frame into a [`Message`], in a single pass.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::messages::{
+    ErrorBody, ErrorFrame, InvocationResult, InvokeFunction, Keepalive, Message, Reattach,
+    RegisterFunction, RegisterService, RegisterTrigger, RegisterTriggerType, RegistrationRejected,
+    TriggerRegistrationResult, UnknownMessage, UnregisterFunction, UnregisterTrigger,
+    UnregisterTriggerType, WorkerRegistered,
+};
+use super::raw::{raw_of, Extra, RawJson};
+use crate::error::{Error, Result};
+
+/// Decodes one frame.
+///
+/// Returns [`Message::Unknown`] for a well-formed object whose `type` is not known, and
+/// [`Error::MalformedFrame`] for anything else that cannot be read.
+pub fn decode(frame: &[u8]) -> Result<Message> {
+    let mut de = serde_json::Deserializer::from_slice(frame);
+    let fields = match Fields::deserialize(&mut de).and_then(|f| de.end().map(|()| f)) {
+        Ok(fields) => fields,
+        Err(err) => return decode_failed(frame, err),
+    };
+    fields.into_message(frame)
+}
+
+/// Decodes one frame after checking it against a size limit.
+pub fn decode_limited(frame: &[u8], max_frame_bytes: usize) -> Result<Message> {
+    if frame.len() > max_frame_bytes {
+        return Err(Error::FrameTooLarge {
+            size: frame.len(),
+            limit: max_frame_bytes,
+        });
+    }
+    decode(frame)
+}
+
+/// Slow path after a failed single-pass decode: a frame whose `type` is unknown is still an
+/// [`Message::Unknown`] even when a field it shares a name with a known field has another shape.
+#[cold]
+fn decode_failed(frame: &[u8], err: serde_json::Error) -> Result<Message> {
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    if let Ok(TypeOnly { kind: Some(kind) }) = serde_json::from_slice::<TypeOnly>(frame) {
+        if !is_known_kind(&kind) {
+            return unknown(kind, frame);
+        }
+    }
+    Err(Error::MalformedFrame(err.to_string()))
+}
+
+fn is_known_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "registerfunction"
+            | "unregisterfunction"
+            | "invokefunction"
+            | "invocationresult"
+            | "registertriggertype"
+            | "unregistertriggertype"
+            | "registertrigger"
+            | "unregistertrigger"
+            | "triggerregistrationresult"
+            | "registerservice"
+            | "reattach"
+            | "workerregistered"
+            | "registrationrejected"
+            | "ping"
+            | "pong"
+            | "error"
+    )
+}
+
+fn unknown(kind: String, frame: &[u8]) -> Result<Message> {
+    let text = std::str::from_utf8(frame)
+        .map_err(|e| Error::MalformedFrame(e.to_string()))?
+        .trim_matches(|c: char| c.is_ascii_whitespace());
+    let raw =
+        RawValue::from_string(text.to_owned()).map_err(|e| Error::MalformedFrame(e.to_string()))?;
+    Ok(Message::Unknown(UnknownMessage { kind, raw }))
+}
+
+/// Every field any message may carry. Strings are typed on the way in; payloads stay raw;
+/// `action`, `invocation` and `error` are kept raw until the message type says they matter, so
+/// an odd value in a field a message does not use cannot fail the frame.
+#[derive(Default)]
+struct Fields {
+    kind: Option<String>,
+    id: Option<String>,
+    function_id: Option<String>,
+    invocation_id: Option<String>,
+    data: Option<RawJson>,
+    result: Option<RawJson>,
+    error: Option<RawJson>,
+    traceparent: Option<String>,
+    baggage: Option<String>,
+    action: Option<RawJson>,
+    metadata: Option<RawJson>,
+    namespace: Option<String>,
+    description: Option<String>,
+    request_format: Option<RawJson>,
+    response_format: Option<RawJson>,
+    invocation: Option<RawJson>,
+    trigger_request_format: Option<RawJson>,
+    call_request_format: Option<RawJson>,
+    trigger_type: Option<String>,
+    config: Option<RawJson>,
+    trigger_namespace: Option<String>,
+    name: Option<String>,
+    parent_service_id: Option<String>,
+    previous_worker_id: Option<String>,
+    reattach_token: Option<String>,
+    worker_id: Option<String>,
+    code: Option<String>,
+    worker_name: Option<String>,
+    owner_worker_id: Option<String>,
+    extra: Extra,
+}
+
+/// Field names, matched once per key while reading.
+enum Key {
+    Kind,
+    Id,
+    FunctionId,
+    InvocationId,
+    Data,
+    Result,
+    Error,
+    Traceparent,
+    Baggage,
+    Action,
+    Metadata,
+    Namespace,
+    Description,
+    RequestFormat,
+    ResponseFormat,
+    Invocation,
+    TriggerRequestFormat,
+    CallRequestFormat,
+    TriggerType,
+    Config,
+    TriggerNamespace,
+    Name,
+    ParentServiceId,
+    PreviousWorkerId,
+    ReattachToken,
+    WorkerId,
+    Code,
+    WorkerName,
+    OwnerWorkerId,
+    Other(String),
+}
+
+impl Key {
+    fn from_str(s: &str) -> Key {
+        match s {
+            "type" => Key::Kind,
+            "id" => Key::Id,
+            "function_id" => Key::FunctionId,
+            "invocation_id" => Key::InvocationId,
+            "data" => Key::Data,
+            "result" => Key::Result,
+            "error" => Key::Error,
+            "traceparent" => Key::Traceparent,
+            "baggage" => Key::Baggage,
+            "action" => Key::Action,
+            "metadata" => Key::Metadata,
+            "namespace" => Key::Namespace,
+            "description" => Key::Description,
+            "request_format" => Key::RequestFormat,
+            "response_format" => Key::ResponseFormat,
+            "invocation" => Key::Invocation,
+            "trigger_request_format" => Key::TriggerRequestFormat,
+            "call_request_format" => Key::CallRequestFormat,
+            "trigger_type" => Key::TriggerType,
+            "config" => Key::Config,
+            "trigger_namespace" => Key::TriggerNamespace,
+            "name" => Key::Name,
+            "parent_service_id" => Key::ParentServiceId,
+            "previous_worker_id" => Key::PreviousWorkerId,
+            "reattach_token" => Key::ReattachToken,
+            "worker_id" => Key::WorkerId,
+            "code" => Key::Code,
+            "worker_name" => Key::WorkerName,
+            "owner_worker_id" => Key::OwnerWorkerId,
+            other => Key::Other(other.to_owned()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Key, E> {
+                Ok(Key::from_str(v))
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Reads an optional string field; `null` reads as absent.
+struct OptString;
+impl<'de> DeserializeSeed<'de> for OptString {
+    type Value = Option<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        Option::<String>::deserialize(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Fields, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object with a string `type`")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Fields, A::Error> {
+                let mut f = Fields::default();
+                // A repeated key: the last value wins, as with Python's `json.loads`.
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Kind => f.kind = map.next_value_seed(OptString)?,
+                        Key::Id => f.id = map.next_value_seed(OptString)?,
+                        Key::FunctionId => f.function_id = map.next_value_seed(OptString)?,
+                        Key::InvocationId => f.invocation_id = map.next_value_seed(OptString)?,
+                        Key::Data => f.data = Some(map.next_value()?),
+                        Key::Result => f.result = Some(map.next_value()?),
+                        Key::Error => f.error = Some(map.next_value()?),
+                        Key::Traceparent => f.traceparent = map.next_value_seed(OptString)?,
+                        Key::Baggage => f.baggage = map.next_value_seed(OptString)?,
+                        Key::Action => f.action = Some(map.next_value()?),
+                        Key::Metadata => f.metadata = Some(map.next_value()?),
+                        Key::Namespace => f.namespace = map.next_value_seed(OptString)?,
+                        Key::Description => f.description = map.next_value_seed(OptString)?,
+                        Key::RequestFormat => f.request_format = Some(map.next_value()?),
+                        Key::ResponseFormat => f.response_format = Some(map.next_value()?),
+                        Key::Invocation => f.invocation = Some(map.next_value()?),
+                        Key::TriggerRequestFormat => {
+                            f.trigger_request_format = Some(map.next_value()?)
+                        }
+                        Key::CallRequestFormat => f.call_request_format = Some(map.next_value()?),
+                        Key::TriggerType => f.trigger_type = map.next_value_seed(OptString)?,
+                        Key::Config => f.config = Some(map.next_value()?),
+                        Key::TriggerNamespace => {
+                            f.trigger_namespace = map.next_value_seed(OptString)?
+                        }
+                        Key::Name => f.name = map.next_value_seed(OptString)?,
+                        Key::ParentServiceId => {
+                            f.parent_service_id = map.next_value_seed(OptString)?
+                        }
+                        Key::PreviousWorkerId => {
+                            f.previous_worker_id = map.next_value_seed(OptString)?
+                        }
+                        Key::ReattachToken => f.reattach_token = map.next_value_seed(OptString)?,
+                        Key::WorkerId => f.worker_id = map.next_value_seed(OptString)?,
+                        Key::Code => f.code = map.next_value_seed(OptString)?,
+                        Key::WorkerName => f.worker_name = map.next_value_seed(OptString)?,
+                        Key::OwnerWorkerId => f.owner_worker_id = map.next_value_seed(OptString)?,
+                        Key::Other(name) => {
+                            let value: RawJson = map.next_value()?;
+                            f.extra.retain(|(k, _)| *k != name);
+                            f.extra.push((name, value));
+                        }
+                    }
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(FieldsVisitor)
+    }
+}
+
+fn required(value: Option<String>, kind: &str, field: &str) -> Result<String> {
+    value.ok_or_else(|| Error::MalformedFrame(format!("{kind}: missing string field `{field}`")))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    raw: Option<RawJson>,
+    kind: &str,
+    field: &str,
+) -> Result<Option<T>> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(|e| Error::MalformedFrame(format!("{kind}: field `{field}`: {e}"))),
+    }
+}
+
+impl Fields {
+    /// Moves every field the message type `kind` does not use into `extra`, so a re-encode
+    /// writes the frame back whole. Only runs for odd frames: the SDKs send no such fields.
+    fn spill_unused(&mut self, used: &[&str]) {
+        macro_rules! spill {
+            ($($field:ident),*) => {$(
+                if !used.contains(&stringify!($field)) {
+                    if let Some(v) = self.$field.take() {
+                        let raw = raw_of(&v);
+                        self.extra.push((stringify!($field).to_owned(), raw));
+                    }
+                }
+            )*};
+        }
+        spill!(
+            id,
+            function_id,
+            invocation_id,
+            data,
+            result,
+            error,
+            traceparent,
+            baggage,
+            action,
+            metadata,
+            namespace,
+            description,
+            request_format,
+            response_format,
+            invocation,
+            trigger_request_format,
+            call_request_format,
+            trigger_type,
+            config,
+            trigger_namespace,
+            name,
+            parent_service_id,
+            previous_worker_id,
+            reattach_token,
+            worker_id,
+            code,
+            worker_name,
+            owner_worker_id
+        );
+    }
+
+    fn into_message(mut self, frame: &[u8]) -> Result<Message> {
+        let Some(kind) = self.kind.take() else {
+            return Err(Error::MalformedFrame(
+                "missing string field `type`".to_owned(),
+            ));
+        };
+        let k = kind.as_str();
+        let msg = match k {
+            "invokefunction" => {
+                self.spill_unused(&[
+                    "invocation_id",
+                    "function_id",
+                    "data",
+                    "traceparent",
+                    "baggage",
+                    "action",
+                    "metadata",
+                    "namespace",
+                ]);
+                Message::InvokeFunction(InvokeFunction {
+                    function_id: required(self.function_id, k, "function_id")?,
+                    action: typed(self.action, k, "action")?,
+                    invocation_id: self.invocation_id,
+                    data: self.data,
+                    traceparent: self.traceparent,
+                    baggage: self.baggage,
+                    metadata: self.metadata,
+                    namespace: self.namespace,
+                    extra: self.extra,
+                })
+            }
+            "invocationresult" => {
+                self.spill_unused(&[
+                    "invocation_id",
+                    "function_id",
+                    "result",
+                    "error",
+                    "traceparent",
+                    "baggage",
+                ]);
+                Message::InvocationResult(InvocationResult {
+                    invocation_id: required(self.invocation_id, k, "invocation_id")?,
+                    function_id: required(self.function_id, k, "function_id")?,
+                    result: self.result,
+                    error: self
+                        .error
+                        .filter(|e| e.get() != "null")
+                        .map(|e| ErrorBody::from_raw(&e)),
+                    traceparent: self.traceparent,
+                    baggage: self.baggage,
+                    extra: self.extra,
+                })
+            }
+            "registerfunction" => {
+                self.spill_unused(&[
+                    "id",
+                    "description",
+                    "request_format",
+                    "response_format",
+                    "metadata",
+                    "invocation",
+                ]);
+                Message::RegisterFunction(RegisterFunction {
+                    id: required(self.id, k, "id")?,
+                    invocation: typed(self.invocation, k, "invocation")?,
+                    description: self.description,
+                    request_format: self.request_format,
+                    response_format: self.response_format,
+                    metadata: self.metadata,
+                    extra: self.extra,
+                })
+            }
+            "unregisterfunction" => {
+                self.spill_unused(&["id"]);
+                Message::UnregisterFunction(UnregisterFunction {
+                    id: required(self.id, k, "id")?,
+                    extra: self.extra,
+                })
+            }
+            "registertriggertype" => {
+                self.spill_unused(&[
+                    "id",
+                    "description",
+                    "trigger_request_format",
+                    "call_request_format",
+                    "namespace",
+                ]);
+                Message::RegisterTriggerType(RegisterTriggerType {
+                    id: required(self.id, k, "id")?,
+                    description: self.description,
+                    trigger_request_format: self.trigger_request_format,
+                    call_request_format: self.call_request_format,
+                    namespace: self.namespace,
+                    extra: self.extra,
+                })
+            }
+            "unregistertriggertype" => {
+                self.spill_unused(&["id"]);
+                Message::UnregisterTriggerType(UnregisterTriggerType {
+                    id: required(self.id, k, "id")?,
+                    extra: self.extra,
+                })
+            }
+            "registertrigger" => {
+                self.spill_unused(&[
+                    "id",
+                    "trigger_type",
+                    "function_id",
+                    "config",
+                    "metadata",
+                    "namespace",
+                    "trigger_namespace",
+                ]);
+                Message::RegisterTrigger(RegisterTrigger {
+                    id: required(self.id, k, "id")?,
+                    trigger_type: required(self.trigger_type, k, "trigger_type")?,
+                    function_id: required(self.function_id, k, "function_id")?,
+                    config: self.config,
+                    metadata: self.metadata,
+                    namespace: self.namespace,
+                    trigger_namespace: self.trigger_namespace,
+                    extra: self.extra,
+                })
+            }
+            "unregistertrigger" => {
+                self.spill_unused(&["id", "trigger_type"]);
+                Message::UnregisterTrigger(UnregisterTrigger {
+                    id: required(self.id, k, "id")?,
+                    trigger_type: self.trigger_type,
+                    extra: self.extra,
+                })
+            }
+            "triggerregistrationresult" => {
+                self.spill_unused(&["id", "trigger_type", "function_id", "error"]);
+                Message::TriggerRegistrationResult(TriggerRegistrationResult {
+                    id: required(self.id, k, "id")?,
+                    trigger_type: required(self.trigger_type, k, "trigger_type")?,
+                    function_id: required(self.function_id, k, "function_id")?,
+                    error: self
+                        .error
+                        .filter(|e| e.get() != "null")
+                        .map(|e| ErrorBody::from_raw(&e)),
+                    extra: self.extra,
+                })
+            }
+            "registerservice" => {
+                self.spill_unused(&["id", "name", "description", "parent_service_id"]);
+                Message::RegisterService(RegisterService {
+                    id: required(self.id, k, "id")?,
+                    name: self.name,
+                    description: self.description,
+                    parent_service_id: self.parent_service_id,
+                    extra: self.extra,
+                })
+            }
+            "reattach" => {
+                self.spill_unused(&["previous_worker_id", "reattach_token"]);
+                Message::Reattach(Reattach {
+                    previous_worker_id: required(self.previous_worker_id, k, "previous_worker_id")?,
+                    reattach_token: required(self.reattach_token, k, "reattach_token")?,
+                    extra: self.extra,
+                })
+            }
+            "workerregistered" => {
+                self.spill_unused(&["worker_id", "reattach_token"]);
+                Message::WorkerRegistered(WorkerRegistered {
+                    worker_id: required(self.worker_id, k, "worker_id")?,
+                    reattach_token: self.reattach_token,
+                    extra: self.extra,
+                })
+            }
+            "registrationrejected" => {
+                self.spill_unused(&[
+                    "code",
+                    "namespace",
+                    "worker_name",
+                    "function_id",
+                    "owner_worker_id",
+                ]);
+                Message::RegistrationRejected(RegistrationRejected {
+                    code: required(self.code, k, "code")?,
+                    namespace: required(self.namespace, k, "namespace")?,
+                    worker_name: self.worker_name,
+                    function_id: self.function_id,
+                    owner_worker_id: self.owner_worker_id.unwrap_or_default(),
+                    extra: self.extra,
+                })
+            }
+            "ping" | "pong" => {
+                self.spill_unused(&[]);
+                let body = Keepalive { extra: self.extra };
+                if k == "ping" {
+                    Message::Ping(body)
+                } else {
+                    Message::Pong(body)
+                }
+            }
+            "error" => {
+                self.spill_unused(&["error"]);
+                let error = match self.error {
+                    Some(raw) if raw.get() != "null" => ErrorBody::from_raw(&raw),
+                    _ => {
+                        return Err(Error::MalformedFrame(
+                            "error: missing field `error`".to_owned(),
+                        ))
+                    }
+                };
+                Message::Error(ErrorFrame {
+                    error,
+                    extra: self.extra,
+                })
+            }
+            _ => return unknown(kind, frame),
+        };
+        Ok(msg)
+    }
+}

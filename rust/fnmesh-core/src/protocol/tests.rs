@@ -1,0 +1,224 @@
+//! Round trips of the codec: decode, then encode.
+
+use super::*;
+use crate::error::Error;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+fn roundtrip(frame: &str) -> (Message, Value) {
+    let msg = decode(frame.as_bytes()).expect("decodes");
+    let again: Value = serde_json::from_slice(&msg.encode()).unwrap();
+    (msg, again)
+}
+
+#[test]
+fn invoke_keeps_payload_text_exactly() {
+    let frame = r#"{"type":"invokefunction","invocation_id":"9b2f0c9e-2c55-4d53-9a57-0f1f0f6b8a11","function_id":"a::b","data":{"z": 1,  "a":[1.50,"é"]}}"#;
+    let msg = decode(frame.as_bytes()).unwrap();
+    let Message::InvokeFunction(m) = &msg else {
+        panic!()
+    };
+    // Whitespace, key order and number spelling survive: the payload was never parsed into a tree.
+    assert_eq!(m.data_or_null().get(), r#"{"z": 1,  "a":[1.50,"é"]}"#);
+    assert!(msg
+        .to_text()
+        .contains(r#""data":{"z": 1,  "a":[1.50,"é"]}"#));
+}
+
+#[test]
+fn missing_data_reads_as_null_and_stays_absent() {
+    let (msg, again) = roundtrip(r#"{"type":"invokefunction","function_id":"f"}"#);
+    let Message::InvokeFunction(m) = msg else {
+        panic!()
+    };
+    assert_eq!(m.data_or_null().get(), "null");
+    assert!(again.get("data").is_none());
+    let (msg, again) = roundtrip(r#"{"type":"invokefunction","function_id":"f","data":null}"#);
+    let Message::InvokeFunction(m) = msg else {
+        panic!()
+    };
+    assert_eq!(m.data.as_deref().map(RawValue::get), Some("null"));
+    assert_eq!(again["data"], Value::Null);
+}
+
+#[test]
+fn missing_config_reads_as_null() {
+    let Message::RegisterTrigger(t) =
+        decode(br#"{"type":"registertrigger","id":"t1","trigger_type":"cron","function_id":"f"}"#)
+            .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(t.config_or_null().get(), "null");
+}
+
+#[test]
+fn type_may_come_last() {
+    let (msg, _) = roundtrip(r#"{"id":"x","type":"unregisterfunction"}"#);
+    assert_eq!(msg.kind(), "unregisterfunction");
+}
+
+#[test]
+fn unknown_type_is_a_value_not_an_error() {
+    let frame = br#" {"type":"observe","id":5,"weird":[1,2]} "#;
+    let msg = decode(frame).unwrap();
+    assert!(!msg.is_known());
+    assert_eq!(msg.kind(), "observe");
+    assert_eq!(msg.to_text(), r#"{"type":"observe","id":5,"weird":[1,2]}"#);
+}
+
+#[test]
+fn unknown_fields_survive_a_round_trip() {
+    let frame = r#"{"type":"invokefunction","function_id":"f","data":1,"caller":{"function_id":"g"},"observe_depth":2}"#;
+    let (_, again) = roundtrip(frame);
+    assert_eq!(again, serde_json::from_str::<Value>(frame).unwrap());
+}
+
+#[test]
+fn fields_of_other_messages_are_kept_too() {
+    let frame = r#"{"type":"unregisterfunction","id":"f","data":{"x":1},"description":"d"}"#;
+    let (_, again) = roundtrip(frame);
+    assert_eq!(again, serde_json::from_str::<Value>(frame).unwrap());
+}
+
+#[test]
+fn malformed_frames_are_errors() {
+    for bad in [
+        &b"not json"[..],
+        b"[1,2]",
+        b"{}",
+        b"{\"type\":5}",
+        b"{\"type\":\"invokefunction\"}",
+        b"{\"type\":\"invokefunction\",\"function_id\":7}",
+        b"{\"type\":\"invokefunction\",\"function_id\":\"f\",\"action\":{\"type\":\"teleport\"}}",
+        b"{\"type\":\"invocationresult\",\"function_id\":\"f\"}",
+        b"{\"type\":\"reattach\",\"previous_worker_id\":\"a\"}",
+        b"{\"type\":\"ping\"} trailing",
+        b"\xff\xfe",
+        b"",
+    ] {
+        match decode(bad) {
+            Err(Error::MalformedFrame(msg)) => assert!(!msg.is_empty()),
+            other => panic!("{:?} decoded to {other:?}", String::from_utf8_lossy(bad)),
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_never_overflows_the_stack() {
+    // Payloads are skipped, not parsed, so even absurd nesting is carried as raw text
+    // without recursion; the typed fields still refuse it (serde_json's recursion limit).
+    let depth = 100_000;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let frame = format!(r#"{{"type":"invokefunction","function_id":"f","data":{nested}}}"#);
+    let Message::InvokeFunction(m) = decode(frame.as_bytes()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(m.data_or_null().get().len(), 2 * depth);
+    let frame = format!(r#"{{"type":"invokefunction","function_id":"f","action":{nested}}}"#);
+    assert!(matches!(
+        decode(frame.as_bytes()),
+        Err(Error::MalformedFrame(_))
+    ));
+    let frame = format!(r#"{{"type":"mystery","x":{nested}}}"#);
+    assert_eq!(decode(frame.as_bytes()).unwrap().kind(), "mystery");
+}
+
+#[test]
+fn size_limit() {
+    let frame = br#"{"type":"ping"}"#;
+    assert!(decode_limited(frame, frame.len()).is_ok());
+    assert_eq!(
+        decode_limited(frame, 4).unwrap_err(),
+        Error::FrameTooLarge {
+            size: frame.len(),
+            limit: 4
+        }
+    );
+}
+
+#[test]
+fn encoding_is_raw_utf8_and_omits_absent_fields() {
+    let msg = Message::InvocationResult(InvocationResult {
+        invocation_id: "i".into(),
+        function_id: "größe::計算".into(),
+        error: Some(ErrorBody::new("invocation_failed", "échec 💥")),
+        ..Default::default()
+    });
+    assert_eq!(
+        msg.to_text(),
+        r#"{"type":"invocationresult","invocation_id":"i","function_id":"größe::計算","error":{"code":"invocation_failed","message":"échec 💥"}}"#
+    );
+}
+
+#[test]
+fn null_optional_strings_read_as_absent() {
+    let (msg, again) = roundtrip(
+        r#"{"type":"invokefunction","invocation_id":null,"function_id":"f","traceparent":null}"#,
+    );
+    let Message::InvokeFunction(m) = msg else {
+        panic!()
+    };
+    assert!(m.invocation_id.is_none() && m.traceparent.is_none());
+    assert!(again.get("invocation_id").is_none());
+}
+
+#[test]
+fn lenient_error_bodies() {
+    let Message::InvocationResult(r) = decode(
+        br#"{"type":"invocationresult","invocation_id":"i","function_id":"f","error":"boom"}"#,
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.error, Some(ErrorBody::new("UNKNOWN", "boom")));
+    let Message::InvocationResult(r) =
+        decode(br#"{"type":"invocationresult","invocation_id":"i","function_id":"f","error":null,"result":3}"#)
+            .unwrap()
+    else {
+        panic!()
+    };
+    assert!(r.error.is_none());
+    assert_eq!(r.result.as_deref().map(RawValue::get), Some("3"));
+}
+
+#[test]
+fn actions_and_http_refs() {
+    let Message::InvokeFunction(m) = decode(
+        br#"{"type":"invokefunction","function_id":"f","data":{},"action":{"type":"enqueue","queue":"payments"}}"#,
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        m.action,
+        Some(TriggerAction::Enqueue {
+            queue: "payments".into()
+        })
+    );
+    let Message::RegisterFunction(r) = decode(
+        br#"{"type":"registerfunction","id":"x","invocation":{"url":"https://e.x/a","method":"PUT","auth":{"type":"api_key","header":"X-K","value_key":"K"}}}"#,
+    )
+    .unwrap() else {
+        panic!()
+    };
+    let inv = r.invocation.unwrap();
+    assert_eq!(inv.method, Some(HttpMethod::Put));
+    assert_eq!(
+        inv.auth,
+        Some(HttpAuth::ApiKey {
+            header: "X-K".into(),
+            value_key: "K".into()
+        })
+    );
+}
+
+#[test]
+fn repeated_keys_last_wins() {
+    let Message::UnregisterFunction(m) =
+        decode(br#"{"type":"unregisterfunction","id":"a","id":"b"}"#).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(m.id, "b");
+}
