@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
-use crate::engine::{
+use super::{
     Provider, Shared, Target, WorkerState, ENGINE_OWNER, FUNCTIONS_AVAILABLE, WORKERS_AVAILABLE,
 };
 use crate::error::Error;
@@ -148,7 +148,7 @@ fn first_segment(id: &str) -> &str {
 
 /// The name listings show for whoever owns `owner`.
 fn owner_name(shared: &Shared, owner: &str, function_id: &str) -> String {
-    if owner == ENGINE_OWNER || owner == crate::engine::HOST_OWNER {
+    if owner == ENGINE_OWNER || owner == super::HOST_OWNER {
         return ENGINE_WORKER_NAME.to_owned();
     }
     shared
@@ -438,7 +438,7 @@ fn engine_row(shared: &Shared) -> Value {
         .filter(|f| {
             f.owners
                 .iter()
-                .any(|o| &**o == ENGINE_OWNER || &**o == crate::engine::HOST_OWNER)
+                .any(|o| &**o == ENGINE_OWNER || &**o == super::HOST_OWNER)
         })
         .count();
     json!({
