@@ -20,7 +20,7 @@ PROTOCOL = ROOT / "docs" / "protocol.md"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 # What is scanned: every text file of these trees, plus these files.
-SCANNED_DIRS = ("rust", "python", "tests", "benches", "examples", "scripts")
+SCANNED_DIRS = ("rust", "python", "tests", "benches", "examples", "scripts", "docs")
 SCANNED_FILES = ("Makefile", "README.md", "CONTRIBUTING.md")
 TEXT_SUFFIXES = {".rs", ".py", ".pyi", ".md", ".toml", ".sh", ".txt", ".yaml", ".yml", ".cfg", ".ini"}
 SKIPPED_DIRS = {"target", "dist", "node_modules", "__pycache__"}
