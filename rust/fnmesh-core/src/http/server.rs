@@ -19,6 +19,7 @@ use tracing::debug;
 
 use super::mapping::{error_reply, HttpReply};
 use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
+use crate::protocol::ErrorCode;
 
 /// One request as the trigger sees it.
 pub(crate) struct Request {
@@ -120,13 +121,25 @@ async fn respond(
 ) -> hyper::Response<Full<Bytes>> {
     let Some(trigger) = trigger.upgrade() else {
         return to_response(
-            error_reply(503, "STOPPED", "the engine is stopping", None, &[]),
+            error_reply(
+                503,
+                ErrorCode::Stopped.as_str(),
+                "the engine is stopping",
+                None,
+                &[],
+            ),
             None,
         );
     };
     let Ok(_slot) = slots.acquire().await else {
         return to_response(
-            error_reply(503, "STOPPED", "the engine is stopping", None, &[]),
+            error_reply(
+                503,
+                ErrorCode::Stopped.as_str(),
+                "the engine is stopping",
+                None,
+                &[],
+            ),
             None,
         );
     };
@@ -145,7 +158,13 @@ async fn respond(
     let too_large = || {
         let message = format!("the request body exceeds {} bytes", config.body_limit);
         to_response(
-            error_reply(413, "PAYLOAD_TOO_LARGE", &message, None, &[]),
+            error_reply(
+                413,
+                ErrorCode::PayloadTooLarge.as_str(),
+                &message,
+                None,
+                &[],
+            ),
             cors.allow(),
         )
     };
@@ -158,7 +177,7 @@ async fn respond(
         Err(e) => {
             let message = format!("could not read the request body: {e}");
             return to_response(
-                error_reply(400, "BAD_REQUEST", &message, None, &[]),
+                error_reply(400, ErrorCode::BadRequest.as_str(), &message, None, &[]),
                 cors.allow(),
             );
         }

@@ -21,7 +21,7 @@ use super::route::{RoutePattern, Router};
 use super::server::{self, Request};
 use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
-use crate::protocol::RawJson;
+use crate::protocol::{ErrorCode, RawJson};
 use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
 
 /// Settings of the HTTP trigger server.
@@ -152,7 +152,7 @@ impl HttpTrigger {
                 .map(|m| (m.value.clone(), m.template.to_owned(), m.params.clone()))
         };
         let Some((route, template, params)) = found else {
-            return error_reply(404, "NOT_FOUND", "Not Found", None, &[]);
+            return error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[]);
         };
         let parts = RequestParts {
             method: &request.method,
@@ -187,7 +187,11 @@ impl HttpTrigger {
                         Ok(MiddlewareVerdict::Continue) => {}
                         Ok(MiddlewareVerdict::Respond(reply)) => return reply,
                         Err(message) => {
-                            return failure(function_id, "invalid_middleware_result", &message)
+                            return failure(
+                                function_id,
+                                ErrorCode::InvalidMiddlewareResult.as_str(),
+                                &message,
+                            )
                         }
                     },
                     Outcome::Failure(e) => return failure(function_id, &e.code, &e.message),
@@ -200,7 +204,7 @@ impl HttpTrigger {
                 Outcome::Success(result) if condition_skips(result.as_deref()) => {
                     return error_reply(
                         422,
-                        "CONDITION_NOT_MET",
+                        ErrorCode::ConditionNotMet.as_str(),
                         "the trigger's condition was not met",
                         None,
                         &[("skipped", serde_json::Value::Bool(true))],
@@ -213,12 +217,16 @@ impl HttpTrigger {
         match self.call(binding, &binding.function_id, &input).await {
             Outcome::Success(result) => {
                 reply_from_result(result.as_deref()).unwrap_or_else(|message| {
-                    failure(&binding.function_id, "invalid_http_response", &message)
+                    failure(
+                        &binding.function_id,
+                        ErrorCode::InvalidHttpResponse.as_str(),
+                        &message,
+                    )
                 })
             }
             // The route's function went away: so did the route.
-            Outcome::Failure(e) if e.code == "function_not_found" => {
-                error_reply(404, "NOT_FOUND", "Not Found", None, &[])
+            Outcome::Failure(e) if e.code == ErrorCode::FunctionNotFound => {
+                error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[])
             }
             Outcome::Failure(e) => failure(&binding.function_id, &e.code, &e.message),
         }
@@ -232,7 +240,7 @@ impl HttpTrigger {
     ) -> Outcome {
         let data = match serde_json::value::to_raw_value(input) {
             Ok(data) => data,
-            Err(e) => return Outcome::failure("serialization_error", e.to_string()),
+            Err(e) => return Outcome::failure(ErrorCode::SerializationError, e.to_string()),
         };
         let options = CallOptions {
             namespace: Some(binding.namespace.clone()),
@@ -243,7 +251,7 @@ impl HttpTrigger {
         };
         match self.engine.upgrade() {
             Some(engine) => engine.call_with(function_id, data, options).await,
-            None => Outcome::failure("invocation_stopped", "the engine has stopped"),
+            None => Outcome::failure(ErrorCode::InvocationStopped, "the engine has stopped"),
         }
     }
 }

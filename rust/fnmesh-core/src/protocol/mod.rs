@@ -17,10 +17,12 @@
 //! superset record, then the record is checked against the message's `type` (which may come
 //! anywhere in the object).
 //!
-//! Files: `raw.rs` (payloads kept as JSON text), `messages.rs` (one struct per message type and
-//! the [`Message`] enum), `decode.rs` (one frame to a [`Message`]), `encode.rs` (a [`Message`] to
-//! JSON), `frame.rs` (frames that are never decoded: blank and telemetry).
+//! Files: `codes.rs` (every wire error code: [`ErrorCode`]), `raw.rs` (payloads kept as JSON
+//! text), `messages.rs` (one struct per message type and the [`Message`] enum), `decode.rs` (one
+//! frame to a [`Message`]), `encode.rs` (a [`Message`] to JSON), `frame.rs` (frames that are never
+//! decoded: blank and telemetry).
 
+pub mod codes;
 mod decode;
 mod encode;
 mod frame;
@@ -29,6 +31,7 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
+pub use codes::{ErrorCode, UnknownErrorCode};
 pub use decode::{decode, decode_limited};
 pub use frame::{is_blank, telemetry_frame, TelemetryKind};
 pub use messages::{

@@ -33,14 +33,14 @@ use super::{
 };
 use crate::engine::WeakEngineRef;
 use crate::function::{Call, CallOptions, Outcome};
-use crate::protocol::{ErrorBody, RawJson};
+use crate::protocol::{ErrorBody, ErrorCode, RawJson};
 use crate::registry::DEFAULT_NAMESPACE;
 use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvider};
 
 /// The trigger type of topic subscriptions.
 pub const DURABLE_SUBSCRIBER: &str = "durable:subscriber";
-/// Code of every enqueue refusal (PROTOCOL.md 4.4).
-pub const ENQUEUE_ERROR: &str = "enqueue_error";
+/// Code of every enqueue refusal (PROTOCOL.md 4.4): [`ErrorCode::EnqueueError`].
+pub const ENQUEUE_ERROR: &str = ErrorCode::EnqueueError.as_str();
 
 /// Where the messages live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,12 +216,12 @@ pub(crate) struct QueueService {
     consumer_name: String,
 }
 
-fn failure(code: &str, message: impl Into<String>) -> Outcome {
+fn failure(code: ErrorCode, message: impl Into<String>) -> Outcome {
     Outcome::failure(code, message)
 }
 
 fn store_failure(e: StoreError) -> Outcome {
-    failure(ENQUEUE_ERROR, e.to_string())
+    failure(ErrorCode::EnqueueError, e.to_string())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -451,10 +451,16 @@ impl QueueService {
     async fn enqueue(self: &Arc<Self>, request: EnqueueRequest) -> Outcome {
         let queue = request.queue.unwrap_or_else(|| "default".to_owned());
         let Some(config) = self.config(&queue) else {
-            return failure(ENQUEUE_ERROR, format!("Queue '{queue}' not found"));
+            return failure(
+                ErrorCode::EnqueueError,
+                format!("Queue '{queue}' not found"),
+            );
         };
         if request.function_id.trim().is_empty() {
-            return failure(ENQUEUE_ERROR, "an enqueued call needs a function_id");
+            return failure(
+                ErrorCode::EnqueueError,
+                "an enqueued call needs a function_id",
+            );
         }
         let data = request
             .data
@@ -468,7 +474,7 @@ impl QueueService {
                 Some(group) => Some(group),
                 None => {
                     return failure(
-                        ENQUEUE_ERROR,
+                        ErrorCode::EnqueueError,
                         format!(
                             "queue '{queue}' is fifo: data.{message_group_field} must be present and not null"
                         ),
@@ -518,7 +524,10 @@ impl QueueService {
     async fn publish(self: &Arc<Self>, request: PublishRequest) -> Outcome {
         let topic = request.topic.unwrap_or_default();
         if topic.trim().is_empty() {
-            return failure("topic_not_set", "iii::durable::publish needs a topic");
+            return failure(
+                ErrorCode::TopicNotSet,
+                "iii::durable::publish needs a topic",
+            );
         }
         let data = request
             .data
@@ -692,14 +701,17 @@ impl QueueService {
 
     async fn topic_stats(self: &Arc<Self>, r: QueueRef) -> Outcome {
         let Some(name) = r.name().map(str::to_owned) else {
-            return failure("invalid_argument", "topic_stats needs a queue");
+            return failure(ErrorCode::InvalidArgument, "topic_stats needs a queue");
         };
         if self.config(&name).is_none() {
-            return failure("queue_not_found", format!("Queue '{name}' not found"));
+            return failure(
+                ErrorCode::QueueNotFound,
+                format!("Queue '{name}' not found"),
+            );
         }
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         match store.stats(&name).await {
             Ok(stats) => Outcome::json(&json!({
@@ -709,18 +721,18 @@ impl QueueService {
                 "in_flight": stats.in_flight,
                 "dead": stats.dead,
             })),
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 
     async fn dlq_topics(self: &Arc<Self>) -> Outcome {
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         let names = match store.queues().await {
             Ok(n) => n,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         let mut rows = Vec::new();
         for name in names {
@@ -729,7 +741,7 @@ impl QueueService {
                     rows.push(json!({"queue": name, "count": stats.dead}))
                 }
                 Ok(_) => {}
-                Err(e) => return failure("queue_store_error", e.to_string()),
+                Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
             }
         }
         Outcome::json(&json!({"queues": rows}))
@@ -737,11 +749,11 @@ impl QueueService {
 
     async fn dlq_messages(self: &Arc<Self>, r: QueueRef) -> Outcome {
         let Some(name) = r.name().map(str::to_owned) else {
-            return failure("invalid_argument", "dlq_messages needs a queue");
+            return failure(ErrorCode::InvalidArgument, "dlq_messages needs a queue");
         };
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         let limit = r.limit.unwrap_or(100).min(1000);
         match store
@@ -769,21 +781,24 @@ impl QueueService {
                     .collect();
                 Outcome::json(&json!({"queue": name, "messages": rows}))
             }
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 
     async fn redrive(self: &Arc<Self>, r: QueueRef, one: bool) -> Outcome {
         let Some(name) = r.name().map(str::to_owned) else {
-            return failure("invalid_argument", "redrive needs a queue");
+            return failure(ErrorCode::InvalidArgument, "redrive needs a queue");
         };
         let id = r.message().map(str::to_owned);
         if one && id.is_none() {
-            return failure("invalid_argument", "redrive_message needs a message_id");
+            return failure(
+                ErrorCode::InvalidArgument,
+                "redrive_message needs a message_id",
+            );
         }
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         match store
             .redrive(&name, if one { id.as_deref() } else { None })
@@ -794,7 +809,7 @@ impl QueueService {
                 info!(queue = %name, count, "dead letters redriven");
                 if one && count == 0 {
                     return failure(
-                        "message_not_found",
+                        ErrorCode::MessageNotFound,
                         format!(
                             "no dead letter {} in queue '{name}'",
                             id.unwrap_or_default()
@@ -803,7 +818,7 @@ impl QueueService {
                 }
                 Outcome::json(&json!({"queue": name, "redriven": count}))
             }
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 
@@ -811,21 +826,21 @@ impl QueueService {
         let (Some(name), Some(id)) = (r.name().map(str::to_owned), r.message().map(str::to_owned))
         else {
             return failure(
-                "invalid_argument",
+                ErrorCode::InvalidArgument,
                 "discard_message needs a queue and a message_id",
             );
         };
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         match store.discard(&name, &id).await {
             Ok(true) => Outcome::json(&json!({"queue": name, "discarded": id})),
             Ok(false) => failure(
-                "message_not_found",
+                ErrorCode::MessageNotFound,
                 format!("no dead letter {id} in queue '{name}'"),
             ),
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 }
@@ -919,7 +934,7 @@ async fn deliver(
         // engine holding them died each time, which a poison message can cause). It would
         // otherwise come back forever.
         let error = ErrorBody::new(
-            "attempts_exhausted",
+            ErrorCode::AttemptsExhausted,
             format!(
                 "claimed {} times; earlier attempts never finished (their engine stopped)",
                 delivery.attempt
@@ -966,7 +981,7 @@ async fn deliver(
         .await;
     match outcome {
         Outcome::Success(_) => settle_ack(store, config, &delivery).await,
-        Outcome::Failure(error) if error.code == "function_not_found" => {
+        Outcome::Failure(error) if error.code == ErrorCode::FunctionNotFound => {
             // Nobody serves it right now (a worker restarting): wait without using up an
             // attempt.
             let delay = config
@@ -1056,7 +1071,7 @@ where
     let outcome = match serde_json::from_str::<T>(call.data.get()) {
         Ok(input) => handle(input).await,
         Err(e) => failure(
-            "deserialization_error",
+            ErrorCode::DeserializationError,
             format!("invalid input for {}: {e}", call.function_id),
         ),
     };
