@@ -23,5 +23,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     client::register(m)?;
     triggers::register(m)?;
     external::register(m)?;
+    errors::register(m)?;
     Ok(())
 }
