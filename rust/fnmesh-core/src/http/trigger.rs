@@ -17,7 +17,7 @@ use super::mapping::{
     condition_skips, error_reply, middleware_verdict, reply_from_result, request_input,
     request_summary, HttpReply, MiddlewareVerdict, RequestParts,
 };
-use super::route::{RoutePattern, Router};
+use super::route::{RouteError, RoutePattern, Router};
 use super::server::{self, Request};
 use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
@@ -186,11 +186,11 @@ impl HttpTrigger {
                     Outcome::Success(result) => match middleware_verdict(result.as_deref()) {
                         Ok(MiddlewareVerdict::Continue) => {}
                         Ok(MiddlewareVerdict::Respond(reply)) => return reply,
-                        Err(message) => {
+                        Err(error) => {
                             return failure(
                                 function_id,
                                 ErrorCode::InvalidMiddlewareResult.as_str(),
-                                &message,
+                                &error.to_string(),
                             )
                         }
                     },
@@ -216,11 +216,11 @@ impl HttpTrigger {
         }
         match self.call(binding, &binding.function_id, &input).await {
             Outcome::Success(result) => {
-                reply_from_result(result.as_deref()).unwrap_or_else(|message| {
+                reply_from_result(result.as_deref()).unwrap_or_else(|error| {
                     failure(
                         &binding.function_id,
                         ErrorCode::InvalidHttpResponse.as_str(),
-                        &message,
+                        &error.to_string(),
                     )
                 })
             }
@@ -270,7 +270,7 @@ impl TriggerProvider for Arc<HttpTrigger> {
     fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck) {
         match self.add_route(binding) {
             Ok(()) => ack.accept(),
-            Err(reason) => ack.refuse(reason),
+            Err(reason) => ack.refuse(reason.to_string()),
         }
     }
 
@@ -286,10 +286,10 @@ impl TriggerProvider for Arc<HttpTrigger> {
 }
 
 impl HttpTrigger {
-    fn add_route(self: &Arc<Self>, binding: Arc<TriggerBinding>) -> Result<(), String> {
+    fn add_route(self: &Arc<Self>, binding: Arc<TriggerBinding>) -> Result<(), RouteRefusal> {
         let (pattern, config) = parse_config(&binding.config)?;
         // The listener first: a port that cannot be opened refuses the route untouched.
-        self.ensure_listening()?;
+        self.ensure_listening().map_err(RouteRefusal::Listen)?;
         let key = pattern.key();
         let route = Route {
             condition: config.condition_function_id,
@@ -302,13 +302,30 @@ impl HttpTrigger {
     }
 }
 
-fn parse_config(config: &RawJson) -> Result<(RoutePattern, RouteConfig), String> {
+/// Why a binding's route is refused (the registrant's `trigger_registration_failed` message).
+#[derive(Debug, thiserror::Error)]
+enum RouteRefusal {
+    /// The config is not an object of the expected shape.
+    #[error("invalid http trigger config: {0}")]
+    InvalidConfig(String),
+    /// The config has no `api_path`.
+    #[error("invalid http trigger config: api_path is required")]
+    MissingPath,
+    /// The method or path does not parse, or the route conflicts with another.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The listener could not be opened.
+    #[error("{0}")]
+    Listen(String),
+}
+
+fn parse_config(config: &RawJson) -> Result<(RoutePattern, RouteConfig), RouteRefusal> {
     let config: RouteConfig = serde_json::from_str(config.get())
-        .map_err(|e| format!("invalid http trigger config: {e}"))?;
+        .map_err(|e| RouteRefusal::InvalidConfig(e.to_string()))?;
     let path = config
         .api_path
         .as_deref()
-        .ok_or_else(|| "invalid http trigger config: api_path is required".to_owned())?;
+        .ok_or(RouteRefusal::MissingPath)?;
     let pattern = RoutePattern::parse(config.http_method.as_deref(), path)?;
     Ok((pattern, config))
 }
