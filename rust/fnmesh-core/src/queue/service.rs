@@ -576,12 +576,12 @@ impl QueueService {
         Outcome::json(&json!({"topic": topic, "messageReceiptIds": ids}))
     }
 
-    fn subscribe(self: &Arc<Self>, binding: &TriggerBinding) -> Result<(), String> {
+    fn subscribe(self: &Arc<Self>, binding: &TriggerBinding) -> Result<(), SubscribeError> {
         let config: SubscriberConfig = serde_json::from_str(binding.config.get())
-            .map_err(|e| format!("durable:subscriber config: {e}"))?;
+            .map_err(|e| SubscribeError::InvalidConfig(e.to_string()))?;
         let topic = config.topic.unwrap_or_default();
         if topic.trim().is_empty() {
-            return Err("durable:subscriber needs a topic".into());
+            return Err(SubscribeError::NoTopic);
         }
         let queue = format!("durable::{}::{}", binding.namespace, binding.function_id);
         let mut queue_config = QueueConfig::new(queue.clone());
@@ -591,13 +591,13 @@ impl QueueService {
         }
         if let Some(c) = qc.concurrency {
             if c == 0 {
-                return Err("queue_config.concurrency must be at least 1".into());
+                return Err(SubscribeError::ZeroConcurrency);
             }
             queue_config.concurrency = c;
         }
         if let Some(ms) = qc.visibility_timeout {
             if ms == 0 {
-                return Err("queue_config.visibilityTimeout must be positive".into());
+                return Err(SubscribeError::ZeroVisibilityTimeout);
             }
             queue_config.visibility_timeout = Duration::from_millis(ms);
         }
@@ -1042,6 +1042,24 @@ async fn settle_nack(
 // Functions and the trigger type
 // ---------------------------------------------------------------------------------------------
 
+/// Why a `durable:subscriber` binding is refused (the registrant's `trigger_registration_failed`
+/// message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SubscribeError {
+    /// The config is not an object of the expected shape.
+    #[error("durable:subscriber config: {0}")]
+    InvalidConfig(String),
+    /// No topic, or a blank one.
+    #[error("durable:subscriber needs a topic")]
+    NoTopic,
+    /// `queue_config.concurrency` is 0.
+    #[error("queue_config.concurrency must be at least 1")]
+    ZeroConcurrency,
+    /// `queue_config.visibilityTimeout` is 0.
+    #[error("queue_config.visibilityTimeout must be positive")]
+    ZeroVisibilityTimeout,
+}
+
 /// The `durable:subscriber` trigger type.
 pub(crate) struct DurableSubscriber(pub(crate) Arc<QueueService>);
 
@@ -1049,7 +1067,7 @@ impl TriggerProvider for DurableSubscriber {
     fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck) {
         match self.0.subscribe(&binding) {
             Ok(()) => ack.accept(),
-            Err(reason) => ack.refuse(reason),
+            Err(reason) => ack.refuse(reason.to_string()),
         }
     }
 
