@@ -16,7 +16,7 @@
 //! assert_eq!(reply.status, 201);
 //! assert_eq!(reply.body, br#"{"ok":true}"#);
 //! assert!(reply.headers.contains(&("content-type".to_owned(), "application/json".to_owned())));
-//! # Ok::<(), String>(())
+//! # Ok::<(), fnmesh_core::http::mapping::MappingError>(())
 //! ```
 
 use ::http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};

@@ -19,7 +19,7 @@
 //! assert_eq!(hit.params, [("id".to_owned(), "42".to_owned())]);
 //! assert_eq!(*router.find("GET", "/users/me").unwrap().value, "users::me");
 //! assert!(router.find("POST", "/users/42").is_none());
-//! # Ok::<(), String>(())
+//! # Ok::<(), fnmesh_core::http::route::RouteError>(())
 //! ```
 
 use std::collections::HashMap;
