@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::codes::ErrorCode;
 use super::raw::{or_null, Extra, RawJson};
+use crate::error::ErrorCode;
 
 /// `{"code", "message", "stacktrace"?}`: the error of an invocation or trigger registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

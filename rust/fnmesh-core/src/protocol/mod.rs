@@ -17,12 +17,11 @@
 //! superset record, then the record is checked against the message's `type` (which may come
 //! anywhere in the object).
 //!
-//! Files: `codes.rs` (every wire error code: [`ErrorCode`]), `raw.rs` (payloads kept as JSON
-//! text), `messages.rs` (one struct per message type and the [`Message`] enum), `decode.rs` (one
-//! frame to a [`Message`]), `encode.rs` (a [`Message`] to JSON), `frame.rs` (frames that are never
-//! decoded: blank and telemetry).
+//! Files: `raw.rs` (payloads kept as JSON text), `messages.rs` (one struct per message type and
+//! the [`Message`] enum), `decode.rs` (one frame to a [`Message`]), `encode.rs` (a [`Message`] to
+//! JSON), `frame.rs` (frames that are never decoded: blank and telemetry). The wire error codes
+//! are in [`codes`].
 
-pub mod codes;
 mod decode;
 mod encode;
 mod frame;
@@ -31,7 +30,9 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
-pub use codes::{ErrorCode, UnknownErrorCode};
+/// The table of wire error codes (it lives in [`crate::error::codes`]).
+pub use crate::error::codes;
+pub use crate::error::codes::{ErrorCode, UnknownErrorCode};
 pub use decode::{decode, decode_limited};
 pub use frame::{is_blank, telemetry_frame, TelemetryKind};
 pub use messages::{

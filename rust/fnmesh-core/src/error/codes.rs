@@ -1,6 +1,6 @@
 //! Every error code fnmesh puts on the wire, in one table.
 //!
-//! A code travels as the `code` string of an [`ErrorBody`](super::ErrorBody) (an
+//! A code travels as the `code` string of an [`ErrorBody`](crate::protocol::ErrorBody) (an
 //! `invocationresult` or `triggerregistrationresult` error), of a `registrationrejected`, or of
 //! the `{"error":{"code",...}}` envelope of an HTTP trigger's response. [`ErrorCode::as_str`] is
 //! that string, byte for byte as iii and the iii SDKs spell it: the spellings are not uniform
@@ -13,12 +13,16 @@
 //! [`ErrorCode::InvalidArguments`] is the engine's and the introspection built-ins' spelling and
 //! [`ErrorCode::InvalidArgument`] the queue built-ins'.
 //!
+//! It lives beside [`crate::Error`] (whose variants each map to one code) and is re-exported as
+//! `protocol::codes`, so that neither module imports the other in a circle.
+//!
 //! The Python binding exports [`ErrorCode::ALL`] (`fnmesh._native.ERROR_CODES`), from which
 //! `fnmesh.errors` builds its code-to-exception map. A code added here needs no change there
 //! unless it deserves its own exception class.
 //!
 //! ```
 //! use fnmesh_core::protocol::ErrorCode;
+//! // The same table: fnmesh_core::protocol::codes is fnmesh_core::error::codes.
 //!
 //! assert_eq!(ErrorCode::InvocationStopped.as_str(), "invocation_stopped");
 //! assert_eq!("TIMEOUT".parse::<ErrorCode>(), Ok(ErrorCode::Timeout));

@@ -1,9 +1,11 @@
-//! The one error type of `fnmesh-core`.
+//! The one error type of `fnmesh-core`, and the table of wire error codes ([`codes`]).
 //!
 //! Every variant is mapped one to one onto a Python exception class by the binding
 //! (`fnmesh-py/src/errors.rs`), so adding a variant means adding its class too.
 
-use crate::protocol::ErrorCode;
+pub mod codes;
+
+pub use codes::ErrorCode;
 
 /// Errors produced by the fnmesh core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
