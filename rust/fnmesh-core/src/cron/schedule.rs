@@ -24,8 +24,8 @@ impl CronSchedule {
     /// evaluates it in that IANA zone (a fnmesh extension). Local times skipped by a daylight-saving
     /// change do not fire that day.
     ///
-    /// The error ([`CronError`]) is a one-line message naming the expression (or the zone) and the problem; a
-    /// 5-field crontab line gets a message saying that a seconds field comes first.
+    /// The error ([`CronError`]) reads as one line naming the expression (or the zone) and the
+    /// problem; a 5-field crontab line gets a message saying that a seconds field comes first.
     pub fn parse(expression: &str, timezone: Option<&str>) -> Result<CronSchedule, CronError> {
         let expression = expression.trim();
         if expression.is_empty() {
