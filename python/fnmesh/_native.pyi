@@ -108,75 +108,44 @@ class FunctionInfo:
 
 # --- engine ---
 def init_logging(level: str = "info") -> bool: ...
+def engine_defaults() -> dict[str, Any]: ...
 
 @final
 class EngineHandle:
     """A running engine and the tokio runtime it runs on."""
 
     @staticmethod
-    def start(
-        *,
-        host: str,
-        port: int,
-        http_port: int,
-        auth_token: str | None,
-        function_conflict: str,
-        invocation_timeout_ms: int,
-        namespace_grace_ms: int,
-        max_frame_bytes: int,
-        handshake_timeout_ms: int,
-        outbound_queue: int,
-        functions_available_interval_ms: int,
-        trigger_ack_timeout_ms: int,
-        worker_threads: int,
-        http_body_limit_bytes: int,
-        http_timeout_ms: int,
-        http_cors_origins: list[str] | None,
-        http_listen_at_start: bool | None,
-        cron_redis_url: str | None,
-        queue_backend: str = "sqlite",
-        queue_path: str = ".fnmesh/queues.sqlite3",
-        queue_redis_url: str | None = None,
-        queues: str = "{}",
-        queue_poll_interval_ms: int = 100,
-    ) -> EngineHandle: ...
+    def start(config: Any) -> EngineHandle: ...
+    def link(self, namespace: str = "default") -> Link: ...
     @property
     def host(self) -> str: ...
     @property
     def port(self) -> int: ...
     @property
     def http_addr(self) -> str | None: ...
-    def register_trigger(
-        self,
-        bridge: Bridge,
-        future: Any,
-        trigger_type: str,
-        function_id: str,
-        config: str,
-        *,
-        namespace: str | None = None,
-        metadata: str | None = None,
-        id: str | None = None,
-    ) -> None: ...
-    def unregister_trigger(self, id: str) -> bool: ...
     @property
     def running(self) -> bool: ...
     @property
     def worker_count(self) -> int: ...
     @property
     def pending_count(self) -> int: ...
+    def stop(self) -> None: ...
+
+@final
+class Link:
+    """The way to the engine's functions: an embedded engine's, or a worker connection's."""
+
     def register_function(
         self,
         bridge: Bridge,
         function_id: str,
         *,
-        namespace: str = "default",
         description: str | None = None,
         request_format: str | None = None,
         response_format: str | None = None,
         metadata: str | None = None,
     ) -> None: ...
-    def unregister_function(self, function_id: str, *, namespace: str = "default") -> bool: ...
+    def unregister_function(self, function_id: str) -> bool: ...
     def call(
         self,
         bridge: Bridge,
@@ -195,12 +164,26 @@ class EngineHandle:
         function_id: str,
         data: bytes,
         *,
-        namespace: str = "default",
+        namespace: str | None = None,
         metadata: bytes | None = None,
         traceparent: str | None = None,
         baggage: str | None = None,
     ) -> None: ...
-    def stop(self) -> None: ...
+    def register_trigger(
+        self,
+        bridge: Bridge,
+        future: Any,
+        trigger_type: str,
+        function_id: str,
+        config: str,
+        *,
+        namespace: str | None = None,
+        metadata: str | None = None,
+        id: str | None = None,
+    ) -> None: ...
+    def unregister_trigger(self, id: str) -> bool: ...
+    @property
+    def open(self) -> bool: ...
 
 # --- end engine ---
 
@@ -326,16 +309,6 @@ class ClientHandle:
         first_connect_timeout_ms: int = 30000,
         worker_threads: int = 1,
     ) -> ClientHandle: ...
-    def register_function(
-        self,
-        bridge: Bridge,
-        function_id: str,
-        *,
-        description: str | None = None,
-        request_format: str | None = None,
-        response_format: str | None = None,
-        metadata: str | None = None,
-    ) -> None: ...
     def register_external(
         self,
         function_id: str,
@@ -346,39 +319,7 @@ class ClientHandle:
         response_format: str | None = None,
         metadata: str | None = None,
     ) -> None: ...
-    def unregister_function(self, function_id: str) -> bool: ...
-    def call(
-        self,
-        bridge: Bridge,
-        future: Any,
-        function_id: str,
-        data: bytes,
-        *,
-        metadata: bytes | None = None,
-        timeout_ms: int | None = None,
-        traceparent: str | None = None,
-        baggage: str | None = None,
-    ) -> None: ...
-    def send(
-        self,
-        function_id: str,
-        data: bytes,
-        *,
-        metadata: bytes | None = None,
-        traceparent: str | None = None,
-        baggage: str | None = None,
-    ) -> None: ...
-    def register_trigger(
-        self,
-        trigger_type: str,
-        function_id: str,
-        config: str,
-        *,
-        namespace: str | None = None,
-        metadata: str | None = None,
-        id: str | None = None,
-    ) -> str: ...
-    def unregister_trigger(self, id: str) -> bool: ...
+    def link(self) -> Link: ...
     def trigger_errors(self) -> list[tuple[str, str, str]]: ...
     @property
     def worker_id(self) -> str | None: ...

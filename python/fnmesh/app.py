@@ -26,26 +26,22 @@ import concurrent.futures
 import contextlib
 import contextvars
 import hashlib
-import itertools
 import json
 import logging
-import re
 import signal
-import sys
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 import pydantic_core
-from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import SpanKind, Tracer, TracerProvider
 
 from fnmesh import _native, telemetry
 from fnmesh.auth import Auth
 from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
-    FnmeshError,
     FunctionError,
     FunctionNotFound,
     InvalidArgument,
@@ -53,13 +49,13 @@ from fnmesh.errors import (
     InvocationStopped,
     InvocationTimeout,
     RemoteError,
-    ValidationFailed,
     invocation_error,
 )
-from fnmesh.external import ExternalFunctions, ExternalSpec, PreparedExternal, Retry, Security
-from fnmesh.results import Deferred, LocalOutcome
+from fnmesh.external import ExternalSpec, Retry
+from fnmesh.results import LocalOutcome
 from fnmesh.schema import HandlerSpec, inspect_handler
-from fnmesh.triggers import Binding, TriggerType
+from fnmesh.serving import Server, external_formats, span_attributes
+from fnmesh.triggers import TriggerType
 
 __all__ = ["App"]
 
@@ -67,11 +63,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 log = logging.getLogger("fnmesh.app")
-
-_CALLER_KEY = b'"_caller_worker_id"'
-# Checked first for every item of a dispatch batch (the common case by far).
-_Invocation = _native.Invocation
-_CALLER_RE = re.compile(rb'"_caller_worker_id"\s*:\s*"([^"\\]{1,128})"')
 
 
 class _Function:
@@ -168,23 +159,21 @@ class App:
         self._engine = Engine(config, **settings)
         self._functions: dict[str, _Function] = {}
         self._max_threads = max_threads
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bridge: _native.Bridge | None = None
+        # How the app reaches functions, embedded or connected alike (None while stopped).
+        self._link: _native.Link | None = None
         self._client: _native.ClientHandle | None = None
         self._connected_to: str | None = None
-        self._deferred: dict[str, Deferred] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._tracing = tracing
         self._tracer_provider = tracer_provider
         self._tracer: Tracer | None = None
-        self._local_ids = itertools.count(1)
         self._triggers: list[_Trigger] = []
         self._trigger_types: dict[str, TriggerType] = {}
-        self._bindings: dict[str, Binding] = {}
-        self._answers: list[tuple[_native.Invocation, bytes | None]] | None = None
         self._externals: dict[str, _External] = {}
-        self._external_host: ExternalFunctions | None = None
+        # Runs the handlers: invocations from the engine, trigger events, local calls.
+        self._server = Server(name, namespace, self._functions, self._trigger_types, self.call, self._call_in)
+        self._local_context = self._server.local_context
 
     # ------------------------------------------------------------------------------------------
     # Declaring functions
@@ -229,7 +218,7 @@ class App:
         self._functions[function_id] = entry
         for make in getattr(func, _PENDING_TRIGGERS, ()):
             self._triggers.append(make(function_id))
-        if self._bridge is not None:
+        if self._link is not None:
             self._publish(function_id, entry)
 
     def external(
@@ -426,9 +415,13 @@ class App:
         except BaseException:
             await self._end()
             raise
+        self._link = self._engine.link(self.namespace)
         self._publish_all()
         try:
-            await self._start_externals()
+            assert self._bridge is not None
+            engine = self._engine.native
+            await self._server.serve_externals(engine, self._bridge, self._externals, self._engine.config)
+            self._server.serve_trigger_types(engine, self._bridge)
             await self._bind_triggers()
         except BaseException:
             await self.stop()
@@ -466,13 +459,14 @@ class App:
                 "a connected app cannot provide them yet; serve it on its embedded engine"
             )
         self._connected_to = url
+        self._link = self._client.link()
         self._publish_all()
         for function_id, external in self._externals.items():
             self._client.register_external(
-                function_id, json.dumps(external.spec.to_wire()), **_formats(external)
+                function_id, json.dumps(external.spec.to_wire()), **external_formats(external)
             )
         try:
-            await self._bind_remote_triggers()
+            await self._bind_triggers()
         except BaseException:
             await self.stop()
             raise
@@ -489,95 +483,32 @@ class App:
         if self._bridge is not None:
             raise InvalidArgument(f"app {self.name!r} is already running")
         self._loop = asyncio.get_running_loop()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._max_threads, thread_name_prefix=f"fnmesh-{self.name}"
-        )
-        self._bridge = _native.Bridge(self._loop, self._dispatch)
         self._tracer = (
             None
             if self._tracing is False
             else telemetry.tracer(self._tracer_provider, always=bool(self._tracing))
         )
-
-    async def _start_externals(self) -> None:
-        """Checks and registers the app's external functions on the embedded engine, and serves
-        those workers register when the engine's ``external_functions`` setting allows it."""
-        config = self._engine.config
-        if not self._externals and not config.external_functions:
-            return
-        assert self._bridge is not None
-        host = self._external_host = ExternalFunctions(
-            Security(
-                require_https=config.external_require_https,
-                url_allowlist=config.external_url_allowlist,
-                block_private_ips=config.external_block_private_ips,
-            )
-        )
-        handle = self._engine.handle
-        for function_id, external in self._externals.items():
-            prepared = await host.prepare(function_id, external.spec)
-            _native.register_external(
-                handle, self._bridge, function_id, prepared, namespace=self.namespace, **_formats(external)
-            )
-        if config.external_functions:
-            _native.set_external_functions(handle, self._bridge)
-
-    async def _external_event(self, event: _native.ExternalEvent) -> None:
-        """A worker registered an external function: check it, then register or refuse it."""
-        host = self._external_host
-        if host is None:
-            event.refuse("external_functions_disabled", f"app {self.name!r} serves no external functions")
-            return
-        try:
-            spec = ExternalSpec.from_wire(json.loads(event.invocation))
-            prepared = await host.prepare(event.function_id, spec)
-        except FnmeshError as exc:
-            event.refuse(exc.code, str(exc))
-            return
-        except Exception as exc:
-            log.exception("checking external function %s failed", event.function_id)
-            event.refuse("invocation_failed", f"{type(exc).__name__}: {exc}")
-            return
-        event.accept(prepared)
-
-    async def _external_call(self, call: _native.ExternalCall) -> None:
-        """One call of an external function: the HTTP request, and its response as the result."""
-        invocation = call.invocation
-        host = self._external_host
-        try:
-            if host is None:
-                raise FunctionError("invocation_stopped", f"app {self.name!r} has stopped")
-            prepared: PreparedExternal = call.handler
-            result = await host.invoke(
-                prepared, invocation.data, traceparent=invocation.traceparent, baggage=invocation.baggage
-            )
-        except FunctionError as exc:
-            invocation.fail(exc.code, exc.message)
-        except Exception as exc:
-            log.exception("external function %s failed", invocation.function_id)
-            invocation.fail("invocation_failed", f"{type(exc).__name__}: {exc}")
-        else:
-            invocation.succeed(result)
+        timeout = self._engine.config.invocation_timeout_ms / 1000
+        self._server.begin(self._loop, self._max_threads, self._tracer, timeout)
+        self._bridge = _native.Bridge(self._loop, self._server.dispatch)
 
     async def _bind_triggers(self) -> None:
-        """Binds every ``@app.http`` route on the embedded engine; a refusal (a conflicting
-        route, a taken port) fails the start."""
+        """Binds the app's triggers (``@app.http``, ``@app.cron``, ...) through the link, one
+        after the other; when connected they are replayed on every reconnect. A refusal (a
+        conflicting route, a taken port) fails the start."""
         loop = self._require_loop()
+        link = self._require_link()
         assert self._bridge is not None
-        handle = self._engine.handle
-        for provided in self._trigger_types.values():
-            _native.register_trigger_type(
-                handle, self._bridge, provided.id, provided.description, namespace=self.namespace
-            )
+        namespace = None if self.namespace == "default" else self.namespace
         for trigger in self._triggers:
             future: asyncio.Future[bytes | None] = loop.create_future()
-            handle.register_trigger(
+            link.register_trigger(
                 self._bridge,
                 future,
                 trigger.trigger_type,
                 trigger.function_id,
                 json.dumps(trigger.config),
-                namespace=self.namespace,
+                namespace=namespace,
                 metadata=json.dumps(trigger.metadata) if trigger.metadata is not None else None,
                 id=trigger.binding_id,
             )
@@ -589,30 +520,6 @@ class App:
                 ) from None
             trigger.binding_id = json.loads(answer or b"{}").get("id")
 
-    async def _bind_remote_triggers(self) -> None:
-        """Binds the app's triggers over the connection; they are replayed on every reconnect.
-        A refusal (e.g. a conflicting route) fails the connect."""
-        client = self._client
-        if client is None or not self._triggers:
-            return
-        for trigger in self._triggers:
-            client.register_trigger(
-                trigger.trigger_type,
-                trigger.function_id,
-                json.dumps(trigger.config),
-                namespace=None if self.namespace == "default" else self.namespace,
-                metadata=json.dumps(trigger.metadata) if trigger.metadata is not None else None,
-                id=trigger.binding_id,
-            )
-        # A round trip: the engine answers it after handling the bindings, and the engine's own
-        # providers (http, cron) refuse synchronously, so their refusals are in by then.
-        await self.call("engine::functions::list", {})
-        refused = {binding_id: message for binding_id, _code, message in client.trigger_errors()}
-        for trigger in self._triggers:
-            if trigger.binding_id in refused:
-                reason = refused[trigger.binding_id]
-                raise InvalidArgument(f"cannot bind {trigger.function_id} to {trigger.describe()}: {reason}")
-
     def _publish_all(self) -> None:
         for function_id, entry in self._functions.items():
             self._publish(function_id, entry)
@@ -622,6 +529,7 @@ class App:
         if self._bridge is None:
             return
         client, self._client = self._client, None
+        self._link = None
         if client is not None:
             await asyncio.to_thread(client.shutdown)
         else:
@@ -630,20 +538,12 @@ class App:
 
     async def _end(self) -> None:
         bridge, self._bridge = self._bridge, None
+        self._link = None
+        self._server.halt()
         self._connected_to = None
         if bridge is not None:
             await asyncio.to_thread(bridge.close)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        host, self._external_host = self._external_host, None
-        if host is not None:
-            await host.aclose()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-        self._deferred.clear()
+        await self._server.end()
 
     async def serve(
         self, *, connect: str | None = None, auth_token: str | None = None, connect_timeout: float = 30.0
@@ -711,6 +611,7 @@ class App:
 
     def _publish(self, function_id: str, entry: _Function) -> None:
         assert self._bridge is not None
+        link = self._require_link()
         spec = entry.spec
         formats = {
             "description": entry.description,
@@ -718,12 +619,7 @@ class App:
             "response_format": json.dumps(spec.response_format) if spec.response_format is not None else None,
             "metadata": json.dumps(entry.metadata) if entry.metadata is not None else None,
         }
-        if self._client is not None:
-            self._client.register_function(self._bridge, function_id, **formats)
-        else:
-            self._engine.handle.register_function(
-                self._bridge, function_id, namespace=self.namespace, **formats
-            )
+        link.register_function(self._bridge, function_id, **formats)
 
     # ------------------------------------------------------------------------------------------
     # Calling
@@ -762,8 +658,8 @@ class App:
             raise
         except Exception as exc:
             raise _handler_failed(exc) from exc
-        if ctx is not None and ctx._outcome is not None:
-            return await _deferred_result(spec, ctx._outcome)
+        if ctx is not None and (outcome := ctx.outcome) is not None:
+            return await _deferred_result(spec, outcome)
         return spec.check_python(result)
 
     async def enqueue(
@@ -829,7 +725,7 @@ class App:
         metadata: dict[str, Any] | None,
     ) -> Any:
         with tracer.start_as_current_span(
-            f"call {function_id}", kind=SpanKind.CLIENT, attributes=self._span_attributes(function_id)
+            f"call {function_id}", kind=SpanKind.CLIENT, attributes=span_attributes(self.name, function_id)
         ) as span:
             traceparent, baggage = telemetry.outgoing()
             try:
@@ -841,12 +737,6 @@ class App:
             except InvocationError as exc:
                 telemetry.failed(span, exc.code, str(exc))
                 raise
-
-    def _span_attributes(self, function_id: str, invocation_id: str | None = None) -> dict[str, str]:
-        attributes = {"fnmesh.function_id": function_id, "fnmesh.app": self.name}
-        if invocation_id is not None:
-            attributes["fnmesh.invocation_id"] = invocation_id
-        return attributes
 
     def call_sync(
         self,
@@ -884,7 +774,7 @@ class App:
             self._send(function_id, data, metadata, None, None)
             return
         with self._tracer.start_as_current_span(
-            f"call {function_id}", kind=SpanKind.PRODUCER, attributes=self._span_attributes(function_id)
+            f"call {function_id}", kind=SpanKind.PRODUCER, attributes=span_attributes(self.name, function_id)
         ):
             self._send(function_id, data, metadata, *telemetry.outgoing())
 
@@ -897,34 +787,29 @@ class App:
         baggage: str | None,
     ) -> None:
         raw_metadata = _to_json(metadata) if metadata is not None else None
-        if self._client is not None:
-            self._client.send(
-                function_id, _to_json(data), metadata=raw_metadata, traceparent=traceparent, baggage=baggage
-            )
-        else:
-            self._engine.handle.send(
-                function_id,
-                _to_json(data),
-                namespace=self.namespace,
-                metadata=raw_metadata,
-                traceparent=traceparent,
-                baggage=baggage,
-            )
+        self._require_link().send(
+            function_id, _to_json(data), metadata=raw_metadata, traceparent=traceparent, baggage=baggage
+        )
 
     def complete(self, invocation_id: str, value: Any = None) -> bool:
         """Finishes a deferred call of this app with ``value``. False when no such call waits."""
-        deferred = self._deferred.get(invocation_id)
+        deferred = self._server.deferred(invocation_id)
         return deferred.complete(value) if deferred is not None else False
 
     def fail(self, invocation_id: str, code: str, message: str) -> bool:
         """Finishes a deferred call of this app with a failure. False when no such call waits."""
-        deferred = self._deferred.get(invocation_id)
+        deferred = self._server.deferred(invocation_id)
         return deferred.fail(code, message) if deferred is not None else False
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None or self._bridge is None:
             raise InvalidArgument(f"app {self.name!r} is not running: `await app.start()` first")
         return self._loop
+
+    def _require_link(self) -> _native.Link:
+        if self._link is None:
+            raise InvalidArgument(f"app {self.name!r} is not running: `await app.start()` first")
+        return self._link
 
     async def _call_remote(
         self,
@@ -937,35 +822,30 @@ class App:
         namespace: str | None = None,
     ) -> Any:
         loop = self._require_loop()
+        link = self._require_link()
         assert self._bridge is not None
         future: asyncio.Future[bytes | None] = loop.create_future()
         raw_metadata = _to_json(metadata) if metadata is not None else None
         timeout_ms = None if timeout is None else max(1, int(timeout * 1000))
-        if self._client is not None:
-            self._client.call(
-                self._bridge,
-                future,
-                function_id,
-                _to_json(data),
-                metadata=raw_metadata,
-                timeout_ms=timeout_ms,
-                traceparent=traceparent,
-                baggage=baggage,
-            )
-        else:
-            self._engine.handle.call(
-                self._bridge,
-                future,
-                function_id,
-                _to_json(data),
-                namespace=namespace or self.namespace,
-                metadata=raw_metadata,
-                timeout_ms=timeout_ms,
-                traceparent=traceparent,
-                baggage=baggage,
-            )
+        link.call(
+            self._bridge,
+            future,
+            function_id,
+            _to_json(data),
+            namespace=namespace,
+            metadata=raw_metadata,
+            timeout_ms=timeout_ms,
+            traceparent=traceparent,
+            baggage=baggage,
+        )
         result = await future
         return None if result is None else json.loads(result)
+
+    async def _call_in(
+        self, function_id: str, data: Any, metadata: dict[str, Any] | None, namespace: str
+    ) -> Any:
+        """A call of a function in another namespace (a trigger type's binding made there)."""
+        return await self._call_remote(function_id, data, None, metadata, namespace=namespace)
 
     async def _call_local(
         self,
@@ -988,17 +868,17 @@ class App:
         async def run() -> Any:
             try:
                 if tracer is None:
-                    result = await self._invoke(spec, value, ctx)
+                    result = await self._server.invoke(spec, value, ctx)
                 else:
-                    result = await self._invoke_traced(tracer, function_id, spec, value, ctx)
+                    result = await self._server.invoke_traced(tracer, function_id, spec, value, ctx)
             except FunctionError as exc:
                 raise invocation_error(exc.code, exc.message) from exc
             except (InvocationError, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 raise _handler_failed(exc) from exc
-            if ctx is not None and ctx._outcome is not None:
-                return await _deferred_result(spec, ctx._outcome)
+            if ctx is not None and (outcome := ctx.outcome) is not None:
+                return await _deferred_result(spec, outcome)
             return spec.check_python(result)
 
         if timeout is None:
@@ -1012,266 +892,6 @@ class App:
                 f"{function_id} did not answer within {timeout} s", code="invocation_timeout"
             ) from None
 
-    def _local_context(
-        self,
-        function_id: str,
-        metadata: dict[str, Any] | None,
-        traceparent: str | None = None,
-        baggage: str | None = None,
-    ) -> Context:
-        return Context(
-            self,
-            invocation_id=f"local-{next(self._local_ids)}",
-            function_id=function_id,
-            namespace=self.namespace,
-            metadata=metadata,
-            traceparent=traceparent,
-            baggage=baggage,
-            caller_worker_id=None,
-            answer=None,
-        )
-
-    def _defer(self, ctx: Context) -> Deferred:
-        """``ctx.defer()``: the handle that finishes ``ctx``'s call later (any thread)."""
-        loop = self._require_loop()
-        answer = ctx._answer
-        if answer is None:  # a local call: its caller awaits this outcome
-            ctx._outcome = LocalOutcome(loop)
-            answer = ctx._outcome.settle
-        deferred = Deferred(ctx.invocation_id, ctx.function_id, answer, self._forget)
-        self._deferred[ctx.invocation_id] = deferred
-        # The engine gives up on the call after its timeout; so does the app (ctx.defer() may
-        # run in a sync handler's thread, hence the thread-safe hop).
-        expiry = self._engine.config.invocation_timeout_ms / 1000
-        loop.call_soon_threadsafe(loop.call_later, expiry, self._forget, deferred)
-        return deferred
-
-    # ------------------------------------------------------------------------------------------
-    # Serving calls from the engine
-    # ------------------------------------------------------------------------------------------
-
-    def _forget(self, deferred: Deferred) -> None:
-        self._deferred.pop(deferred.invocation_id, None)
-
-    async def _invoke(self, spec: HandlerSpec, value: Any, ctx: Context | None) -> Any:
-        if spec.is_async:
-            return await spec.invoke(value, ctx)
-        assert self._loop is not None
-        assert self._executor is not None
-        # The handler's thread sees the caller's contextvars (the current span among them).
-        return await self._loop.run_in_executor(
-            self._executor, contextvars.copy_context().run, spec.invoke, value, ctx
-        )
-
-    async def _invoke_traced(
-        self,
-        tracer: Tracer,
-        function_id: str,
-        spec: HandlerSpec,
-        value: Any,
-        ctx: Context | None,
-        parent: Any = None,
-    ) -> Any:
-        """:meth:`_invoke` inside an ``execute`` span (a local call's; the current span is its
-        parent)."""
-        attributes = self._span_attributes(function_id, ctx.invocation_id if ctx is not None else None)
-        with telemetry.execute_span(tracer, function_id, attributes, parent) as span:
-            try:
-                result = await self._invoke(spec, value, ctx)
-            except FunctionError as exc:
-                telemetry.failed(span, exc.code, exc.message)
-                raise
-            _record_result(span, result, ctx)
-            return result
-
-    def _dispatch(self, batch: list[Any]) -> None:
-        """Runs on the loop, once per batch the bridge hands over."""
-        # Results of the invocations that finish during the batch go back in one crossing.
-        answers: list[tuple[_native.Invocation, bytes | None]] = []
-        self._answers = answers
-        try:
-            for item in batch:
-                if type(item) is _Invocation:
-                    self._start(item)
-                elif isinstance(item, tuple):
-                    future, result, error = item
-                    if future.done():
-                        continue
-                    if error is not None:
-                        future.set_exception(invocation_error(*error))
-                    else:
-                        future.set_result(result)
-                elif isinstance(item, _native.TriggerEvent):
-                    self._track(asyncio.ensure_future(self._trigger_event(item)))
-                elif isinstance(item, _native.ExternalCall):
-                    self._track(asyncio.ensure_future(self._external_call(item)))
-                elif isinstance(item, _native.ExternalEvent):
-                    self._track(asyncio.ensure_future(self._external_event(item)))
-        finally:
-            self._answers = None
-            if answers:
-                _native.Invocation.succeed_all(answers)
-
-    def _start(self, invocation: _native.Invocation) -> None:
-        """Starts serving one invocation from the engine, in a Task of its own (with a copy of
-        the context), as libraries expect of any coroutine (``asyncio.timeout``, anyio's cancel
-        scopes, redis' and httpx's clients look for the current task).
-
-        On Python 3.12+ the Task starts eagerly: its first step runs right here, so a handler
-        that finishes without waiting on anything (the common case) never goes through the
-        loop's ready queue. Before 3.12 the Task is scheduled as usual."""
-        entry = self._functions.get(invocation.function_id)
-        if entry is None:
-            invocation.fail(
-                "function_not_found",
-                f"Function {invocation.function_id} is not served by app {self.name!r}",
-            )
-            return
-        coro = self._serve(invocation, entry)
-        if _EAGER_TASKS:
-            task = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
-            if not task.done():
-                self._track(task)
-            return
-        assert self._loop is not None
-        self._track(self._loop.create_task(coro))
-
-    async def _trigger_event(self, event: _native.TriggerEvent) -> None:
-        """A binding for one of the app's trigger types, or its withdrawal."""
-        provider = self._trigger_types.get(event.trigger_type)
-        if event.kind == "unregister":
-            binding = self._bindings.pop(event.binding_id, None)
-            if provider is not None and binding is not None:
-                try:
-                    await provider.unregister(binding)
-                except Exception:
-                    log.exception(
-                        "trigger type %s failed to drop binding %s", event.trigger_type, event.binding_id
-                    )
-            return
-        if provider is None:
-            event.refuse(f"app {self.name!r} does not serve trigger type {event.trigger_type!r}")
-            return
-        raw_metadata = event.metadata
-        binding = Binding(
-            id=event.binding_id,
-            trigger_type=event.trigger_type,
-            function_id=event.function_id,
-            config=json.loads(event.config),
-            metadata=json.loads(raw_metadata) if raw_metadata is not None else None,
-            namespace=event.namespace,
-            _fire=self._fire,
-        )
-        try:
-            await provider.register(binding)
-        except Exception as exc:
-            event.refuse(str(exc) or type(exc).__name__)
-            return
-        self._bindings[binding.id] = binding
-        event.accept()
-
-    async def _fire(self, binding: Binding, data: Any) -> Any:
-        """A Python trigger type firing one of its bindings."""
-        if binding.namespace == self.namespace:
-            return await self.call(binding.function_id, data, metadata=binding.metadata)
-        return await self._call_remote(
-            binding.function_id, data, None, binding.metadata, namespace=binding.namespace
-        )
-
-    def _track(self, task: asyncio.Task[None]) -> None:
-        # Kept until done: the loop holds tasks only weakly, and stop() cancels what is left.
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, invocation: _native.Invocation, entry: _Function) -> None:
-        if self._tracer is None:
-            await self._execute(invocation, entry, None)
-            return
-        # The invocation runs in the trace context it arrived with (a root span without one).
-        parent = telemetry.incoming(invocation.traceparent, invocation.baggage)
-        attributes = self._span_attributes(invocation.function_id, invocation.invocation_id)
-        with telemetry.execute_span(self._tracer, invocation.function_id, attributes, parent) as span:
-            await self._execute(invocation, entry, span)
-
-    async def _execute(self, invocation: _native.Invocation, entry: _Function, span: Span | None) -> None:
-        spec = entry.spec
-        # Read once: each read of `Invocation.data` copies the payload into new bytes.
-        raw_data = invocation.data
-        ctx = self._invocation_context(invocation, spec, raw_data) if spec.wants_context else None
-        try:
-            value = spec.parse_json(raw_data)
-            if spec.is_async:
-                result = await spec.invoke(value, ctx)
-            else:
-                result = await self._invoke(spec, value, ctx)
-            deferred = ctx is not None and ctx.deferred is not None
-            output = None if deferred else spec.dump_json(result)
-        except (FunctionError, ValidationFailed) as exc:
-            message = exc.message if isinstance(exc, FunctionError) else str(exc)
-            invocation.fail(exc.code, message)
-            if span is not None:
-                telemetry.failed(span, exc.code, message)
-            return
-        except asyncio.CancelledError:
-            invocation.fail("invocation_stopped", f"app {self.name!r} stopped")
-            if span is not None:
-                telemetry.failed(span, "invocation_stopped", "the app stopped")
-            raise
-        except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            invocation.fail("invocation_failed", message, traceback.format_exc())
-            if span is not None:
-                telemetry.failed(span, "invocation_failed", message)
-                span.record_exception(exc)
-            return
-        if span is not None:
-            _record_result(span, result, ctx)
-        if not deferred:
-            if self._answers is not None:  # inside _dispatch: answered with the batch
-                self._answers.append((invocation, output))
-            else:
-                invocation.succeed(output)
-
-    def _invocation_context(
-        self, invocation: _native.Invocation, spec: HandlerSpec, raw_data: bytes
-    ) -> Context:
-        """The context of an invocation from the engine, for a handler that takes one."""
-
-        def answer(ok: bool, value: Any, error: tuple[str, str] | None) -> bool:
-            if not ok:
-                assert error is not None
-                return invocation.fail(*error)
-            try:
-                return invocation.succeed(spec.dump_json(value))
-            except ValidationFailed as exc:
-                return invocation.fail(exc.code, str(exc))
-
-        raw_metadata = invocation.metadata
-        caller = invocation.caller_worker_id
-        if caller is None and _CALLER_KEY in raw_data:
-            # Over a worker connection the engine's only word on the caller is the
-            # `_caller_worker_id` it put into the payload (PROTOCOL.md 4.1).
-            found = _CALLER_RE.search(raw_data)
-            caller = found.group(1).decode() if found else None
-        return Context(
-            self,
-            invocation_id=invocation.invocation_id,
-            function_id=invocation.function_id,
-            namespace=self.namespace,
-            metadata=json.loads(raw_metadata) if raw_metadata is not None else None,
-            traceparent=invocation.traceparent,
-            baggage=invocation.baggage,
-            caller_worker_id=caller,
-            answer=answer,
-        )
-
-
-# NOTE: an eager Task (3.12+) skips a pass through the loop's ready queue for handlers that do not
-# wait; a plain Task costs about 5 µs more per invocation with uvloop (DESIGN.md's measurements).
-# Running the first step with no Task at all was faster still, but broke every library that looks
-# for the current task in a handler's first step.
-_EAGER_TASKS = sys.version_info >= (3, 12)
-
 
 async def _deferred_result(spec: HandlerSpec, outcome: LocalOutcome) -> Any:
     """What a deferred local call finished with."""
@@ -1280,14 +900,6 @@ async def _deferred_result(spec: HandlerSpec, outcome: LocalOutcome) -> Any:
         assert error is not None
         raise invocation_error(*error)
     return spec.check_python(late)
-
-
-def _formats(external: _External) -> dict[str, str | None]:
-    """An external function's registration fields, as the binding takes them (JSON text)."""
-    return {
-        "description": external.description,
-        "metadata": json.dumps(external.metadata) if external.metadata is not None else None,
-    }
 
 
 def _handler_failed(exc: Exception) -> RemoteError:
@@ -1310,15 +922,6 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 def _loop_name(loop: asyncio.AbstractEventLoop | None) -> str:
     kind = type(loop)
     return "uvloop" if kind.__module__.startswith("uvloop") else f"asyncio {kind.__name__}"
-
-
-def _record_result(span: Span, result: Any, ctx: Context | None) -> None:
-    """Names the result kind on an ``execute`` span: success, no_result or deferred."""
-    if ctx is not None and ctx.deferred is not None:
-        kind = "deferred"
-    else:
-        kind = "no_result" if result is None else "success"
-    span.set_attribute("fnmesh.result", kind)
 
 
 def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:

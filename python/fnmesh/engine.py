@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -32,59 +31,71 @@ __all__ = ["Engine", "EngineConfig"]
 CONFLICT_POLICIES = ("replicate", "reject")
 QUEUE_BACKENDS = ("sqlite", "memory", "redis", "off")
 
+#: The Rust side's default of every setting it reads (``_native.engine_defaults()``, made from
+#: the core's ``Default``s): the one place those defaults live. Settings served in Python only
+#: (``log_level``, ``external_*``) have their defaults below.
+_DEFAULTS: dict[str, Any] = _native.engine_defaults()
+
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """Every engine setting, with PROTOCOL.md's defaults."""
+    """Every engine setting, with PROTOCOL.md's defaults.
 
-    host: str = "127.0.0.1"
+    The defaults of the settings the Rust engine reads come from Rust (``_DEFAULTS``). Adding a
+    setting touches three places: the core's config struct and its ``Default``
+    (``rust/fnmesh-core``), the binding's ``EngineSettings`` (``rust/fnmesh-py/src/config.rs``:
+    its field, its default, its conversion), and a field here with ``_DEFAULTS["name"]`` as its
+    default. ``tests/test_engine_config.py`` checks that both sides agree.
+    """
+
+    host: str = _DEFAULTS["host"]
     """Address of the worker WebSocket listener (an IP address)."""
-    port: int = 49134
+    port: int = _DEFAULTS["port"]
     """Port of the worker WebSocket listener; 0 picks a free port."""
-    http_port: int = 3111
+    http_port: int = _DEFAULTS["http_port"]
     """Port of the HTTP trigger server (on ``host``), opened when the first route is bound."""
-    http_body_limit_bytes: int = 16 * 1024 * 1024
+    http_body_limit_bytes: int = _DEFAULTS["http_body_limit_bytes"]
     """Largest HTTP request body a route accepts; a larger one gets 413."""
-    http_timeout_ms: int = 30_000
+    http_timeout_ms: int = _DEFAULTS["http_timeout_ms"]
     """How long an HTTP request may take (middleware, condition, function); then 504."""
-    http_cors_origins: tuple[str, ...] | None = None
+    http_cors_origins: tuple[str, ...] | None = _DEFAULTS["http_cors_origins"]
     """Origins allowed to call the routes from a browser (``"*"`` for any); ``None`` is permissive."""
-    http_listen_at_start: bool | None = None
+    http_listen_at_start: bool | None = _DEFAULTS["http_listen_at_start"]
     """Open the HTTP port when the engine starts (unknown routes answer 404 from then on) rather
     than with the first route. ``None``: yes for ``fnmesh serve``, no for an embedded engine."""
-    auth_token: str | None = None
+    auth_token: str | None = _DEFAULTS["auth_token"]
     """When set, workers must send ``Authorization: Bearer <token>`` (or ``?token=``)."""
-    function_conflict: str = "replicate"
+    function_conflict: str = _DEFAULTS["function_conflict"]
     """A second owner of a function becomes a replica (``replicate``) or is refused (``reject``)."""
-    invocation_timeout_ms: int = 300_000
+    invocation_timeout_ms: int = _DEFAULTS["invocation_timeout_ms"]
     """Engine-side bound on a pending call."""
-    namespace_grace_ms: int = 5_000
+    namespace_grace_ms: int = _DEFAULTS["namespace_grace_ms"]
     """How long registrations wait for ``engine::workers::register`` to name the namespace."""
-    max_frame_bytes: int = 16 * 1024 * 1024
+    max_frame_bytes: int = _DEFAULTS["max_frame_bytes"]
     """Largest frame accepted; a bigger one closes that connection with code 1009."""
-    handshake_timeout_ms: int = 10_000
+    handshake_timeout_ms: int = _DEFAULTS["handshake_timeout_ms"]
     """A client must finish the WebSocket upgrade within this time."""
-    outbound_queue: int = 65_536
+    outbound_queue: int = _DEFAULTS["outbound_queue"]
     """Frames queued to one connection before it is closed as too slow."""
-    functions_available_interval_ms: int = 5_000
+    functions_available_interval_ms: int = _DEFAULTS["functions_available_interval_ms"]
     """Minimum time between two ``engine::functions-available`` fires."""
-    trigger_ack_timeout_ms: int = 10_000
+    trigger_ack_timeout_ms: int = _DEFAULTS["trigger_ack_timeout_ms"]
     """How long ``engine::register_trigger`` waits for a worker provider's answer."""
-    worker_threads: int = 2
+    worker_threads: int = _DEFAULTS["worker_threads"]
     """Threads of the engine's tokio runtime."""
-    cron_redis_url: str | None = None
+    cron_redis_url: str | None = _DEFAULTS["cron_redis_url"]
     """A Redis shared by several engines (``redis://[[user]:password@]host[:port][/db]`` or
     ``redis+unix:///path``): each cron tick then fires on one of them only, and a tick is skipped
     while that Redis cannot be reached. ``None``: this engine fires every tick itself."""
-    queue_backend: str = "sqlite"
+    queue_backend: str = _DEFAULTS["queue_backend"]
     """Where queued calls live: ``sqlite`` (a file at ``queue_path``, created at the first
     enqueue; nothing is lost across restarts), ``memory`` (this process only), ``redis``
     (Redis Streams at ``queue_redis_url``, shared by engines) or ``off``."""
-    queue_path: str = ".fnmesh/queues.sqlite3"
+    queue_path: str = _DEFAULTS["queue_path"]
     """The SQLite file of ``queue_backend = "sqlite"`` (relative to the working directory)."""
-    queue_redis_url: str | None = None
+    queue_redis_url: str | None = _DEFAULTS["queue_redis_url"]
     """The Redis of ``queue_backend = "redis"``: ``redis://[[user]:password@]host[:port][/db]``."""
-    queues: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    queues: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: dict(_DEFAULTS["queues"]))
     """Named queues (a ``default`` queue always exists), e.g. in TOML::
 
         [queues.orders]
@@ -95,7 +106,7 @@ class EngineConfig:
         type = "fifo"            # or "standard"
         message_group_field = "customer_id"
     """
-    queue_poll_interval_ms: int = 100
+    queue_poll_interval_ms: int = _DEFAULTS["queue_poll_interval_ms"]
     """How often an idle queue consumer looks for due retries and other engines' messages."""
     external_functions: bool = False
     """Serve the external HTTP functions workers register (``registerfunction`` with an
@@ -201,15 +212,8 @@ class Engine:
         if self._handle is not None:
             raise InvalidArgument("engine already started")
         _native.init_logging(self.config.log_level)
-        cfg = dataclasses.asdict(self.config)
-        cfg.pop("log_level")
-        # Served in Python, by the app loop (fnmesh.external).
-        for name in [n for n in cfg if n.startswith("external_")]:
-            cfg.pop(name)
-        cfg["queues"] = json.dumps(cfg["queues"])
-        if cfg["http_cors_origins"] is not None:
-            cfg["http_cors_origins"] = list(cfg["http_cors_origins"])
-        self._handle = _native.EngineHandle.start(**cfg)
+        # The binding reads the settings it knows off the dataclass (rust/fnmesh-py/src/config.rs).
+        self._handle = _native.EngineHandle.start(self.config)
         return self
 
     def stop(self) -> None:
@@ -223,9 +227,18 @@ class Engine:
         return self._handle is not None and self._handle.running
 
     @property
-    def handle(self) -> _native.EngineHandle:
-        """The native engine (registering Python functions, calls through the bridge): the
-        low-level layer under :class:`fnmesh.App`."""
+    def handle(self) -> _native.Link:
+        """The engine's link in the ``default`` namespace (registering Python functions, calls
+        through the bridge): the low-level layer under :class:`fnmesh.App`."""
+        return self._require().link()
+
+    def link(self, namespace: str = "default") -> _native.Link:
+        """The engine's link in ``namespace`` (see :attr:`handle`)."""
+        return self._require().link(namespace)
+
+    @property
+    def native(self) -> _native.EngineHandle:
+        """The native engine itself (trigger types and external functions served from Python)."""
         return self._require()
 
     @property

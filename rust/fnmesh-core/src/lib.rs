@@ -28,6 +28,7 @@ pub mod external;
 pub mod function;
 pub mod http;
 pub mod invocation;
+pub mod link;
 pub mod protocol;
 pub mod queue;
 pub mod registry;

@@ -1,16 +1,17 @@
 //! Python view of the worker client (`fnmesh_core::client`): an app connected as a worker of any
 //! iii-compatible engine. Like the engine handle, it owns a tokio runtime and never calls into
-//! Python: invocations and awaited outcomes go through a [`Bridge`].
+//! Python; its `link()` registers Python functions and calls any function (invocations and
+//! awaited outcomes go through a `Bridge`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fnmesh_core::client::{CallOptions, Client, ClientError, ClientState};
-use fnmesh_core::function::Outcome;
+use fnmesh_core::client::{Client, ClientError, ClientState};
 use pyo3::prelude::*;
 
-use crate::bridge::{function_def, raw_json, trigger_spec, Bridge, PyFunction, Work};
+use crate::bridge::function_def;
 use crate::errors::{to_py, ConnectionFailed, InvalidArgument, RegistrationError};
+use crate::link::{Opened, PyLink};
 
 /// Registers the class on the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -31,6 +32,8 @@ fn connect_error(err: ClientError) -> PyErr {
 #[pyclass(frozen, module = "fnmesh._native", name = "ClientHandle")]
 pub struct ClientHandle {
     state: Mutex<Option<(tokio::runtime::Runtime, Client)>>,
+    /// What this client's links reach it through; emptied by `shutdown()`.
+    opened: Arc<Opened>,
 }
 
 impl ClientHandle {
@@ -88,31 +91,15 @@ impl ClientHandle {
         let client = py
             .detach(|| runtime.block_on(builder.connect()))
             .map_err(connect_error)?;
+        let opened = Opened::new(
+            runtime.handle().clone(),
+            Arc::new(client.clone()),
+            "the client is shut down",
+        );
         Ok(ClientHandle {
             state: Mutex::new(Some((runtime, client))),
+            opened,
         })
-    }
-
-    /// Serves a Python function: its calls reach `bridge`'s dispatch as `Invocation`s. It is
-    /// registered again on every reconnect.
-    #[pyo3(signature = (
-        bridge, function_id, *, description = None, request_format = None,
-        response_format = None, metadata = None
-    ))]
-    fn register_function(
-        &self,
-        bridge: &Bridge,
-        function_id: &str,
-        description: Option<String>,
-        request_format: Option<&str>,
-        response_format: Option<&str>,
-        metadata: Option<&str>,
-    ) -> PyResult<()> {
-        let def = function_def(description, request_format, response_format, metadata)?;
-        let (_, client) = self.live()?;
-        client
-            .register_function(function_id, def, PyFunction(bridge.sender()))
-            .map_err(connect_error)
     }
 
     /// Registers an external HTTP function: the engine calls the URL of `invocation` (the
@@ -141,94 +128,10 @@ impl ClientHandle {
             .map_err(connect_error)
     }
 
-    /// Stops serving a function; False when it was not registered.
-    fn unregister_function(&self, function_id: &str) -> PyResult<bool> {
-        let (_, client) = self.live()?;
-        Ok(client.unregister_function(function_id))
-    }
-
-    /// Calls any function through the engine; the outcome completes `future` through `bridge`.
-    /// `traceparent` and `baggage` are the W3C trace context sent with the call.
-    #[pyo3(signature = (
-        bridge, future, function_id, data, *, metadata = None, timeout_ms = None,
-        traceparent = None, baggage = None
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn call(
-        &self,
-        bridge: &Bridge,
-        future: Py<PyAny>,
-        function_id: String,
-        data: &[u8],
-        metadata: Option<&[u8]>,
-        timeout_ms: Option<u64>,
-        traceparent: Option<String>,
-        baggage: Option<String>,
-    ) -> PyResult<()> {
-        let data = raw_json(data, "the call's data")?;
-        let options = CallOptions {
-            timeout: timeout_ms.map(Duration::from_millis),
-            metadata: metadata.map(|m| raw_json(m, "metadata")).transpose()?,
-            namespace: None,
-            traceparent,
-            baggage,
-        };
-        let (runtime, client) = self.live()?;
-        let tx = bridge.sender();
-        runtime.spawn(async move {
-            let outcome = match client.call(&function_id, data, options).await {
-                Ok(result) => Outcome::Success(result),
-                Err(e) => Outcome::Failure(e.to_error_body()),
-            };
-            tx.send(Work::Done { future, outcome });
-        });
-        Ok(())
-    }
-
-    /// Invokes a function without waiting for it (queued while offline).
-    #[pyo3(signature = (function_id, data, *, metadata = None, traceparent = None, baggage = None))]
-    fn send(
-        &self,
-        function_id: &str,
-        data: &[u8],
-        metadata: Option<&[u8]>,
-        traceparent: Option<String>,
-        baggage: Option<String>,
-    ) -> PyResult<()> {
-        let data = raw_json(data, "the call's data")?;
-        let options = CallOptions {
-            metadata: metadata.map(|m| raw_json(m, "metadata")).transpose()?,
-            traceparent,
-            baggage,
-            ..CallOptions::default()
-        };
-        let (_, client) = self.live()?;
-        client
-            .send_with(function_id, data, options)
-            .map_err(connect_error)
-    }
-
-    /// Binds `function_id` to a trigger type (`registertrigger`, replayed on reconnects);
-    /// returns the binding id. Refusals arrive later: see `trigger_errors()`.
-    #[pyo3(signature = (trigger_type, function_id, config, *, namespace = None, metadata = None, id = None))]
-    fn register_trigger(
-        &self,
-        trigger_type: String,
-        function_id: String,
-        config: &str,
-        namespace: Option<String>,
-        metadata: Option<&str>,
-        id: Option<String>,
-    ) -> PyResult<String> {
-        let spec = trigger_spec(trigger_type, function_id, config, namespace, metadata, id)?;
-        let (_, client) = self.live()?;
-        Ok(client.register_trigger(spec))
-    }
-
-    /// Removes a binding made with `register_trigger`; False when there was none.
-    fn unregister_trigger(&self, id: &str) -> PyResult<bool> {
-        let (_, client) = self.live()?;
-        Ok(client.unregister_trigger(id))
+    /// The way to the engine's functions through this connection (registering Python
+    /// functions, calling any function through a bridge). Closes when the client shuts down.
+    fn link(&self) -> PyLink {
+        PyLink::new(self.opened.clone(), None)
     }
 
     /// Refused bindings: `(binding_id, code, message)` tuples.
@@ -266,6 +169,7 @@ impl ClientHandle {
 
     /// Closes the connection (waiting calls fail) and stops the runtime. Idempotent.
     fn shutdown(&self, py: Python<'_>) {
+        self.opened.close();
         let taken = self.state.lock().map(|mut s| s.take()).unwrap_or(None);
         if let Some((runtime, client)) = taken {
             py.detach(move || {
@@ -278,6 +182,7 @@ impl ClientHandle {
 
 impl Drop for ClientHandle {
     fn drop(&mut self) {
+        self.opened.close();
         if let Ok(mut state) = self.state.lock() {
             if let Some((runtime, client)) = state.take() {
                 runtime.block_on(client.shutdown());

@@ -5,9 +5,11 @@ use pyo3::prelude::*;
 
 mod bridge;
 mod client;
+mod config;
 mod engine;
 mod errors;
 mod external;
+mod link;
 mod protocol;
 mod registry;
 mod triggers;
@@ -21,6 +23,8 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     bridge::register(m)?;
     client::register(m)?;
+    link::register(m)?;
+    config::register(m)?;
     triggers::register(m)?;
     external::register(m)?;
     errors::register(m)?;

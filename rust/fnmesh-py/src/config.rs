@@ -1,0 +1,221 @@
+//! The engine's settings across the boundary: [`EngineSettings`] is read from the Python
+//! `fnmesh.EngineConfig` dataclass (attribute by attribute, `#[derive(FromPyObject)]`) and turned
+//! into the core's `EngineConfig`; its `Default`, made from the core's `Default`s, is what
+//! `_native.engine_defaults()` hands Python, where the dataclass takes its defaults from.
+//!
+//! Adding an engine setting touches:
+//! 1. the core: the field in `EngineConfig` (or `ServerConfig`, `HttpConfig`, `QueueSettings`)
+//!    and its value in that struct's `Default`;
+//! 2. this file: the field in [`EngineSettings`] (named as in Python, in the wire units: `_ms`
+//!    integers for durations), its line in `Default` (read from the core's default) and its
+//!    line in [`EngineSettings::into_core`];
+//! 3. `python/fnmesh/engine.py`: the `EngineConfig` field with its docstring and
+//!    `_DEFAULTS["name"]` as its default (plus a check in `__post_init__` if Python should
+//!    refuse bad values before the engine starts).
+//!
+//! `tests/test_engine_config.py` checks that both sides name the same settings with the same
+//! defaults. Settings served in Python only (`log_level`, `external_*`) live in the dataclass
+//! alone.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use fnmesh_core::engine::EngineConfig;
+use fnmesh_core::http::{CorsConfig, HttpConfig};
+use fnmesh_core::queue::service::{queue_configs_from_json, QueueBackend, QueueSettings};
+use fnmesh_core::registry::ConflictPolicy;
+use pyo3::prelude::*;
+
+use crate::errors::{to_py, IntoPyResult};
+
+/// Threads of an embedded engine's tokio runtime (the binding's own setting).
+const DEFAULT_WORKER_THREADS: usize = 2;
+
+/// Every engine setting the Rust side reads, named as in `fnmesh.EngineConfig`.
+#[derive(Debug, Clone, FromPyObject, IntoPyObject)]
+pub(crate) struct EngineSettings {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) http_port: u16,
+    pub(crate) http_body_limit_bytes: usize,
+    pub(crate) http_timeout_ms: u64,
+    pub(crate) http_cors_origins: Option<Vec<String>>,
+    /// `None`: the host decides (`fnmesh serve` listens at start, an embedded engine does not).
+    pub(crate) http_listen_at_start: Option<bool>,
+    pub(crate) auth_token: Option<String>,
+    pub(crate) function_conflict: String,
+    pub(crate) invocation_timeout_ms: u64,
+    pub(crate) namespace_grace_ms: u64,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) handshake_timeout_ms: u64,
+    pub(crate) outbound_queue: usize,
+    pub(crate) functions_available_interval_ms: u64,
+    pub(crate) trigger_ack_timeout_ms: u64,
+    pub(crate) worker_threads: usize,
+    pub(crate) cron_redis_url: Option<String>,
+    pub(crate) queue_backend: String,
+    pub(crate) queue_path: String,
+    pub(crate) queue_redis_url: Option<String>,
+    /// Named queues, as JSON text here (a dict of dicts in Python).
+    #[pyo3(from_py_with = queues_to_json, into_py_with = queues_from_json)]
+    pub(crate) queues: String,
+    pub(crate) queue_poll_interval_ms: u64,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+impl Default for EngineSettings {
+    /// The core's defaults, in the Python dataclass's terms.
+    fn default() -> Self {
+        let core = EngineConfig::default();
+        let fallback = QueueSettings::default();
+        let queues = core.queues.as_ref().unwrap_or(&fallback);
+        let (queue_backend, queue_redis_url) = match &queues.backend {
+            QueueBackend::Memory => ("memory", None),
+            QueueBackend::Sqlite(_) => ("sqlite", None),
+            QueueBackend::Redis(url) => ("redis", Some(url.clone())),
+        };
+        let queue_path = match (&queues.backend, &fallback.backend) {
+            (QueueBackend::Sqlite(path), _) | (_, QueueBackend::Sqlite(path)) => {
+                path.to_string_lossy().into_owned()
+            }
+            _ => String::new(),
+        };
+        EngineSettings {
+            host: core.server.addr.ip().to_string(),
+            port: core.server.addr.port(),
+            http_port: core.http.addr.port(),
+            http_body_limit_bytes: core.http.body_limit,
+            http_timeout_ms: millis(core.http.timeout),
+            http_cors_origins: core.http.cors.map(|cors| cors.allowed_origins),
+            http_listen_at_start: None,
+            auth_token: core.server.auth_token,
+            function_conflict: core.function_conflict.as_str().to_owned(),
+            invocation_timeout_ms: millis(core.invocation_timeout),
+            namespace_grace_ms: millis(core.namespace_grace),
+            max_frame_bytes: core.server.max_frame_bytes,
+            handshake_timeout_ms: millis(core.server.handshake_timeout),
+            outbound_queue: core.server.outbound_queue,
+            functions_available_interval_ms: millis(core.functions_available_interval),
+            trigger_ack_timeout_ms: millis(core.trigger_ack_timeout),
+            worker_threads: DEFAULT_WORKER_THREADS,
+            cron_redis_url: core.cron_redis_url,
+            queue_backend: if core.queues.is_none() {
+                "off"
+            } else {
+                queue_backend
+            }
+            .to_owned(),
+            queue_path,
+            queue_redis_url,
+            // The core's default has no named queues (a `default` queue always exists).
+            queues: String::from("{}"),
+            queue_poll_interval_ms: millis(queues.poll_interval),
+        }
+    }
+}
+
+impl EngineSettings {
+    /// The core's config, checked; and the runtime's thread count. `InvalidArgument` names a
+    /// bad setting.
+    pub(crate) fn into_core(self) -> PyResult<(EngineConfig, usize)> {
+        let invalid = |message: String| to_py(fnmesh_core::Error::InvalidArgument(message));
+        let backend = match (self.queue_backend.as_str(), self.queue_redis_url) {
+            ("off", _) => None,
+            ("memory", _) => Some(QueueBackend::Memory),
+            ("sqlite", _) => Some(QueueBackend::Sqlite(std::path::PathBuf::from(
+                self.queue_path,
+            ))),
+            ("redis", Some(url)) => Some(QueueBackend::Redis(url)),
+            ("redis", None) => {
+                return Err(invalid(
+                    "queue_backend = \"redis\" needs queue_redis_url".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "queue_backend must be sqlite, memory, redis or off, not {other:?}"
+                )))
+            }
+        };
+        let queues = match backend {
+            None => None,
+            Some(backend) => {
+                let settings = QueueSettings {
+                    backend,
+                    queues: queue_configs_from_json(&self.queues).map_err(invalid)?,
+                    poll_interval: ms(self.queue_poll_interval_ms),
+                };
+                settings.validate().map_err(invalid)?;
+                Some(settings)
+            }
+        };
+        let host = &self.host;
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| invalid(format!("host must be an IP address, not {host:?}")))?;
+        let policy: ConflictPolicy = self.function_conflict.parse().into_py_result()?;
+        let http = HttpConfig {
+            addr: SocketAddr::new(ip, self.http_port),
+            listen_at_start: self.http_listen_at_start.unwrap_or(false),
+            body_limit: self.http_body_limit_bytes,
+            timeout: ms(self.http_timeout_ms),
+            cors: self.http_cors_origins.map(|origins| CorsConfig {
+                allowed_origins: origins,
+                ..CorsConfig::default()
+            }),
+            ..HttpConfig::default()
+        };
+        let mut config = EngineConfig {
+            http,
+            function_conflict: policy,
+            invocation_timeout: ms(self.invocation_timeout_ms),
+            namespace_grace: ms(self.namespace_grace_ms),
+            functions_available_interval: ms(self.functions_available_interval_ms),
+            trigger_ack_timeout: ms(self.trigger_ack_timeout_ms),
+            cron_redis_url: self.cron_redis_url,
+            queues,
+            ..EngineConfig::default()
+        };
+        config.server.addr = SocketAddr::new(ip, self.port);
+        config.server.auth_token = self.auth_token;
+        config.server.max_frame_bytes = self.max_frame_bytes;
+        config.server.handshake_timeout = ms(self.handshake_timeout_ms);
+        config.server.outbound_queue = self.outbound_queue;
+        Ok((config, self.worker_threads.max(1)))
+    }
+}
+
+fn queues_to_json(queues: &Bound<'_, PyAny>) -> PyResult<String> {
+    let json = queues.py().import("json")?;
+    json.call_method1("dumps", (queues,))?.extract()
+}
+
+// The derive hands the field over as a `Cow` of its own type.
+#[allow(clippy::owned_cow)]
+fn queues_from_json<'py>(
+    queues: std::borrow::Cow<'_, String>,
+    py: Python<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?.call_method1("loads", (queues.as_str(),))
+}
+
+/// The Rust side's default for every engine setting it reads, by name: where
+/// `fnmesh.EngineConfig` takes its defaults from.
+#[pyfunction]
+fn engine_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    EngineSettings::default()
+        .into_pyobject(py)
+        .map(Bound::into_any)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(engine_defaults, m)?)?;
+    Ok(())
+}
