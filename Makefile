@@ -1,4 +1,4 @@
-.PHONY: run test lint bench bench-quick bench-rust fmt
+.PHONY: run test lint bench bench-quick bench-rust fmt fuzz
 
 # The Python that runs the benchmarks (with fnmesh[bench] installed); e.g. PYTHON=/work/venv/bin/python
 PYTHON ?= .venv-test/bin/python
@@ -8,6 +8,12 @@ run:  ## the main job on the embedded default
 
 test:  ## build the wheel, install it in a fresh venv, run cargo test, linters and pytest
 	bash scripts/test.sh
+
+# Time of the fuzz targets together, in seconds (`make test` runs them for 20 s in a debug build).
+FNMESH_FUZZ_SECONDS ?= 300
+
+fuzz:  ## the property-based fuzz harness for longer, release build (docs/fuzzing.md)
+	FNMESH_FUZZ_SECONDS=$(FNMESH_FUZZ_SECONDS) cargo test --release -p fnmesh-core --test fuzz -- --nocapture $(ARGS)
 
 lint:  ## rustfmt, clippy, ruff, mypy --strict, stubtest (needs ruff/mypy on PATH)
 	bash scripts/lint.sh

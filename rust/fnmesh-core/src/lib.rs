@@ -19,8 +19,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod builtins;
 pub mod client;
+pub mod config;
 pub mod cron;
 pub mod engine;
 pub mod error;
@@ -33,7 +33,9 @@ pub mod protocol;
 pub mod queue;
 pub mod registry;
 pub mod server;
+pub mod services;
 pub mod triggers;
 pub mod workers;
 
+pub use engine::builtins;
 pub use error::{Error, Result};

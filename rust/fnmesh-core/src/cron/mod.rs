@@ -11,6 +11,9 @@
 //! The loop reads the wall clock through [`Clock`] so that tests (here and in the engine) can run
 //! it on tokio's paused clock with [`TokioClock`]; production uses [`SystemClock`].
 //!
+//! [`CronTrigger`] is the trigger provider of the type `cron`; [`CronService`] installs it on an
+//! engine (an [`EngineService`](crate::engine::EngineService)).
+//!
 //! [`CronTrigger`] is the `cron` trigger type the engine installs: one job loop per binding.
 //!
 //! Files: `schedule.rs` (parsing, next fire time), `error.rs` ([`CronError`]), `clock.rs` (the wall clock), `lock.rs` (who
@@ -32,6 +35,7 @@ mod error;
 mod job;
 mod lock;
 mod schedule;
+mod service;
 #[cfg(test)]
 mod test_support;
 mod trigger;
@@ -41,4 +45,5 @@ pub use error::CronError;
 pub use job::{run_job, run_job_with_clock, Fire, JobStats};
 pub use lock::{CronLock, LocalLock, RedisLock, REDIS_LOCK_TTL};
 pub use schedule::CronSchedule;
+pub use service::CronService;
 pub use trigger::CronTrigger;

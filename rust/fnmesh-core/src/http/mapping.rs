@@ -28,6 +28,15 @@ use super::route::percent_decode;
 
 const APPLICATION_JSON: &str = "application/json";
 
+/// The deepest nesting of a JSON request body passed to the function; a deeper one reads as
+/// `null`, like invalid JSON.
+///
+/// serde_json refuses text nested more than 128 levels. The function input wraps the body one
+/// level down and the `invokefunction` frame that carries the input one more, so a body of 127
+/// levels (accepted by the parser) made a call no worker could decode. 100 leaves room for
+/// those envelopes and for queue deliveries that wrap a payload again.
+pub const MAX_BODY_DEPTH: usize = 100;
+
 /// One HTTP request, as the server received it and the router matched it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestParts<'a> {
@@ -132,6 +141,9 @@ fn body_json(parts: &RequestParts<'_>) -> Value {
     if !is_json {
         return Value::Null;
     }
+    if nesting_depth(parts.body) > MAX_BODY_DEPTH {
+        return Value::Null;
+    }
     serde_json::from_slice(parts.body).unwrap_or(Value::Null)
 }
 
@@ -153,6 +165,34 @@ pub enum MappingError {
     /// A middleware answered something other than `continue` or `respond` with a response.
     #[error("invalid middleware result: {0}")]
     Middleware(String),
+}
+
+/// How deeply arrays and objects nest in a JSON text (brackets inside strings not counted); one
+/// pass, no allocation. Only meaningful for valid JSON.
+fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// A buffered HTTP response.
@@ -571,6 +611,14 @@ mod tests {
         let input = request_input(&parts(&map, None, b"1", &[]));
         assert_eq!(input["body"], json!(1));
         assert_eq!(input["headers"]["content-type"], "application/json");
+    }
+
+    #[test]
+    fn nesting_depth_skips_strings() {
+        assert_eq!(nesting_depth(b"1"), 0);
+        assert_eq!(nesting_depth(b"[[1],{\"a\":[]}]"), 3);
+        assert_eq!(nesting_depth(br#"{"a":"[[[{{","b":"\\\"[[["}"#), 1);
+        assert_eq!(nesting_depth(br#"["\"]"]"#), 1);
     }
 
     #[test]

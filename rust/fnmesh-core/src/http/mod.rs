@@ -3,11 +3,14 @@
 //! - [`route`]: route templates (`users/:id`) and the router matching request paths to them;
 //! - [`mapping`]: a request as the function's input, and the function's result as a response;
 //! - [`trigger`]: the trigger provider that turns bindings into routes and requests into calls;
-//! - `server`: the hyper listener.
+//! - `server`: the hyper listener;
+//! - [`service`]: [`HttpService`], the trigger as an engine service.
 
 pub mod mapping;
 pub mod route;
 mod server;
+pub mod service;
 pub mod trigger;
 
+pub use service::HttpService;
 pub use trigger::{CorsConfig, HttpConfig, HttpTrigger};

@@ -44,6 +44,14 @@ pub enum RouteError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The path has more than [`MAX_SEGMENTS`] segments.
+    #[error("Invalid route path '{path}': {count} segments (at most {MAX_SEGMENTS})")]
+    TooManySegments {
+        /// The start of the path (it may be huge).
+        path: String,
+        /// How many segments it has.
+        count: usize,
+    },
     /// The same method and shape is registered with other parameter names.
     #[error("Route '{route}' conflicts with already-registered route '{method} {existing}'")]
     Conflict {
@@ -55,6 +63,15 @@ pub enum RouteError {
         existing: String,
     },
 }
+
+/// The most segments a template may have.
+///
+/// The trie has one level per segment, and lookup, removal and drop walk it recursively, so a
+/// template of 100,000 segments (a 200 KB `api_path`, well under the frame limit) overflowed the
+/// stack of the thread serving the next request to it, or of the one removing it, and aborted
+/// the engine. Real routes have a handful of segments; a route at the limit is found and removed
+/// within a debug build's 2 MiB test thread (`templates_past_the_segment_limit_are_refused`).
+pub const MAX_SEGMENTS: usize = 256;
 
 /// Index of `method` (any case) in [`METHODS`].
 fn method_index(method: &str) -> Option<usize> {
@@ -86,7 +103,8 @@ impl RoutePattern {
     /// # Errors
     ///
     /// A message naming the problem: an unknown method, an empty segment (`a//b`), a bare `:`,
-    /// a parameter name that is not `[A-Za-z0-9_]+`, or the same parameter name twice.
+    /// a parameter name that is not `[A-Za-z0-9_]+`, the same parameter name twice, or more
+    /// than [`MAX_SEGMENTS`] segments.
     pub fn parse(method: Option<&str>, path: &str) -> Result<RoutePattern, RouteError> {
         let method = match method {
             None => 0,
@@ -106,6 +124,13 @@ impl RoutePattern {
         }
         // Only one trailing '/' is forgiven: `a//` still has an empty segment.
         let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+        let count = trimmed.split('/').count();
+        if count > MAX_SEGMENTS {
+            return Err(RouteError::TooManySegments {
+                path: excerpt(path),
+                count,
+            });
+        }
         let mut segments = Vec::new();
         for raw in trimmed.split('/') {
             if raw.is_empty() {
@@ -168,6 +193,15 @@ impl RoutePattern {
 impl fmt::Display for RoutePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.method(), self.template)
+    }
+}
+
+/// The start of a long path, for a message.
+fn excerpt(path: &str) -> String {
+    const MAX: usize = 60;
+    match path.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &path[..cut]),
+        None => path.to_owned(),
     }
 }
 
@@ -698,6 +732,42 @@ mod tests {
             assert!(router.is_empty());
         }
         assert!(router.roots.iter().all(Node::is_empty));
+    }
+
+    /// Found by the fuzz harness (`tests/fuzz`, target `route`): a 100,000-segment template was
+    /// accepted, and finding or removing it overflowed the stack and aborted the process.
+    #[test]
+    fn templates_past_the_segment_limit_are_refused() {
+        let at_limit = "a/".repeat(MAX_SEGMENTS);
+        let mut router = Router::new();
+        router
+            .insert(pattern("GET", &at_limit), "t1", "deep")
+            .unwrap();
+        assert_eq!(*router.find("GET", &at_limit).unwrap().value, "deep");
+        assert_eq!(router.remove("GET", &at_limit, "t1"), Some("deep"));
+
+        for segments in [MAX_SEGMENTS + 1, 100_000] {
+            let err = RoutePattern::parse(None, &":p/".repeat(segments))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{segments} segments (at most {MAX_SEGMENTS})")),
+                "{err}"
+            );
+            assert!(err.len() < 200, "the message quotes the whole path: {err}");
+        }
+        // The root and a trailing slash do not count as segments.
+        assert!(RoutePattern::parse(None, &format!("/{at_limit}")).is_ok());
+    }
+
+    /// A lookup never goes deeper than the trie, however long the request path.
+    #[test]
+    fn long_request_paths_stop_at_the_trie_depth() {
+        let mut router = Router::new();
+        router.insert(pattern("GET", ":a/:b"), "t1", "x").unwrap();
+        router.insert(pattern("GET", "a/a/a"), "t2", "y").unwrap();
+        let long = "a/".repeat(1_000_000);
+        assert!(router.find("GET", &long).is_none());
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -19,57 +18,11 @@ use super::mapping::{
 };
 use super::route::{RouteError, RoutePattern, Router};
 use super::server::{self, Request};
+pub use crate::config::{CorsConfig, HttpConfig};
 use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
 use crate::protocol::{ErrorCode, RawJson};
 use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
-
-/// Settings of the HTTP trigger server.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// Where the listener binds (port 0 picks a free port).
-    pub addr: SocketAddr,
-    /// Open the listener when the engine starts (an unknown route then answers 404 from the
-    /// start, as iii does), instead of with the first route (so an engine nobody binds HTTP
-    /// routes on never takes the port).
-    pub listen_at_start: bool,
-    /// Largest request body accepted; larger ones get 413.
-    pub body_limit: usize,
-    /// How long a request may take (middleware, condition and function); then 504.
-    pub timeout: Duration,
-    /// Cross-origin settings; `None` is permissive (any origin), as iii is by default.
-    pub cors: Option<CorsConfig>,
-    /// Requests served at once; further ones wait for a slot.
-    pub max_in_flight: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], 3111)),
-            listen_at_start: false,
-            body_limit: 16 * 1024 * 1024,
-            timeout: Duration::from_secs(30),
-            cors: None,
-            max_in_flight: 1024,
-        }
-    }
-}
-
-/// Which origins may call the routes from a browser.
-#[derive(Debug, Clone, Default)]
-pub struct CorsConfig {
-    /// Allowed origins (`*` for any); an origin not listed gets no CORS headers.
-    pub allowed_origins: Vec<String>,
-    /// Methods announced to preflight requests (empty: the route methods).
-    pub allowed_methods: Vec<String>,
-    /// Request headers announced to preflight requests (empty: whatever was asked for).
-    pub allowed_headers: Vec<String>,
-    /// Whether credentials are allowed.
-    pub allow_credentials: bool,
-    /// How long a preflight answer may be cached, in seconds.
-    pub max_age: Option<u64>,
-}
 
 /// A binding's config (PROTOCOL.md 6.3); other keys are kept in listings and ignored here.
 #[derive(Deserialize)]
@@ -120,14 +73,17 @@ impl HttpTrigger {
         }
     }
 
-    pub(crate) fn ensure_listening(self: &Arc<Self>) -> Result<(), String> {
+    /// Opens the listener unless it is open.
+    pub(crate) fn ensure_listening(self: &Arc<Self>) -> Result<(), ListenError> {
         let mut listener = lock(&self.listener);
         if listener.is_some() {
             return Ok(());
         }
         let me = Arc::downgrade(self);
-        let listening = server::listen(&self.config, me)
-            .map_err(|e| format!("cannot serve HTTP triggers on {}: {e}", self.config.addr))?;
+        let listening = server::listen(&self.config, me).map_err(|source| ListenError {
+            addr: self.config.addr,
+            source,
+        })?;
         info!(addr = %listening.local_addr(), "HTTP triggers served");
         *listener = Some(listening);
         Ok(())
@@ -289,7 +245,7 @@ impl HttpTrigger {
     fn add_route(self: &Arc<Self>, binding: Arc<TriggerBinding>) -> Result<(), RouteRefusal> {
         let (pattern, config) = parse_config(&binding.config)?;
         // The listener first: a port that cannot be opened refuses the route untouched.
-        self.ensure_listening().map_err(RouteRefusal::Listen)?;
+        self.ensure_listening()?;
         let key = pattern.key();
         let route = Route {
             condition: config.condition_function_id,
@@ -315,8 +271,16 @@ enum RouteRefusal {
     #[error(transparent)]
     Route(#[from] RouteError),
     /// The listener could not be opened.
-    #[error("{0}")]
-    Listen(String),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+/// The HTTP triggers' listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve HTTP triggers on {addr}: {source}")]
+pub(crate) struct ListenError {
+    addr: SocketAddr,
+    source: std::io::Error,
 }
 
 fn parse_config(config: &RawJson) -> Result<(RoutePattern, RouteConfig), RouteRefusal> {

@@ -2,7 +2,7 @@
 //! the engine's consumers take it from, until the function succeeds or the message runs out of
 //! attempts and moves to its queue's dead letters.
 //!
-//! A [`QueueStore`] keeps the messages; the engine's consumers (in `engine.rs`) claim, call and
+//! A [`QueueStore`] keeps the messages; the engine's consumers (in [`service`]) claim, call and
 //! settle them. Every backend passes the same behaviour suite (`tests/queue_store.rs`):
 //! - [`memory::MemoryStore`]: in this process only, for tests and throwaway runs;
 //! - [`sqlite::SqliteStore`]: the embedded default, one SQLite file in WAL mode that survives a
@@ -26,72 +26,18 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::config::{QueueConfig, QueueKind};
 use crate::protocol::ErrorBody;
 
+mod engine_service;
 pub mod memory;
 pub mod redis_streams;
 pub mod service;
 pub mod sqlite;
 
-/// A queue's delivery order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "type")]
-pub enum QueueKind {
-    /// Oldest ready message first; groups are ignored.
-    Standard,
-    /// Strict order within each group; a message's group is the value of `message_group_field`
-    /// in its `data` (an enqueue without it is refused).
-    Fifo {
-        /// The field of `data` that names the group.
-        message_group_field: String,
-    },
-}
-
-/// One named queue's settings (engine config, `[queues.<name>]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueConfig {
-    /// The queue's name.
-    pub name: String,
-    /// Attempts after the first before a message is dead-lettered (3: four attempts in all).
-    pub max_retries: u32,
-    /// Delay before the first retry; doubled for each later one (1 s).
-    pub backoff: Duration,
-    /// Messages of this queue in flight at once in one engine (10).
-    pub concurrency: usize,
-    /// How long a claimed message stays invisible before it is claimed again (30 s). Longer
-    /// than the slowest call, or a slow call is delivered twice.
-    pub visibility_timeout: Duration,
-    /// Delivery order.
-    pub kind: QueueKind,
-    /// Window in which an idempotency key drops duplicates (24 h).
-    pub idempotency_window: Duration,
-}
-
-impl QueueConfig {
-    /// A `standard` queue with the defaults.
-    pub fn new(name: impl Into<String>) -> QueueConfig {
-        QueueConfig {
-            name: name.into(),
-            max_retries: 3,
-            backoff: Duration::from_millis(1000),
-            concurrency: 10,
-            visibility_timeout: Duration::from_secs(30),
-            kind: QueueKind::Standard,
-            idempotency_window: Duration::from_secs(24 * 3600),
-        }
-    }
-
-    /// The delay before attempt `attempt + 1` after attempt `attempt` (1-based) failed:
-    /// `backoff * 2^(attempt-1)`, capped at one hour.
-    pub fn retry_delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        self.backoff
-            .saturating_mul(factor)
-            .min(Duration::from_secs(3600))
-    }
-}
+pub use engine_service::QueuesService;
 
 /// A message to store.
 #[derive(Debug, Clone, PartialEq, Eq)]

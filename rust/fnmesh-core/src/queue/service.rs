@@ -14,7 +14,6 @@
 //!   (a SQLite file from an earlier run: its messages in flight then are released at once).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use super::sqlite::SqliteStore;
 use super::{
     Delivery, Nack, NewMessage, QueueConfig, QueueKind, QueueStore, StoreError, StoreResult,
 };
+pub use crate::config::{QueueBackend, QueueSettings};
 use crate::engine::WeakEngineRef;
 use crate::function::{Call, CallOptions, Outcome};
 use crate::protocol::{ErrorBody, ErrorCode, RawJson};
@@ -41,80 +41,6 @@ use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvid
 pub const DURABLE_SUBSCRIBER: &str = "durable:subscriber";
 /// Code of every enqueue refusal (PROTOCOL.md 4.4): [`ErrorCode::EnqueueError`].
 pub const ENQUEUE_ERROR: &str = ErrorCode::EnqueueError.as_str();
-
-/// Where the messages live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueBackend {
-    /// In this process only: lost when it exits.
-    Memory,
-    /// A SQLite file (WAL), created at the first enqueue.
-    Sqlite(PathBuf),
-    /// Redis Streams at this URL, shared with other engines.
-    Redis(String),
-}
-
-/// The queue settings of an engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSettings {
-    /// The store.
-    pub backend: QueueBackend,
-    /// Named queues; a `default` queue with the default settings is added when absent.
-    pub queues: Vec<QueueConfig>,
-    /// How often an idle consumer looks for due retries and other engines' messages.
-    pub poll_interval: Duration,
-}
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        QueueSettings {
-            backend: QueueBackend::Sqlite(PathBuf::from(".fnmesh/queues.sqlite3")),
-            queues: Vec::new(),
-            poll_interval: Duration::from_millis(100),
-        }
-    }
-}
-
-impl QueueSettings {
-    /// Checks names and values; the error names the queue and the setting.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut seen = std::collections::HashSet::new();
-        for q in &self.queues {
-            if q.name.trim().is_empty() {
-                return Err("a queue needs a non-empty name".into());
-            }
-            if !seen.insert(q.name.as_str()) {
-                return Err(format!("queue '{}' is configured twice", q.name));
-            }
-            if q.concurrency == 0 {
-                return Err(format!(
-                    "queue '{}': concurrency must be at least 1",
-                    q.name
-                ));
-            }
-            if q.visibility_timeout.is_zero() {
-                return Err(format!(
-                    "queue '{}': visibility_timeout must be positive",
-                    q.name
-                ));
-            }
-            if let QueueKind::Fifo {
-                message_group_field,
-            } = &q.kind
-            {
-                if message_group_field.trim().is_empty() {
-                    return Err(format!(
-                        "queue '{}': a fifo queue needs message_group_field",
-                        q.name
-                    ));
-                }
-            }
-        }
-        if self.poll_interval.is_zero() {
-            return Err("queue poll_interval must be positive".into());
-        }
-        Ok(())
-    }
-}
 
 /// The settings of named queues from JSON: `{"<name>": {"max_retries": 3, "backoff_ms": 1000,
 /// "concurrency": 10, "visibility_timeout_ms": 30000, "type": "standard" | "fifo",

@@ -9,11 +9,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
-use crate::engine::{
+use super::{
     Provider, Shared, Target, WorkerState, ENGINE_OWNER, FUNCTIONS_AVAILABLE, WORKERS_AVAILABLE,
 };
 use crate::error::Error;
 use crate::function::{Call, Outcome};
+use crate::protocol::ErrorCode;
 use crate::protocol::{Message, RawJson, RegistrationRejected};
 use crate::registry::{FunctionDef, FunctionInfo, FunctionKind, ListFilter, DEFAULT_NAMESPACE};
 use crate::triggers::{BindingSlot, BindingState, TriggerBinding, TriggerType};
@@ -84,7 +85,7 @@ pub(crate) fn install(shared: &Arc<Shared>) {
         let native = move |call: Call| match weak.upgrade() {
             Some(shared) => f(&shared, call),
             None => call.reply.send(Outcome::failure(
-                "invocation_stopped",
+                ErrorCode::InvocationStopped,
                 "engine shutting down",
             )),
         };
@@ -139,7 +140,7 @@ fn raw_value(raw: &Option<RawJson>) -> Option<Value> {
 }
 
 fn not_found(call: Call, what: String) {
-    call.reply.send(Outcome::failure("NOT_FOUND", what));
+    call.reply.send(Outcome::failure(ErrorCode::NotFound, what));
 }
 
 fn first_segment(id: &str) -> &str {
@@ -148,7 +149,7 @@ fn first_segment(id: &str) -> &str {
 
 /// The name listings show for whoever owns `owner`.
 fn owner_name(shared: &Shared, owner: &str, function_id: &str) -> String {
-    if owner == ENGINE_OWNER || owner == crate::engine::HOST_OWNER {
+    if owner == ENGINE_OWNER || owner == super::HOST_OWNER {
         return ENGINE_WORKER_NAME.to_owned();
     }
     shared
@@ -265,14 +266,14 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
         .or(input.caller)
     else {
         call.reply.send(Outcome::failure(
-            "deserialization_error",
+            ErrorCode::DeserializationError,
             "engine::workers::register must be called by a worker (_caller_worker_id missing)",
         ));
         return;
     };
     let Some(ws) = shared.conns.get(worker_id.as_str()).map(|w| w.clone()) else {
         call.reply.send(Outcome::failure(
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             format!("no connected worker {worker_id}"),
         ));
         return;
@@ -308,18 +309,20 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
         }) => {
             reject_worker(&ws, &namespace, &name, &owner);
             call.reply.send(Outcome::failure(
-                "WORKER_NAMESPACE_CONFLICT",
+                ErrorCode::WorkerNamespaceConflict,
                 format!("worker '{name}' is already connected in namespace '{namespace}'"),
             ));
         }
-        Err(e) => call.reply.send(Outcome::failure(e.code(), e.to_string())),
+        Err(e) => call
+            .reply
+            .send(Outcome::failure(e.error_code(), e.to_string())),
     }
 }
 
 fn reject_worker(ws: &WorkerState, namespace: &str, name: &str, owner: &str) {
     info!(worker = %ws.conn.id(), name, namespace, owner, "worker name already in use: closing");
     let frame = Message::RegistrationRejected(RegistrationRejected {
-        code: "WORKER_NAMESPACE_CONFLICT".to_owned(),
+        code: ErrorCode::WorkerNamespaceConflict.into(),
         namespace: namespace.to_owned(),
         worker_name: Some(name.to_owned()),
         owner_worker_id: owner.to_owned(),
@@ -397,7 +400,7 @@ fn functions_info(shared: &Arc<Shared>, mut call: Call) {
                 .send(Outcome::json(&json!({ "functions": rows })));
         }
         _ => call.reply.send(Outcome::failure(
-            "INVALID_ARGUMENTS",
+            ErrorCode::InvalidArguments,
             "give either function_id or function_ids (1 to 32 ids)",
         )),
     }
@@ -438,7 +441,7 @@ fn engine_row(shared: &Shared) -> Value {
         .filter(|f| {
             f.owners
                 .iter()
-                .any(|o| &**o == ENGINE_OWNER || &**o == crate::engine::HOST_OWNER)
+                .any(|o| &**o == ENGINE_OWNER || &**o == super::HOST_OWNER)
         })
         .count();
     json!({

@@ -1,0 +1,249 @@
+//! The settings of the engine and of its standard services, in one place: [`EngineConfig`]
+//! and the parts it aggregates ([`HttpConfig`], [`QueueSettings`], ...; the worker listener's
+//! [`ServerConfig`] lives with the server). Plain data with defaults and validation, no
+//! behaviour, so that it sits at the bottom of the crate's layers: the engine reads its settings
+//! from here without depending on the services that use them (see [`crate::engine`] for the
+//! layering). The types are re-exported where they were first defined
+//! (`fnmesh_core::engine::EngineConfig`, `fnmesh_core::http::HttpConfig`,
+//! `fnmesh_core::queue::service::QueueSettings`, `fnmesh_core::queue::QueueConfig`, ...).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::invocation::DEFAULT_INVOCATION_TIMEOUT;
+use crate::registry::ConflictPolicy;
+use crate::server::ServerConfig;
+
+/// Every engine setting. `Default` gives PROTOCOL.md's defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The worker WebSocket listener.
+    pub server: ServerConfig,
+    /// The HTTP trigger's server (opened when the first `http` route is bound).
+    pub http: HttpConfig,
+    /// What a second owner of a function gets: a replica (default) or iii's rejection.
+    pub function_conflict: ConflictPolicy,
+    /// Engine-side bound on a pending call (PROTOCOL.md 11.2).
+    pub invocation_timeout: Duration,
+    /// How long registrations wait for `engine::workers::register` to name the namespace.
+    pub namespace_grace: Duration,
+    /// Minimum time between two `engine::functions-available` fires.
+    pub functions_available_interval: Duration,
+    /// How long `engine::register_trigger` waits for a worker provider's answer.
+    pub trigger_ack_timeout: Duration,
+    /// The Redis that engines sharing cron jobs take each tick's lock in, so that a tick fires on
+    /// one of them only (see [`RedisLock`](crate::cron::RedisLock) for the URL forms); `None`:
+    /// this engine alone ([`LocalLock`](crate::cron::LocalLock)). An invalid URL fails
+    /// [`EngineBuilder::start`](crate::engine::EngineBuilder::start).
+    pub cron_redis_url: Option<String>,
+    /// Durable queues (`action: enqueue`, `engine::queue::*`, `durable:subscriber`); `None`
+    /// turns them off (an enqueue then fails with `enqueue_error`). Default: a SQLite file at
+    /// `.fnmesh/queues.sqlite3`, created at the first enqueue.
+    pub queues: Option<QueueSettings>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            server: ServerConfig::default(),
+            http: HttpConfig::default(),
+            function_conflict: ConflictPolicy::Replicate,
+            invocation_timeout: DEFAULT_INVOCATION_TIMEOUT,
+            namespace_grace: Duration::from_millis(5000),
+            functions_available_interval: Duration::from_secs(5),
+            trigger_ack_timeout: Duration::from_secs(10),
+            cron_redis_url: None,
+            queues: Some(QueueSettings::default()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP trigger
+// ---------------------------------------------------------------------------------------------
+
+/// Settings of the HTTP trigger server.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Where the listener binds (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// Open the listener when the engine starts (an unknown route then answers 404 from the
+    /// start, as iii does), instead of with the first route (so an engine nobody binds HTTP
+    /// routes on never takes the port).
+    pub listen_at_start: bool,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit: usize,
+    /// How long a request may take (middleware, condition and function); then 504.
+    pub timeout: Duration,
+    /// Cross-origin settings; `None` is permissive (any origin), as iii is by default.
+    pub cors: Option<CorsConfig>,
+    /// Requests served at once; further ones wait for a slot.
+    pub max_in_flight: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3111)),
+            listen_at_start: false,
+            body_limit: 16 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+            cors: None,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// Which origins may call the routes from a browser.
+#[derive(Debug, Clone, Default)]
+pub struct CorsConfig {
+    /// Allowed origins (`*` for any); an origin not listed gets no CORS headers.
+    pub allowed_origins: Vec<String>,
+    /// Methods announced to preflight requests (empty: the route methods).
+    pub allowed_methods: Vec<String>,
+    /// Request headers announced to preflight requests (empty: whatever was asked for).
+    pub allowed_headers: Vec<String>,
+    /// Whether credentials are allowed.
+    pub allow_credentials: bool,
+    /// How long a preflight answer may be cached, in seconds.
+    pub max_age: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues
+// ---------------------------------------------------------------------------------------------
+
+/// Where the messages live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// In this process only: lost when it exits.
+    Memory,
+    /// A SQLite file (WAL), created at the first enqueue.
+    Sqlite(PathBuf),
+    /// Redis Streams at this URL, shared with other engines.
+    Redis(String),
+}
+
+/// The queue settings of an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// The store.
+    pub backend: QueueBackend,
+    /// Named queues; a `default` queue with the default settings is added when absent.
+    pub queues: Vec<QueueConfig>,
+    /// How often an idle consumer looks for due retries and other engines' messages.
+    pub poll_interval: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            backend: QueueBackend::Sqlite(PathBuf::from(".fnmesh/queues.sqlite3")),
+            queues: Vec::new(),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Checks names and values; the error names the queue and the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for q in &self.queues {
+            if q.name.trim().is_empty() {
+                return Err("a queue needs a non-empty name".into());
+            }
+            if !seen.insert(q.name.as_str()) {
+                return Err(format!("queue '{}' is configured twice", q.name));
+            }
+            if q.concurrency == 0 {
+                return Err(format!(
+                    "queue '{}': concurrency must be at least 1",
+                    q.name
+                ));
+            }
+            if q.visibility_timeout.is_zero() {
+                return Err(format!(
+                    "queue '{}': visibility_timeout must be positive",
+                    q.name
+                ));
+            }
+            if let QueueKind::Fifo {
+                message_group_field,
+            } = &q.kind
+            {
+                if message_group_field.trim().is_empty() {
+                    return Err(format!(
+                        "queue '{}': a fifo queue needs message_group_field",
+                        q.name
+                    ));
+                }
+            }
+        }
+        if self.poll_interval.is_zero() {
+            return Err("queue poll_interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A queue's delivery order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum QueueKind {
+    /// Oldest ready message first; groups are ignored.
+    Standard,
+    /// Strict order within each group; a message's group is the value of `message_group_field`
+    /// in its `data` (an enqueue without it is refused).
+    Fifo {
+        /// The field of `data` that names the group.
+        message_group_field: String,
+    },
+}
+
+/// One named queue's settings (engine config, `[queues.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The queue's name.
+    pub name: String,
+    /// Attempts after the first before a message is dead-lettered (3: four attempts in all).
+    pub max_retries: u32,
+    /// Delay before the first retry; doubled for each later one (1 s).
+    pub backoff: Duration,
+    /// Messages of this queue in flight at once in one engine (10).
+    pub concurrency: usize,
+    /// How long a claimed message stays invisible before it is claimed again (30 s). Longer
+    /// than the slowest call, or a slow call is delivered twice.
+    pub visibility_timeout: Duration,
+    /// Delivery order.
+    pub kind: QueueKind,
+    /// Window in which an idempotency key drops duplicates (24 h).
+    pub idempotency_window: Duration,
+}
+
+impl QueueConfig {
+    /// A `standard` queue with the defaults.
+    pub fn new(name: impl Into<String>) -> QueueConfig {
+        QueueConfig {
+            name: name.into(),
+            max_retries: 3,
+            backoff: Duration::from_millis(1000),
+            concurrency: 10,
+            visibility_timeout: Duration::from_secs(30),
+            kind: QueueKind::Standard,
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// The delay before attempt `attempt + 1` after attempt `attempt` (1-based) failed:
+    /// `backoff * 2^(attempt-1)`, capped at one hour.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.backoff
+            .saturating_mul(factor)
+            .min(Duration::from_secs(3600))
+    }
+}

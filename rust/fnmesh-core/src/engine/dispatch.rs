@@ -1,0 +1,325 @@
+//! Dispatch: one call ([`Request`]) routed to whatever serves its function (a worker connection,
+//! a native function, a built-in), its pending entry, and the outcome delivered to its caller.
+//!
+//! Calls wait in one [`PendingTable`](crate::invocation::PendingTable) whatever serves them, so
+//! completion, timeouts and disconnects work the same way. A worker's answer is forwarded byte
+//! for byte when it already is what the caller needs.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::state::{send_msg, uuid, Shared, Target, WorkerState};
+use crate::function::{Call, CallOptions, Completer, Outcome, Reply};
+use crate::protocol::ErrorCode;
+use crate::protocol::{InvocationResult, InvokeFunction, Message, RawJson};
+use crate::registry::{check_namespace, Lease, DEFAULT_NAMESPACE};
+use crate::server::Connection;
+
+/// Who waits for a call's outcome.
+pub(super) enum Caller {
+    // A worker that wants the result (`reply`) or made a void call.
+    Worker { conn: Arc<Connection>, reply: bool },
+    Local(oneshot::Sender<Outcome>),
+    Discard,
+}
+
+/// A call in flight.
+pub(super) struct Pending {
+    pub(super) caller: Caller,
+    function_id: String,
+    // Connection id of the worker serving the call, for `invocation_stopped` on disconnect.
+    pub(super) target: Option<Arc<str>>,
+    timeout: Duration,
+    _lease: Lease<Target>,
+}
+
+/// One call to route.
+pub(super) struct Request {
+    /// The function called.
+    pub(super) function_id: String,
+    /// Its input, raw JSON.
+    pub(super) data: RawJson,
+    /// Namespace (`None`: `default`), metadata sidecar, W3C trace context, and the bound on the
+    /// wait (`None`: the engine's `invocation_timeout`).
+    pub(super) options: CallOptions,
+    /// The caller's invocation id, echoed on both hops; `None`: the engine makes one.
+    pub(super) invocation_id: Option<String>,
+    /// Who gets the outcome.
+    pub(super) caller: Caller,
+    /// The calling worker's connection id, handed to a native function.
+    pub(super) caller_worker_id: Option<Arc<str>>,
+}
+
+impl Request {
+    /// A call made in this process: the engine makes the invocation id.
+    pub(super) fn new(
+        function_id: impl Into<String>,
+        data: RawJson,
+        options: CallOptions,
+        caller: Caller,
+    ) -> Request {
+        Request {
+            function_id: function_id.into(),
+            data,
+            options,
+            invocation_id: None,
+            caller,
+            caller_worker_id: None,
+        }
+    }
+}
+
+impl Shared {
+    /// Routes one call to whatever serves it, or fails it at once (no such function, an id
+    /// already in flight). The caller has checked the namespace.
+    pub(super) fn dispatch(&self, request: Request) {
+        let Request {
+            function_id,
+            data,
+            options,
+            invocation_id,
+            caller,
+            caller_worker_id,
+        } = request;
+        let CallOptions {
+            timeout,
+            metadata,
+            namespace,
+            traceparent,
+            baggage,
+        } = options;
+        let ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let Some(lease) = self.functions.select(ns, &function_id) else {
+            let message = self.not_found_message(ns, &function_id);
+            self.fail(
+                caller,
+                invocation_id.as_deref(),
+                &function_id,
+                ErrorCode::FunctionNotFound,
+                message,
+            );
+            return;
+        };
+        let target = lease.handler().clone();
+        let id: Arc<str> = Arc::from(invocation_id.unwrap_or_else(uuid));
+        let timeout = timeout.unwrap_or(self.config.invocation_timeout);
+        let pending = Pending {
+            caller,
+            function_id: function_id.clone(),
+            target: match &target {
+                Target::Worker(conn) => Some(conn.id().clone()),
+                Target::Native(_) => None,
+            },
+            timeout,
+            _lease: lease,
+        };
+        if let Err(pending) = self.pending.insert(&id, pending, timeout) {
+            self.fail(
+                pending.caller,
+                Some(&id),
+                &function_id,
+                ErrorCode::InvalidArguments,
+                format!("invocation_id {id} is already in flight"),
+            );
+            return;
+        }
+        match target {
+            Target::Worker(conn) => {
+                let frame = Message::InvokeFunction(InvokeFunction {
+                    invocation_id: Some(id.to_string()),
+                    function_id,
+                    data: Some(data),
+                    traceparent,
+                    baggage,
+                    metadata,
+                    ..InvokeFunction::default()
+                });
+                if conn.send(frame.encode()).is_err() {
+                    self.complete(
+                        &id,
+                        Outcome::failure(ErrorCode::InvocationStopped, "Invocation stopped"),
+                    );
+                }
+            }
+            Target::Native(function) => function.invoke(Call {
+                invocation_id: id.clone(),
+                function_id,
+                namespace: namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+                data,
+                metadata,
+                traceparent,
+                baggage,
+                caller_worker_id,
+                reply: Reply::new(id, self.completer()),
+            }),
+        }
+    }
+
+    fn not_found_message(&self, namespace: &str, function_id: &str) -> String {
+        let mut elsewhere: Vec<String> = self
+            .functions
+            .list(crate::registry::ListFilter {
+                prefix: Some(function_id),
+                ..Default::default()
+            })
+            .into_iter()
+            .filter(|f| f.function_id == function_id && f.namespace != namespace)
+            .map(|f| f.namespace)
+            .collect();
+        elsewhere.dedup();
+        let mut message = format!("Function {function_id} not found in namespace {namespace}.");
+        if !elsewhere.is_empty() {
+            message.push_str(&format!(
+                " It is registered in namespace(s): {}.",
+                elsewhere.join(", ")
+            ));
+        }
+        message
+    }
+
+    pub(super) fn fail(
+        &self,
+        caller: Caller,
+        invocation_id: Option<&str>,
+        function_id: &str,
+        code: ErrorCode,
+        message: String,
+    ) {
+        debug!(function_id, code = code.as_str(), %message, "call failed before dispatch");
+        let outcome = Outcome::failure(code, message);
+        match (caller, invocation_id) {
+            (Caller::Worker { conn, reply: true }, Some(id)) => {
+                reply_to(&conn, id, function_id, outcome)
+            }
+            (Caller::Local(tx), _) => {
+                let _ = tx.send(outcome);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn deliver(&self, id: &str, pending: Pending, outcome: Outcome) {
+        match pending.caller {
+            Caller::Worker { conn, reply: true } => {
+                reply_to(&conn, id, &pending.function_id, outcome)
+            }
+            Caller::Local(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Caller::Worker { reply: false, .. } | Caller::Discard => {
+                if let Outcome::Failure(e) = outcome {
+                    debug!(function_id = %pending.function_id, code = %e.code, "void call failed: {}", e.message);
+                }
+            }
+        }
+    }
+
+    /// A worker answered a call routed to it.
+    pub(super) fn on_result(
+        &self,
+        from: &Arc<WorkerState>,
+        result: InvocationResult,
+        frame: &[u8],
+    ) {
+        let from_id = from.conn.id();
+        let Some(pending) = self.pending.take_if(&result.invocation_id, |p| {
+            p.target.as_ref() == Some(from_id)
+        }) else {
+            debug!(invocation_id = %result.invocation_id, "result for an unknown or finished call dropped");
+            return;
+        };
+        match &pending.caller {
+            // The reply frame is already what the caller needs (same id on both hops): forward
+            // the worker's bytes untouched.
+            Caller::Worker { conn, reply: true } if result.function_id == pending.function_id => {
+                let _ = conn.send(frame.to_vec());
+            }
+            _ => {
+                let outcome = match result.error {
+                    Some(error) => Outcome::Failure(error),
+                    None => Outcome::Success(result.result),
+                };
+                self.deliver(&result.invocation_id, pending, outcome);
+            }
+        }
+    }
+
+    pub(super) fn sweep(&self) {
+        for (id, pending) in self.pending.expired(Instant::now()) {
+            let ms = pending.timeout.as_millis();
+            self.deliver(
+                &id,
+                pending,
+                Outcome::failure(
+                    ErrorCode::InvocationTimeout,
+                    format!("Invocation timed out after {ms} ms"),
+                ),
+            );
+        }
+    }
+
+    /// Calls a function from inside the process and waits for the outcome.
+    pub(crate) async fn call(
+        &self,
+        function_id: &str,
+        data: RawJson,
+        options: CallOptions,
+    ) -> Outcome {
+        let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        if let Err(e) = check_namespace(namespace) {
+            return Outcome::failure(e.error_code(), e.to_string());
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            return Outcome::failure(ErrorCode::InvocationStopped, "the engine has stopped");
+        }
+        let (tx, rx) = oneshot::channel();
+        self.dispatch(Request::new(function_id, data, options, Caller::Local(tx)));
+        rx.await.unwrap_or_else(|_| {
+            Outcome::failure(
+                ErrorCode::InvocationError,
+                "the call was dropped by the engine",
+            )
+        })
+    }
+
+    /// Fires a call whose outcome nobody waits for (trigger fires, `send`).
+    /// The options' timeout does not apply: the engine's `invocation_timeout` bounds the call.
+    pub(crate) fn fire(&self, function_id: &str, data: RawJson, options: CallOptions) {
+        let options = CallOptions {
+            timeout: None,
+            ..options
+        };
+        self.dispatch(Request::new(function_id, data, options, Caller::Discard));
+    }
+}
+
+impl Completer for Shared {
+    fn complete(&self, invocation_id: &str, outcome: Outcome) {
+        // Only calls served in this process complete this way; a worker's answer goes through
+        // `on_result`, which checks the sender.
+        if let Some(pending) = self.pending.take_if(invocation_id, |p| p.target.is_none()) {
+            self.deliver(invocation_id, pending, outcome);
+        }
+    }
+}
+
+fn reply_to(conn: &Connection, id: &str, function_id: &str, outcome: Outcome) {
+    let (result, error) = match outcome {
+        Outcome::Success(result) => (result, None),
+        Outcome::Failure(error) => (None, Some(error)),
+    };
+    send_msg(
+        conn,
+        &Message::InvocationResult(InvocationResult {
+            invocation_id: id.to_owned(),
+            function_id: function_id.to_owned(),
+            result,
+            error,
+            ..InvocationResult::default()
+        }),
+    );
+}

@@ -1,0 +1,146 @@
+//! The state every connection shares ([`Shared`]), a worker connection's own ([`WorkerState`]),
+//! and what serves a function or a trigger type ([`Target`], [`Provider`]).
+//!
+//! The behaviour lives beside it, one job per file: [`super::dispatch`] routes calls,
+//! [`super::session`] handles a connection's frames and registrations, [`super::bindings`] keeps
+//! trigger bindings with their providers, [`super::events`] fires the engine's own trigger types.
+//! Each of them adds an `impl Shared` block.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::dispatch::Pending;
+use crate::config::EngineConfig;
+use crate::external::ExternalFunctions;
+use crate::function::{Completer, NativeFunction};
+use crate::invocation::PendingTable;
+use crate::protocol::{ErrorBody, Message, RawJson};
+use crate::registry::{FunctionDef, FunctionsRegistry};
+use crate::server::Connection;
+use crate::triggers::{TriggerBindingRegistry, TriggerProvider, TriggerTypeRegistry};
+use crate::workers::WorkerRegistry;
+
+/// What serves one replica of a function.
+#[derive(Clone)]
+pub enum Target {
+    /// A remote worker connection.
+    Worker(Arc<Connection>),
+    /// A function inside this process.
+    Native(Arc<dyn NativeFunction>),
+}
+
+/// Who provides a trigger type.
+#[derive(Clone)]
+pub(crate) enum Provider {
+    Worker(Arc<Connection>),
+    /// Served in this process (HTTP, cron, a host's own type).
+    Native(Arc<dyn TriggerProvider>),
+    /// Fired by the engine itself (`engine::functions-available`, ...).
+    Builtin,
+}
+
+pub(super) enum NsState {
+    // Registrations wait here until `engine::workers::register` names the namespace (3.4).
+    Buffering(Vec<Message>),
+    Known(String),
+}
+
+pub(crate) struct WorkerState {
+    pub(crate) conn: Arc<Connection>,
+    pub(super) reattach_token: String,
+    pub(super) ns: Mutex<NsState>,
+    pub(super) cleaned: AtomicBool,
+    // External functions waiting for the host's answer, (namespace, id) -> attempt; an
+    // unregistration or a newer registration of the same id makes the answer stale. Held while
+    // an answer registers, and by cleanup, so nothing registers after the worker left.
+    pub(super) external_pending: Mutex<HashMap<(String, String), u64>>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Everything the engine shares between connections.
+pub(crate) struct Shared {
+    pub(crate) config: EngineConfig,
+    pub(crate) functions: FunctionsRegistry<Target>,
+    pub(crate) trigger_types: TriggerTypeRegistry<Provider>,
+    pub(crate) bindings: TriggerBindingRegistry,
+    pub(crate) workers: WorkerRegistry,
+    pub(crate) conns: DashMap<Arc<str>, Arc<WorkerState>>,
+    pub(super) pending: PendingTable<Pending>,
+    pub(crate) acks: DashMap<String, oneshot::Sender<Option<ErrorBody>>>,
+    pub(super) me: Weak<Shared>,
+    pub(super) fn_change_scheduled: AtomicBool,
+    pub(super) fn_last_fire: Mutex<Option<Instant>>,
+    /// Set by [`super::Engine::shutdown`]: calls made through an [`super::EngineRef`] afterwards
+    /// fail at once.
+    pub(super) stopped: AtomicBool,
+    /// The host serving external HTTP functions, if any.
+    pub(super) external: RwLock<Option<Arc<dyn ExternalFunctions>>>,
+    pub(super) external_attempts: AtomicU64,
+}
+
+pub(super) fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub(super) fn raw_null() -> RawJson {
+    RawValue::NULL.to_owned()
+}
+
+pub(super) fn send_msg(conn: &Connection, msg: &Message) -> bool {
+    conn.send(msg.encode()).is_ok()
+}
+
+impl Shared {
+    pub(super) fn new(config: EngineConfig) -> Arc<Shared> {
+        Arc::new_cyclic(|me| Shared {
+            functions: FunctionsRegistry::new(config.function_conflict),
+            trigger_types: TriggerTypeRegistry::default(),
+            bindings: TriggerBindingRegistry::default(),
+            workers: WorkerRegistry::default(),
+            conns: DashMap::default(),
+            pending: PendingTable::new(),
+            acks: DashMap::default(),
+            me: me.clone(),
+            fn_change_scheduled: AtomicBool::new(false),
+            fn_last_fire: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+            external: RwLock::new(None),
+            external_attempts: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    pub(super) fn completer(&self) -> Weak<dyn Completer> {
+        self.me.clone()
+    }
+
+    /// Calls in flight on worker `id` (as target).
+    pub(crate) fn pending_for_worker(&self, id: &str) -> usize {
+        self.pending
+            .count_where(|p| p.target.as_deref() == Some(id))
+    }
+
+    /// Registers a native function under `owner`.
+    pub(crate) fn register_native(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        owner: &str,
+        def: FunctionDef,
+        function: Arc<dyn NativeFunction>,
+    ) -> crate::Result<()> {
+        self.functions
+            .register(namespace, function_id, owner, Target::Native(function), def)?;
+        self.functions_changed();
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! [`HttpService`]: the HTTP trigger as an engine service.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use futures_util::future::BoxFuture;
+
+use super::trigger::HttpTrigger;
+use crate::engine::{EngineRef, EngineService, ServiceError};
+use crate::registry::DEFAULT_NAMESPACE;
+
+/// The `http` trigger type (PROTOCOL.md 6.3) as an engine service: installs an [`HttpTrigger`]
+/// with the engine's [`HttpConfig`](crate::config::HttpConfig), opening its listener at once when
+/// `listen_at_start` says so, and stops the listener at shutdown.
+#[derive(Default)]
+pub struct HttpService {
+    trigger: OnceLock<Arc<HttpTrigger>>,
+}
+
+impl HttpService {
+    /// Where HTTP triggers are served, once the first route (or `listen_at_start`) opened the
+    /// listener.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.trigger.get().and_then(|t| t.local_addr())
+    }
+}
+
+impl EngineService for HttpService {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn install<'a>(&'a self, engine: &'a EngineRef) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let config = engine.config().http.clone();
+            let listen_at_start = config.listen_at_start;
+            let http = HttpTrigger::new(engine.downgrade(), config);
+            engine.register_engine_trigger_type(
+                DEFAULT_NAMESPACE,
+                "http",
+                "HTTP routes served by the engine (PROTOCOL.md 6.3)",
+                http.clone(),
+            )?;
+            // Kept before the listener opens, so that shutdown stops it whatever happens next.
+            let _ = self.trigger.set(http.clone());
+            if listen_at_start {
+                http.ensure_listening()
+                    .map_err(|e| ServiceError::Listen(e.to_string()))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(http) = self.trigger.get() {
+                http.shutdown().await;
+            }
+        })
+    }
+}
