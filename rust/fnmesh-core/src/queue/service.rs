@@ -30,7 +30,7 @@ use super::sqlite::SqliteStore;
 use super::{
     Delivery, Nack, NewMessage, QueueConfig, QueueKind, QueueStore, StoreError, StoreResult,
 };
-pub use crate::config::{QueueBackend, QueueSettings};
+pub use crate::config::{QueueBackend, QueueConfigError, QueueSettings};
 use crate::engine::WeakEngineRef;
 use crate::function::{Call, CallOptions, Outcome};
 use crate::protocol::{ErrorBody, ErrorCode, RawJson};
@@ -46,7 +46,7 @@ pub const ENQUEUE_ERROR: &str = ErrorCode::EnqueueError.as_str();
 /// "concurrency": 10, "visibility_timeout_ms": 30000, "type": "standard" | "fifo",
 /// "message_group_field": "...", "idempotency_window_ms": 86400000}}`, every field optional.
 /// Unknown fields and wrong types are errors that name the queue and the field.
-pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, String> {
+pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, QueueConfigError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Entry {
@@ -60,11 +60,14 @@ pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, String> {
         idempotency_window_ms: Option<u64>,
     }
     let entries: BTreeMap<String, Value> =
-        serde_json::from_str(text).map_err(|e| format!("queues must be a table of queues: {e}"))?;
+        serde_json::from_str(text).map_err(|e| QueueConfigError::NotATable(e.to_string()))?;
     let mut configs = Vec::new();
     for (name, value) in entries {
         let entry: Entry =
-            serde_json::from_value(value).map_err(|e| format!("queue '{name}': {e}"))?;
+            serde_json::from_value(value).map_err(|e| QueueConfigError::InvalidEntry {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
         let mut config = QueueConfig::new(name.clone());
         if let Some(v) = entry.max_retries {
             config.max_retries = v;
@@ -86,23 +89,16 @@ pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, String> {
             entry.message_group_field,
         ) {
             ("standard", None) => QueueKind::Standard,
-            ("standard", Some(_)) => {
-                return Err(format!(
-                    "queue '{name}': message_group_field needs type = \"fifo\""
-                ))
-            }
+            ("standard", Some(_)) => return Err(QueueConfigError::GroupFieldWithoutFifo(name)),
             ("fifo", Some(field)) => QueueKind::Fifo {
                 message_group_field: field,
             },
-            ("fifo", None) => {
-                return Err(format!(
-                    "queue '{name}': a fifo queue needs message_group_field"
-                ))
-            }
+            ("fifo", None) => return Err(QueueConfigError::FifoWithoutGroupField(name)),
             (other, _) => {
-                return Err(format!(
-                    "queue '{name}': type must be \"standard\" or \"fifo\", not {other:?}"
-                ))
+                return Err(QueueConfigError::UnknownKind {
+                    name,
+                    kind: other.to_owned(),
+                })
             }
         };
         configs.push(config);
