@@ -6,6 +6,10 @@ from typing import Any, final
 
 __version__: str
 
+# --- errors ---
+ERROR_CODES: tuple[str, ...]
+# --- end errors ---
+
 # --- protocol ---
 DEFAULT_MAX_FRAME_BYTES: int
 

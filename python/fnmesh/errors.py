@@ -3,11 +3,22 @@
 Every error the Rust core can produce maps onto exactly one class here (see
 ``rust/fnmesh-py/src/errors.rs``); the pure-Python reference implementation raises the same
 classes, so callers handle both the same way. Each class carries the wire ``code`` it stands for.
+
+The wire codes themselves come from one table in the core (``fnmesh_core::protocol::codes``),
+exported as :data:`ERROR_CODES`; :data:`CLASS_BY_CODE` maps each of them to the exception a failed
+call with that code raises.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from fnmesh._native import ERROR_CODES
+
 __all__ = [
+    "CLASS_BY_CODE",
+    "ERROR_CODES",
     "ConnectionFailed",
     "FnmeshError",
     "FrameTooLarge",
@@ -190,13 +201,21 @@ class RemoteError(InvocationError):
     code = "invocation_failed"
 
 
-_BY_CODE: dict[str, type[InvocationError]] = {
+# The codes of the table that have a class of their own; every other code (and any code a
+# handler chose) fails a call with RemoteError.
+_SPECIFIC: dict[str, type[InvocationError]] = {
     "function_not_found": FunctionNotFound,
     "invocation_timeout": InvocationTimeout,
+    # The worker client's own timeout (the iii SDKs' code): the same exception as the engine's.
     "TIMEOUT": InvocationTimeout,
     "invocation_stopped": InvocationStopped,
     "validation_failed": ValidationFailed,
 }
+
+_BY_CODE: dict[str, type[InvocationError]] = {code: _SPECIFIC.get(code, RemoteError) for code in ERROR_CODES}
+
+CLASS_BY_CODE: Mapping[str, type[InvocationError]] = MappingProxyType(_BY_CODE)
+"""Every wire code of :data:`ERROR_CODES` -> the exception class a failed call with it raises."""
 
 
 def invocation_error(code: str, message: str, stacktrace: str | None = None) -> InvocationError:

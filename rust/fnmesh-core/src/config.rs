@@ -164,43 +164,80 @@ impl Default for QueueSettings {
     }
 }
 
+/// Why queue settings are refused; the text names the queue and the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueConfigError {
+    /// A queue with a blank name.
+    #[error("a queue needs a non-empty name")]
+    NoName,
+    /// Two queues with one name.
+    #[error("queue '{0}' is configured twice")]
+    Duplicate(String),
+    /// A queue with `concurrency` 0.
+    #[error("queue '{0}': concurrency must be at least 1")]
+    ZeroConcurrency(String),
+    /// A queue with a zero `visibility_timeout`.
+    #[error("queue '{0}': visibility_timeout must be positive")]
+    ZeroVisibilityTimeout(String),
+    /// A fifo queue without `message_group_field`.
+    #[error("queue '{0}': a fifo queue needs message_group_field")]
+    FifoWithoutGroupField(String),
+    /// A standard queue with a `message_group_field`.
+    #[error("queue '{0}': message_group_field needs type = \"fifo\"")]
+    GroupFieldWithoutFifo(String),
+    /// A queue `type` other than `standard` and `fifo`.
+    #[error("queue '{name}': type must be \"standard\" or \"fifo\", not {kind:?}")]
+    UnknownKind {
+        /// The queue.
+        name: String,
+        /// The type given.
+        kind: String,
+    },
+    /// A zero `poll_interval`.
+    #[error("queue poll_interval must be positive")]
+    ZeroPollInterval,
+    /// The queues' JSON is not a table of queues.
+    #[error("queues must be a table of queues: {0}")]
+    NotATable(String),
+    /// A queue's JSON entry has an unknown field or a field of the wrong type.
+    #[error("queue '{name}': {reason}")]
+    InvalidEntry {
+        /// The queue.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
 impl QueueSettings {
     /// Checks names and values; the error names the queue and the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), QueueConfigError> {
         let mut seen = std::collections::HashSet::new();
         for q in &self.queues {
             if q.name.trim().is_empty() {
-                return Err("a queue needs a non-empty name".into());
+                return Err(QueueConfigError::NoName);
             }
             if !seen.insert(q.name.as_str()) {
-                return Err(format!("queue '{}' is configured twice", q.name));
+                return Err(QueueConfigError::Duplicate(q.name.clone()));
             }
             if q.concurrency == 0 {
-                return Err(format!(
-                    "queue '{}': concurrency must be at least 1",
-                    q.name
-                ));
+                return Err(QueueConfigError::ZeroConcurrency(q.name.clone()));
             }
             if q.visibility_timeout.is_zero() {
-                return Err(format!(
-                    "queue '{}': visibility_timeout must be positive",
-                    q.name
-                ));
+                return Err(QueueConfigError::ZeroVisibilityTimeout(q.name.clone()));
             }
             if let QueueKind::Fifo {
                 message_group_field,
             } = &q.kind
             {
                 if message_group_field.trim().is_empty() {
-                    return Err(format!(
-                        "queue '{}': a fifo queue needs message_group_field",
-                        q.name
-                    ));
+                    return Err(QueueConfigError::FifoWithoutGroupField(q.name.clone()));
                 }
             }
         }
         if self.poll_interval.is_zero() {
-            return Err("queue poll_interval must be positive".into());
+            return Err(QueueConfigError::ZeroPollInterval);
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::protocol::{ErrorBody, RawJson};
+use crate::protocol::{ErrorBody, ErrorCode, RawJson};
 
 /// How an invocation ended.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ impl Outcome {
     pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Self {
         match serde_json::value::to_raw_value(value) {
             Ok(raw) => Outcome::Success(Some(raw)),
-            Err(e) => Outcome::failure("serialization_error", e.to_string()),
+            Err(e) => Outcome::failure(ErrorCode::SerializationError, e.to_string()),
         }
     }
 }
@@ -77,7 +77,7 @@ impl Drop for Reply {
     fn drop(&mut self) {
         if self.completer.is_some() {
             self.finish(Outcome::failure(
-                "invocation_error",
+                ErrorCode::InvocationError,
                 "the function dropped the call without answering",
             ));
         }
@@ -144,7 +144,7 @@ impl Call {
             Err(e) => {
                 let reply = std::mem::replace(&mut self.reply, Reply::detached());
                 reply.send(Outcome::failure(
-                    "deserialization_error",
+                    ErrorCode::DeserializationError,
                     format!("invalid input for {}: {e}", self.function_id),
                 ));
                 None

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::client::{Client, ClientError};
 use crate::engine::EngineRef;
 use crate::function::{Call, CallOptions, NativeFunction, Outcome};
-use crate::protocol::RawJson;
+use crate::protocol::{ErrorCode, RawJson};
 use crate::registry::FunctionDef;
 use crate::triggers::TriggerSpec;
 
@@ -101,7 +101,7 @@ pub trait Link: Send + Sync + 'static {
     fn enqueue(&self, message: Enqueue, options: CallOptions) -> Pending {
         match serde_json::value::to_raw_value(&message) {
             Ok(request) => self.call(ENQUEUE_FUNCTION, request, options),
-            Err(e) => ready(Outcome::failure("enqueue_error", e.to_string())),
+            Err(e) => ready(Outcome::failure(ErrorCode::EnqueueError, e.to_string())),
         }
     }
 
@@ -111,7 +111,10 @@ pub trait Link: Send + Sync + 'static {
         let request = serde_json::json!({ "topic": topic, "data": data });
         match serde_json::value::to_raw_value(&request) {
             Ok(request) => self.call(PUBLISH_FUNCTION, request, options),
-            Err(e) => ready(Outcome::failure("serialization_error", e.to_string())),
+            Err(e) => ready(Outcome::failure(
+                ErrorCode::SerializationError,
+                e.to_string(),
+            )),
         }
     }
 
@@ -278,7 +281,7 @@ impl Link for Client {
         Box::pin(async move {
             let empty = serde_json::value::to_raw_value(&serde_json::json!({}));
             let Ok(empty) = empty else {
-                return Outcome::failure("serialization_error", "cannot encode {}");
+                return Outcome::failure(ErrorCode::SerializationError, "cannot encode {}");
             };
             if let Err(e) =
                 Client::call(&client, ROUND_TRIP_FUNCTION, empty, CallOptions::default()).await

@@ -164,12 +164,18 @@ pub struct TriggerAck {
     answer: Option<AnswerFn>,
 }
 
-/// Delivers a provider's verdict to the engine: `Ok` accepted, `Err(reason)` refused.
-type AnswerFn = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+/// A provider's refusal of a binding: the reason its registrant gets (with the code
+/// `trigger_registration_failed`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TriggerRefusal(pub String);
+
+/// Delivers a provider's verdict to the engine: `Ok` accepted, `Err` refused.
+type AnswerFn = Box<dyn FnOnce(std::result::Result<(), TriggerRefusal>) + Send>;
 
 impl TriggerAck {
     pub(crate) fn new(
-        answer: impl FnOnce(std::result::Result<(), String>) + Send + 'static,
+        answer: impl FnOnce(std::result::Result<(), TriggerRefusal>) + Send + 'static,
     ) -> Self {
         TriggerAck {
             answer: Some(Box::new(answer)),
@@ -186,7 +192,7 @@ impl TriggerAck {
     /// Refuses the binding with a reason for its registrant.
     pub fn refuse(mut self, reason: impl Into<String>) {
         if let Some(answer) = self.answer.take() {
-            answer(Err(reason.into()));
+            answer(Err(TriggerRefusal(reason.into())));
         }
     }
 }

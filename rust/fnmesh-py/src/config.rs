@@ -163,10 +163,11 @@ impl EngineSettings {
             Some(backend) => {
                 let settings = QueueSettings {
                     backend,
-                    queues: queue_configs_from_json(&self.queues).map_err(invalid)?,
+                    queues: queue_configs_from_json(&self.queues)
+                        .map_err(|e| invalid(e.to_string()))?,
                     poll_interval: ms(self.queue_poll_interval_ms),
                 };
-                settings.validate().map_err(invalid)?;
+                settings.validate().map_err(|e| invalid(e.to_string()))?;
                 Some(settings)
             }
         };

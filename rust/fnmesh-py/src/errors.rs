@@ -2,8 +2,10 @@
 //! variant. The classes live in Python (so they can carry attributes and multiple bases such as
 //! `ValueError`); they are imported lazily the first time an error crosses the boundary.
 
+use fnmesh_core::protocol::ErrorCode;
 use fnmesh_core::Error;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 pyo3::import_exception!(fnmesh.errors, FnmeshError);
 pyo3::import_exception!(fnmesh.errors, MalformedFrame);
@@ -50,4 +52,11 @@ impl<T> IntoPyResult<T> for fnmesh_core::Result<T> {
     fn into_py_result(self) -> PyResult<T> {
         self.map_err(to_py)
     }
+}
+
+/// Adds `ERROR_CODES`: every wire error code of the core's table (`fnmesh_core::protocol::codes`),
+/// in its order, from which `fnmesh/errors.py` builds its code-to-exception map.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let codes = PyTuple::new(m.py(), ErrorCode::ALL.iter().map(|code| code.as_str()))?;
+    m.add("ERROR_CODES", codes)
 }

@@ -27,5 +27,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     config::register(m)?;
     triggers::register(m)?;
     external::register(m)?;
+    errors::register(m)?;
     Ok(())
 }

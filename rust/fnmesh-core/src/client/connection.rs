@@ -56,7 +56,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<bool>
             }
             Err(reason) => {
                 debug!(url = %inner.settings.url, attempt, "connection attempt failed: {reason}");
-                *lock(&inner.last_error) = Some(reason);
+                *lock(&inner.last_error) = Some(reason.to_string());
             }
         }
         if *inner.state.borrow() != ClientState::Connecting {
@@ -73,15 +73,27 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<bool>
     inner.finish_closed(error);
 }
 
-async fn connect_once(inner: &Inner) -> Result<Socket, String> {
-    let mut request = inner
-        .settings
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
+/// Why one connection attempt failed (its text becomes the client's last error).
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The URL is not a WebSocket request, or the upgrade failed.
+    #[error(transparent)]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The auth token cannot be sent in a header.
+    #[error(transparent)]
+    Token(#[from] tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue),
+    /// The TCP connection failed.
+    #[error(transparent)]
+    Tcp(#[from] std::io::Error),
+    /// Nothing within the connect timeout.
+    #[error("connection attempt timed out")]
+    TimedOut,
+}
+
+async fn connect_once(inner: &Inner) -> Result<Socket, ConnectError> {
+    let mut request = inner.settings.url.as_str().into_client_request()?;
     if let Some(token) = &inner.settings.auth_token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))?;
         request.headers_mut().insert("authorization", value);
     }
     let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
@@ -91,9 +103,7 @@ async fn connect_once(inner: &Inner) -> Result<Socket, String> {
         .trim_end_matches(']')
         .to_owned();
     let attempt = async {
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
         let _ = tcp.set_nodelay(true);
         // The engine may send a frame as large as its own limit (iii's and fnmesh's default is
         // 64 MiB); tungstenite's default would refuse single frames above 16 MiB.
@@ -102,14 +112,12 @@ async fn connect_once(inner: &Inner) -> Result<Socket, String> {
             .max_message_size(Some(crate::protocol::DEFAULT_MAX_FRAME_BYTES))
             .max_frame_size(Some(crate::protocol::DEFAULT_MAX_FRAME_BYTES));
         let (socket, _response) =
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
-                .await
-                .map_err(|e| e.to_string())?;
-        Ok::<_, String>(socket)
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
+        Ok::<_, ConnectError>(socket)
     };
     match tokio::time::timeout(inner.settings.connect_timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err("connection attempt timed out".to_owned()),
+        Err(_) => Err(ConnectError::TimedOut),
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`ClientError`]: what a call or the connection of the worker client can fail with.
 
-use crate::protocol::ErrorBody;
+use crate::protocol::{ErrorBody, ErrorCode};
 
 /// Errors of the worker client. [`ClientError::code`] gives the iii code of each.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,10 +52,10 @@ impl ClientError {
     pub fn code(&self) -> &str {
         match self {
             ClientError::Invocation(body) => &body.code,
-            ClientError::Timeout(_) => "TIMEOUT",
-            ClientError::Stopped(_) => "invocation_stopped",
-            ClientError::Shutdown => "SHUTDOWN",
-            ClientError::Connect { .. } => "CONNECTION_FAILED",
+            ClientError::Timeout(_) => ErrorCode::Timeout.as_str(),
+            ClientError::Stopped(_) => ErrorCode::InvocationStopped.as_str(),
+            ClientError::Shutdown => ErrorCode::Shutdown.as_str(),
+            ClientError::Connect { .. } => ErrorCode::ConnectionFailed.as_str(),
             ClientError::Rejected { code, .. } => code,
             ClientError::Core(e) => e.code(),
         }

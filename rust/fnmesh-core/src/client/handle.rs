@@ -12,8 +12,8 @@ use super::inner::{FunctionEntry, Inner, PendingCall};
 use super::{duration_ms, lock, CallOptions};
 use crate::function::{Call, NativeFunction, Outcome};
 use crate::protocol::{
-    ErrorBody, HttpInvocationRef, InvokeFunction, Message, RawJson, RegisterTrigger, TriggerAction,
-    UnregisterFunction, UnregisterTrigger,
+    ErrorBody, ErrorCode, HttpInvocationRef, InvokeFunction, Message, RawJson, RegisterTrigger,
+    TriggerAction, UnregisterFunction, UnregisterTrigger,
 };
 use crate::registry::FunctionDef;
 use crate::triggers::TriggerSpec;
@@ -184,7 +184,7 @@ impl Client {
         let id = function_id.to_owned();
         let not_here = move |call: Call| {
             call.reply.send(Outcome::failure(
-                "function_not_invokable",
+                ErrorCode::FunctionNotInvokable,
                 format!("{id} is an external HTTP function; the engine calls its URL"),
             ))
         };

@@ -16,8 +16,8 @@ use super::{lock, null_json, DEFAULT_NAMESPACE, MAX_QUEUED, WORKERS_REGISTER};
 use crate::function::{Call, Completer, NativeFunction, Outcome, Reply};
 use crate::invocation::PendingTable;
 use crate::protocol::{
-    self, ErrorBody, HttpInvocationRef, InvocationResult, InvokeFunction, Message, RawJson,
-    RegisterFunction, TriggerAction,
+    self, ErrorBody, ErrorCode, HttpInvocationRef, InvocationResult, InvokeFunction, Message,
+    RawJson, RegisterFunction, TriggerAction,
 };
 use crate::registry::FunctionDef;
 
@@ -170,7 +170,7 @@ impl Inner {
                 *lock(&self.identity) = Some((w.worker_id, w.reattach_token));
             }
             Message::RegistrationRejected(r) => {
-                if r.code == "FUNCTION_NAMESPACE_CONFLICT" {
+                if r.code == ErrorCode::FunctionNamespaceConflict {
                     warn!(
                         function_id = r.function_id.as_deref().unwrap_or(""),
                         namespace = %r.namespace,
@@ -217,7 +217,7 @@ impl Inner {
         let Some(handler) = handler else {
             if answered {
                 let body = ErrorBody::new(
-                    "function_not_found",
+                    ErrorCode::FunctionNotFound,
                     format!("Function {} not found", invoke.function_id),
                 );
                 self.send_result(&invocation_id, invoke.function_id, Outcome::Failure(body));

@@ -50,6 +50,20 @@ const REDIS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Why one attempt at a tick's lock in Redis failed (logged; the tick is skipped).
+#[derive(Debug, thiserror::Error)]
+enum LockAttemptError {
+    /// Redis answered `SET NX` with something else than OK or nil.
+    #[error("unexpected answer to SET NX: {0}")]
+    UnexpectedAnswer(String),
+    /// Redis could not be reached or refused the command.
+    #[error(transparent)]
+    Redis(redis::RedisError),
+    /// Nothing within [`REDIS_ATTEMPT_TIMEOUT`].
+    #[error("no answer within {} s", REDIS_ATTEMPT_TIMEOUT.as_secs())]
+    NoAnswer,
+}
+
 /// The lock for several engines sharing one Redis: the first engine to `SET` a tick's key wins
 /// that tick, so each tick of a job fires on one engine only.
 ///
@@ -129,7 +143,7 @@ impl RedisLock {
     }
 
     /// One `SET key owner NX PX ttl`: `Ok(true)` if this engine set the key.
-    async fn set_if_absent(&self, key: &str) -> Result<bool, String> {
+    async fn set_if_absent(&self, key: &str) -> Result<bool, LockAttemptError> {
         let mut set = redis::cmd("SET");
         set.arg(key)
             .arg(&self.owner)
@@ -146,8 +160,8 @@ impl RedisLock {
         match answer {
             Ok(redis::Value::Okay) => Ok(true),
             Ok(redis::Value::Nil) => Ok(false),
-            Ok(other) => Err(format!("unexpected answer to SET NX: {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(other) => Err(LockAttemptError::UnexpectedAnswer(format!("{other:?}"))),
+            Err(e) => Err(LockAttemptError::Redis(e)),
         }
     }
 
@@ -216,19 +230,14 @@ impl CronLock for RedisLock {
         Box::pin(async move {
             let answer = tokio::time::timeout(REDIS_ATTEMPT_TIMEOUT, self.set_if_absent(&key))
                 .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer within {} s",
-                        REDIS_ATTEMPT_TIMEOUT.as_secs()
-                    ))
-                });
+                .unwrap_or(Err(LockAttemptError::NoAnswer));
             match answer {
                 Ok(won) => {
                     self.succeeded();
                     won
                 }
                 Err(error) => {
-                    self.failed(&key, &error);
+                    self.failed(&key, &error.to_string());
                     false
                 }
             }

@@ -16,7 +16,7 @@
 //!
 //! [`CronTrigger`] is the `cron` trigger type the engine installs: one job loop per binding.
 //!
-//! Files: `schedule.rs` (parsing, next fire time), `clock.rs` (the wall clock), `lock.rs` (who
+//! Files: `schedule.rs` (parsing, next fire time), `error.rs` ([`CronError`]), `clock.rs` (the wall clock), `lock.rs` (who
 //! fires a tick), `job.rs` (one job's loop), `trigger.rs` (bindings to jobs).
 //!
 //! ```
@@ -27,10 +27,11 @@
 //! let saturday = Utc.with_ymd_and_hms(2026, 1, 3, 12, 0, 0).unwrap();
 //! let monday_nine_paris = Utc.with_ymd_and_hms(2026, 1, 5, 8, 0, 0).unwrap();
 //! assert_eq!(every_weekday_at_nine.next_after(saturday), Some(monday_nine_paris));
-//! # Ok::<(), String>(())
+//! # Ok::<(), fnmesh_core::cron::CronError>(())
 //! ```
 
 mod clock;
+mod error;
 mod job;
 mod lock;
 mod schedule;
@@ -40,6 +41,7 @@ mod test_support;
 mod trigger;
 
 pub use clock::{Clock, SystemClock, TokioClock};
+pub use error::CronError;
 pub use job::{run_job, run_job_with_clock, Fire, JobStats};
 pub use lock::{CronLock, LocalLock, RedisLock, REDIS_LOCK_TTL};
 pub use schedule::CronSchedule;

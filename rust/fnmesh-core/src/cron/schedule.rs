@@ -5,6 +5,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
+use super::error::CronError;
+
 /// A parsed cron expression and the zone it is evaluated in.
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
@@ -22,21 +24,22 @@ impl CronSchedule {
     /// evaluates it in that IANA zone (a fnmesh extension). Local times skipped by a daylight-saving
     /// change do not fire that day.
     ///
-    /// The error is a one-line message naming the expression (or the zone) and the problem; a
-    /// 5-field crontab line gets a message saying that a seconds field comes first.
-    pub fn parse(expression: &str, timezone: Option<&str>) -> Result<CronSchedule, String> {
+    /// The error ([`CronError`]) reads as one line naming the expression (or the zone) and the
+    /// problem; a 5-field crontab line gets a message saying that a seconds field comes first.
+    pub fn parse(expression: &str, timezone: Option<&str>) -> Result<CronSchedule, CronError> {
         let expression = expression.trim();
         if expression.is_empty() {
-            return Err("cron expression is empty".to_owned());
+            return Err(CronError::EmptyExpression);
         }
         let zone = match timezone {
             None => Tz::UTC,
-            Some(name) => Tz::from_str(name).map_err(|_| {
-                format!("unknown timezone '{name}' (expected an IANA name such as 'Europe/Paris')")
-            })?,
+            Some(name) => {
+                Tz::from_str(name).map_err(|_| CronError::UnknownTimezone(name.to_owned()))?
+            }
         };
-        let schedule = cron::Schedule::from_str(expression)
-            .map_err(|e| describe_parse_error(expression, &e.to_string()))?;
+        let schedule = cron::Schedule::from_str(expression).map_err(|e| {
+            CronError::InvalidExpression(describe_parse_error(expression, &e.to_string()))
+        })?;
         Ok(CronSchedule {
             expression: expression.to_owned(),
             schedule,
@@ -182,7 +185,9 @@ mod tests {
         assert_eq!(next("@yearly", after), Some(utc(2027, 1, 1, 0, 0, 0)));
         // 2026-03-15 is a Sunday.
         assert_eq!(next("@weekly", after), Some(utc(2026, 3, 15, 0, 0, 0)));
-        let e = CronSchedule::parse("@every 5s", None).unwrap_err();
+        let e = CronSchedule::parse("@every 5s", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'@every 5s'") && e.contains("@hourly"), "{e}");
     }
 
@@ -210,28 +215,36 @@ mod tests {
 
     #[test]
     fn five_field_crontab_line_is_refused_with_a_clear_message() {
-        let e = CronSchedule::parse("*/5 * * * *", None).unwrap_err();
+        let e = CronSchedule::parse("*/5 * * * *", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'*/5 * * * *'"), "{e}");
         assert!(e.contains("6 or 7"), "{e}");
         assert!(e.contains("seconds first"), "{e}");
         assert!(e.contains("'0 */5 * * * *'"), "{e}");
         assert!(!e.contains('\n'), "{e}");
         // Names in a 5-field line would otherwise give the crate's month-name complaint.
-        let e = CronSchedule::parse("0 9 * * MON-FRI", None).unwrap_err();
+        let e = CronSchedule::parse("0 9 * * MON-FRI", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("6 or 7"), "{e}");
     }
 
     #[test]
     fn blank_and_garbage_are_refused() {
         for blank in ["", "   ", "\t\n"] {
-            let e = CronSchedule::parse(blank, None).unwrap_err();
+            let e = CronSchedule::parse(blank, None).unwrap_err().to_string();
             assert_eq!(e, "cron expression is empty");
         }
-        let e = CronSchedule::parse("garbage", None).unwrap_err();
+        let e = CronSchedule::parse("garbage", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("invalid cron expression 'garbage': "), "{e}");
         assert!(e.contains("has 1 field,") && e.contains("6 or 7"), "{e}");
 
-        let e = CronSchedule::parse("0 61 * * * *", None).unwrap_err();
+        let e = CronSchedule::parse("0 61 * * * *", None)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("invalid cron expression '0 61 * * * *': "),
             "{e}"
@@ -239,14 +252,20 @@ mod tests {
         assert!(e.contains("Minutes") && e.contains("61"), "{e}");
         assert!(!e.contains('\n'), "{e}");
 
-        let e = CronSchedule::parse("0 0 9 * * FUNDAY", None).unwrap_err();
+        let e = CronSchedule::parse("0 0 9 * * FUNDAY", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("FUNDAY"), "{e}");
 
-        let e = CronSchedule::parse("0 0 9 * * * 2026 1", None).unwrap_err();
+        let e = CronSchedule::parse("0 0 9 * * * 2026 1", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("8 fields"), "{e}");
 
         // Six fields whose syntax is wrong: the crate only points at the place.
-        let e = CronSchedule::parse("0 0 9 * * %", None).unwrap_err();
+        let e = CronSchedule::parse("0 0 9 * * %", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("column 11"), "{e}");
     }
 
@@ -288,9 +307,13 @@ mod tests {
 
     #[test]
     fn unknown_timezone_is_named() {
-        let e = CronSchedule::parse("0 0 9 * * *", Some("Mars/Olympus")).unwrap_err();
+        let e = CronSchedule::parse("0 0 9 * * *", Some("Mars/Olympus"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'Mars/Olympus'"), "{e}");
-        let e = CronSchedule::parse("0 0 9 * * *", Some("")).unwrap_err();
+        let e = CronSchedule::parse("0 0 9 * * *", Some(""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown timezone ''"), "{e}");
         // The expression is still checked when the zone is fine.
         assert!(CronSchedule::parse("nope", Some("UTC")).is_err());

@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::error::CronError;
 use super::job::{run_job, Fire};
 use super::lock::CronLock;
 use super::schedule::CronSchedule;
@@ -54,15 +55,12 @@ impl CronTrigger {
         lock_jobs(&self.jobs).len()
     }
 
-    fn start(&self, binding: Arc<TriggerBinding>) -> Result<(), String> {
+    fn start(&self, binding: Arc<TriggerBinding>) -> Result<(), CronError> {
         let config: CronConfig = serde_json::from_str(binding.config.get())
-            .map_err(|e| format!("invalid cron trigger config: {e}"))?;
-        let expression = config
-            .expression
-            .ok_or_else(|| "invalid cron trigger config: expression is required".to_owned())?;
+            .map_err(|e| CronError::InvalidConfig(e.to_string()))?;
+        let expression = config.expression.ok_or(CronError::MissingExpression)?;
         let schedule = CronSchedule::parse(&expression, config.timezone.as_deref())?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| "cron jobs need the engine's runtime".to_owned())?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CronError::NoRuntime)?;
         let fire = fire_binding(
             self.engine.clone(),
             binding.clone(),
@@ -89,7 +87,7 @@ impl TriggerProvider for Arc<CronTrigger> {
     fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck) {
         match self.start(binding) {
             Ok(()) => ack.accept(),
-            Err(reason) => ack.refuse(reason),
+            Err(reason) => ack.refuse(reason.to_string()),
         }
     }
 

@@ -10,12 +10,15 @@ use tracing::{info, warn};
 
 use super::state::{raw_null, send_msg, Provider, Shared, WorkerState};
 use crate::error::Error;
+use crate::protocol::ErrorCode;
 use crate::protocol::{
     ErrorBody, Message, RegisterTrigger, TriggerRegistrationResult, UnregisterTrigger,
 };
 use crate::registry::{check_namespace, DEFAULT_NAMESPACE};
 use crate::server::Connection;
-use crate::triggers::{BindingState, TriggerAck, TriggerBinding, TriggerProvider, TriggerType};
+use crate::triggers::{
+    BindingState, TriggerAck, TriggerBinding, TriggerProvider, TriggerRefusal, TriggerType,
+};
 
 impl Shared {
     /// Registers a trigger type served in this process and hands it its bindings.
@@ -57,7 +60,7 @@ impl Shared {
                 .as_deref()
                 .map_or(Ok(()), check_namespace)
         });
-        let report = |code: &str, message: String| {
+        let report = |code: ErrorCode, message: String| {
             send_msg(
                 conn,
                 &Message::TriggerRegistrationResult(TriggerRegistrationResult {
@@ -70,14 +73,14 @@ impl Shared {
             );
         };
         if let Err(e) = blank {
-            report(e.code(), e.to_string());
+            report(e.error_code(), e.to_string());
             return;
         }
         if let Some(existing) = self.bindings.get(&t.id) {
             if !self.may_replace(&existing.binding, ws) {
                 warn!(worker = %conn.id(), trigger_id = %t.id, "trigger registration refused: the id belongs to another worker's binding");
                 report(
-                    "trigger_registration_failed",
+                    ErrorCode::TriggerRegistrationFailed,
                     format!("trigger id '{}' is registered by another worker", t.id),
                 );
                 return;
@@ -104,7 +107,7 @@ impl Shared {
                     self.activate(&slot.binding);
                 }
             }
-            Err(e) => report("trigger_registration_failed", e.to_string()),
+            Err(e) => report(ErrorCode::TriggerRegistrationFailed, e.to_string()),
         }
     }
 
@@ -183,10 +186,10 @@ impl Shared {
 
     /// A native provider's answer on a binding: a refusal drops the binding and tells whoever
     /// registered it (PROTOCOL.md 6.2, in-process providers).
-    fn native_verdict(&self, binding: &Arc<TriggerBinding>, verdict: Result<(), String>) {
+    fn native_verdict(&self, binding: &Arc<TriggerBinding>, verdict: Result<(), TriggerRefusal>) {
         let error = verdict
             .err()
-            .map(|reason| ErrorBody::new("trigger_registration_failed", reason));
+            .map(|refusal| ErrorBody::new(ErrorCode::TriggerRegistrationFailed, refusal.0));
         if let Some((_, waiter)) = self.acks.remove(&binding.id) {
             let _ = waiter.send(error.clone());
         }
@@ -263,16 +266,16 @@ impl Shared {
             Ok(None) => {}
             Err(e) => {
                 let code = if e == Error::InvalidNamespace {
-                    e.code()
+                    e.error_code()
                 } else {
-                    "trigger_registration_failed"
+                    ErrorCode::TriggerRegistrationFailed
                 };
                 return Err(ErrorBody::new(code, e.to_string()));
             }
         }
         let Some(slot) = self.bindings.get(&id) else {
             return Err(ErrorBody::new(
-                "trigger_registration_failed",
+                ErrorCode::TriggerRegistrationFailed,
                 "the binding was replaced while it was being registered",
             ));
         };
@@ -294,7 +297,10 @@ impl Shared {
         match verdict {
             Some(error) => {
                 self.bindings.remove(&id);
-                Err(ErrorBody::new("trigger_registration_failed", error.message))
+                Err(ErrorBody::new(
+                    ErrorCode::TriggerRegistrationFailed,
+                    error.message,
+                ))
             }
             None => Ok(id),
         }

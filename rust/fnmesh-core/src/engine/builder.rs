@@ -14,6 +14,7 @@ use super::{EngineRef, HOST_OWNER};
 use crate::config::EngineConfig;
 use crate::function::{NativeFunction, Outcome};
 use crate::invocation::SWEEP_INTERVAL;
+use crate::protocol::ErrorCode;
 use crate::protocol::RawJson;
 use crate::registry::{ConflictPolicy, FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
 use crate::server::Server;
@@ -244,7 +245,7 @@ impl Engine {
             self.shared.deliver(
                 &id,
                 pending,
-                Outcome::failure("invocation_stopped", "engine shutting down"),
+                Outcome::failure(ErrorCode::InvocationStopped, "engine shutting down"),
             );
         }
         info!("fnmesh engine stopped");

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::function::{Call, Outcome};
+use crate::protocol::ErrorCode;
 use crate::protocol::{Message, RawJson, RegistrationRejected};
 use crate::registry::{FunctionDef, FunctionInfo, FunctionKind, ListFilter, DEFAULT_NAMESPACE};
 use crate::triggers::{BindingSlot, BindingState, TriggerBinding, TriggerType};
@@ -84,7 +85,7 @@ pub(crate) fn install(shared: &Arc<Shared>) {
         let native = move |call: Call| match weak.upgrade() {
             Some(shared) => f(&shared, call),
             None => call.reply.send(Outcome::failure(
-                "invocation_stopped",
+                ErrorCode::InvocationStopped,
                 "engine shutting down",
             )),
         };
@@ -139,7 +140,7 @@ fn raw_value(raw: &Option<RawJson>) -> Option<Value> {
 }
 
 fn not_found(call: Call, what: String) {
-    call.reply.send(Outcome::failure("NOT_FOUND", what));
+    call.reply.send(Outcome::failure(ErrorCode::NotFound, what));
 }
 
 fn first_segment(id: &str) -> &str {
@@ -260,7 +261,7 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
     };
     let Some(worker_id) = call.caller_worker_id.as_deref().map(str::to_owned) else {
         call.reply.send(Outcome::failure(
-            "deserialization_error",
+            ErrorCode::DeserializationError,
             "engine::workers::register must be called by a worker over its own connection \
              (not through a queue, a trigger or the host)",
         ));
@@ -268,7 +269,7 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
     };
     let Some(ws) = shared.conns.get(worker_id.as_str()).map(|w| w.clone()) else {
         call.reply.send(Outcome::failure(
-            "NOT_FOUND",
+            ErrorCode::NotFound,
             format!("no connected worker {worker_id}"),
         ));
         return;
@@ -304,18 +305,20 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
         }) => {
             reject_worker(&ws, &namespace, &name, &owner);
             call.reply.send(Outcome::failure(
-                "WORKER_NAMESPACE_CONFLICT",
+                ErrorCode::WorkerNamespaceConflict,
                 format!("worker '{name}' is already connected in namespace '{namespace}'"),
             ));
         }
-        Err(e) => call.reply.send(Outcome::failure(e.code(), e.to_string())),
+        Err(e) => call
+            .reply
+            .send(Outcome::failure(e.error_code(), e.to_string())),
     }
 }
 
 fn reject_worker(ws: &WorkerState, namespace: &str, name: &str, owner: &str) {
     info!(worker = %ws.conn.id(), name, namespace, owner, "worker name already in use: closing");
     let frame = Message::RegistrationRejected(RegistrationRejected {
-        code: "WORKER_NAMESPACE_CONFLICT".to_owned(),
+        code: ErrorCode::WorkerNamespaceConflict.into(),
         namespace: namespace.to_owned(),
         worker_name: Some(name.to_owned()),
         owner_worker_id: owner.to_owned(),
@@ -393,7 +396,7 @@ fn functions_info(shared: &Arc<Shared>, mut call: Call) {
                 .send(Outcome::json(&json!({ "functions": rows })));
         }
         _ => call.reply.send(Outcome::failure(
-            "INVALID_ARGUMENTS",
+            ErrorCode::InvalidArguments,
             "give either function_id or function_ids (1 to 32 ids)",
         )),
     }

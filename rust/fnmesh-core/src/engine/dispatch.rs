@@ -14,6 +14,7 @@ use tracing::debug;
 
 use super::state::{send_msg, uuid, Shared, Target, WorkerState};
 use crate::function::{Call, CallOptions, Completer, Outcome, Reply};
+use crate::protocol::ErrorCode;
 use crate::protocol::{InvocationResult, InvokeFunction, Message, RawJson};
 use crate::registry::{check_namespace, Lease, DEFAULT_NAMESPACE};
 use crate::server::Connection;
@@ -98,7 +99,7 @@ impl Shared {
                 caller,
                 invocation_id.as_deref(),
                 &function_id,
-                "function_not_found",
+                ErrorCode::FunctionNotFound,
                 message,
             );
             return;
@@ -121,7 +122,7 @@ impl Shared {
                 pending.caller,
                 Some(&id),
                 &function_id,
-                "INVALID_ARGUMENTS",
+                ErrorCode::InvalidArguments,
                 format!("invocation_id {id} is already in flight"),
             );
             return;
@@ -140,7 +141,7 @@ impl Shared {
                 if conn.send(frame.encode()).is_err() {
                     self.complete(
                         &id,
-                        Outcome::failure("invocation_stopped", "Invocation stopped"),
+                        Outcome::failure(ErrorCode::InvocationStopped, "Invocation stopped"),
                     );
                 }
             }
@@ -185,10 +186,10 @@ impl Shared {
         caller: Caller,
         invocation_id: Option<&str>,
         function_id: &str,
-        code: &str,
+        code: ErrorCode,
         message: String,
     ) {
-        debug!(function_id, code, %message, "call failed before dispatch");
+        debug!(function_id, code = code.as_str(), %message, "call failed before dispatch");
         let outcome = Outcome::failure(code, message);
         match (caller, invocation_id) {
             (Caller::Worker { conn, reply: true }, Some(id)) => {
@@ -254,7 +255,7 @@ impl Shared {
                 &id,
                 pending,
                 Outcome::failure(
-                    "invocation_timeout",
+                    ErrorCode::InvocationTimeout,
                     format!("Invocation timed out after {ms} ms"),
                 ),
             );
@@ -270,15 +271,18 @@ impl Shared {
     ) -> Outcome {
         let namespace = options.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         if let Err(e) = check_namespace(namespace) {
-            return Outcome::failure(e.code(), e.to_string());
+            return Outcome::failure(e.error_code(), e.to_string());
         }
         if self.stopped.load(Ordering::Acquire) {
-            return Outcome::failure("invocation_stopped", "the engine has stopped");
+            return Outcome::failure(ErrorCode::InvocationStopped, "the engine has stopped");
         }
         let (tx, rx) = oneshot::channel();
         self.dispatch(Request::new(function_id, data, options, Caller::Local(tx)));
         rx.await.unwrap_or_else(|_| {
-            Outcome::failure("invocation_error", "the call was dropped by the engine")
+            Outcome::failure(
+                ErrorCode::InvocationError,
+                "the call was dropped by the engine",
+            )
         })
     }
 

@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::external::ExternalRegistration;
 use crate::function::{CallOptions, Outcome};
 use crate::invocation::inject_caller_worker_id;
+use crate::protocol::ErrorCode;
 use crate::protocol::{
     self, HttpInvocationRef, InvokeFunction, Message, RegistrationRejected, TriggerAction,
     WorkerRegistered,
@@ -119,14 +120,14 @@ impl Shared {
                     caller,
                     invocation_id.as_deref(),
                     &function_id,
-                    "enqueue_error",
+                    ErrorCode::EnqueueError,
                     e.to_string(),
                 ),
                 None => self.fail(
                     caller,
                     invocation_id.as_deref(),
                     &function_id,
-                    "enqueue_error",
+                    ErrorCode::EnqueueError,
                     "queues are turned off in this engine (setting queue_backend)".to_owned(),
                 ),
             }
@@ -137,7 +138,7 @@ impl Shared {
                 caller,
                 invocation_id.as_deref(),
                 &function_id,
-                e.code(),
+                e.error_code(),
                 e.to_string(),
             );
             return;
@@ -195,7 +196,7 @@ impl Shared {
                     send_msg(
                         conn,
                         &Message::RegistrationRejected(RegistrationRejected {
-                            code: "FUNCTION_NAMESPACE_CONFLICT".to_owned(),
+                            code: ErrorCode::FunctionNamespaceConflict.into(),
                             namespace: ns.to_owned(),
                             function_id: Some(f.id.clone()),
                             owner_worker_id: owner.to_owned(),
@@ -393,7 +394,7 @@ impl Shared {
             self.deliver(
                 &call_id,
                 pending,
-                Outcome::failure("invocation_stopped", "Invocation stopped"),
+                Outcome::failure(ErrorCode::InvocationStopped, "Invocation stopped"),
             );
         }
         // Calls this worker made: nobody is left to answer.
@@ -488,7 +489,7 @@ impl Shared {
                         send_msg(
                             conn,
                             &Message::RegistrationRejected(RegistrationRejected {
-                                code: "FUNCTION_NAMESPACE_CONFLICT".to_owned(),
+                                code: ErrorCode::FunctionNamespaceConflict.into(),
                                 namespace: ns.clone(),
                                 function_id: Some(function_id.clone()),
                                 owner_worker_id: owner.to_string(),

@@ -16,7 +16,7 @@
 //! assert_eq!(reply.status, 201);
 //! assert_eq!(reply.body, br#"{"ok":true}"#);
 //! assert!(reply.headers.contains(&("content-type".to_owned(), "application/json".to_owned())));
-//! # Ok::<(), String>(())
+//! # Ok::<(), fnmesh_core::http::mapping::MappingError>(())
 //! ```
 
 use ::http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -164,6 +164,26 @@ fn body_json<'a>(parts: &RequestParts<'a>) -> Option<&'a str> {
         .map(RawValue::get)
 }
 
+/// Why a function's result (or a middleware's verdict) cannot be turned into an HTTP response.
+/// The text names the problem and is the message of the 500 the client gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MappingError {
+    /// The result is not a response object, or its status is not an integer from 100 to 599.
+    #[error("invalid response: {0}")]
+    Response(String),
+    /// The body is a JSON string that does not decode.
+    #[error("invalid response body: {0}")]
+    Body(String),
+    /// `headers` is neither an object nor an array of `"Name: value"` strings, or a header
+    /// could not be sent.
+    #[error("invalid response headers: {0}")]
+    Headers(String),
+    /// A middleware answered something other than `continue` or `respond` with a response.
+    #[error("invalid middleware result: {0}")]
+    Middleware(String),
+}
+
 /// How deeply arrays and objects nest in a JSON text (brackets inside strings not counted); one
 /// pass, no allocation. Only meaningful for valid JSON.
 fn nesting_depth(text: &[u8]) -> usize {
@@ -254,19 +274,19 @@ fn is_object(raw: &RawValue) -> bool {
 ///
 /// # Errors
 ///
-/// A message (the server answers 500) when the status is not an integer from 100 to 599,
+/// A [`MappingError`] (the server answers 500) when the status is not an integer from 100 to 599,
 /// `headers` is neither an object nor an array of strings, an array entry has no `:`, or a header
 /// name or value could not be sent.
-pub fn reply_from_result(result: Option<&RawValue>) -> Result<HttpReply, String> {
+pub fn reply_from_result(result: Option<&RawValue>) -> Result<HttpReply, MappingError> {
     match result {
         Some(raw) if is_object(raw) => reply_from_object(raw),
         _ => Ok(HttpReply::json(200, b"{}".to_vec())),
     }
 }
 
-fn reply_from_object(raw: &RawValue) -> Result<HttpReply, String> {
+fn reply_from_object(raw: &RawValue) -> Result<HttpReply, MappingError> {
     let fields: ResponseFields<'_> =
-        serde_json::from_str(raw.get()).map_err(|e| format!("invalid response: {e}"))?;
+        serde_json::from_str(raw.get()).map_err(|e| MappingError::Response(e.to_string()))?;
     let status = match (fields.status_code, fields.status_code_camel) {
         (Some(code), _) => parse_status(code, "status_code")?,
         (None, Some(code)) => parse_status(code, "statusCode")?,
@@ -283,7 +303,7 @@ fn reply_from_object(raw: &RawValue) -> Result<HttpReply, String> {
         None => b"{}".to_vec(),
         Some(body) if has_content_type => match body.get().as_bytes().first() {
             Some(b'"') => serde_json::from_str::<String>(body.get())
-                .map_err(|e| format!("invalid response body: {e}"))?
+                .map_err(|e| MappingError::Body(e.to_string()))?
                 .into_bytes(),
             Some(b'n') => Vec::new(), // `null`: the only JSON value starting with 'n'
             _ => body.get().as_bytes().to_vec(),
@@ -303,22 +323,22 @@ fn reply_from_object(raw: &RawValue) -> Result<HttpReply, String> {
     })
 }
 
-fn parse_status(raw: &RawValue, field: &str) -> Result<u16, String> {
+fn parse_status(raw: &RawValue, field: &str) -> Result<u16, MappingError> {
     serde_json::from_str::<u64>(raw.get())
         .ok()
         .and_then(|code| u16::try_from(code).ok())
         .filter(|code| (100..=599).contains(code))
         .ok_or_else(|| {
-            format!(
-                "invalid response: '{field}' must be an integer from 100 to 599, got {}",
+            MappingError::Response(format!(
+                "'{field}' must be an integer from 100 to 599, got {}",
                 excerpt(raw)
-            )
+            ))
         })
 }
 
-fn parse_headers(raw: &RawValue) -> Result<Vec<(String, String)>, String> {
+fn parse_headers(raw: &RawValue) -> Result<Vec<(String, String)>, MappingError> {
     let parsed: Value =
-        serde_json::from_str(raw.get()).map_err(|e| format!("invalid response headers: {e}"))?;
+        serde_json::from_str(raw.get()).map_err(|e| MappingError::Headers(e.to_string()))?;
     let mut headers = Vec::new();
     match parsed {
         Value::Null => {}
@@ -334,14 +354,14 @@ fn parse_headers(raw: &RawValue) -> Result<Vec<(String, String)>, String> {
         Value::Array(entries) => {
             for entry in entries {
                 let Value::String(line) = entry else {
-                    return Err(format!(
-                        "invalid response headers: entry {entry} is not a \"Name: value\" string"
-                    ));
+                    return Err(MappingError::Headers(format!(
+                        "entry {entry} is not a \"Name: value\" string"
+                    )));
                 };
                 let Some((name, value)) = line.split_once(':') else {
-                    return Err(format!(
-                        "invalid response headers: entry \"{line}\" has no ':' (expected \"Name: value\")"
-                    ));
+                    return Err(MappingError::Headers(format!(
+                        "entry \"{line}\" has no ':' (expected \"Name: value\")"
+                    )));
                 };
                 headers.push(checked_header(
                     name.trim().to_owned(),
@@ -350,27 +370,26 @@ fn parse_headers(raw: &RawValue) -> Result<Vec<(String, String)>, String> {
             }
         }
         other => {
-            return Err(format!(
-                "invalid response headers: expected an object or an array of \"Name: value\" \
-                 strings, got {}",
+            return Err(MappingError::Headers(format!(
+                "expected an object or an array of \"Name: value\" strings, got {}",
                 excerpt_str(&other.to_string())
-            ))
+            )))
         }
     }
     Ok(headers)
 }
 
 /// Refuses what the server could not send (a CR/LF in a value would split the response).
-fn checked_header(name: String, value: String) -> Result<(String, String), String> {
+fn checked_header(name: String, value: String) -> Result<(String, String), MappingError> {
     if HeaderName::from_bytes(name.as_bytes()).is_err() {
-        return Err(format!(
-            "invalid response headers: invalid header name \"{name}\""
-        ));
+        return Err(MappingError::Headers(format!(
+            "invalid header name \"{name}\""
+        )));
     }
     if HeaderValue::from_bytes(value.as_bytes()).is_err() {
-        return Err(format!(
-            "invalid response headers: invalid value for header \"{name}\""
-        ));
+        return Err(MappingError::Headers(format!(
+            "invalid value for header \"{name}\""
+        )));
     }
     Ok((name, value))
 }
@@ -436,18 +455,18 @@ struct VerdictFields<'a> {
 ///
 /// # Errors
 ///
-/// A message for anything else: no result, not an object, another or no `action`, a `respond`
+/// A [`MappingError::Middleware`] for anything else: no result, not an object, another or no `action`, a `respond`
 /// whose `response` is not an object, or a response [`reply_from_result`] refuses.
-pub fn middleware_verdict(result: Option<&RawValue>) -> Result<MiddlewareVerdict, String> {
-    let raw = result.ok_or("invalid middleware result: no result")?;
+pub fn middleware_verdict(result: Option<&RawValue>) -> Result<MiddlewareVerdict, MappingError> {
+    let raw = result.ok_or_else(|| MappingError::Middleware("no result".to_owned()))?;
     if !is_object(raw) {
-        return Err(format!(
-            "invalid middleware result: expected an object, got {}",
+        return Err(MappingError::Middleware(format!(
+            "expected an object, got {}",
             excerpt(raw)
-        ));
+        )));
     }
     let fields: VerdictFields<'_> =
-        serde_json::from_str(raw.get()).map_err(|e| format!("invalid middleware result: {e}"))?;
+        serde_json::from_str(raw.get()).map_err(|e| MappingError::Middleware(e.to_string()))?;
     let action = fields
         .action
         .and_then(|a| serde_json::from_str::<String>(a.get()).ok());
@@ -457,12 +476,14 @@ pub fn middleware_verdict(result: Option<&RawValue>) -> Result<MiddlewareVerdict
             Some(response) if is_object(response) => {
                 reply_from_object(response).map(MiddlewareVerdict::Respond)
             }
-            _ => Err("invalid middleware result: 'respond' needs a 'response' object".to_owned()),
+            _ => Err(MappingError::Middleware(
+                "'respond' needs a 'response' object".to_owned(),
+            )),
         },
-        _ => Err(format!(
-            "invalid middleware result: 'action' must be \"continue\" or \"respond\", got {}",
+        _ => Err(MappingError::Middleware(format!(
+            "'action' must be \"continue\" or \"respond\", got {}",
             fields.action.map_or_else(|| "nothing".to_owned(), excerpt)
-        )),
+        ))),
     }
 }
 
@@ -479,7 +500,7 @@ mod tests {
     }
 
     fn reply(text: &str) -> Result<HttpReply, String> {
-        reply_from_result(Some(&raw(text)))
+        reply_from_result(Some(&raw(text))).map_err(|e| e.to_string())
     }
 
     fn header<'r>(reply: &'r HttpReply, name: &str) -> Vec<&'r str> {
@@ -799,8 +820,15 @@ mod tests {
 
     #[test]
     fn middleware_refuses_anything_else() {
-        assert!(middleware_verdict(None).unwrap_err().contains("no result"));
-        let err = |text: &str| middleware_verdict(Some(&raw(text))).unwrap_err();
+        assert!(middleware_verdict(None)
+            .unwrap_err()
+            .to_string()
+            .contains("no result"));
+        let err = |text: &str| {
+            middleware_verdict(Some(&raw(text)))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err("null").contains("expected an object"));
         assert!(err("[]").contains("expected an object"));
         assert!(err("{}").contains("got nothing"));

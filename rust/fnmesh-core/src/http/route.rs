@@ -19,7 +19,7 @@
 //! assert_eq!(hit.params, [("id".to_owned(), "42".to_owned())]);
 //! assert_eq!(*router.find("GET", "/users/me").unwrap().value, "users::me");
 //! assert!(router.find("POST", "/users/42").is_none());
-//! # Ok::<(), String>(())
+//! # Ok::<(), fnmesh_core::http::route::RouteError>(())
 //! ```
 
 use std::collections::HashMap;
@@ -27,6 +27,42 @@ use std::fmt;
 
 /// The methods an `http` trigger may name, in their canonical (upper-case) spelling.
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+/// Why a route is refused: its method or path does not parse, or it conflicts with a route
+/// already registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The method is not one of GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS (any case).
+    #[error("Unknown HTTP method '{0}' (expected one of {methods})", methods = METHODS.join(", "))]
+    UnknownMethod(String),
+    /// The path has an empty segment, a bare `:`, a bad or repeated parameter name.
+    #[error("Invalid route path '{path}': {problem}")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The path has more than [`MAX_SEGMENTS`] segments.
+    #[error("Invalid route path '{path}': {count} segments (at most {MAX_SEGMENTS})")]
+    TooManySegments {
+        /// The start of the path (it may be huge).
+        path: String,
+        /// How many segments it has.
+        count: usize,
+    },
+    /// The same method and shape is registered with other parameter names.
+    #[error("Route '{route}' conflicts with already-registered route '{method} {existing}'")]
+    Conflict {
+        /// The refused route (`METHOD template`).
+        route: String,
+        /// Its method.
+        method: String,
+        /// The template of the route that stays.
+        existing: String,
+    },
+}
 
 /// The most segments a template may have.
 ///
@@ -69,15 +105,14 @@ impl RoutePattern {
     /// A message naming the problem: an unknown method, an empty segment (`a//b`), a bare `:`,
     /// a parameter name that is not `[A-Za-z0-9_]+`, the same parameter name twice, or more
     /// than [`MAX_SEGMENTS`] segments.
-    pub fn parse(method: Option<&str>, path: &str) -> Result<RoutePattern, String> {
+    pub fn parse(method: Option<&str>, path: &str) -> Result<RoutePattern, RouteError> {
         let method = match method {
             None => 0,
-            Some(m) => method_index(m).ok_or_else(|| {
-                format!(
-                    "Unknown HTTP method '{m}' (expected one of {})",
-                    METHODS.join(", ")
-                )
-            })?,
+            Some(m) => method_index(m).ok_or_else(|| RouteError::UnknownMethod(m.to_owned()))?,
+        };
+        let invalid = |problem: String| RouteError::InvalidPath {
+            path: path.to_owned(),
+            problem,
         };
         let trimmed = path.strip_prefix('/').unwrap_or(path);
         if trimmed.is_empty() {
@@ -91,38 +126,33 @@ impl RoutePattern {
         let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
         let count = trimmed.split('/').count();
         if count > MAX_SEGMENTS {
-            return Err(format!(
-                "Invalid route path '{}': {count} segments (at most {MAX_SEGMENTS})",
-                excerpt(path)
-            ));
+            return Err(RouteError::TooManySegments {
+                path: excerpt(path),
+                count,
+            });
         }
         let mut segments = Vec::new();
         for raw in trimmed.split('/') {
             if raw.is_empty() {
-                return Err(format!("Invalid route path '{path}': empty segment"));
+                return Err(invalid("empty segment".to_owned()));
             }
             let Some(name) = raw.strip_prefix(':') else {
                 segments.push(Segment::Static(raw.to_owned()));
                 continue;
             };
             if name.is_empty() {
-                return Err(format!(
-                    "Invalid route path '{path}': ':' without a parameter name"
-                ));
+                return Err(invalid("':' without a parameter name".to_owned()));
             }
             if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!(
-                    "Invalid route path '{path}': parameter name '{name}' must be letters, digits \
-                     or '_'"
-                ));
+                return Err(invalid(format!(
+                    "parameter name '{name}' must be letters, digits or '_'"
+                )));
             }
             if segments
                 .iter()
                 .any(|s| matches!(s, Segment::Param(p) if p == name))
             {
-                return Err(format!(
-                    "Invalid route path '{path}': parameter ':{name}' appears twice"
-                ));
+                return Err(invalid(format!("parameter ':{name}' appears twice")));
             }
             segments.push(Segment::Param(name.to_owned()));
         }
@@ -318,7 +348,7 @@ impl<T> Router<T> {
         pattern: RoutePattern,
         owner: &str,
         value: T,
-    ) -> Result<Option<(String, T)>, String> {
+    ) -> Result<Option<(String, T)>, RouteError> {
         let mut node = &mut self.roots[pattern.method];
         // Nodes created on the way are never left empty: reaching a conflict means the terminal
         // node already held a route, so every node on the path existed before.
@@ -327,11 +357,11 @@ impl<T> Router<T> {
         }
         if let Some(existing) = &mut node.route {
             if existing.template != pattern.template {
-                return Err(format!(
-                    "Route '{pattern}' conflicts with already-registered route '{} {}'",
-                    pattern.method(),
-                    existing.template
-                ));
+                return Err(RouteError::Conflict {
+                    route: pattern.to_string(),
+                    method: pattern.method().to_owned(),
+                    existing: existing.template.clone(),
+                });
             }
             let previous_owner = std::mem::replace(&mut existing.owner, owner.to_owned());
             let previous_value = std::mem::replace(&mut existing.value, value);
@@ -479,7 +509,9 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_problem() {
-        let err = |method: Option<&str>, path: &str| RoutePattern::parse(method, path).unwrap_err();
+        let err = |method: Option<&str>, path: &str| {
+            RoutePattern::parse(method, path).unwrap_err().to_string()
+        };
         assert!(err(Some("FETCH"), "a").contains("Unknown HTTP method 'FETCH'"));
         assert!(err(Some(""), "a").contains("Unknown HTTP method ''"));
         assert!(err(None, "a//b").contains("empty segment"));
@@ -517,7 +549,8 @@ mod tests {
             .unwrap();
         let err = router
             .insert(pattern("GET", "users/:uid"), "t2", "second")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "Route 'GET users/:uid' conflicts with already-registered route 'GET users/:id'"
@@ -714,7 +747,9 @@ mod tests {
         assert_eq!(router.remove("GET", &at_limit, "t1"), Some("deep"));
 
         for segments in [MAX_SEGMENTS + 1, 100_000] {
-            let err = RoutePattern::parse(None, &":p/".repeat(segments)).unwrap_err();
+            let err = RoutePattern::parse(None, &":p/".repeat(segments))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains(&format!("{segments} segments (at most {MAX_SEGMENTS})")),
                 "{err}"

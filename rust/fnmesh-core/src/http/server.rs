@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use super::mapping::{error_reply, HttpReply};
 use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
+use crate::protocol::ErrorCode;
 
 /// One request as the trigger sees it.
 pub(crate) struct Request {
@@ -177,7 +178,13 @@ async fn respond(
 ) -> hyper::Response<Full<Bytes>> {
     let stopping = || {
         to_response(
-            error_reply(503, "STOPPED", "the engine is stopping", None, &[]),
+            error_reply(
+                503,
+                ErrorCode::Stopped.as_str(),
+                "the engine is stopping",
+                None,
+                &[],
+            ),
             None,
         )
     };
@@ -199,7 +206,13 @@ async fn respond(
     let too_large = || {
         let message = format!("the request body exceeds {} bytes", config.body_limit);
         to_response(
-            error_reply(413, "PAYLOAD_TOO_LARGE", &message, None, &[]),
+            error_reply(
+                413,
+                ErrorCode::PayloadTooLarge.as_str(),
+                &message,
+                None,
+                &[],
+            ),
             cors.allow(),
         )
     };
@@ -215,7 +228,7 @@ async fn respond(
                 limits.body_read_timeout.as_millis()
             );
             let mut response = to_response(
-                error_reply(408, "REQUEST_TIMEOUT", &message, None, &[]),
+                error_reply(408, ErrorCode::RequestTimeout.as_str(), &message, None, &[]),
                 cors.allow(),
             );
             response
@@ -227,7 +240,7 @@ async fn respond(
         Err(BodyError::Read(e)) => {
             let message = format!("could not read the request body: {e}");
             return to_response(
-                error_reply(400, "BAD_REQUEST", &message, None, &[]),
+                error_reply(400, ErrorCode::BadRequest.as_str(), &message, None, &[]),
                 cors.allow(),
             );
         }

@@ -44,7 +44,8 @@ impl EngineService for HttpService {
             // Kept before the listener opens, so that shutdown stops it whatever happens next.
             let _ = self.trigger.set(http.clone());
             if listen_at_start {
-                http.ensure_listening().map_err(ServiceError::Listen)?;
+                http.ensure_listening()
+                    .map_err(|e| ServiceError::Listen(e.to_string()))?;
             }
             Ok(())
         })

@@ -16,12 +16,12 @@ use super::mapping::{
     condition_skips, error_reply, middleware_verdict, reply_from_result, request_input,
     request_summary, HttpReply, MiddlewareVerdict, RequestParts,
 };
-use super::route::{RoutePattern, Router};
+use super::route::{RouteError, RoutePattern, Router};
 use super::server::{self, Request};
 pub use crate::config::{CorsConfig, HttpConfig};
 use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
-use crate::protocol::RawJson;
+use crate::protocol::{ErrorCode, RawJson};
 use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
 
 /// A binding's config (PROTOCOL.md 6.3); other keys are kept in listings and ignored here.
@@ -73,14 +73,17 @@ impl HttpTrigger {
         }
     }
 
-    pub(crate) fn ensure_listening(self: &Arc<Self>) -> Result<(), String> {
+    /// Opens the listener unless it is open.
+    pub(crate) fn ensure_listening(self: &Arc<Self>) -> Result<(), ListenError> {
         let mut listener = lock(&self.listener);
         if listener.is_some() {
             return Ok(());
         }
         let me = Arc::downgrade(self);
-        let listening = server::listen(&self.config, me)
-            .map_err(|e| format!("cannot serve HTTP triggers on {}: {e}", self.config.addr))?;
+        let listening = server::listen(&self.config, me).map_err(|source| ListenError {
+            addr: self.config.addr,
+            source,
+        })?;
         info!(addr = %listening.local_addr(), "HTTP triggers served");
         *listener = Some(listening);
         Ok(())
@@ -105,7 +108,7 @@ impl HttpTrigger {
                 .map(|m| (m.value.clone(), m.template.to_owned(), m.params.clone()))
         };
         let Some((route, template, params)) = found else {
-            return error_reply(404, "NOT_FOUND", "Not Found", None, &[]);
+            return error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[]);
         };
         let parts = RequestParts {
             method: &request.method,
@@ -141,8 +144,12 @@ impl HttpTrigger {
                     Outcome::Success(result) => match middleware_verdict(result.as_deref()) {
                         Ok(MiddlewareVerdict::Continue) => {}
                         Ok(MiddlewareVerdict::Respond(reply)) => return reply,
-                        Err(message) => {
-                            return failure(function_id, "invalid_middleware_result", &message)
+                        Err(error) => {
+                            return failure(
+                                function_id,
+                                ErrorCode::InvalidMiddlewareResult.as_str(),
+                                &error.to_string(),
+                            )
                         }
                     },
                     Outcome::Failure(e) => return failed(function_id, &e),
@@ -155,7 +162,7 @@ impl HttpTrigger {
                 Outcome::Success(result) if condition_skips(result.as_deref()) => {
                     return error_reply(
                         422,
-                        "CONDITION_NOT_MET",
+                        ErrorCode::ConditionNotMet.as_str(),
                         "the trigger's condition was not met",
                         None,
                         &[("skipped", serde_json::Value::Bool(true))],
@@ -167,13 +174,17 @@ impl HttpTrigger {
         }
         match self.call(binding, &binding.function_id, input).await {
             Outcome::Success(result) => {
-                reply_from_result(result.as_deref()).unwrap_or_else(|message| {
-                    failure(&binding.function_id, "invalid_http_response", &message)
+                reply_from_result(result.as_deref()).unwrap_or_else(|error| {
+                    failure(
+                        &binding.function_id,
+                        ErrorCode::InvalidHttpResponse.as_str(),
+                        &error.to_string(),
+                    )
                 })
             }
             // The route's function went away: so did the route.
-            Outcome::Failure(e) if e.code == "function_not_found" => {
-                error_reply(404, "NOT_FOUND", "Not Found", None, &[])
+            Outcome::Failure(e) if e.code == ErrorCode::FunctionNotFound => {
+                error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[])
             }
             Outcome::Failure(e) => failed(&binding.function_id, &e),
         }
@@ -189,7 +200,7 @@ impl HttpTrigger {
         };
         match self.engine.upgrade() {
             Some(engine) => engine.call_with(function_id, data, options).await,
-            None => Outcome::failure("invocation_stopped", "the engine has stopped"),
+            None => Outcome::failure(ErrorCode::InvocationStopped, "the engine has stopped"),
         }
     }
 }
@@ -197,7 +208,7 @@ impl HttpTrigger {
 /// The reply to a failed call: 504 when the engine timed the call out (its timeout is the
 /// request's, so it races the request's own deadline: both must answer the same), else a 500.
 fn failed(function_id: &str, e: &crate::protocol::ErrorBody) -> HttpReply {
-    if e.code == "invocation_timeout" {
+    if e.code == ErrorCode::InvocationTimeout {
         return timed_out();
     }
     failure(function_id, &e.code, &e.message)
@@ -225,7 +236,7 @@ impl TriggerProvider for Arc<HttpTrigger> {
     fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck) {
         match self.add_route(binding) {
             Ok(()) => ack.accept(),
-            Err(reason) => ack.refuse(reason),
+            Err(reason) => ack.refuse(reason.to_string()),
         }
     }
 
@@ -241,7 +252,7 @@ impl TriggerProvider for Arc<HttpTrigger> {
 }
 
 impl HttpTrigger {
-    fn add_route(self: &Arc<Self>, binding: Arc<TriggerBinding>) -> Result<(), String> {
+    fn add_route(self: &Arc<Self>, binding: Arc<TriggerBinding>) -> Result<(), RouteRefusal> {
         let (pattern, config) = parse_config(&binding.config)?;
         // The listener first: a port that cannot be opened refuses the route untouched.
         self.ensure_listening()?;
@@ -257,13 +268,38 @@ impl HttpTrigger {
     }
 }
 
-fn parse_config(config: &RawJson) -> Result<(RoutePattern, RouteConfig), String> {
+/// Why a binding's route is refused (the registrant's `trigger_registration_failed` message).
+#[derive(Debug, thiserror::Error)]
+enum RouteRefusal {
+    /// The config is not an object of the expected shape.
+    #[error("invalid http trigger config: {0}")]
+    InvalidConfig(String),
+    /// The config has no `api_path`.
+    #[error("invalid http trigger config: api_path is required")]
+    MissingPath,
+    /// The method or path does not parse, or the route conflicts with another.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The listener could not be opened.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+/// The HTTP triggers' listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve HTTP triggers on {addr}: {source}")]
+pub(crate) struct ListenError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+fn parse_config(config: &RawJson) -> Result<(RoutePattern, RouteConfig), RouteRefusal> {
     let config: RouteConfig = serde_json::from_str(config.get())
-        .map_err(|e| format!("invalid http trigger config: {e}"))?;
+        .map_err(|e| RouteRefusal::InvalidConfig(e.to_string()))?;
     let path = config
         .api_path
         .as_deref()
-        .ok_or_else(|| "invalid http trigger config: api_path is required".to_owned())?;
+        .ok_or(RouteRefusal::MissingPath)?;
     let pattern = RoutePattern::parse(config.http_method.as_deref(), path)?;
     Ok((pattern, config))
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::raw::{or_null, Extra, RawJson};
+use crate::error::ErrorCode;
 
 /// `{"code", "message", "stacktrace"?}`: the error of an invocation or trigger registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,14 +40,14 @@ impl ErrorBody {
         }
         match serde_json::from_str::<Loose>(raw.get()) {
             Ok(l) => ErrorBody {
-                code: l.code.unwrap_or_else(|| "UNKNOWN".to_owned()),
+                code: l.code.unwrap_or_else(|| ErrorCode::Unknown.into()),
                 message: l.message.unwrap_or_default(),
                 stacktrace: l.stacktrace,
             },
             Err(_) => {
                 let message = serde_json::from_str::<String>(raw.get())
                     .unwrap_or_else(|_| raw.get().to_owned());
-                ErrorBody::new("UNKNOWN", message)
+                ErrorBody::new(ErrorCode::Unknown, message)
             }
         }
     }

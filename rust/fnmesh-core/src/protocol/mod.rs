@@ -19,7 +19,8 @@
 //!
 //! Files: `raw.rs` (payloads kept as JSON text), `messages.rs` (one struct per message type and
 //! the [`Message`] enum), `decode.rs` (one frame to a [`Message`]), `encode.rs` (a [`Message`] to
-//! JSON), `frame.rs` (frames that are never decoded: blank and telemetry).
+//! JSON), `frame.rs` (frames that are never decoded: blank and telemetry). The wire error codes
+//! are in [`codes`].
 
 mod decode;
 mod encode;
@@ -29,6 +30,9 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
+/// The table of wire error codes (it lives in [`crate::error::codes`]).
+pub use crate::error::codes;
+pub use crate::error::codes::{ErrorCode, UnknownErrorCode};
 pub use decode::{decode, decode_limited};
 pub use frame::{is_blank, telemetry_frame, TelemetryKind};
 pub use messages::{

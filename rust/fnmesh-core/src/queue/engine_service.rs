@@ -30,7 +30,9 @@ impl EngineService for QueuesService {
             let Some(settings) = &engine.config().queues else {
                 return Ok(());
             };
-            settings.validate().map_err(ServiceError::InvalidConfig)?;
+            settings
+                .validate()
+                .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
             let service = QueueService::new(settings.clone(), engine.downgrade());
             for (id, description, handler) in functions() {
                 let s = service.clone();

@@ -30,23 +30,23 @@ use super::sqlite::SqliteStore;
 use super::{
     Delivery, Nack, NewMessage, QueueConfig, QueueKind, QueueStore, StoreError, StoreResult,
 };
-pub use crate::config::{QueueBackend, QueueSettings};
+pub use crate::config::{QueueBackend, QueueConfigError, QueueSettings};
 use crate::engine::WeakEngineRef;
 use crate::function::{Call, CallOptions, Outcome};
-use crate::protocol::{ErrorBody, RawJson};
+use crate::protocol::{ErrorBody, ErrorCode, RawJson};
 use crate::registry::DEFAULT_NAMESPACE;
 use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvider};
 
 /// The trigger type of topic subscriptions.
 pub const DURABLE_SUBSCRIBER: &str = "durable:subscriber";
-/// Code of every enqueue refusal (PROTOCOL.md 4.4).
-pub const ENQUEUE_ERROR: &str = "enqueue_error";
+/// Code of every enqueue refusal (PROTOCOL.md 4.4): [`ErrorCode::EnqueueError`].
+pub const ENQUEUE_ERROR: &str = ErrorCode::EnqueueError.as_str();
 
 /// The settings of named queues from JSON: `{"<name>": {"max_retries": 3, "backoff_ms": 1000,
 /// "concurrency": 10, "visibility_timeout_ms": 30000, "type": "standard" | "fifo",
 /// "message_group_field": "...", "idempotency_window_ms": 86400000}}`, every field optional.
 /// Unknown fields and wrong types are errors that name the queue and the field.
-pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, String> {
+pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, QueueConfigError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Entry {
@@ -60,11 +60,14 @@ pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, String> {
         idempotency_window_ms: Option<u64>,
     }
     let entries: BTreeMap<String, Value> =
-        serde_json::from_str(text).map_err(|e| format!("queues must be a table of queues: {e}"))?;
+        serde_json::from_str(text).map_err(|e| QueueConfigError::NotATable(e.to_string()))?;
     let mut configs = Vec::new();
     for (name, value) in entries {
         let entry: Entry =
-            serde_json::from_value(value).map_err(|e| format!("queue '{name}': {e}"))?;
+            serde_json::from_value(value).map_err(|e| QueueConfigError::InvalidEntry {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
         let mut config = QueueConfig::new(name.clone());
         if let Some(v) = entry.max_retries {
             config.max_retries = v;
@@ -86,23 +89,16 @@ pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, String> {
             entry.message_group_field,
         ) {
             ("standard", None) => QueueKind::Standard,
-            ("standard", Some(_)) => {
-                return Err(format!(
-                    "queue '{name}': message_group_field needs type = \"fifo\""
-                ))
-            }
+            ("standard", Some(_)) => return Err(QueueConfigError::GroupFieldWithoutFifo(name)),
             ("fifo", Some(field)) => QueueKind::Fifo {
                 message_group_field: field,
             },
-            ("fifo", None) => {
-                return Err(format!(
-                    "queue '{name}': a fifo queue needs message_group_field"
-                ))
-            }
+            ("fifo", None) => return Err(QueueConfigError::FifoWithoutGroupField(name)),
             (other, _) => {
-                return Err(format!(
-                    "queue '{name}': type must be \"standard\" or \"fifo\", not {other:?}"
-                ))
+                return Err(QueueConfigError::UnknownKind {
+                    name,
+                    kind: other.to_owned(),
+                })
             }
         };
         configs.push(config);
@@ -142,12 +138,12 @@ pub(crate) struct QueueService {
     consumer_name: String,
 }
 
-fn failure(code: &str, message: impl Into<String>) -> Outcome {
+fn failure(code: ErrorCode, message: impl Into<String>) -> Outcome {
     Outcome::failure(code, message)
 }
 
 fn store_failure(e: StoreError) -> Outcome {
-    failure(ENQUEUE_ERROR, e.to_string())
+    failure(ErrorCode::EnqueueError, e.to_string())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -377,10 +373,16 @@ impl QueueService {
     async fn enqueue(self: &Arc<Self>, request: EnqueueRequest) -> Outcome {
         let queue = request.queue.unwrap_or_else(|| "default".to_owned());
         let Some(config) = self.config(&queue) else {
-            return failure(ENQUEUE_ERROR, format!("Queue '{queue}' not found"));
+            return failure(
+                ErrorCode::EnqueueError,
+                format!("Queue '{queue}' not found"),
+            );
         };
         if request.function_id.trim().is_empty() {
-            return failure(ENQUEUE_ERROR, "an enqueued call needs a function_id");
+            return failure(
+                ErrorCode::EnqueueError,
+                "an enqueued call needs a function_id",
+            );
         }
         let data = request
             .data
@@ -394,7 +396,7 @@ impl QueueService {
                 Some(group) => Some(group),
                 None => {
                     return failure(
-                        ENQUEUE_ERROR,
+                        ErrorCode::EnqueueError,
                         format!(
                             "queue '{queue}' is fifo: data.{message_group_field} must be present and not null"
                         ),
@@ -444,7 +446,10 @@ impl QueueService {
     async fn publish(self: &Arc<Self>, request: PublishRequest) -> Outcome {
         let topic = request.topic.unwrap_or_default();
         if topic.trim().is_empty() {
-            return failure("topic_not_set", "iii::durable::publish needs a topic");
+            return failure(
+                ErrorCode::TopicNotSet,
+                "iii::durable::publish needs a topic",
+            );
         }
         let data = request
             .data
@@ -493,12 +498,12 @@ impl QueueService {
         Outcome::json(&json!({"topic": topic, "messageReceiptIds": ids}))
     }
 
-    fn subscribe(self: &Arc<Self>, binding: &TriggerBinding) -> Result<(), String> {
+    fn subscribe(self: &Arc<Self>, binding: &TriggerBinding) -> Result<(), SubscribeError> {
         let config: SubscriberConfig = serde_json::from_str(binding.config.get())
-            .map_err(|e| format!("durable:subscriber config: {e}"))?;
+            .map_err(|e| SubscribeError::InvalidConfig(e.to_string()))?;
         let topic = config.topic.unwrap_or_default();
         if topic.trim().is_empty() {
-            return Err("durable:subscriber needs a topic".into());
+            return Err(SubscribeError::NoTopic);
         }
         let queue = format!("durable::{}::{}", binding.namespace, binding.function_id);
         let mut queue_config = QueueConfig::new(queue.clone());
@@ -508,13 +513,13 @@ impl QueueService {
         }
         if let Some(c) = qc.concurrency {
             if c == 0 {
-                return Err("queue_config.concurrency must be at least 1".into());
+                return Err(SubscribeError::ZeroConcurrency);
             }
             queue_config.concurrency = c;
         }
         if let Some(ms) = qc.visibility_timeout {
             if ms == 0 {
-                return Err("queue_config.visibilityTimeout must be positive".into());
+                return Err(SubscribeError::ZeroVisibilityTimeout);
             }
             queue_config.visibility_timeout = Duration::from_millis(ms);
         }
@@ -618,14 +623,17 @@ impl QueueService {
 
     async fn topic_stats(self: &Arc<Self>, r: QueueRef) -> Outcome {
         let Some(name) = r.name().map(str::to_owned) else {
-            return failure("invalid_argument", "topic_stats needs a queue");
+            return failure(ErrorCode::InvalidArgument, "topic_stats needs a queue");
         };
         if self.config(&name).is_none() {
-            return failure("queue_not_found", format!("Queue '{name}' not found"));
+            return failure(
+                ErrorCode::QueueNotFound,
+                format!("Queue '{name}' not found"),
+            );
         }
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         match store.stats(&name).await {
             Ok(stats) => Outcome::json(&json!({
@@ -635,18 +643,18 @@ impl QueueService {
                 "in_flight": stats.in_flight,
                 "dead": stats.dead,
             })),
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 
     async fn dlq_topics(self: &Arc<Self>) -> Outcome {
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         let names = match store.queues().await {
             Ok(n) => n,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         let mut rows = Vec::new();
         for name in names {
@@ -655,7 +663,7 @@ impl QueueService {
                     rows.push(json!({"queue": name, "count": stats.dead}))
                 }
                 Ok(_) => {}
-                Err(e) => return failure("queue_store_error", e.to_string()),
+                Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
             }
         }
         Outcome::json(&json!({"queues": rows}))
@@ -663,11 +671,11 @@ impl QueueService {
 
     async fn dlq_messages(self: &Arc<Self>, r: QueueRef) -> Outcome {
         let Some(name) = r.name().map(str::to_owned) else {
-            return failure("invalid_argument", "dlq_messages needs a queue");
+            return failure(ErrorCode::InvalidArgument, "dlq_messages needs a queue");
         };
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         let limit = r.limit.unwrap_or(100).min(1000);
         match store
@@ -695,21 +703,24 @@ impl QueueService {
                     .collect();
                 Outcome::json(&json!({"queue": name, "messages": rows}))
             }
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 
     async fn redrive(self: &Arc<Self>, r: QueueRef, one: bool) -> Outcome {
         let Some(name) = r.name().map(str::to_owned) else {
-            return failure("invalid_argument", "redrive needs a queue");
+            return failure(ErrorCode::InvalidArgument, "redrive needs a queue");
         };
         let id = r.message().map(str::to_owned);
         if one && id.is_none() {
-            return failure("invalid_argument", "redrive_message needs a message_id");
+            return failure(
+                ErrorCode::InvalidArgument,
+                "redrive_message needs a message_id",
+            );
         }
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         match store
             .redrive(&name, if one { id.as_deref() } else { None })
@@ -720,7 +731,7 @@ impl QueueService {
                 info!(queue = %name, count, "dead letters redriven");
                 if one && count == 0 {
                     return failure(
-                        "message_not_found",
+                        ErrorCode::MessageNotFound,
                         format!(
                             "no dead letter {} in queue '{name}'",
                             id.unwrap_or_default()
@@ -729,7 +740,7 @@ impl QueueService {
                 }
                 Outcome::json(&json!({"queue": name, "redriven": count}))
             }
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 
@@ -737,21 +748,21 @@ impl QueueService {
         let (Some(name), Some(id)) = (r.name().map(str::to_owned), r.message().map(str::to_owned))
         else {
             return failure(
-                "invalid_argument",
+                ErrorCode::InvalidArgument,
                 "discard_message needs a queue and a message_id",
             );
         };
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure("queue_store_error", e.to_string()),
+            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
         };
         match store.discard(&name, &id).await {
             Ok(true) => Outcome::json(&json!({"queue": name, "discarded": id})),
             Ok(false) => failure(
-                "message_not_found",
+                ErrorCode::MessageNotFound,
                 format!("no dead letter {id} in queue '{name}'"),
             ),
-            Err(e) => failure("queue_store_error", e.to_string()),
+            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
         }
     }
 }
@@ -845,7 +856,7 @@ async fn deliver(
         // engine holding them died each time, which a poison message can cause). It would
         // otherwise come back forever.
         let error = ErrorBody::new(
-            "attempts_exhausted",
+            ErrorCode::AttemptsExhausted,
             format!(
                 "claimed {} times; earlier attempts never finished (their engine stopped)",
                 delivery.attempt
@@ -892,7 +903,7 @@ async fn deliver(
         .await;
     match outcome {
         Outcome::Success(_) => settle_ack(store, config, &delivery).await,
-        Outcome::Failure(error) if error.code == "function_not_found" => {
+        Outcome::Failure(error) if error.code == ErrorCode::FunctionNotFound => {
             // Nobody serves it right now (a worker restarting): wait without using up an
             // attempt.
             let delay = config
@@ -953,6 +964,24 @@ async fn settle_nack(
 // Functions and the trigger type
 // ---------------------------------------------------------------------------------------------
 
+/// Why a `durable:subscriber` binding is refused (the registrant's `trigger_registration_failed`
+/// message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SubscribeError {
+    /// The config is not an object of the expected shape.
+    #[error("durable:subscriber config: {0}")]
+    InvalidConfig(String),
+    /// No topic, or a blank one.
+    #[error("durable:subscriber needs a topic")]
+    NoTopic,
+    /// `queue_config.concurrency` is 0.
+    #[error("queue_config.concurrency must be at least 1")]
+    ZeroConcurrency,
+    /// `queue_config.visibilityTimeout` is 0.
+    #[error("queue_config.visibilityTimeout must be positive")]
+    ZeroVisibilityTimeout,
+}
+
 /// The `durable:subscriber` trigger type.
 pub(crate) struct DurableSubscriber(pub(crate) Arc<QueueService>);
 
@@ -960,7 +989,7 @@ impl TriggerProvider for DurableSubscriber {
     fn register(&self, binding: Arc<TriggerBinding>, ack: TriggerAck) {
         match self.0.subscribe(&binding) {
             Ok(()) => ack.accept(),
-            Err(reason) => ack.refuse(reason),
+            Err(reason) => ack.refuse(reason.to_string()),
         }
     }
 
@@ -982,7 +1011,7 @@ where
     let outcome = match serde_json::from_str::<T>(call.data.get()) {
         Ok(input) => handle(input).await,
         Err(e) => failure(
-            "deserialization_error",
+            ErrorCode::DeserializationError,
             format!("invalid input for {}: {e}", call.function_id),
         ),
     };

@@ -1,7 +1,11 @@
-//! The one error type of `fnmesh-core`.
+//! The one error type of `fnmesh-core`, and the table of wire error codes ([`codes`]).
 //!
 //! Every variant is mapped one to one onto a Python exception class by the binding
 //! (`fnmesh-py/src/errors.rs`), so adding a variant means adding its class too.
+
+pub mod codes;
+
+pub use codes::ErrorCode;
 
 /// Errors produced by the fnmesh core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,13 +62,18 @@ impl Error {
     /// The wire error code for this error, as used in `ErrorBody.code` and
     /// `registrationrejected.code`.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The wire error code for this error, from the table of [`ErrorCode`]s.
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            Error::MalformedFrame(_) => "deserialization_error",
-            Error::FrameTooLarge { .. } => "frame_too_large",
-            Error::FunctionConflict { .. } => "FUNCTION_NAMESPACE_CONFLICT",
-            Error::WorkerConflict { .. } => "WORKER_NAMESPACE_CONFLICT",
-            Error::InvalidNamespace => "INVALID_NAMESPACE",
-            Error::InvalidArgument(_) => "INVALID_ARGUMENTS",
+            Error::MalformedFrame(_) => ErrorCode::DeserializationError,
+            Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            Error::FunctionConflict { .. } => ErrorCode::FunctionNamespaceConflict,
+            Error::WorkerConflict { .. } => ErrorCode::WorkerNamespaceConflict,
+            Error::InvalidNamespace => ErrorCode::InvalidNamespace,
+            Error::InvalidArgument(_) => ErrorCode::InvalidArguments,
         }
     }
 }
