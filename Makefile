@@ -1,4 +1,4 @@
-.PHONY: run test lint bench bench-quick bench-rust fmt fuzz
+.PHONY: run test lint typecheck bench bench-quick bench-rust fmt fuzz
 
 # The Python that runs the benchmarks (with fnmesh[bench] installed); e.g. PYTHON=/work/venv/bin/python
 PYTHON ?= .venv-test/bin/python
@@ -15,8 +15,11 @@ FNMESH_FUZZ_SECONDS ?= 300
 fuzz:  ## the property-based fuzz harness for longer, release build (docs/fuzzing.md)
 	FNMESH_FUZZ_SECONDS=$(FNMESH_FUZZ_SECONDS) cargo test --release -p fnmesh-core --test fuzz -- --nocapture $(ARGS)
 
-lint:  ## rustfmt, clippy, ruff, mypy --strict, stubtest (needs ruff/mypy on PATH)
-	bash scripts/lint.sh
+lint:  ## rustfmt, clippy, ruff check and format: no built wheel needed (needs ruff on PATH)
+	bash scripts/lint.sh style
+
+typecheck:  ## mypy --strict and stubtest of _native.pyi against the installed wheel (after make test)
+	PATH="$(CURDIR)/.venv-test/bin:$$PATH" bash scripts/lint.sh types
 
 fmt:  ## format Rust and Python
 	cargo fmt --all

@@ -52,7 +52,7 @@ step "cargo test (workspace)"
 cargo test --workspace --locked
 
 step "lint"
-PATH="$PWD/$venv/bin:$PATH" bash scripts/lint.sh
+PATH="$PWD/$venv/bin:$PATH" bash scripts/lint.sh all
 
 step "pytest (against the installed wheel)"
 # Run from tests' parent with python/ off sys.path, so `import fnmesh` is the installed wheel.
