@@ -44,7 +44,7 @@ def main(url: str, name: str) -> None:
         return {"data": data, "metadata": metadata, "worker": name, "trace": seen}
 
     def respond(data: dict[str, Any], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        # An HTTP trigger's handler: the request in, a response object out (PROTOCOL.md 6.3).
+        # An HTTP trigger's handler: the request in, a response object out (docs/protocol.md 6.3).
         return {
             "status_code": 201,
             "headers": {"x-worker": name},

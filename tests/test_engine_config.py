@@ -37,7 +37,7 @@ def test_python_and_rust_defaults_agree(name: str) -> None:
 
 
 def test_the_defaults_are_the_documented_ones() -> None:
-    # Spot checks of values the docs and iii promise (PROTOCOL.md's defaults).
+    # Spot checks of values the docs and iii promise (docs/protocol.md's defaults).
     defaults = _native.engine_defaults()
     assert defaults["port"] == 49134
     assert defaults["http_port"] == 3111

@@ -1,5 +1,5 @@
 """External HTTP functions (fnmesh.external, fnmesh.auth): the wire objects, the invoker against real
-HTTP servers on loopback, the response mapping of PROTOCOL.md 5, retries, and the SSRF guard."""
+HTTP servers on loopback, the response mapping of docs/protocol.md 5, retries, and the SSRF guard."""
 
 from __future__ import annotations
 
@@ -472,7 +472,7 @@ async def test_secrets_stay_out_of_repr_pickle_and_logs(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Response mapping (PROTOCOL.md 5)
+# Response mapping (docs/protocol.md 5)
 # ---------------------------------------------------------------------------------------------------
 
 SUCCESSES = [

@@ -28,7 +28,7 @@ def vectors(folder: str) -> list[Path]:
 
 
 def normalise(message: dict[str, object]) -> dict[str, object]:
-    """A null non-payload field is the same as an absent one (PROTOCOL.md 2.2, 11.3)."""
+    """A null non-payload field is the same as an absent one (docs/protocol.md 2.2, 11.3)."""
     return {k: v for k, v in message.items() if v is not None or k in PAYLOAD_FIELDS}
 
 

@@ -1,4 +1,4 @@
-"""The cron trigger served by the engine (PROTOCOL.md 6.4): schedules from ``@app.cron`` and
+"""The cron trigger served by the engine (docs/protocol.md 6.4): schedules from ``@app.cron`` and
 from iii-sdk workers, the payload, no overlapping runs, conditions and refused expressions."""
 
 from __future__ import annotations

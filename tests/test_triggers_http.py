@@ -1,4 +1,4 @@
-"""The HTTP trigger served by the engine (PROTOCOL.md 6.3), driven with real HTTP requests
+"""The HTTP trigger served by the engine (docs/protocol.md 6.3), driven with real HTTP requests
 (httpx): routes from ``@app.http`` and from iii-sdk workers, the request and response mapping,
 middleware, conditions, errors, limits, CORS and concurrency."""
 

@@ -236,7 +236,7 @@ class App:
     ) -> None:
         """Declares ``function_id`` as a third-party HTTP endpoint: every call of it, from
         anywhere, is one request to ``url`` (with the call's data as the JSON body) made by the
-        engine's process, and the response is its result (PROTOCOL.md section 5).
+        engine's process, and the response is its result (docs/protocol.md section 5).
 
         ``auth`` is :class:`fnmesh.auth.Bearer`, :class:`~fnmesh.auth.ApiKey` or
         :class:`~fnmesh.auth.Hmac`; each names an environment variable of the engine's process,

@@ -1,4 +1,4 @@
-"""How an external HTTP function authenticates the engine's requests (PROTOCOL.md 5).
+"""How an external HTTP function authenticates the engine's requests (docs/protocol.md 5).
 
 Each variant names an environment variable of the *engine's* process; the value is read when the
 function is registered and never travels on the wire, in a log line or in an error message::

@@ -39,7 +39,7 @@ _DEFAULTS: dict[str, Any] = _native.engine_defaults()
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """Every engine setting, with PROTOCOL.md's defaults.
+    """Every engine setting, with docs/protocol.md's defaults.
 
     The defaults of the settings the Rust engine reads come from Rust (``_DEFAULTS``). Adding a
     setting touches three places: the core's config struct and its ``Default``
@@ -126,7 +126,7 @@ class EngineConfig:
     """How often an idle queue consumer looks for due retries and other engines' messages."""
     external_functions: bool = False
     """Serve the external HTTP functions workers register (``registerfunction`` with an
-    ``invocation``, PROTOCOL.md section 5). Off by default, as in iii: such a function makes this
+    ``invocation``, docs/protocol.md section 5). Off by default, as in iii: such a function makes this
     process send requests, with secrets read from its environment by name. (An app's own
     :meth:`fnmesh.App.external` functions need no setting.) Needs a running app loop: ``fnmesh
     serve`` and ``fnmesh run`` have one."""

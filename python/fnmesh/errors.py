@@ -133,7 +133,7 @@ class FunctionError(FnmeshError):
 
 
 class UrlValidationFailed(FunctionError, ValueError):
-    """An external function's URL was refused by the security policy (PROTOCOL.md 5), at
+    """An external function's URL was refused by the security policy (docs/protocol.md 5), at
     registration or before a call. ``reason`` is one of iii's reason strings (``Invalid URL``,
     ``HTTPS is required``, ``URL not in allowlist``, ``Private IP blocked``, ``DNS lookup
     failed``); ``detail`` says what was wrong."""

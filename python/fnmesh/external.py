@@ -1,4 +1,4 @@
-"""External HTTP functions: a function that lives behind a third-party HTTP endpoint (PROTOCOL.md 5).
+"""External HTTP functions: a function that lives behind a third-party HTTP endpoint (docs/protocol.md 5).
 
 A worker registers one with an ``invocation`` object (:class:`ExternalSpec` is its Python form);
 the engine then answers every call with one HTTPS request and maps the response to a result::
@@ -98,7 +98,7 @@ Resolver = Callable[[str, int], Awaitable[Iterable[str]]]
 """``await resolver(host, port)``: the host's IP addresses as strings; raises ``OSError`` (e.g.
 ``socket.gaierror``) when the name does not resolve."""
 
-# Why these numbers: the engine's frame limit (PROTOCOL.md 11.3) bounds what can be answered anyway;
+# Why these numbers: the engine's frame limit (docs/protocol.md 11.3) bounds what can be answered anyway;
 # the engine's own invocation timeout (11.2) is 300 s, so an attempt without a timeout of its own
 # gets the same bound rather than none; 10 s is ample for a TCP and TLS handshake or a DNS answer.
 _DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -958,7 +958,7 @@ class ExternalFunctions:
         own tracing joins the caller's trace.
 
         Every failure is a :class:`~fnmesh.errors.FunctionError` whose ``code`` is one of
-        PROTOCOL.md 5 (the remote error object's code, ``http_error``, ``invalid_response``,
+        docs/protocol.md 5 (the remote error object's code, ``http_error``, ``invalid_response``,
         ``http_request_failed``, ``http_response_failed``, ``url_validation_failed``) or
         :data:`TIMEOUT_CODE`.
         """

@@ -1,4 +1,4 @@
-"""How a handler's call ends (DESIGN.md, "Results").
+"""How a handler's call ends (docs/architecture.md, "Results").
 
 * **Success**: the handler returns a value.
 * **Failure**: it raises :class:`fnmesh.FunctionError` (any other exception is

@@ -2,7 +2,7 @@
 //! (`worker`), a closed-loop caller that measures latency and throughput (`call`), and a plain
 //! WebSocket echo server that is the one-hop floor no engine can beat (`echo`).
 //!
-//! It speaks only the wire protocol (PROTOCOL.md sections 1-4), so it measures fnmesh and any
+//! It speaks only the wire protocol (docs/protocol.md sections 1-4), so it measures fnmesh and any
 //! compatible engine the same way.
 
 pub mod args;

@@ -49,7 +49,7 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// The JSON keepalive answer (PROTOCOL.md 1.4).
+/// The JSON keepalive answer (docs/protocol.md 1.4).
 pub const PONG: &str = r#"{"type":"pong"}"#;
 
 /// Connects to a `ws://host:port/path` URL with Nagle disabled (small frames, latency bound).

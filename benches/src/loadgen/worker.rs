@@ -97,7 +97,7 @@ async fn serve(ws: wire::Ws, run: u32, conn: u16, ready: UnboundedSender<()>) {
         let _ = tx.send(Message::text(frame.to_string()));
     }
     // Releases the registrations at once instead of after the engine's namespace grace
-    // (PROTOCOL.md 3.4); the name must be unique per live connection.
+    // (docs/protocol.md 3.4); the name must be unique per live connection.
     let register = json!({
         "type": "invokefunction", "invocation_id": register_id,
         "function_id": "engine::workers::register",
@@ -170,7 +170,7 @@ fn lists_all(result: Option<&serde_json::value::RawValue>) -> bool {
 }
 
 fn invoke(frame: &Frame<'_>, tx: &UnboundedSender<Message>) {
-    // Without an id nobody waits for the answer (the engine always sends one, PROTOCOL.md 2.4).
+    // Without an id nobody waits for the answer (the engine always sends one, docs/protocol.md 2.4).
     let Some(id) = frame.invocation_id.as_deref() else {
         return;
     };

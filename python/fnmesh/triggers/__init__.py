@@ -1,4 +1,4 @@
-"""Triggers: what invokes a function besides a direct call (PROTOCOL.md 6).
+"""Triggers: what invokes a function besides a direct call (docs/protocol.md 6).
 
 The engine serves the ``http`` and ``cron`` types itself (``@app.http``, ``@app.cron``); workers
 may provide more. An application adds its own types in Python by subclassing

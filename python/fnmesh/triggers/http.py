@@ -1,4 +1,4 @@
-"""The HTTP trigger's request and response as pydantic models (PROTOCOL.md 6.3).
+"""The HTTP trigger's request and response as pydantic models (docs/protocol.md 6.3).
 
 A handler bound with ``@app.http`` may take the request as a model and return a response::
 

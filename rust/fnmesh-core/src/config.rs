@@ -17,7 +17,7 @@ use crate::invocation::DEFAULT_INVOCATION_TIMEOUT;
 use crate::registry::ConflictPolicy;
 use crate::server::ServerConfig;
 
-/// Every engine setting. `Default` gives PROTOCOL.md's defaults.
+/// Every engine setting. `Default` gives docs/protocol.md's defaults.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// The worker WebSocket listener.
@@ -26,7 +26,7 @@ pub struct EngineConfig {
     pub http: HttpConfig,
     /// What a second owner of a function gets: a replica (default) or iii's rejection.
     pub function_conflict: ConflictPolicy,
-    /// Engine-side bound on a pending call (PROTOCOL.md 11.2).
+    /// Engine-side bound on a pending call (docs/protocol.md 11.2).
     pub invocation_timeout: Duration,
     /// How long registrations wait for `engine::workers::register` to name the namespace.
     pub namespace_grace: Duration,

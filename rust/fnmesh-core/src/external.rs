@@ -1,4 +1,4 @@
-//! External HTTP functions (PROTOCOL.md section 5): a worker registers a function with an
+//! External HTTP functions (docs/protocol.md section 5): a worker registers a function with an
 //! `invocation` object (a URL, a method, headers, auth), and every call of that function becomes
 //! one HTTP request made by the engine's process.
 //!

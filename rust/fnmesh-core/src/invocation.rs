@@ -1,5 +1,5 @@
 //! Invocations in flight: the pending table that correlates a target's `invocationresult` with
-//! the caller waiting for it, the engine-side timeout (PROTOCOL.md 11.2), and the payload edit
+//! the caller waiting for it, the engine-side timeout (docs/protocol.md 11.2), and the payload edit
 //! the engine makes on the way (`_caller_worker_id`, section 4.5).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::protocol::RawJson;
 
-/// Default engine-side bound on a pending invocation (PROTOCOL.md 11.2).
+/// Default engine-side bound on a pending invocation (docs/protocol.md 11.2).
 pub const DEFAULT_INVOCATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How often expired invocations are looked for.

@@ -1,7 +1,7 @@
 //! The FunctionsRegistry: every function the engine can route to, keyed by
 //! `(namespace, function_id)`.
 //!
-//! A key holds one or more *replicas* (PROTOCOL.md 11.1): several owners (worker connections, the
+//! A key holds one or more *replicas* (docs/protocol.md 11.1): several owners (worker connections, the
 //! embedded Python app, a Rust host) may serve the same function, and [`FunctionsRegistry::select`]
 //! picks the replica with the fewest calls in flight, round-robin among equals. The `reject`
 //! policy ([`ConflictPolicy::Reject`]) restores iii's one-owner-per-key behaviour instead.
@@ -41,7 +41,7 @@ pub(crate) type Hasher = foldhash::fast::RandomState;
 /// The namespace used when none is given.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Refuses a namespace that is present but blank (PROTOCOL.md 3.5).
+/// Refuses a namespace that is present but blank (docs/protocol.md 3.5).
 pub fn check_namespace(namespace: &str) -> Result<()> {
     if namespace.trim().is_empty() {
         Err(Error::InvalidNamespace)
@@ -66,7 +66,7 @@ pub enum FunctionKind {
     Local,
     /// A function registered by a remote worker over the WebSocket.
     Worker,
-    /// An external HTTP endpoint (`registerfunction` with `invocation`, PROTOCOL.md 5).
+    /// An external HTTP endpoint (`registerfunction` with `invocation`, docs/protocol.md 5).
     Http,
 }
 

@@ -1,4 +1,4 @@
-//! The worker WebSocket server (PROTOCOL.md 1): accepts connections, enforces the handshake
+//! The worker WebSocket server (docs/protocol.md 1): accepts connections, enforces the handshake
 //! deadline, the optional token (11.5) and the frame size limit (11.3), bounds what is queued to
 //! a slow reader, pings idle peers and drops the ones that stop answering, and hands each text
 //! frame to a [`ConnectionHandler`]. It knows nothing about iii messages.

@@ -1,4 +1,4 @@
-//! Trigger types (providers) and trigger bindings (PROTOCOL.md 6.1).
+//! Trigger types (providers) and trigger bindings (docs/protocol.md 6.1).
 //!
 //! A *trigger type* is keyed `(namespace, id)` and served by one provider: a built-in of the
 //! engine or a worker that sent `registertriggertype`. Re-registering a type replaces its
@@ -73,7 +73,7 @@ impl<P> TriggerTypeRegistry<P> {
     }
 
     /// Finds the provider of a binding's type: only `trigger_namespace` when the binding names
-    /// one, otherwise the registering connection's namespace, then `default` (PROTOCOL.md 6.1).
+    /// one, otherwise the registering connection's namespace, then `default` (docs/protocol.md 6.1).
     pub fn resolve(
         &self,
         id: &str,
@@ -138,7 +138,7 @@ fn sort_types<P>(types: &mut [Arc<TriggerType<P>>]) {
     types.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
 }
 
-/// True when a condition function's result skips the bound function (PROTOCOL.md 6.7): exactly
+/// True when a condition function's result skips the bound function (docs/protocol.md 6.7): exactly
 /// JSON `false`. No result, `null` or any other value lets the call through.
 pub fn condition_skips(result: Option<&serde_json::value::RawValue>) -> bool {
     result.is_some_and(|raw| raw.get().trim() == "false")

@@ -1,5 +1,5 @@
 //! The worker registry: every live connection, and what it said about itself through
-//! `engine::workers::register` (PROTOCOL.md 7).
+//! `engine::workers::register` (docs/protocol.md 7).
 //!
 //! A connection is known from the moment it is accepted; it gets a name and a namespace when it
 //! registers. One live connection may hold a `(namespace, name)` pair at a time.

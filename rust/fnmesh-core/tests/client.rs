@@ -269,7 +269,7 @@ async fn void_send_reaches_the_handler() {
         .unwrap();
     let got = bounded("void delivery", rx.recv()).await.unwrap();
     assert_eq!(got["event"], "login");
-    // The engine injects the caller's identity (PROTOCOL.md 4.5).
+    // The engine injects the caller's identity (docs/protocol.md 4.5).
     assert_eq!(got["_caller_worker_id"], caller.worker_id().unwrap());
     assert_eq!(caller.pending_count(), 0);
     // Nothing else arrives and the caller stays usable.

@@ -1,4 +1,4 @@
-//! The engine's dispatch loop seen from the wire (PROTOCOL.md 1-4, 6.1-6.2, 7, 11): raw
+//! The engine's dispatch loop seen from the wire (docs/protocol.md 1-4, 6.1-6.2, 7, 11): raw
 //! WebSocket "workers" speaking iii JSON against an engine on a free port.
 
 use std::collections::HashMap;

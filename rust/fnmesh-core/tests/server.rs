@@ -1,4 +1,4 @@
-//! The worker WebSocket transport on its own (PROTOCOL.md 1, 11.3, 11.5): a recording
+//! The worker WebSocket transport on its own (docs/protocol.md 1, 11.3, 11.5): a recording
 //! [`ConnectionHandler`] and plain tokio-tungstenite clients, no iii messages involved.
 
 use std::net::SocketAddr;

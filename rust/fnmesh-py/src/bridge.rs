@@ -1,4 +1,4 @@
-//! The bridge between tokio and one asyncio event loop (DESIGN.md, "The hot path").
+//! The bridge between tokio and one asyncio event loop (docs/architecture.md, "The hot path").
 //!
 //! tokio tasks never attach to Python. Work for Python goes on a channel: invocations of Python
 //! handlers, and the outcomes of calls Python is awaiting. One bridge thread blocks on that
@@ -40,7 +40,7 @@ pub(crate) enum Work {
     Stop,
 }
 
-// NOTE: DESIGN.md measures ~100 us p50 to wake an idle asyncio loop from another thread and
+// NOTE: docs/architecture.md, "The batching bridge", measures ~100 us p50 to wake an idle asyncio loop from another thread and
 // ~6 us per `call_soon`, so the loop is woken once per batch, not once per item. The cap only
 // bounds how long one dispatch can hold the loop; it is not tuned by measurement yet.
 const MAX_BATCH: usize = 1024;

@@ -103,7 +103,7 @@ impl ClientHandle {
     }
 
     /// Registers an external HTTP function: the engine calls the URL of `invocation` (the
-    /// JSON `invocation` object of PROTOCOL.md section 5) for every call. Registered again on
+    /// JSON `invocation` object of docs/protocol.md section 5) for every call. Registered again on
     /// every reconnect.
     #[pyo3(signature = (
         function_id, invocation, *, description = None, request_format = None,

@@ -17,7 +17,7 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// PROTOCOL.md 1.5: 1 000 ms, x2, capped at 30 000 ms, ±30 %.
+    /// docs/protocol.md 1.5: 1 000 ms, x2, capped at 30 000 ms, ±30 %.
     fn default() -> Self {
         Backoff {
             initial: Duration::from_millis(1000),

@@ -88,7 +88,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Sends `Authorization: Bearer <token>` on the upgrade (PROTOCOL.md 11.5).
+    /// Sends `Authorization: Bearer <token>` on the upgrade (docs/protocol.md 11.5).
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.settings.auth_token = Some(token.into());
         self

@@ -147,7 +147,7 @@ fn replay(inner: &Inner, tx: mpsc::UnboundedSender<String>) {
     link.tx = Some(tx);
 }
 
-/// Detaches the dead connection and stops the calls sent on it (PROTOCOL.md 1.5: the engine
+/// Detaches the dead connection and stops the calls sent on it (docs/protocol.md 1.5: the engine
 /// halted them, their answers can never come).
 fn lose_connection(inner: &Inner, error: ClientError) {
     let mut link = lock(&inner.link);

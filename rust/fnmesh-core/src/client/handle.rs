@@ -107,7 +107,7 @@ impl Client {
         }
     }
 
-    /// Fire-and-forget call (`action: void`, PROTOCOL.md 4.3): nothing comes back. Queued
+    /// Fire-and-forget call (`action: void`, docs/protocol.md 4.3): nothing comes back. Queued
     /// while offline.
     pub fn send(&self, function_id: &str, data: RawJson) -> Result<(), ClientError> {
         self.send_with_metadata(function_id, data, None)
@@ -169,7 +169,7 @@ impl Client {
         Ok(())
     }
 
-    /// Registers an external HTTP function (PROTOCOL.md section 5): the engine calls
+    /// Registers an external HTTP function (docs/protocol.md section 5): the engine calls
     /// `invocation`'s URL for every call of `function_id`, with secrets from its own
     /// environment. Replayed on every reconnect like any function, and gone when this client
     /// disconnects. This client never serves it: an invocation forwarded here anyway answers

@@ -1,5 +1,5 @@
 //! The worker client: a Rust program (and, through the binding, the Python SDK) becomes a worker
-//! of any iii-compatible engine over the worker WebSocket (PROTOCOL.md sections 1 to 4).
+//! of any iii-compatible engine over the worker WebSocket (docs/protocol.md sections 1 to 4).
 //!
 //! Functions are served by the same [`NativeFunction`] handlers the embedded engine runs, so a
 //! handler written for [`crate::engine::Engine`] also works here unchanged.
@@ -26,7 +26,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Behaviour (PROTOCOL.md is the authority):
+//! Behaviour (docs/protocol.md is the authority):
 //! * On every (re)connect the client sends, in order: `reattach` (when it knows a previous
 //!   `worker_id` and token), every `registerfunction` with the same ids, the messages queued
 //!   while offline (at most [`MAX_QUEUED`], oldest dropped), then `engine::workers::register`

@@ -15,7 +15,7 @@ use super::lock::CronLock;
 use super::schedule::CronSchedule;
 
 /// What a job does when it fires: the engine calls the condition function (if any) and then the
-/// bound function with the payload (PROTOCOL.md 6.4 shape); the future resolves when the call has
+/// bound function with the payload (docs/protocol.md 6.4 shape); the future resolves when the call has
 /// finished (its result is ignored).
 pub type Fire = Arc<dyn Fn(Value) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 

@@ -1,4 +1,4 @@
-//! The `cron` trigger's schedule and job loop (PROTOCOL.md 6.4).
+//! The `cron` trigger's schedule and job loop (docs/protocol.md 6.4).
 //!
 //! [`CronSchedule`] parses an expression in the grammar iii uses (the `cron` crate: 6 or 7 fields,
 //! seconds first, plus `@hourly`-style shorthands) and computes fire times, in UTC by default or in

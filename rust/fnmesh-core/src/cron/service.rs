@@ -9,7 +9,7 @@ use crate::engine::{EngineRef, EngineService, ServiceError};
 use crate::error::Error;
 use crate::registry::DEFAULT_NAMESPACE;
 
-/// The `cron` trigger type (PROTOCOL.md 6.4) as an engine service: installs a [`CronTrigger`]
+/// The `cron` trigger type (docs/protocol.md 6.4) as an engine service: installs a [`CronTrigger`]
 /// taking each tick's lock in the engine's `cron_redis_url` ([`RedisLock`]) or, without one, in
 /// this engine alone ([`LocalLock`]); stops every job at shutdown.
 #[derive(Default)]
@@ -38,7 +38,7 @@ impl EngineService for CronService {
             engine.register_engine_trigger_type(
                 DEFAULT_NAMESPACE,
                 "cron",
-                "Runs a function on a cron schedule (PROTOCOL.md 6.4)",
+                "Runs a function on a cron schedule (docs/protocol.md 6.4)",
                 cron.clone(),
             )?;
             let _ = self.trigger.set(cron);

@@ -15,7 +15,7 @@ use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
 use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvider};
 
-/// A binding's config (PROTOCOL.md 6.4, plus fnmesh's `timezone`).
+/// A binding's config (docs/protocol.md 6.4, plus fnmesh's `timezone`).
 #[derive(serde::Deserialize)]
 struct CronConfig {
     expression: Option<String>,

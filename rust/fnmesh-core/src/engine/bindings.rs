@@ -1,7 +1,7 @@
 //! Trigger bindings: a binding (from a worker's `registertrigger`, `engine::register_trigger` or
 //! the host) delivered to its trigger type's provider, a worker or a native provider, and that
 //! provider's verdict; parked while no provider serves its type, handed over when one arrives,
-//! retracted when it is removed (PROTOCOL.md 6.1-6.2).
+//! retracted when it is removed (docs/protocol.md 6.1-6.2).
 
 use std::sync::Arc;
 
@@ -185,7 +185,7 @@ impl Shared {
     }
 
     /// A native provider's answer on a binding: a refusal drops the binding and tells whoever
-    /// registered it (PROTOCOL.md 6.2, in-process providers).
+    /// registered it (docs/protocol.md 6.2, in-process providers).
     fn native_verdict(&self, binding: &Arc<TriggerBinding>, verdict: Result<(), TriggerRefusal>) {
         let error = verdict
             .err()

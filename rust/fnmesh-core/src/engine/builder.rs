@@ -64,7 +64,7 @@ impl EngineBuilder {
         self
     }
 
-    /// Requires workers to present this token (PROTOCOL.md 11.5).
+    /// Requires workers to present this token (docs/protocol.md 11.5).
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.config.server.auth_token = Some(token.into());
         self

@@ -1,4 +1,4 @@
-//! The engine's built-in functions (PROTOCOL.md 7): worker registration, discovery listings and
+//! The engine's built-in functions (docs/protocol.md 7): worker registration, discovery listings and
 //! trigger management, plus the built-in trigger types `engine::functions-available` and
 //! `engine::workers-available`. They are ordinary native functions: any worker calls them with
 //! `invokefunction`. Listings are cold paths and build `serde_json::Value`s freely.

@@ -79,7 +79,7 @@ impl EngineRef {
     }
 
     /// Serves the external HTTP functions workers register (`registerfunction` with an
-    /// `invocation`, PROTOCOL.md section 5) through `host`; `None` stops accepting new ones (those
+    /// `invocation`, docs/protocol.md section 5) through `host`; `None` stops accepting new ones (those
     /// registered stay until their workers leave).
     pub fn set_external_functions(&self, host: Option<Arc<dyn ExternalFunctions>>) {
         *self

@@ -1,4 +1,4 @@
-//! The engine: worker connections, registrations and the dispatch loop (PROTOCOL.md 1-4, 6.1-6.2).
+//! The engine: worker connections, registrations and the dispatch loop (docs/protocol.md 1-4, 6.1-6.2).
 //!
 //! Every frame of a worker is handled inline in that connection's reader task: decode the
 //! envelope, route, re-encode. Payloads stay raw JSON from socket to socket and nothing here
@@ -84,7 +84,7 @@ pub const HOST_OWNER: &str = "host";
 pub const FUNCTIONS_AVAILABLE: &str = "engine::functions-available";
 /// Trigger type fired when workers connect, leave or describe themselves.
 pub const WORKERS_AVAILABLE: &str = "engine::workers-available";
-/// The function a call with `action: enqueue` becomes a call of (PROTOCOL.md 4.4), with the
+/// The function a call with `action: enqueue` becomes a call of (docs/protocol.md 4.4), with the
 /// call inside; the queue service registers it. Without it, such a call fails with
 /// `enqueue_error`.
 pub const ENQUEUE_FUNCTION: &str = "engine::queue::enqueue";

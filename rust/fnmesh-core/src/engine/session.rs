@@ -1,7 +1,7 @@
 //! Sessions: a worker connection from connect to cleanup. Every frame of a worker is handled
 //! inline in that connection's reader task ([`Handler`]): decode the envelope, route, re-encode.
 //! Registrations wait until the worker names its namespace (`engine::workers::register`, or the
-//! grace period runs out, PROTOCOL.md 3.4), then apply; a reattach retires the previous
+//! grace period runs out, docs/protocol.md 3.4), then apply; a reattach retires the previous
 //! connection of the same worker (1.5); external HTTP functions go through the host first
 //! (section 5).
 

@@ -1,5 +1,5 @@
 //! What the `http` trigger hands to functions and how it turns their results into responses
-//! (PROTOCOL.md 6.3, buffered mode): the request as the function's input, the function's result
+//! (docs/protocol.md 6.3, buffered mode): the request as the function's input, the function's result
 //! as an [`HttpReply`], the error envelope, and the middleware and condition verdicts.
 //!
 //! Everything here is pure: no sockets, no runtime; the server calls it.

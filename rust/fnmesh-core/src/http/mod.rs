@@ -1,4 +1,4 @@
-//! The `http` trigger type, served by the engine (PROTOCOL.md 6.3).
+//! The `http` trigger type, served by the engine (docs/protocol.md 6.3).
 //!
 //! - [`route`]: route templates (`users/:id`) and the router matching request paths to them;
 //! - [`mapping`]: a request as the function's input, and the function's result as a response;

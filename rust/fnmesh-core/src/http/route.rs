@@ -1,4 +1,4 @@
-//! The router of the `http` trigger (PROTOCOL.md 6.3): `METHOD` + path templates such as
+//! The router of the `http` trigger (docs/protocol.md 6.3): `METHOD` + path templates such as
 //! `todo/:id`, matched against concrete request paths.
 //!
 //! Each method has its own segment trie. A node has static children and at most one parameter

@@ -9,7 +9,7 @@ use super::trigger::HttpTrigger;
 use crate::engine::{EngineRef, EngineService, ServiceError};
 use crate::registry::DEFAULT_NAMESPACE;
 
-/// The `http` trigger type (PROTOCOL.md 6.3) as an engine service: installs an [`HttpTrigger`]
+/// The `http` trigger type (docs/protocol.md 6.3) as an engine service: installs an [`HttpTrigger`]
 /// with the engine's [`HttpConfig`](crate::config::HttpConfig), opening its listener at once when
 /// `listen_at_start` says so, and stops the listener at shutdown.
 #[derive(Default)]
@@ -38,7 +38,7 @@ impl EngineService for HttpService {
             engine.register_engine_trigger_type(
                 DEFAULT_NAMESPACE,
                 "http",
-                "HTTP routes served by the engine (PROTOCOL.md 6.3)",
+                "HTTP routes served by the engine (docs/protocol.md 6.3)",
                 http.clone(),
             )?;
             // Kept before the listener opens, so that shutdown stops it whatever happens next.

@@ -1,4 +1,4 @@
-//! The `http` trigger type (PROTOCOL.md 6.3): bindings become routes, requests become calls.
+//! The `http` trigger type (docs/protocol.md 6.3): bindings become routes, requests become calls.
 //!
 //! [`HttpTrigger`] is the [`TriggerProvider`] the engine installs for the type `http`. It checks
 //! each binding's config, adds its route (refusing one that conflicts with a route already
@@ -24,7 +24,7 @@ use crate::function::{CallOptions, Outcome};
 use crate::protocol::{ErrorCode, RawJson};
 use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
 
-/// A binding's config (PROTOCOL.md 6.3); other keys are kept in listings and ignored here.
+/// A binding's config (docs/protocol.md 6.3); other keys are kept in listings and ignored here.
 #[derive(Deserialize)]
 struct RouteConfig {
     api_path: Option<String>,

@@ -1,6 +1,6 @@
 //! Frames the codec never decodes: blank ones and binary telemetry.
 
-/// What a binary frame prefixed with `OTLP`, `MTRC` or `LOGS` carries (PROTOCOL.md 1.2).
+/// What a binary frame prefixed with `OTLP`, `MTRC` or `LOGS` carries (docs/protocol.md 1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TelemetryKind {
     /// `OTLP`: spans.

@@ -1,4 +1,4 @@
-//! One struct per message type of PROTOCOL.md section 2, and the [`Message`] enum over them.
+//! One struct per message type of docs/protocol.md section 2, and the [`Message`] enum over them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -1,10 +1,10 @@
-//! The iii wire codec: every message of PROTOCOL.md section 2, decoded leniently and encoded
+//! The iii wire codec: every message of docs/protocol.md section 2, decoded leniently and encoded
 //! the way the SDKs write it.
 //!
 //! * **Payloads stay raw.** `data`, `result`, `config`, `metadata` and the schema fields are kept
 //!   as [`RawJson`] (the exact JSON text of the value) from decode to re-encode; the codec never
 //!   builds a tree just to forward a payload.
-//! * **Lenient decoding** (PROTOCOL.md 11.3): a missing `data`/`config` reads as `null` through the
+//! * **Lenient decoding** (docs/protocol.md 11.3): a missing `data`/`config` reads as `null` through the
 //!   accessors; a `null` optional field reads as absent; an unknown `type` decodes to
 //!   [`Message::Unknown`] holding the whole frame, so the caller can log and skip it; unknown
 //!   fields of known messages are kept in `extra` and written back on encode (forward
@@ -44,6 +44,6 @@ pub use messages::{
 };
 pub use raw::{Extra, RawJson};
 
-/// Default limit on the size of one frame (PROTOCOL.md 11.3): 64 MiB, iii's limit, so whatever
+/// Default limit on the size of one frame (docs/protocol.md 11.3): 64 MiB, iii's limit, so whatever
 /// an iii deployment sends passes here with the default settings.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;

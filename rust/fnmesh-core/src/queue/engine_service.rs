@@ -9,7 +9,7 @@ use crate::engine::{EngineRef, EngineService, ServiceError};
 use crate::function::Call;
 use crate::registry::{FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
 
-/// The durable queues (PROTOCOL.md 4.4, 6.5) as an engine service. With the engine's
+/// The durable queues (docs/protocol.md 4.4, 6.5) as an engine service. With the engine's
 /// [`QueueSettings`](crate::config::QueueSettings) (`EngineConfig::queues`; `None` installs
 /// nothing, and `action: enqueue` then fails with `enqueue_error`), it checks them, registers the
 /// `engine::queue::*` functions (with `engine::queue::enqueue`, the target of `action: enqueue`)
@@ -49,7 +49,7 @@ impl EngineService for QueuesService {
             engine.register_engine_trigger_type(
                 DEFAULT_NAMESPACE,
                 DURABLE_SUBSCRIBER,
-                "Durable topic subscription: every subscriber gets its own queued copy (PROTOCOL.md 6.5)",
+                "Durable topic subscription: every subscriber gets its own queued copy (docs/protocol.md 6.5)",
                 DurableSubscriber(service.clone()),
             )?;
             service.start();

@@ -1,4 +1,4 @@
-//! Durable queues (PROTOCOL.md 4.4, 6.5 and 11.4): where `action: enqueue` puts a call, and where
+//! Durable queues (docs/protocol.md 4.4, 6.5 and 11.4): where `action: enqueue` puts a call, and where
 //! the engine's consumers take it from, until the function succeeds or the message runs out of
 //! attempts and moves to its queue's dead letters.
 //!

@@ -2,7 +2,7 @@
 //! functions, the `engine::queue::*` / `iii::queue::*` functions, and topics (the
 //! `durable:subscriber` trigger type with `iii::durable::publish`).
 //!
-//! - `action: enqueue` on any call (PROTOCOL.md 4.4) becomes a call of `engine::queue::enqueue`
+//! - `action: enqueue` on any call (docs/protocol.md 4.4) becomes a call of `engine::queue::enqueue`
 //!   (as in iii), which stores the message and answers `{"messageReceiptId"}`.
 //! - One consumer per queue claims up to its `concurrency` messages at a time, calls each one's
 //!   function in the namespace captured at enqueue (with the enqueuer's trace context), acks on
@@ -39,7 +39,7 @@ use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvid
 
 /// The trigger type of topic subscriptions.
 pub const DURABLE_SUBSCRIBER: &str = "durable:subscriber";
-/// Code of every enqueue refusal (PROTOCOL.md 4.4): [`ErrorCode::EnqueueError`].
+/// Code of every enqueue refusal (docs/protocol.md 4.4): [`ErrorCode::EnqueueError`].
 pub const ENQUEUE_ERROR: &str = ErrorCode::EnqueueError.as_str();
 
 /// The settings of named queues from JSON: `{"<name>": {"max_retries": 3, "backoff_ms": 1000,
