@@ -73,9 +73,7 @@ def test_iii_sdk_integration_suite_passes_against_fnmesh_serve(sdk_tests: Path, 
     config.write_text(
         # The external-function tests register webhooks on loopback over plain http: opt in to
         # external functions and let loopback through the SSRF guard, as iii's test config does.
-        "external_functions = true\n"
-        "external_require_https = false\n"
-        "external_block_private_ips = false\n"
+        "external_functions = true\nexternal_require_https = false\nexternal_block_private_ips = false\n"
     )
     report = tmp_path / "junit.xml"
     with socket.socket() as probe:
