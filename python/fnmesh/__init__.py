@@ -8,6 +8,7 @@ from fnmesh.app import App
 from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
+    AddressInUse,
     ConnectionFailed,
     FnmeshError,
     FrameTooLarge,
@@ -34,6 +35,7 @@ from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "AddressInUse",
     "App",
     "Binding",
     "ConnectionFailed",

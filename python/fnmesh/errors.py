@@ -19,6 +19,7 @@ from fnmesh._native import ERROR_CODES
 __all__ = [
     "CLASS_BY_CODE",
     "ERROR_CODES",
+    "AddressInUse",
     "ConnectionFailed",
     "FnmeshError",
     "FrameTooLarge",
@@ -111,6 +112,21 @@ class ConnectionFailed(FnmeshError, ConnectionError):
     """An app could not connect to the engine it was pointed at."""
 
     code = "CONNECTION_FAILED"
+
+
+class AddressInUse(FnmeshError, OSError):
+    """An engine listener could not bind its address: the port is taken. ``port`` is the port
+    and ``setting`` the setting that chose it (``port`` or ``http_port``)."""
+
+    code = "ADDRESS_IN_USE"
+
+    def __init__(self, message: str, port: int = 0, setting: str = "port") -> None:
+        super().__init__(message)
+        self.port = port
+        self.setting = setting
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class InvalidArgument(FnmeshError, ValueError):

@@ -177,6 +177,9 @@ pub enum QueueConfigError {
     /// A queue with `concurrency` 0.
     #[error("queue '{0}': concurrency must be at least 1")]
     ZeroConcurrency(String),
+    /// A queue with a `concurrency` above [`MAX_QUEUE_CONCURRENCY`].
+    #[error("queue '{0}': concurrency must be at most {MAX_QUEUE_CONCURRENCY}")]
+    ConcurrencyTooHigh(String),
     /// A queue with a zero `visibility_timeout`.
     #[error("queue '{0}': visibility_timeout must be positive")]
     ZeroVisibilityTimeout(String),
@@ -210,6 +213,11 @@ pub enum QueueConfigError {
     },
 }
 
+/// The most calls one queue's consumer keeps in flight on one engine. A larger value serves no
+/// purpose (each call is a claimed message and a pending call) and a huge one would overflow the
+/// consumer's semaphore, which aborts that queue's consumer.
+pub const MAX_QUEUE_CONCURRENCY: usize = 10_000;
+
 impl QueueSettings {
     /// Checks names and values; the error names the queue and the setting.
     pub fn validate(&self) -> Result<(), QueueConfigError> {
@@ -223,6 +231,9 @@ impl QueueSettings {
             }
             if q.concurrency == 0 {
                 return Err(QueueConfigError::ZeroConcurrency(q.name.clone()));
+            }
+            if q.concurrency > MAX_QUEUE_CONCURRENCY {
+                return Err(QueueConfigError::ConcurrencyTooHigh(q.name.clone()));
             }
             if q.visibility_timeout.is_zero() {
                 return Err(QueueConfigError::ZeroVisibilityTimeout(q.name.clone()));

@@ -1350,7 +1350,12 @@ async fn external_functions_are_served_by_the_host_and_leave_with_their_worker()
     assert_eq!(&*registration.worker_id, a.id.as_str());
     assert_eq!(registration.invocation.method, Some(HttpMethod::Put));
     assert_eq!(registration.invocation.timeout_ms, Some(500));
-    assert_eq!(registration.invocation.retry, Some(json!({"attempts": 2})));
+    let retry: Option<Value> = registration
+        .invocation
+        .retry
+        .as_ref()
+        .map(|r| serde_json::from_str(r.get()).unwrap());
+    assert_eq!(retry, Some(json!({"attempts": 2})));
 
     let deadline = Instant::now() + WAIT;
     let listing = loop {
@@ -1729,4 +1734,46 @@ async fn workers_change_only_the_bindings_they_made() {
     let (retracted, _) = provider.recv_type("unregistertrigger").await;
     assert_eq!(retracted["id"], "b-1");
     finish(engine, [provider, owner, rogue]).await;
+}
+
+#[tokio::test]
+async fn an_absurd_queue_concurrency_is_refused_at_registration() {
+    // Before: a durable subscriber's `concurrency` of 2^62 was accepted, and its consumer died
+    // on a tokio assertion (a semaphore that large cannot exist), so the queue stopped running.
+    use fnmesh_core::engine::EngineConfig;
+    use fnmesh_core::queue::service::{QueueBackend, QueueSettings};
+
+    let config = EngineConfig {
+        queues: Some(QueueSettings {
+            backend: QueueBackend::Memory,
+            queues: Vec::new(),
+            poll_interval: Duration::from_millis(20),
+        }),
+        ..EngineConfig::default()
+    };
+    let engine = start(Engine::builder().config(config)).await;
+    let spec = |concurrency: u64| TriggerSpec {
+        id: None,
+        trigger_type: "durable:subscriber".to_owned(),
+        function_id: "jobs::run".to_owned(),
+        config: raw(
+            &json!({"topic": "orders", "queue_config": {"concurrency": concurrency}}).to_string(),
+        ),
+        metadata: None,
+        namespace: None,
+        trigger_namespace: None,
+    };
+    let refused = engine
+        .handle()
+        .register_trigger(spec(1 << 62))
+        .await
+        .expect_err("a concurrency of 2^62 is refused");
+    assert_eq!(refused.code, "trigger_registration_failed", "{refused:?}");
+    assert!(refused.message.contains("at most 10000"), "{refused:?}");
+    engine
+        .handle()
+        .register_trigger(spec(10_000))
+        .await
+        .expect("the bound itself is accepted");
+    engine.shutdown().await;
 }

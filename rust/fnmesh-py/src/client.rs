@@ -183,11 +183,12 @@ impl ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.opened.close();
-        if let Ok(mut state) = self.state.lock() {
-            if let Some((runtime, client)) = state.take() {
+        let taken = self.state.lock().map(|mut s| s.take()).unwrap_or(None);
+        if let Some((runtime, client)) = taken {
+            crate::errors::without_gil(move || {
                 runtime.block_on(client.shutdown());
                 runtime.shutdown_timeout(Duration::from_secs(5));
-            }
+            });
         }
     }
 }

@@ -58,6 +58,7 @@ impl EngineHandle {
     #[staticmethod]
     fn start(py: Python<'_>, config: EngineSettings) -> PyResult<EngineHandle> {
         let (config, worker_threads) = config.into_core()?;
+        let (worker_addr, http_addr) = (config.server.addr, config.http.addr);
         py.detach(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(worker_threads)
@@ -77,7 +78,21 @@ impl EngineHandle {
                 opened,
             })
         })
-        .map_err(PyErr::from)
+        .map_err(|e| {
+            if e.kind() != std::io::ErrorKind::AddrInUse {
+                return PyErr::from(e);
+            }
+            // Name the setting whose port is taken: the worker listener's message names its
+            // address; anything else that binds at start is the HTTP listener.
+            let text = e.to_string();
+            let (addr, setting) =
+                if worker_addr.port() != 0 && text.contains(&worker_addr.to_string()) {
+                    (worker_addr, "port")
+                } else {
+                    (http_addr, "http_port")
+                };
+            crate::errors::address_in_use(&e, &addr.ip().to_string(), addr.port(), setting)
+        })
     }
 
     /// The way to the engine's functions (registering Python functions, calling any function
@@ -171,11 +186,12 @@ impl EngineHandle {
 impl Drop for EngineHandle {
     fn drop(&mut self) {
         self.opened.close();
-        if let Ok(mut state) = self.state.lock() {
-            if let Some((runtime, engine)) = state.take() {
+        let taken = self.state.lock().map(|mut s| s.take()).unwrap_or(None);
+        if let Some((runtime, engine)) = taken {
+            crate::errors::without_gil(move || {
                 runtime.block_on(engine.shutdown());
                 runtime.shutdown_timeout(Duration::from_secs(5));
-            }
+            });
         }
     }
 }

@@ -16,6 +16,37 @@ pyo3::import_exception!(fnmesh.errors, InvalidNamespace);
 pyo3::import_exception!(fnmesh.errors, InvalidArgument);
 pyo3::import_exception!(fnmesh.errors, RegistrationError);
 pyo3::import_exception!(fnmesh.errors, ConnectionFailed);
+pyo3::import_exception!(fnmesh.errors, AddressInUse);
+
+/// An engine that could not bind `port` (chosen by the setting `setting`) because it is taken.
+pub fn address_in_use(err: &std::io::Error, host: &str, port: u16, setting: &str) -> PyErr {
+    AddressInUse::new_err((
+        format!("port {port} on {host} is already in use (setting `{setting}`): {err}"),
+        port,
+        setting.to_owned(),
+    ))
+}
+
+/// Runs a blocking `f` (a shutdown from `Drop`) without holding the GIL, so Python threads keep
+/// running while it waits: a handler finishing, a peer answering the close handshake. `Drop`
+/// may run with or without the GIL; when Python cannot be attached (interpreter shutting
+/// down), `f` runs as it is.
+pub fn without_gil<F: FnOnce() + Send>(f: F) {
+    let mut pending = Some(f);
+    let slot = &mut pending;
+    let ran = Python::try_attach(|py| {
+        py.detach(|| {
+            if let Some(f) = slot.take() {
+                f();
+            }
+        })
+    });
+    if ran.is_none() {
+        if let Some(f) = pending.take() {
+            f();
+        }
+    }
+}
 
 /// Converts a core error into the matching Python exception.
 pub fn to_py(err: Error) -> PyErr {

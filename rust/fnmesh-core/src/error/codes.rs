@@ -127,6 +127,9 @@ error_codes! {
     Shutdown = "SHUTDOWN",
     /// The worker client's first connection could not be made in time.
     ConnectionFailed = "CONNECTION_FAILED",
+    /// An engine listener could not bind its address (the port is taken); raised where the
+    /// engine starts, never sent.
+    AddressInUse = "ADDRESS_IN_USE",
     /// The worker client got an invocation of an external HTTP function it registered: the
     /// engine calls that function's URL, the worker never serves it.
     FunctionNotInvokable = "function_not_invokable",

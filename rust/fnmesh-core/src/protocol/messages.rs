@@ -107,7 +107,7 @@ pub enum HttpAuth {
 }
 
 /// `registerfunction.invocation`: makes the function an external HTTP endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpInvocationRef {
     /// Target URL.
     pub url: String,
@@ -123,11 +123,24 @@ pub struct HttpInvocationRef {
     /// Authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<HttpAuth>,
-    /// fnmesh extension: the retry policy, passed to the host as given (iii has no retries;
-    /// its workers never send it).
+    /// fnmesh extension: the retry policy, passed to the host as given, byte for byte (iii has
+    /// no retries; its workers never send it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<serde_json::Value>,
+    pub retry: Option<RawJson>,
 }
+
+impl PartialEq for HttpInvocationRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+            && self.method == other.method
+            && self.timeout_ms == other.timeout_ms
+            && self.headers == other.headers
+            && self.auth == other.auth
+            && self.retry.as_ref().map(|r| r.get()) == other.retry.as_ref().map(|r| r.get())
+    }
+}
+
+impl Eq for HttpInvocationRef {}
 
 /// `registerfunction` (worker → engine).
 #[derive(Debug, Clone, Default)]

@@ -515,6 +515,9 @@ impl QueueService {
             if c == 0 {
                 return Err(SubscribeError::ZeroConcurrency);
             }
+            if c > crate::config::MAX_QUEUE_CONCURRENCY {
+                return Err(SubscribeError::ConcurrencyTooHigh);
+            }
             queue_config.concurrency = c;
         }
         if let Some(ms) = qc.visibility_timeout {
@@ -977,6 +980,12 @@ enum SubscribeError {
     /// `queue_config.concurrency` is 0.
     #[error("queue_config.concurrency must be at least 1")]
     ZeroConcurrency,
+    /// `queue_config.concurrency` is above [`crate::config::MAX_QUEUE_CONCURRENCY`].
+    #[error(
+        "queue_config.concurrency must be at most {}",
+        crate::config::MAX_QUEUE_CONCURRENCY
+    )]
+    ConcurrencyTooHigh,
     /// `queue_config.visibilityTimeout` is 0.
     #[error("queue_config.visibilityTimeout must be positive")]
     ZeroVisibilityTimeout,

@@ -8,10 +8,10 @@ use serde_json::value::RawValue;
 
 use super::mapping::JsonText;
 
-/// `protocol`: a float in `registerfunction.invocation.retry` (kept as a `serde_json::Value`)
-/// changed on every decode and encode (`1.0008000000000002` -> `1.0008000000000001` ->
-/// `1.0008`): serde_json's default float parsing is not correctly rounded. The workspace now
-/// enables its `float_roundtrip` feature.
+/// `protocol`: a float in `registerfunction.invocation.retry` (then kept as a
+/// `serde_json::Value`) changed on every decode and encode (`1.0008000000000002` ->
+/// `1.0008000000000001` -> `1.0008`): serde_json's default float parsing is not correctly
+/// rounded. The field is now kept raw, as sent.
 #[test]
 fn floats_in_typed_fields_survive_round_trips() {
     for number in [
