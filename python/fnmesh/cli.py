@@ -138,9 +138,17 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _announce(engine: Engine) -> None:
-    print(f"fnmesh {__version__}: workers connect to {engine.url}", file=sys.stderr, flush=True)
+    _say(f"fnmesh {__version__}: workers connect to {engine.url}")
     if engine.http_url is not None:
-        print(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}", file=sys.stderr, flush=True)
+        _say(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}")
+
+
+def _say(line: str) -> None:
+    """One line on stderr in a single write: ``print`` writes the text and its newline
+    separately, so an engine log line written in between (from a Rust thread) ran into the
+    text, and a reader of ``workers connect to ws://...`` got the log line glued to the URL."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _serve_app(config: EngineConfig) -> int:
