@@ -149,7 +149,7 @@ fn first_segment(id: &str) -> &str {
 
 /// The name listings show for whoever owns `owner`.
 fn owner_name(shared: &Shared, owner: &str, function_id: &str) -> String {
-    if owner == ENGINE_OWNER || owner == super::HOST_OWNER {
+    if super::is_in_process_owner(owner) {
         return ENGINE_WORKER_NAME.to_owned();
     }
     shared
@@ -434,11 +434,7 @@ fn engine_row(shared: &Shared) -> Value {
         .functions
         .list(ListFilter::default())
         .iter()
-        .filter(|f| {
-            f.owners
-                .iter()
-                .any(|o| &**o == ENGINE_OWNER || &**o == super::HOST_OWNER)
-        })
+        .filter(|f| f.owners.iter().any(|o| super::is_in_process_owner(o)))
         .count();
     json!({
         "id": ENGINE_OWNER,

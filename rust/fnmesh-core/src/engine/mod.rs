@@ -80,6 +80,13 @@ pub use crate::config::EngineConfig;
 pub const ENGINE_OWNER: &str = "engine";
 /// Owner name of functions a host program registers through [`Engine::register_function`].
 pub const HOST_OWNER: &str = "host";
+
+/// Owners of what this process itself provides: the engine's built-ins and services, and the
+/// host's (embedded app's) functions and trigger types. Listings show them as the engine, and
+/// workers cannot take them over.
+pub(crate) fn is_in_process_owner(owner: &str) -> bool {
+    owner == ENGINE_OWNER || owner == HOST_OWNER
+}
 /// Trigger type fired when the set of functions changes.
 pub const FUNCTIONS_AVAILABLE: &str = "engine::functions-available";
 /// Trigger type fired when workers connect, leave or describe themselves.

@@ -15,7 +15,7 @@ use super::dispatch::{Caller, Request};
 use super::state::{
     lock, raw_null, send_msg, uuid, NsState, Provider, Shared, Target, WorkerState,
 };
-use super::{ENGINE_OWNER, ENQUEUE_FUNCTION, HOST_OWNER};
+use super::{is_in_process_owner, ENGINE_OWNER, ENQUEUE_FUNCTION};
 use crate::error::Error;
 use crate::external::ExternalRegistration;
 use crate::function::{CallOptions, Outcome};
@@ -530,10 +530,4 @@ impl ConnectionHandler for Handler {
             self.0.cleanup(&ws);
         }
     }
-}
-
-/// Owners of what this process itself provides: the engine's built-ins and services, and the
-/// host's (embedded app's) functions and trigger types. Workers cannot take these over.
-pub(super) fn is_in_process_owner(owner: &str) -> bool {
-    owner == ENGINE_OWNER || owner == HOST_OWNER
 }
