@@ -286,6 +286,12 @@ pub struct QueueConfig {
     pub kind: QueueKind,
     /// Window in which an idempotency key drops duplicates (24 h).
     pub idempotency_window: Duration,
+    /// How often a message may be put back without using an attempt (20): when its call never
+    /// ran (`function_not_found`) or was stopped (`invocation_stopped`: its worker left, the
+    /// engine stopped). Each release waits [`QueueConfig::release_delay`]; past this bound such
+    /// a call counts as a failed attempt, so a message nobody can run still ends in the dead
+    /// letters.
+    pub max_releases: u32,
 }
 
 impl QueueConfig {
@@ -299,7 +305,16 @@ impl QueueConfig {
             visibility_timeout: Duration::from_secs(30),
             kind: QueueKind::Standard,
             idempotency_window: Duration::from_secs(24 * 3600),
+            max_releases: 20,
         }
+    }
+
+    /// The wait before a message released `releases` times before (0 for the first release) is
+    /// claimable again: 100 ms, doubled per release, at most 5 s.
+    pub fn release_delay(&self, releases: u32) -> Duration {
+        Duration::from_millis(100)
+            .saturating_mul(2u32.saturating_pow(releases.min(16)))
+            .min(Duration::from_secs(5))
     }
 
     /// The delay before attempt `attempt + 1` after attempt `attempt` (1-based) failed:

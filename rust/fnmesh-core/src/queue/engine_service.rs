@@ -61,7 +61,7 @@ impl EngineService for QueuesService {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(queues) = self.queues.get() {
-                queues.shutdown();
+                queues.shutdown().await;
             }
         })
     }

@@ -106,6 +106,7 @@ struct Stored {
     seq: u64,
     fifo: bool,
     attempts: u32,
+    releases: u32,
     enqueued_at_ms: u64,
     /// When the enqueue delay ends.
     not_before: Ms,
@@ -259,6 +260,7 @@ fn delivery(stored: &Stored, lease: String) -> Delivery {
         baggage: m.baggage.clone(),
         group: m.group.clone(),
         attempt: stored.attempts,
+        releases: stored.releases,
         enqueued_at_ms: stored.enqueued_at_ms,
         lease,
     }
@@ -311,6 +313,7 @@ impl MemoryStore {
             seq,
             fifo,
             attempts: 0,
+            releases: 0,
             enqueued_at_ms: now_ms(),
             not_before,
             state: State::Blocked,
@@ -376,6 +379,7 @@ impl MemoryStore {
                 queue.in_flight.remove(key);
                 if matches!(how, Nack::Release(_)) {
                     stored.attempts = stored.attempts.saturating_sub(1);
+                    stored.releases = stored.releases.saturating_add(1);
                 }
                 // A fifo head stays its group's head: its group waits for it.
                 let key = (now.saturating_add(millis(delay)), stored.seq);
@@ -388,7 +392,10 @@ impl MemoryStore {
                     return Ok(false);
                 };
                 let seq = stored.seq;
-                queue.dead_ids.insert(stored.message.id.clone(), seq);
+                // Idempotent: a dead letter with this id already (its id reused) is replaced.
+                if let Some(older) = queue.dead_ids.insert(stored.message.id.clone(), seq) {
+                    queue.dead.remove(&older);
+                }
                 queue.dead.insert(
                     seq,
                     Dead {
@@ -400,6 +407,30 @@ impl MemoryStore {
                 Ok(true)
             }
         }
+    }
+
+    fn do_extend(&self, delivery: &Delivery, visibility: Duration) -> StoreResult<bool> {
+        let mut inner = self.lock()?;
+        let now = inner.now();
+        let Some(queue) = inner.queues.get_mut(&delivery.queue) else {
+            return Ok(false);
+        };
+        let Some(stored) = queue.messages.get_mut(&delivery.id) else {
+            return Ok(false);
+        };
+        let State::InFlight(key, lease) = &stored.state else {
+            return Ok(false);
+        };
+        if *lease != delivery.lease {
+            return Ok(false);
+        }
+        let old = *key;
+        let key = (now.saturating_add(millis(visibility).max(1)), stored.seq);
+        stored.state = State::InFlight(key, delivery.lease.clone());
+        if let Some(id) = queue.in_flight.remove(&old) {
+            queue.in_flight.insert(key, id);
+        }
+        Ok(true)
     }
 
     fn do_release_all(&self) -> StoreResult<u64> {
@@ -516,6 +547,7 @@ impl MemoryStore {
             queue.insert(Stored {
                 seq,
                 attempts: 0,
+                releases: 0,
                 not_before: now,
                 state: State::Blocked,
                 ..dead.stored
@@ -565,6 +597,14 @@ impl QueueStore for MemoryStore {
         how: Nack,
     ) -> BoxFuture<'_, StoreResult<bool>> {
         ready(self.do_nack(delivery, error, how))
+    }
+
+    fn extend(
+        &self,
+        delivery: &Delivery,
+        visibility_timeout: Duration,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        ready(self.do_extend(delivery, visibility_timeout))
     }
 
     fn release_all(&self) -> BoxFuture<'_, StoreResult<u64>> {

@@ -11,7 +11,8 @@
 //!
 //! Semantics every backend keeps:
 //! - **At least once.** A claimed message is invisible to other claims until it is acked, nacked,
-//!   or its visibility timeout passes (its consumer died): then it is claimed again.
+//!   or its visibility timeout passes (its consumer died): then it is claimed again. A consumer
+//!   whose call runs longer keeps its claim with [`QueueStore::extend`].
 //! - **Attempts.** Each claim counts one attempt ([`Delivery::attempt`], 1 for the first). A nack
 //!   either schedules the next attempt after a delay or, when the caller says so, moves the
 //!   message to the dead letters with the error and the attempt count.
@@ -103,6 +104,10 @@ pub struct Delivery {
     pub group: Option<String>,
     /// This delivery's attempt, 1 for the first.
     pub attempt: u32,
+    /// How often the message was released ([`Nack::Release`]) without an attempt since it was
+    /// enqueued (or redriven): the engine bounds it so a message that is never run (a handler
+    /// answering `function_not_found`, a crash loop) cannot come back forever.
+    pub releases: u32,
     /// When the message was enqueued (ms since the Unix epoch).
     pub enqueued_at_ms: u64,
     /// Identifies this claim: an ack or nack with a stale lease (the message was claimed again
@@ -142,9 +147,10 @@ pub enum Nack {
     Retry(Duration),
     /// Moved to the dead letters.
     Dead,
-    /// Not attempted (nobody serves its function right now): claimable again after this delay,
-    /// and this claim does not count as an attempt, so a worker that is away for a while (a
-    /// deploy, a crash loop) does not use up a message's retries.
+    /// Not attempted (nobody serves its function right now, or its call was stopped by a worker
+    /// leaving or the engine stopping): claimable again after this delay, and this claim does not
+    /// count as an attempt, so a worker that is away for a while (a deploy, a crash loop) does
+    /// not use up a message's retries. Counts one more [`Delivery::releases`].
     Release(Duration),
 }
 
@@ -208,10 +214,24 @@ pub trait QueueStore: Send + Sync + 'static {
         how: Nack,
     ) -> BoxFuture<'_, StoreResult<bool>>;
 
-    /// Makes every message this store shows as claimed claimable again, at once: used by an
-    /// engine that owns its store alone (SQLite, memory) when it starts, since no consumer of a
-    /// previous run can still be working. Returns how many were released. Shared stores
-    /// (Redis) leave other engines' claims alone and return 0.
+    /// The delivery's call is still running: its message stays invisible for
+    /// `visibility_timeout` from now (the engine's consumers call this as a heartbeat while a
+    /// call is in flight, so a call longer than the visibility timeout is not claimed again).
+    /// False when the lease is stale (the message was claimed again meanwhile) or the message
+    /// is gone.
+    fn extend(
+        &self,
+        delivery: &Delivery,
+        visibility_timeout: Duration,
+    ) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Makes every message this store shows as claimed claimable again, at once, and returns
+    /// how many were released; shared stores (Redis) leave other engines' claims alone and
+    /// return 0. Only for an operator who knows that no consumer still runs: an engine does not
+    /// call it when it starts, since after a crash (SIGKILL) the workers of the engine that died
+    /// may still be running handlers of the messages it had claimed, and reconnect; those
+    /// claims end on their own once their visibility timeout passes (their heartbeat stopped
+    /// with the engine).
     fn release_all(&self) -> BoxFuture<'_, StoreResult<u64>>;
 
     /// Counts of `queue`'s messages.

@@ -19,7 +19,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `Pqueues` | set | the names of the queues ever enqueued to |
-//! | `P{Q}:m:<receipt id>` | hash | one message: `f` function, `ns` namespace, `d` data, `tp`/`bg` trace context, `g` fifo group, `at` enqueued at, `q` enqueue sequence, `n` attempts, `c` claims ever, `l` the current lease, `e` its stream entry, `nb` (fifo) not claimable before, `err`/`fa` (dead) error and failed at |
+//! | `P{Q}:m:<receipt id>` | hash | one message: `f` function, `ns` namespace, `d` data, `tp`/`bg` trace context, `g` fifo group, `at` enqueued at, `q` enqueue sequence, `n` attempts, `r` releases (claims given back without an attempt), `c` claims ever, `l` the current lease, `e` its stream entry, `nb` (fifo) not claimable before, `err`/`fa` (dead) error and failed at |
 //! | `P{Q}:seq` | string | the last enqueue sequence (ties between equal times go to the older message) |
 //! | `P{Q}:s` | stream, group `fnmesh` | standard: entries `id <receipt id>` of the claimable and claimed messages |
 //! | `P{Q}:delayed` | sorted set | standard: `<sequence>:<receipt id>` waiting for an enqueue or retry delay, scored by when they are due |
@@ -93,8 +93,8 @@ const LEASE: &str = "local function lease(mk, id, out)
   local n = redis.call('HINCRBY', mk, 'n', 1)
   local l = ARGV[1] .. '/' .. c
   redis.call('HSET', mk, 'l', l)
-  local v = redis.call('HMGET', mk, 'f', 'ns', 'd', 'tp', 'bg', 'g', 'at')
-  out[#out + 1] = {id, n, l, v[1], v[2], v[3], v[4], v[5], v[6], v[7]}
+  local v = redis.call('HMGET', mk, 'f', 'ns', 'd', 'tp', 'bg', 'g', 'at', 'r')
+  out[#out + 1] = {id, n, l, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]}
 end
 ";
 
@@ -241,6 +241,7 @@ local delay = tonumber(ARGV[3])
 redis.call('HDEL', KEYS[1], 'l', 'e')
 if ARGV[2] == 'release' then
   if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') > 0 then redis.call('HINCRBY', KEYS[1], 'n', -1) end
+  redis.call('HINCRBY', KEYS[1], 'r', 1)
   ARGV[2] = 'retry'
 end
 if g then
@@ -266,11 +267,29 @@ if ARGV[2] == 'ack' then
   redis.call('DEL', KEYS[1])
 elseif ARGV[2] == 'dead' then
   redis.call('HSET', KEYS[1], 'err', ARGV[4], 'fa', now)
+  -- Idempotent: the id is listed once however often it died.
+  redis.call('LREM', KEYS[4], 0, ARGV[5])
   redis.call('RPUSH', KEYS[4], ARGV[5])
 elseif delay > 0 then
   redis.call('ZADD', KEYS[3], now + delay, member(q, ARGV[5]))
 else
   redis.call('HSET', KEYS[1], 'e', redis.call('XADD', KEYS[2], '*', 'id', ARGV[5]))
+end
+return 1
+";
+
+/// KEYS: message, stream, fifo in flight. ARGV: lease, visibility timeout ms, group, consumer.
+/// Answers 1 when the lease is the current one and its claim now ends a visibility timeout from
+/// now: a fifo head's claim is rescheduled; a standard entry is claimed again by its own consumer
+/// (`XCLAIM ... JUSTID` resets its idle time, which `XAUTOCLAIM` compares with the visibility
+/// timeout, and does not count a delivery).
+const EXTEND: &str = "
+local h = redis.call('HMGET', KEYS[1], 'l', 'e', 'g', 'q')
+if h[1] ~= ARGV[1] then return 0 end
+if h[3] then
+  redis.call('ZADD', KEYS[3], 'XX', now + tonumber(ARGV[2]), member(h[4], h[3]))
+elseif h[2] then
+  redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, h[2], 'JUSTID')
 end
 return 1
 ";
@@ -293,7 +312,7 @@ for _, id in ipairs(ids) do
   if redis.call('EXISTS', mk) == 1 then
     local q = redis.call('INCR', KEYS[5])
     redis.call('HSET', mk, 'n', 0, 'q', q)
-    redis.call('HDEL', mk, 'err', 'fa', 'l', 'e')
+    redis.call('HDEL', mk, 'err', 'fa', 'l', 'e', 'r')
     local g = redis.call('HGET', mk, 'g')
     if g then
       redis.call('HSET', mk, 'nb', now)
@@ -359,6 +378,7 @@ struct Scripts {
     claim_standard: Script,
     claim_fifo: Script,
     settle: Script,
+    extend: Script,
     redrive: Script,
     discard: Script,
     dead_letters: Script,
@@ -370,6 +390,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     claim_standard: Script::new(&format!("{PRELUDE}{LEASE}{CLAIM_STANDARD}")),
     claim_fifo: Script::new(&format!("{PRELUDE}{LEASE}{CLAIM_FIFO}")),
     settle: Script::new(&format!("{PRELUDE}{SETTLE}")),
+    extend: Script::new(&format!("{PRELUDE}{EXTEND}")),
     redrive: Script::new(&format!("{PRELUDE}{REDRIVE}")),
     discard: Script::new(DISCARD),
     dead_letters: Script::new(DEAD_LETTERS),
@@ -811,6 +832,34 @@ impl QueueStore for RedisStore {
         })
     }
 
+    fn extend(
+        &self,
+        delivery: &Delivery,
+        visibility_timeout: Duration,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        let keys = self.keys(&delivery.queue);
+        let (id, lease) = (delivery.id.clone(), delivery.lease.clone());
+        Box::pin(async move {
+            let keys = keys?;
+            let mut invocation = SCRIPTS.extend.prepare_invoke();
+            invocation
+                .key(keys.message(&id))
+                .key(keys.key("s"))
+                .key(keys.key("gf"))
+                .arg(&lease)
+                .arg(millis(visibility_timeout).max(1))
+                .arg(GROUP)
+                .arg(&self.consumer);
+            let answer = self.run("extend", &invocation).await?;
+            match integer(&answer) {
+                Some(extended) => Ok(extended == 1),
+                None => Err(StoreError::new(format!(
+                    "unexpected answer to extend: {answer:?}"
+                ))),
+            }
+        })
+    }
+
     fn release_all(&self) -> BoxFuture<'_, StoreResult<u64>> {
         // Other engines' claims are theirs; an expired one of this engine's previous run is
         // taken back by XAUTOCLAIM once its visibility timeout has passed.
@@ -983,7 +1032,7 @@ fn parse_deliveries(queue: &str, answer: Value) -> StoreResult<Vec<Delivery>> {
         let Value::Array(fields) = message else {
             return Err(bad(message));
         };
-        let [id, attempt, lease, function_id, namespace, data, traceparent, baggage, group, at] =
+        let [id, attempt, lease, function_id, namespace, data, traceparent, baggage, group, at, releases] =
             fields.as_slice()
         else {
             return Err(bad(message));
@@ -1009,6 +1058,7 @@ fn parse_deliveries(queue: &str, answer: Value) -> StoreResult<Vec<Delivery>> {
             baggage: text(baggage),
             group: text(group),
             attempt: attempt.clamp(0, u32::MAX as i64) as u32,
+            releases: integer(releases).unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
             enqueued_at_ms: integer(at).unwrap_or(0).max(0) as u64,
             lease,
         });
@@ -1087,6 +1137,7 @@ mod tests {
             bulk("k=v"),
             Value::Nil,
             bulk("1700000000123"),
+            bulk("3"),
         ])]);
         let deliveries = parse_deliveries("jobs", answer).unwrap();
         assert_eq!(
@@ -1101,6 +1152,7 @@ mod tests {
                 baggage: Some("k=v".to_owned()),
                 group: None,
                 attempt: 2,
+                releases: 3,
                 enqueued_at_ms: 1_700_000_000_123,
                 lease: "engine-a/7".to_owned(),
             }]

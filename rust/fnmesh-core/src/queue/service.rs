@@ -11,7 +11,17 @@
 //!   in this engine wakes it, or for `poll_interval` (retries coming due, other engines'
 //!   enqueues on a shared store).
 //! - The store opens lazily: at the first enqueue, or at start when it already holds messages
-//!   (a SQLite file from an earlier run: its messages in flight then are released at once).
+//!   (a SQLite file from an earlier run: its messages in flight then are claimed again once
+//!   their visibility timeout passes, never earlier, since the workers of an engine that crashed
+//!   may still be running them).
+//! - While a call is in flight its claim is extended every third of the visibility timeout (a
+//!   heartbeat), so a call may run longer than the visibility timeout without being delivered
+//!   twice; the call itself is bounded by the larger of the visibility timeout and the engine's
+//!   `invocation_timeout`.
+//! - A call that never ran (`function_not_found`) or was stopped (`invocation_stopped`: its
+//!   worker left, the engine is stopping) puts the message back without using an attempt, at
+//!   most `max_releases` times; a condition function that fails is a failed attempt. At
+//!   shutdown the messages in flight are put back at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -44,7 +54,8 @@ pub const ENQUEUE_ERROR: &str = ErrorCode::EnqueueError.as_str();
 
 /// The settings of named queues from JSON: `{"<name>": {"max_retries": 3, "backoff_ms": 1000,
 /// "concurrency": 10, "visibility_timeout_ms": 30000, "type": "standard" | "fifo",
-/// "message_group_field": "...", "idempotency_window_ms": 86400000}}`, every field optional.
+/// "message_group_field": "...", "idempotency_window_ms": 86400000, "max_releases": 20}}`, every
+/// field optional.
 /// Unknown fields and wrong types are errors that name the queue and the field.
 pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, QueueConfigError> {
     #[derive(Deserialize)]
@@ -58,6 +69,7 @@ pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, QueueConf
         kind: Option<String>,
         message_group_field: Option<String>,
         idempotency_window_ms: Option<u64>,
+        max_releases: Option<u32>,
     }
     let entries: BTreeMap<String, Value> =
         serde_json::from_str(text).map_err(|e| QueueConfigError::NotATable(e.to_string()))?;
@@ -83,6 +95,9 @@ pub fn queue_configs_from_json(text: &str) -> Result<Vec<QueueConfig>, QueueConf
         }
         if let Some(v) = entry.idempotency_window_ms {
             config.idempotency_window = Duration::from_millis(v);
+        }
+        if let Some(v) = entry.max_releases {
+            config.max_releases = v;
         }
         config.kind = match (
             entry.kind.as_deref().unwrap_or("standard"),
@@ -132,6 +147,9 @@ pub(crate) struct QueueService {
     subscriptions: Mutex<BTreeMap<String, Subscription>>,
     /// Condition functions of subscriber queues: queue -> (namespace, function id).
     conditions: Mutex<HashMap<String, (String, String)>>,
+    /// Deliveries whose call is in flight, by lease, with their queue's settings: released at
+    /// shutdown.
+    running: Mutex<HashMap<String, (Delivery, QueueConfig)>>,
     stopped: std::sync::atomic::AtomicBool,
     /// Set when a queue may lack its consumer (before the store opens, after a subscription).
     consumers_stale: std::sync::atomic::AtomicBool,
@@ -253,6 +271,7 @@ impl QueueService {
             consumers: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(BTreeMap::new()),
             conditions: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             consumers_stale: std::sync::atomic::AtomicBool::new(true),
             consumer_name: format!("fnmesh-{}", uuid::Uuid::new_v4()),
@@ -285,12 +304,31 @@ impl QueueService {
         }
     }
 
-    /// Stops every consumer (messages stay in the store).
-    pub(crate) fn shutdown(&self) {
+    /// Stops every consumer (messages stay in the store) and puts the messages whose calls are
+    /// in flight back at once, without using an attempt: the engine is stopping, so their
+    /// calls end with `invocation_stopped`, and the next engine on the store claims them at
+    /// once instead of after their visibility timeout.
+    pub(crate) async fn shutdown(&self) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::Release);
         for consumer in lock(&self.consumers).drain().map(|(_, c)| c) {
             consumer.stop.notify_one();
+        }
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        let running: Vec<(Delivery, QueueConfig)> =
+            lock(&self.running).drain().map(|(_, r)| r).collect();
+        let error = ErrorBody::new(ErrorCode::InvocationStopped, "engine shutting down");
+        for (delivery, config) in running {
+            settle_nack(
+                store,
+                &config,
+                &delivery,
+                &error,
+                Nack::Release(Duration::ZERO),
+            )
+            .await;
         }
     }
 
@@ -300,17 +338,10 @@ impl QueueService {
             .get_or_try_init(|| async {
                 let store: Arc<dyn QueueStore> = match &self.settings.backend {
                     QueueBackend::Memory => Arc::new(MemoryStore::new()),
-                    QueueBackend::Sqlite(path) => {
-                        let store = SqliteStore::open(path)?;
-                        let released = store.release_all().await?;
-                        if released > 0 {
-                            info!(
-                                released,
-                                "queue messages in flight in an earlier run are claimable again"
-                            );
-                        }
-                        Arc::new(store)
-                    }
+                    // Claims of an earlier run are not released here: after a crash its workers
+                    // may still be running those handlers. They end with their visibility
+                    // timeout, since nothing extends them any more (docs/architecture.md).
+                    QueueBackend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
                     QueueBackend::Redis(url) => Arc::new(
                         super::redis_streams::RedisStore::connect(url, &self.consumer_name).await?,
                     ),
@@ -844,12 +875,52 @@ async fn consume(
     debug!(queue = %config.name, "queue consumer stopped");
 }
 
-/// Calls one message's function and settles the message.
+/// Calls one message's function and settles the message. While it runs the message is in
+/// `service.running`, which shutdown releases.
 async fn deliver(
     service: &Arc<QueueService>,
     store: &Arc<dyn QueueStore>,
     config: &QueueConfig,
     delivery: Delivery,
+) {
+    lock(&service.running).insert(delivery.lease.clone(), (delivery.clone(), config.clone()));
+    let call = deliver_inner(service, store, config, &delivery);
+    with_heartbeat(store, config, &delivery, call).await;
+    lock(&service.running).remove(&delivery.lease);
+}
+
+/// Runs `call`, extending the delivery's claim every third of the visibility timeout meanwhile.
+async fn with_heartbeat<F: std::future::Future<Output = ()>>(
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
+    call: F,
+) {
+    let every = (config.visibility_timeout / 3).max(Duration::from_millis(1));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            () = &mut call => return,
+            _ = beat.tick() => match store.extend(delivery, config.visibility_timeout).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    debug!(queue = %config.name, id = %delivery.id, "the claim was lost while its call runs")
+                }
+                Err(e) => {
+                    warn!(queue = %config.name, id = %delivery.id, "extending the claim failed (the message may run again): {e}")
+                }
+            },
+        }
+    }
+}
+
+async fn deliver_inner(
+    service: &Arc<QueueService>,
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
 ) {
     let Some(engine) = service.engine.upgrade() else {
         return;
@@ -865,9 +936,14 @@ async fn deliver(
                 delivery.attempt
             ),
         );
-        settle_nack(store, config, &delivery, &error, Nack::Dead).await;
+        settle_nack(store, config, delivery, &error, Nack::Dead).await;
         return;
     }
+    // The heartbeat keeps the claim while the call runs; the call's own bound is the larger of
+    // the queue's visibility timeout and the engine's invocation timeout.
+    let timeout = config
+        .visibility_timeout
+        .max(engine.config().invocation_timeout);
     let condition = lock(&service.conditions).get(&config.name).cloned();
     if let Some((namespace, function_id)) = condition {
         let verdict = engine
@@ -876,19 +952,25 @@ async fn deliver(
                 raw(delivery.data.clone()),
                 CallOptions {
                     namespace: Some(namespace),
-                    timeout: Some(config.visibility_timeout),
+                    timeout: Some(timeout),
                     ..CallOptions::default()
                 },
             )
             .await;
-        let skip = match &verdict {
-            Outcome::Success(result) => condition_skips(result.as_deref()),
-            Outcome::Failure(_) => true,
-        };
-        if skip {
-            debug!(queue = %config.name, id = %delivery.id, "condition skipped the message");
-            settle_ack(store, config, &delivery).await;
-            return;
+        match verdict {
+            Outcome::Success(result) if condition_skips(result.as_deref()) => {
+                debug!(queue = %config.name, id = %delivery.id, "condition skipped the message");
+                settle_ack(store, config, delivery).await;
+                return;
+            }
+            Outcome::Success(_) => {}
+            Outcome::Failure(error) => {
+                // A condition that could not be evaluated (it failed, timed out, or nobody
+                // serves it right now) decides nothing: the message is not dropped but settles
+                // like a failed call (docs/protocol.md 6.5).
+                settle_failure(service, store, config, delivery, error).await;
+                return;
+            }
         }
     }
     let outcome = engine
@@ -899,30 +981,53 @@ async fn deliver(
                 namespace: Some(delivery.namespace.clone()),
                 traceparent: delivery.traceparent.clone(),
                 baggage: delivery.baggage.clone(),
-                timeout: Some(config.visibility_timeout),
+                timeout: Some(timeout),
                 ..CallOptions::default()
             },
         )
         .await;
     match outcome {
-        Outcome::Success(_) => settle_ack(store, config, &delivery).await,
-        Outcome::Failure(error) if error.code == ErrorCode::FunctionNotFound => {
-            // Nobody serves it right now (a worker restarting): wait without using up an
-            // attempt.
-            let delay = config
-                .backoff
-                .clamp(Duration::from_millis(100), Duration::from_secs(5));
-            settle_nack(store, config, &delivery, &error, Nack::Release(delay)).await;
-        }
-        Outcome::Failure(error) => {
-            let how = if delivery.attempt > config.max_retries {
-                Nack::Dead
-            } else {
-                Nack::Retry(config.retry_delay(delivery.attempt))
-            };
-            settle_nack(store, config, &delivery, &error, how).await;
-        }
+        Outcome::Success(_) => settle_ack(store, config, delivery).await,
+        Outcome::Failure(error) => settle_failure(service, store, config, delivery, error).await,
     }
+}
+
+/// Settles a delivery whose call (or condition) failed with `error`. A call that did not run
+/// (`function_not_found`: nobody serves it right now) or was stopped (`invocation_stopped`: its
+/// worker left, or the engine is stopping) is released without using an attempt, up to the
+/// queue's `max_releases`; beyond, and for every other error, the attempt counts.
+async fn settle_failure(
+    service: &Arc<QueueService>,
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
+    error: ErrorBody,
+) {
+    let not_run =
+        error.code == ErrorCode::FunctionNotFound || error.code == ErrorCode::InvocationStopped;
+    if not_run && service.stopped.load(std::sync::atomic::Ordering::Acquire) {
+        // The engine is stopping: the next run (or another engine) takes it at once.
+        settle_nack(
+            store,
+            config,
+            delivery,
+            &error,
+            Nack::Release(Duration::ZERO),
+        )
+        .await;
+        return;
+    }
+    if not_run && delivery.releases < config.max_releases {
+        let delay = config.release_delay(delivery.releases);
+        settle_nack(store, config, delivery, &error, Nack::Release(delay)).await;
+        return;
+    }
+    let how = if delivery.attempt > config.max_retries {
+        Nack::Dead
+    } else {
+        Nack::Retry(config.retry_delay(delivery.attempt))
+    };
+    settle_nack(store, config, delivery, &error, how).await;
 }
 
 async fn settle_ack(store: &Arc<dyn QueueStore>, config: &QueueConfig, delivery: &Delivery) {
@@ -952,7 +1057,7 @@ async fn settle_nack(
             info!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempt = delivery.attempt, code = %error.code, retry_in_ms = delay.as_millis() as u64, "queued call failed; will retry")
         }
         Nack::Release(delay) => {
-            debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, "nobody serves the function yet; the message waits")
+            debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, code = %error.code, "the call did not run; the message waits without using an attempt")
         }
     }
     match store.nack(delivery, error, how).await {

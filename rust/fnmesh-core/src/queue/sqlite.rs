@@ -38,7 +38,7 @@ use crate::protocol::ErrorBody;
 
 /// The schema this code writes (`PRAGMA user_version`); a file with a later version was written
 /// by a newer fnmesh and is refused.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// `available_at` of a fifo message waiting behind its group's head.
 const BLOCKED: i64 = i64::MAX;
@@ -98,6 +98,36 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_expiry ON idempotency (expires_at);
 ";
 
+/// Version 2: `messages.releases` counts the claims given back without an attempt
+/// ([`Nack::Release`]), and a dead letter's id is unique within its queue only, so a receipt id
+/// reused in another queue can be buried too.
+const SCHEMA_V2: &str = "
+ALTER TABLE messages ADD COLUMN releases INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE dead_letters_v2 (
+    seq              INTEGER PRIMARY KEY,
+    id               TEXT NOT NULL,
+    queue            TEXT NOT NULL,
+    function_id      TEXT NOT NULL,
+    namespace        TEXT NOT NULL,
+    data             TEXT NOT NULL,
+    traceparent      TEXT,
+    baggage          TEXT,
+    grp              TEXT,
+    fifo             INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL,
+    enqueued_at      INTEGER NOT NULL,
+    failed_at        INTEGER NOT NULL,
+    error_code       TEXT NOT NULL,
+    error_message    TEXT NOT NULL,
+    error_stacktrace TEXT,
+    UNIQUE (queue, id)
+);
+INSERT INTO dead_letters_v2 SELECT * FROM dead_letters;
+DROP TABLE dead_letters;
+ALTER TABLE dead_letters_v2 RENAME TO dead_letters;
+CREATE INDEX dead_letters_queue ON dead_letters (queue);
+";
+
 /// The statements, together so a test can check that each one uses an index.
 mod sql {
     pub(super) const GROUP_BUSY: &str =
@@ -119,7 +149,7 @@ mod sql {
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, ?12, NULL)";
     pub(super) const CLAIMABLE: &str = "
         SELECT seq, id, function_id, namespace, data, traceparent, baggage, grp, attempts,
-               enqueued_at
+               enqueued_at, releases
         FROM messages WHERE queue = ?1 AND available_at <= ?2
         ORDER BY available_at, seq LIMIT ?3";
     pub(super) const CLAIM: &str =
@@ -127,12 +157,19 @@ mod sql {
     pub(super) const RETRY: &str =
         "UPDATE messages SET lease = NULL, available_at = ?3 WHERE id = ?1 AND lease = ?2";
     pub(super) const RELEASE: &str = "
-        UPDATE messages SET lease = NULL, available_at = ?3, attempts = MAX(attempts - 1, 0)
+        UPDATE messages SET lease = NULL, available_at = ?3, attempts = MAX(attempts - 1, 0),
+                            releases = releases + 1
         WHERE id = ?1 AND lease = ?2";
+    pub(super) const EXTEND: &str =
+        "UPDATE messages SET available_at = ?3 WHERE id = ?1 AND lease = ?2";
+    /// `OR REPLACE`: a receipt id chosen by the caller may be buried again after a redrive or
+    /// an enqueue that reused it; the newer death replaces the older dead letter instead of
+    /// failing on the unique id (which left the message to run again forever).
     pub(super) const BURY: &str = "
-        INSERT INTO dead_letters (id, queue, function_id, namespace, data, traceparent, baggage,
-                                  grp, fifo, attempts, enqueued_at, failed_at, error_code,
-                                  error_message, error_stacktrace)
+        INSERT OR REPLACE INTO dead_letters (id, queue, function_id, namespace, data,
+                                             traceparent, baggage, grp, fifo, attempts,
+                                             enqueued_at, failed_at, error_code, error_message,
+                                             error_stacktrace)
         SELECT id, queue, function_id, namespace, data, traceparent, baggage, grp, fifo,
                attempts, enqueued_at, ?3, ?4, ?5, ?6
         FROM messages WHERE id = ?1 AND lease = ?2";
@@ -180,6 +217,8 @@ mod sql {
         CLAIMABLE,
         CLAIM,
         RETRY,
+        RELEASE,
+        EXTEND,
         BURY,
         STATS,
         STATS_DEAD,
@@ -356,7 +395,10 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     if version < 1 {
         tx.execute_batch(SCHEMA_V1).map_err(db_error)?;
     }
-    // Later versions: `if version < 2 { ALTER ... }`, each step in this same transaction.
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2).map_err(db_error)?;
+    }
+    // Later versions: `if version < 3 { ALTER ... }`, each step in this same transaction.
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db_error)?;
     tx.commit().map_err(db_error)
@@ -535,6 +577,7 @@ fn claim(
             let seq: i64 = r.get(0)?;
             let attempts: u32 = r.get(8)?;
             let enqueued_at: i64 = r.get(9)?;
+            let releases: u32 = r.get(10)?;
             Ok((
                 seq,
                 Delivery {
@@ -547,6 +590,7 @@ fn claim(
                     baggage: r.get(6)?,
                     group: r.get(7)?,
                     attempt: attempts.saturating_add(1),
+                    releases,
                     enqueued_at_ms: u64::try_from(enqueued_at).unwrap_or(0),
                     lease: format!("{batch}.{seq}"),
                 },
@@ -586,6 +630,15 @@ fn retry(
         lease,
         now().saturating_add(delay_ms)
     ])?;
+    Ok(changed == 1)
+}
+
+fn extend(db: &mut Db, id: &str, lease: &str, visibility_ms: i64) -> rusqlite::Result<bool> {
+    let deadline = now().saturating_add(visibility_ms.max(1));
+    let changed = db
+        .conn
+        .prepare_cached(sql::EXTEND)?
+        .execute(params![id, lease, deadline])?;
     Ok(changed == 1)
 }
 
@@ -785,6 +838,16 @@ impl QueueStore for SqliteStore {
         }
     }
 
+    fn extend(
+        &self,
+        delivery: &Delivery,
+        visibility_timeout: Duration,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        let (id, lease) = (delivery.id.clone(), delivery.lease.clone());
+        let visibility = ms(visibility_timeout);
+        self.run(move |db| extend(db, &id, &lease, visibility))
+    }
+
     fn release_all(&self) -> BoxFuture<'_, StoreResult<u64>> {
         self.run(release_all)
     }
@@ -826,12 +889,48 @@ impl QueueStore for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A version 1 file keeps its messages and dead letters through the migration to version 2,
+    /// its messages with no releases counted.
+    #[test]
+    fn version_1_files_are_migrated() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO messages (id, queue, function_id, namespace, data, fifo, attempts,
+                                   enqueued_at, not_before, available_at)
+             VALUES ('m1', 'q', 'f', 'default', '{}', 0, 1, 1, 1, 1);
+             INSERT INTO dead_letters (id, queue, function_id, namespace, data, fifo, attempts,
+                                       enqueued_at, failed_at, error_code, error_message)
+             VALUES ('d1', 'q', 'f', 'default', '{}', 0, 4, 1, 2, 'boom', 'it broke');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let releases: i64 = conn
+            .query_row("SELECT releases FROM messages WHERE id = 'm1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(releases, 0);
+        let dead: (String, i64) = conn
+            .query_row("SELECT error_code, attempts FROM dead_letters", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(dead, ("boom".to_owned(), 4));
+    }
+
     /// No statement on the hot path scans a table or sorts: each finds its rows through an index,
     /// so a claim, an ack or a lookup costs the same with a million messages queued.
     #[test]
     fn statements_use_indexes() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
         for statement in sql::INDEXED {
             let mut explain = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))

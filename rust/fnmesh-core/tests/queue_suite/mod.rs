@@ -75,6 +75,9 @@ macro_rules! for_each_check {
             stats_count_each_state,
             queues_lists_non_empty,
             concurrent_consumers_exactly_once,
+            extend_keeps_the_claim,
+            fifo_extend_keeps_the_group,
+            burying_is_idempotent,
             release_all_frees_claims,
         );
     };
@@ -184,6 +187,9 @@ pub async fn run_all(store: &dyn QueueStore, prefix: &str) {
     stats_count_each_state(store, prefix).await;
     queues_lists_non_empty(store, prefix).await;
     concurrent_consumers_exactly_once(store, prefix).await;
+    extend_keeps_the_claim(store, prefix).await;
+    fifo_extend_keeps_the_group(store, prefix).await;
+    burying_is_idempotent(store, prefix).await;
     release_all_frees_claims(store, prefix).await;
 }
 
@@ -383,6 +389,11 @@ pub async fn release_gives_the_attempt_back(store: &dyn QueueStore, prefix: &str
     let again = take(store, &config, 10).await;
     assert_eq!(ids(&again), std::slice::from_ref(&id));
     assert_eq!(again[0].attempt, 1, "the released claim was not an attempt");
+    assert_eq!(
+        (first.releases, again[0].releases),
+        (0, 1),
+        "releases are counted"
+    );
     assert_ne!(again[0].lease, first.lease);
     assert!(
         !store
@@ -398,6 +409,7 @@ pub async fn release_gives_the_attempt_back(store: &dyn QueueStore, prefix: &str
     let third = take(store, &config, 10).await;
     assert_eq!(ids(&third), [id]);
     assert_eq!(third[0].attempt, 2, "a failed attempt counts");
+    assert_eq!(third[0].releases, 1, "a retry is not a release");
     assert!(store.ack(&third[0]).await.unwrap());
 
     let fifo = fifo_config(prefix, "release-attempt-fifo");
@@ -891,6 +903,115 @@ pub async fn concurrent_consumers_exactly_once(store: &dyn QueueStore, prefix: &
     assert!(seen.values().all(|n| *n == 1), "exactly once");
     assert_eq!(seen.keys().cloned().collect::<HashSet<_>>(), sent);
     assert_eq!(stats(store, &config).await, QueueStats::default());
+}
+
+/// `extend` keeps a claim past its visibility timeout for as long as it is called (a heartbeat);
+/// once it stops, the claim times out as usual. A stale lease extends nothing.
+pub async fn extend_keeps_the_claim(store: &dyn QueueStore, prefix: &str) {
+    let config = QueueConfig {
+        visibility_timeout: SHORT_VISIBILITY,
+        ..config(prefix, "extend")
+    };
+    let id = put(store, &config, "{}").await;
+    let first = take(store, &config, 10).await.remove(0);
+    // Three visibility timeouts, extended every third of one.
+    for _ in 0..9 {
+        tokio::time::sleep(SHORT_VISIBILITY / 3).await;
+        assert!(store.extend(&first, SHORT_VISIBILITY).await.unwrap());
+        assert!(
+            take(store, &config, 10).await.is_empty(),
+            "an extended claim is not claimed again"
+        );
+    }
+    assert_eq!(stats(store, &config).await.in_flight, 1);
+    sleep(SHORT_VISIBILITY).await;
+    let again = take(store, &config, 10).await;
+    assert_eq!(ids(&again), [id], "claimable once the heartbeat stopped");
+    assert!(
+        !store.extend(&first, SHORT_VISIBILITY).await.unwrap(),
+        "a stale lease extends nothing"
+    );
+    assert!(store.ack(&again[0]).await.unwrap());
+    assert!(
+        !store.extend(&again[0], SHORT_VISIBILITY).await.unwrap(),
+        "an acked message extends nothing"
+    );
+}
+
+/// An extended fifo head keeps its group: neither it nor the next message of its group is
+/// claimed while the head's claim is extended.
+pub async fn fifo_extend_keeps_the_group(store: &dyn QueueStore, prefix: &str) {
+    let config = QueueConfig {
+        visibility_timeout: SHORT_VISIBILITY,
+        ..fifo_config(prefix, "extend-fifo")
+    };
+    let head = put(store, &config, &group_data("g", 1)).await;
+    let next = put(store, &config, &group_data("g", 2)).await;
+    let claimed = take(store, &config, 10).await;
+    assert_eq!(ids(&claimed), [head]);
+    for _ in 0..9 {
+        tokio::time::sleep(SHORT_VISIBILITY / 3).await;
+        assert!(store.extend(&claimed[0], SHORT_VISIBILITY).await.unwrap());
+        assert!(
+            take(store, &config, 10).await.is_empty(),
+            "the group waits for its extended head"
+        );
+    }
+    assert!(store.ack(&claimed[0]).await.unwrap());
+    let got = take(store, &config, 10).await;
+    assert_eq!(ids(&got), [next]);
+    assert!(store.ack(&got[0]).await.unwrap());
+}
+
+/// Burying a message whose receipt id (chosen by the caller) is already a dead letter, of this
+/// queue (the id enqueued again, where the store accepts that) or of another queue, succeeds:
+/// each queue lists the id once, with its latest error.
+pub async fn burying_is_idempotent(store: &dyn QueueStore, prefix: &str) {
+    let first = config(prefix, "bury-again");
+    let other = config(prefix, "bury-again-other");
+    let id = format!("{prefix}chosen-{}", uuid::Uuid::new_v4().simple());
+    let bury = |config: QueueConfig, code: &'static str| {
+        let id = id.clone();
+        async move {
+            let message = NewMessage {
+                id: id.clone(),
+                ..message(&config, "{}")
+            };
+            if store.enqueue(message, &config).await.is_err() {
+                // This store refuses an id that is a dead letter of the queue: nothing to bury.
+                return false;
+            }
+            let claimed = take(store, &config, 10).await;
+            assert_eq!(ids(&claimed), [id.clone()]);
+            let error = ErrorBody {
+                code: code.to_owned(),
+                ..boom()
+            };
+            assert!(
+                store.nack(&claimed[0], &error, Nack::Dead).await.unwrap(),
+                "buried"
+            );
+            assert!(take(store, &config, 10).await.is_empty(), "not run again");
+            true
+        }
+    };
+    assert!(bury(first.clone(), "first").await);
+    if bury(first.clone(), "second").await {
+        let dead = store.dead_letters(&first.name, 0, 10).await.unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].error.code, "second");
+    }
+    // The same id dies in another queue (a store whose message ids are unique across queues
+    // refuses the enqueue while the id is a live message only).
+    assert!(bury(other.clone(), "other").await);
+    let dead = store.dead_letters(&other.name, 0, 10).await.unwrap();
+    assert_eq!(ids_of_dead(&dead), [id.clone()]);
+    let dead = store.dead_letters(&first.name, 0, 10).await.unwrap();
+    assert_eq!(ids_of_dead(&dead), [id], "the first queue keeps its own");
+}
+
+fn ids_of_dead(dead: &[fnmesh_core::queue::DeadLetter]) -> Vec<String> {
+    dead.iter().map(|d| d.id.clone()).collect()
 }
 
 /// A store that owns its data (memory, sqlite) makes every claim claimable again at once and
