@@ -258,6 +258,7 @@ async def test_unknown_queues_and_bad_requests_are_clear_errors(app: fnmesh.App)
         ({"queues": {"x": {"concurrency": 0}}}, "concurrency"),
         ({"queue_backend": "redis"}, "queue_redis_url"),
         ({"queue_backend": "kafka"}, "queue_backend"),
+        ({"queue_sqlite_synchronous": "off"}, "queue_sqlite_synchronous"),
     ],
 )
 async def test_bad_queue_settings_fail_clearly(
@@ -278,3 +279,19 @@ async def test_queues_can_be_turned_off(tmp_path: Path) -> None:
             await app.enqueue("x.y", {})
         assert off.value.code == "enqueue_error"
         assert "turned off" in off.value.message
+
+
+async def test_a_second_engine_on_one_sqlite_file_gets_queue_store_in_use(tmp_path: Path) -> None:
+    # Before: the enqueue failed as a generic enqueue_error after the open had waited for the
+    # file's lock on a runtime thread, and the open was tried again (waiting again) on every call.
+    path = str(tmp_path / "shared.sqlite3")
+    first = fnmesh.App("first", port=0, queue_path=path)
+    second = fnmesh.App("second", port=0, queue_path=path, queue_sqlite_synchronous="normal")
+    async with first:
+        await first.enqueue("x.y", {})
+        async with second:
+            for _ in range(3):
+                with pytest.raises(fnmesh.QueueStoreInUse) as refused:
+                    await second.enqueue("x.y", {})
+                assert refused.value.code == "queue_store_in_use"
+                assert "in use by another engine" in refused.value.message

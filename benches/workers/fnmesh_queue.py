@@ -38,6 +38,12 @@ def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--backend", choices=("sqlite", "redis", "memory"), required=True)
     parser.add_argument("--queue-path", help="the SQLite file (--backend sqlite)")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("full", "normal"),
+        default="full",
+        help="queue_sqlite_synchronous of --backend sqlite",
+    )
     parser.add_argument("--redis-url", help="the Redis of --backend redis and --handler redis")
     parser.add_argument("--n", type=int, required=True, help="messages to enqueue")
     parser.add_argument("--chunk", type=int, default=256, help="enqueues awaited together")
@@ -71,6 +77,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.backend == "sqlite":
         settings["queue_path"] = args.queue_path
+        settings["queue_sqlite_synchronous"] = args.sqlite_synchronous
     elif args.backend == "redis":
         settings["queue_redis_url"] = args.redis_url
     app = fnmesh.App("bench", port=0, **settings)

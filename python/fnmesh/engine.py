@@ -111,6 +111,10 @@ class EngineConfig:
     """The SQLite file of ``queue_backend = "sqlite"`` (relative to the working directory)."""
     queue_redis_url: str | None = _DEFAULTS["queue_redis_url"]
     """The Redis of ``queue_backend = "redis"``: ``redis://[[user]:password@]host[:port][/db]``."""
+    queue_sqlite_synchronous: str = _DEFAULTS["queue_sqlite_synchronous"]
+    """How the SQLite queue file syncs its commits: ``full`` (an fsync per commit, shared by the
+    writes waiting at once: an acknowledged enqueue survives a power cut) or ``normal`` (faster;
+    a crash of the process loses nothing, a power cut can lose the last acknowledged enqueues)."""
     queues: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: dict(_DEFAULTS["queues"]))
     """Named queues (a ``default`` queue always exists), e.g. in TOML::
 
@@ -118,7 +122,8 @@ class EngineConfig:
         max_retries = 5          # attempts after the first (3)
         backoff_ms = 500         # first retry delay, doubled each time (1000)
         concurrency = 4          # calls in flight per engine (10)
-        visibility_timeout_ms = 60000  # a claimed message's lease (30000)
+        visibility_timeout_ms = 60000  # a claimed message's lease, renewed while its call runs (30000)
+        max_releases = 20        # times a call that never ran or was stopped gives its attempt back
         type = "fifo"            # or "standard"
         message_group_field = "customer_id"
     """
@@ -174,6 +179,10 @@ class EngineConfig:
         if self.queue_backend not in QUEUE_BACKENDS:
             raise InvalidArgument(
                 f"queue_backend must be one of {QUEUE_BACKENDS}, not {self.queue_backend!r}"
+            )
+        if self.queue_sqlite_synchronous not in ("full", "normal"):
+            raise InvalidArgument(
+                f'queue_sqlite_synchronous must be "full" or "normal", not {self.queue_sqlite_synchronous!r}'
             )
         if self.queue_backend == "redis" and not self.queue_redis_url:
             raise InvalidArgument('queue_backend = "redis" needs queue_redis_url')

@@ -34,6 +34,7 @@ __all__ = [
     "MalformedFrame",
     "MissingSecret",
     "ProtocolError",
+    "QueueStoreInUse",
     "RegistrationError",
     "RemoteError",
     "UrlValidationFailed",
@@ -204,6 +205,13 @@ class InvocationStopped(InvocationError):
     code = "invocation_stopped"
 
 
+class QueueStoreInUse(InvocationError):
+    """The engine's SQLite queue file is held by another engine: a SQLite queue file serves one
+    engine at a time (share queues between engines with ``queue_backend = "redis"``)."""
+
+    code = "queue_store_in_use"
+
+
 class ValidationFailed(InvocationError, ValueError):
     """The input or the output did not match the function's schema; the message names the field."""
 
@@ -225,6 +233,7 @@ _SPECIFIC: dict[str, type[InvocationError]] = {
     # The worker client's own timeout (the iii SDKs' code): the same exception as the engine's.
     "TIMEOUT": InvocationTimeout,
     "invocation_stopped": InvocationStopped,
+    "queue_store_in_use": QueueStoreInUse,
     "validation_failed": ValidationFailed,
 }
 

@@ -1430,6 +1430,7 @@ async fn enqueued_calls_are_delivered_by_the_engine_and_retried() {
             backend: QueueBackend::Memory,
             queues: vec![fast],
             poll_interval: Duration::from_millis(20),
+            ..QueueSettings::default()
         }),
         ..EngineConfig::default()
     };
@@ -1748,6 +1749,7 @@ async fn an_absurd_queue_concurrency_is_refused_at_registration() {
             backend: QueueBackend::Memory,
             queues: Vec::new(),
             poll_interval: Duration::from_millis(20),
+            ..QueueSettings::default()
         }),
         ..EngineConfig::default()
     };

@@ -30,6 +30,7 @@ fn settings(backend: QueueBackend, queues: Vec<QueueConfig>) -> EngineConfig {
             backend,
             queues,
             poll_interval: Duration::from_millis(20),
+            ..QueueSettings::default()
         }),
         ..EngineConfig::default()
     }
@@ -521,4 +522,37 @@ async fn shutdown_puts_running_messages_back_at_once() {
     wait_drained(&second, "jobs").await;
     assert!(dead_letters(&second, "jobs").await.is_empty());
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_engine_on_one_sqlite_file_is_told_the_file_is_in_use() {
+    // Before: the second engine's enqueue was a generic `enqueue_error`.
+    let db = TempDb::new("in-use");
+    let first =
+        start(Engine::builder().config(settings(QueueBackend::Sqlite(db.0.clone()), Vec::new())))
+            .await;
+    enqueue(&first, "default", json!({"n": 1})).await;
+    let second =
+        start(Engine::builder().config(settings(QueueBackend::Sqlite(db.0.clone()), Vec::new())))
+            .await;
+    for _ in 0..3 {
+        let refused = second
+            .call(
+                "default",
+                "engine::queue::enqueue",
+                raw(&json!({"function_id": "jobs::run", "data": {}})),
+                None,
+            )
+            .await;
+        let Outcome::Failure(error) = refused else {
+            panic!("the second engine enqueued on a file in use");
+        };
+        assert_eq!(error.code, "queue_store_in_use", "{error:?}");
+        assert!(
+            error.message.contains("in use by another engine"),
+            "{error:?}"
+        );
+    }
+    second.shutdown().await;
+    first.shutdown().await;
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fnmesh_core::queue::memory::MemoryStore;
 use fnmesh_core::queue::sqlite::SqliteStore;
-use fnmesh_core::queue::{Enqueued, Nack, NewMessage, QueueStats, QueueStore};
+use fnmesh_core::queue::{Enqueued, Nack, NewMessage, QueueStats, QueueStore, StoreError};
 use queue_suite::{boom, config, fifo_config, ids, message, put, take};
 
 /// A SQLite file under the temp directory, unique to one test, removed (with its WAL files) when
@@ -46,7 +46,7 @@ async fn reopen(path: &Path) -> SqliteStore {
     loop {
         match SqliteStore::open(path) {
             Ok(store) => return store,
-            Err(e) if e.0.contains("in use") && Instant::now() < deadline => {
+            Err(StoreError::InUse(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("{e}"),
@@ -96,7 +96,11 @@ async fn a_sqlite_file_serves_one_engine_at_a_time() {
     let config = config("", "exclusive");
     let id = put(&first, &config, "{}").await;
     let second = SqliteStore::open(db.path()).expect_err("a second store on the same file");
-    assert!(second.0.contains("in use by another engine"), "{second}");
+    assert!(matches!(second, StoreError::InUse(_)), "{second:?}");
+    assert!(
+        second.message().contains("in use by another engine"),
+        "{second}"
+    );
     // Closed, the file opens again with its message.
     first.close().await.unwrap();
     let again = SqliteStore::open(db.path()).unwrap();

@@ -20,6 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use fnmesh_core::config::SqliteSynchronous;
 use fnmesh_core::engine::EngineConfig;
 use fnmesh_core::http::{CorsConfig, HttpConfig};
 use fnmesh_core::queue::service::{queue_configs_from_json, QueueBackend, QueueSettings};
@@ -63,6 +64,8 @@ pub(crate) struct EngineSettings {
     pub(crate) queue_backend: String,
     pub(crate) queue_path: String,
     pub(crate) queue_redis_url: Option<String>,
+    /// `full` or `normal` (`SqliteSynchronous`).
+    pub(crate) queue_sqlite_synchronous: String,
     /// Named queues, as JSON text here (a dict of dicts in Python).
     #[pyo3(from_py_with = queues_to_json, into_py_with = queues_from_json)]
     pub(crate) queues: String,
@@ -128,6 +131,7 @@ impl Default for EngineSettings {
             .to_owned(),
             queue_path,
             queue_redis_url,
+            queue_sqlite_synchronous: queues.sqlite_synchronous.as_str().to_owned(),
             // The core's default has no named queues (a `default` queue always exists).
             queues: String::from("{}"),
             queue_poll_interval_ms: millis(queues.poll_interval),
@@ -161,8 +165,16 @@ impl EngineSettings {
         let queues = match backend {
             None => None,
             Some(backend) => {
+                let sqlite_synchronous = SqliteSynchronous::parse(&self.queue_sqlite_synchronous)
+                    .ok_or_else(|| {
+                    invalid(format!(
+                        "queue_sqlite_synchronous must be \"full\" or \"normal\", not {:?}",
+                        self.queue_sqlite_synchronous
+                    ))
+                })?;
                 let settings = QueueSettings {
                     backend,
+                    sqlite_synchronous,
                     queues: queue_configs_from_json(&self.queues)
                         .map_err(|e| invalid(e.to_string()))?,
                     poll_interval: ms(self.queue_poll_interval_ms),

@@ -145,6 +145,9 @@ error_codes! {
     QueueNotFound = "queue_not_found",
     /// The queue store (SQLite, Redis) failed.
     QueueStoreError = "queue_store_error",
+    /// The engine's SQLite queue file is held by another engine (a SQLite queue file serves one
+    /// engine at a time; share queues between engines with the Redis backend).
+    QueueStoreInUse = "queue_store_in_use",
     /// No message with that id in the dead-letter queue.
     MessageNotFound = "message_not_found",
     /// The error recorded on a message moved to the dead-letter queue because it was claimed

@@ -168,15 +168,37 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
-/// A store failure (I/O, a lost Redis connection, a corrupt row).
-#[derive(Debug, thiserror::Error)]
-#[error("queue store: {0}")]
-pub struct StoreError(pub String);
+/// A store failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// I/O, a lost Redis connection, a corrupt row, ... (code `queue_store_error`).
+    #[error("queue store: {0}")]
+    Failed(String),
+    /// The SQLite file is held by another engine (code `queue_store_in_use`): a SQLite queue
+    /// file serves one engine at a time.
+    #[error("queue store: {0}")]
+    InUse(String),
+}
 
 impl StoreError {
-    /// A store error with this message.
+    /// A store error ([`StoreError::Failed`]) with this message.
     pub fn new(message: impl std::fmt::Display) -> StoreError {
-        StoreError(message.to_string())
+        StoreError::Failed(message.to_string())
+    }
+
+    /// The message, without the `queue store:` prefix.
+    pub fn message(&self) -> &str {
+        match self {
+            StoreError::Failed(m) | StoreError::InUse(m) => m,
+        }
+    }
+
+    /// The wire code of a call that failed with this error (docs/protocol.md 6.5).
+    pub fn code(&self) -> crate::protocol::ErrorCode {
+        match self {
+            StoreError::Failed(_) => crate::protocol::ErrorCode::QueueStoreError,
+            StoreError::InUse(_) => crate::protocol::ErrorCode::QueueStoreInUse,
+        }
     }
 }
 

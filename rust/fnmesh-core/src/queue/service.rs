@@ -47,6 +47,9 @@ use crate::protocol::{ErrorBody, ErrorCode, RawJson};
 use crate::registry::DEFAULT_NAMESPACE;
 use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvider};
 
+/// After the SQLite store failed to open, calls within this long answer that failure again.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
 /// The trigger type of topic subscriptions.
 pub const DURABLE_SUBSCRIBER: &str = "durable:subscriber";
 /// Code of every enqueue refusal (docs/protocol.md 4.4): [`ErrorCode::EnqueueError`].
@@ -150,6 +153,8 @@ pub(crate) struct QueueService {
     /// Deliveries whose call is in flight, by lease, with their queue's settings: released at
     /// shutdown.
     running: Mutex<HashMap<String, (Delivery, QueueConfig)>>,
+    /// When opening the SQLite store last failed, and why.
+    open_failed: Mutex<Option<(std::time::Instant, StoreError)>>,
     stopped: std::sync::atomic::AtomicBool,
     /// Set when a queue may lack its consumer (before the store opens, after a subscription).
     consumers_stale: std::sync::atomic::AtomicBool,
@@ -160,8 +165,13 @@ fn failure(code: ErrorCode, message: impl Into<String>) -> Outcome {
     Outcome::failure(code, message)
 }
 
+/// An enqueue refused by the store: `enqueue_error`, or `queue_store_in_use` when another
+/// engine holds the SQLite file.
 fn store_failure(e: StoreError) -> Outcome {
-    failure(ErrorCode::EnqueueError, e.to_string())
+    match e {
+        StoreError::InUse(_) => failure(e.code(), e.to_string()),
+        StoreError::Failed(_) => failure(ErrorCode::EnqueueError, e.to_string()),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -272,6 +282,7 @@ impl QueueService {
             subscriptions: Mutex::new(BTreeMap::new()),
             conditions: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            open_failed: Mutex::new(None),
             stopped: std::sync::atomic::AtomicBool::new(false),
             consumers_stale: std::sync::atomic::AtomicBool::new(true),
             consumer_name: format!("fnmesh-{}", uuid::Uuid::new_v4()),
@@ -341,7 +352,7 @@ impl QueueService {
                     // Claims of an earlier run are not released here: after a crash its workers
                     // may still be running those handlers. They end with their visibility
                     // timeout, since nothing extends them any more (docs/architecture.md).
-                    QueueBackend::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+                    QueueBackend::Sqlite(path) => Arc::new(self.open_sqlite(path).await?),
                     QueueBackend::Redis(url) => Arc::new(
                         super::redis_streams::RedisStore::connect(url, &self.consumer_name).await?,
                     ),
@@ -359,6 +370,31 @@ impl QueueService {
             self.ensure_consumers(&store);
         }
         Ok(store)
+    }
+
+    /// Opens the SQLite store off the runtime (file I/O, a wait for the file's lock). After a
+    /// failure, the calls of the next [`REOPEN_AFTER`] answer the same error without trying
+    /// again, so a file held by another engine does not cost every enqueue a lock wait.
+    async fn open_sqlite(&self, path: &std::path::Path) -> StoreResult<SqliteStore> {
+        if let Some((at, error)) = lock(&self.open_failed).as_ref() {
+            if at.elapsed() < REOPEN_AFTER {
+                return Err(error.clone());
+            }
+        }
+        let path = path.to_path_buf();
+        let synchronous = self.settings.sqlite_synchronous;
+        let opened = tokio::task::spawn_blocking(move || SqliteStore::open_with(path, synchronous))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::new(format!(
+                    "opening the queue file failed: {e}"
+                )))
+            });
+        match &opened {
+            Ok(_) => *lock(&self.open_failed) = None,
+            Err(e) => *lock(&self.open_failed) = Some((std::time::Instant::now(), e.clone())),
+        }
+        opened
     }
 
     fn config(&self, queue: &str) -> Option<QueueConfig> {
@@ -667,7 +703,7 @@ impl QueueService {
         }
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => return failure(e.code(), e.to_string()),
         };
         match store.stats(&name).await {
             Ok(stats) => Outcome::json(&json!({
@@ -677,18 +713,18 @@ impl QueueService {
                 "in_flight": stats.in_flight,
                 "dead": stats.dead,
             })),
-            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => failure(e.code(), e.to_string()),
         }
     }
 
     async fn dlq_topics(self: &Arc<Self>) -> Outcome {
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => return failure(e.code(), e.to_string()),
         };
         let names = match store.queues().await {
             Ok(n) => n,
-            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => return failure(e.code(), e.to_string()),
         };
         let mut rows = Vec::new();
         for name in names {
@@ -697,7 +733,7 @@ impl QueueService {
                     rows.push(json!({"queue": name, "count": stats.dead}))
                 }
                 Ok(_) => {}
-                Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
+                Err(e) => return failure(e.code(), e.to_string()),
             }
         }
         Outcome::json(&json!({"queues": rows}))
@@ -709,7 +745,7 @@ impl QueueService {
         };
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => return failure(e.code(), e.to_string()),
         };
         let limit = r.limit.unwrap_or(100).min(1000);
         match store
@@ -737,7 +773,7 @@ impl QueueService {
                     .collect();
                 Outcome::json(&json!({"queue": name, "messages": rows}))
             }
-            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => failure(e.code(), e.to_string()),
         }
     }
 
@@ -754,7 +790,7 @@ impl QueueService {
         }
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => return failure(e.code(), e.to_string()),
         };
         match store
             .redrive(&name, if one { id.as_deref() } else { None })
@@ -774,7 +810,7 @@ impl QueueService {
                 }
                 Outcome::json(&json!({"queue": name, "redriven": count}))
             }
-            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => failure(e.code(), e.to_string()),
         }
     }
 
@@ -788,7 +824,7 @@ impl QueueService {
         };
         let store = match self.store().await {
             Ok(s) => s,
-            Err(e) => return failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => return failure(e.code(), e.to_string()),
         };
         match store.discard(&name, &id).await {
             Ok(true) => Outcome::json(&json!({"queue": name, "discarded": id})),
@@ -796,7 +832,7 @@ impl QueueService {
                 ErrorCode::MessageNotFound,
                 format!("no dead letter {id} in queue '{name}'"),
             ),
-            Err(e) => failure(ErrorCode::QueueStoreError, e.to_string()),
+            Err(e) => failure(e.code(), e.to_string()),
         }
     }
 }
