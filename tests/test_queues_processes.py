@@ -134,7 +134,11 @@ def test_an_engine_killed_and_restarted_on_its_sqlite_file_loses_nothing(
     args = engine_config(
         tmp_path,
         queue_path=str(tmp_path / "q.sqlite3"),
-        queues={"jobs": {"concurrency": 4, "backoff_ms": 50, "max_retries": 20}},
+        # The restarted engine claims the killed one's messages again only once their visibility
+        # timeout passes (that engine's workers may still be running them): keep it short.
+        queues={
+            "jobs": {"concurrency": 4, "backoff_ms": 50, "max_retries": 20, "visibility_timeout_ms": 2000}
+        },
     )
     env = {"QUEUE_LOG": str(crash_log)}
     engine = spawn_engine(args)
