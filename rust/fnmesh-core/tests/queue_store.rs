@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fnmesh_core::config::SqliteSynchronous;
 use fnmesh_core::queue::memory::MemoryStore;
 use fnmesh_core::queue::sqlite::SqliteStore;
 use fnmesh_core::queue::{Enqueued, Nack, NewMessage, QueueStats, QueueStore, StoreError};
@@ -345,9 +346,14 @@ async fn sqlite_creates_file_and_checks_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]
 async fn sqlite_throughput() {
-    let db = TempDb::new("throughput");
-    let store = Arc::new(SqliteStore::open(db.path()).unwrap());
-    measure("sqlite", store).await;
+    for (name, synchronous) in [
+        ("sqlite (synchronous=full)", SqliteSynchronous::Full),
+        ("sqlite (synchronous=normal)", SqliteSynchronous::Normal),
+    ] {
+        let db = TempDb::new("throughput");
+        let store = Arc::new(SqliteStore::open_with(db.path(), synchronous).unwrap());
+        measure(name, store).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
