@@ -1,0 +1,267 @@
+//! The consumers of [`super::QueueService`]: one loop per queue claims messages, calls their
+//! functions (extending each claim while its call runs) and settles them (docs/protocol.md 6.5).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::{lock, raw, QueueService};
+use crate::function::{CallOptions, Outcome};
+use crate::protocol::{ErrorBody, ErrorCode};
+use crate::queue::{Delivery, Nack, QueueConfig, QueueStore};
+use crate::triggers::condition_skips;
+
+pub(super) async fn consume(
+    service: Arc<QueueService>,
+    store: Arc<dyn QueueStore>,
+    config: QueueConfig,
+    stop: Arc<Notify>,
+    wake: Arc<Notify>,
+) {
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let poll = service.settings.poll_interval;
+    debug!(queue = %config.name, "queue consumer started");
+    loop {
+        if service.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            break;
+        }
+        let free = permits.available_permits();
+        if free == 0 {
+            // Every slot is busy: wait for one (the message waits in the store, not here).
+            tokio::select! {
+                permit = permits.clone().acquire_owned() => drop(permit),
+                _ = stop.notified() => break,
+            }
+            continue;
+        }
+        match store.claim(&config, free).await {
+            Ok(batch) if !batch.is_empty() => {
+                for delivery in batch {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let service = service.clone();
+                    let store = store.clone();
+                    let config = config.clone();
+                    let wake = wake.clone();
+                    tokio::spawn(async move {
+                        deliver(&service, &store, &config, delivery).await;
+                        drop(permit);
+                        // A slot is free: look again at once rather than after the poll.
+                        wake.notify_one();
+                    });
+                }
+            }
+            Ok(_) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = stop.notified() => break,
+                }
+            }
+            Err(e) => {
+                warn!(queue = %config.name, "claiming queue messages failed: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.notified() => break,
+                }
+            }
+        }
+    }
+    debug!(queue = %config.name, "queue consumer stopped");
+}
+
+/// Calls one message's function and settles the message. While it runs the message is in
+/// `service.running`, which shutdown releases.
+async fn deliver(
+    service: &Arc<QueueService>,
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: Delivery,
+) {
+    lock(&service.running).insert(delivery.lease.clone(), (delivery.clone(), config.clone()));
+    let call = deliver_inner(service, store, config, &delivery);
+    with_heartbeat(store, config, &delivery, call).await;
+    lock(&service.running).remove(&delivery.lease);
+}
+
+/// Runs `call`, extending the delivery's claim every third of the visibility timeout meanwhile.
+async fn with_heartbeat<F: std::future::Future<Output = ()>>(
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
+    call: F,
+) {
+    let every = (config.visibility_timeout / 3).max(Duration::from_millis(1));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            () = &mut call => return,
+            _ = beat.tick() => match store.extend(delivery, config.visibility_timeout).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    debug!(queue = %config.name, id = %delivery.id, "the claim was lost while its call runs")
+                }
+                Err(e) => {
+                    warn!(queue = %config.name, id = %delivery.id, "extending the claim failed (the message may run again): {e}")
+                }
+            },
+        }
+    }
+}
+
+async fn deliver_inner(
+    service: &Arc<QueueService>,
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
+) {
+    let Some(engine) = service.engine.upgrade() else {
+        return;
+    };
+    if delivery.attempt > config.max_retries.saturating_add(1) {
+        // Claimed more often than it may run: earlier claims ended with no answer at all (the
+        // engine holding them died each time, which a poison message can cause). It would
+        // otherwise come back forever.
+        let error = ErrorBody::new(
+            ErrorCode::AttemptsExhausted,
+            format!(
+                "claimed {} times; earlier attempts never finished (their engine stopped)",
+                delivery.attempt
+            ),
+        );
+        settle_nack(store, config, delivery, &error, Nack::Dead).await;
+        return;
+    }
+    // The heartbeat keeps the claim while the call runs; the call's own bound is the larger of
+    // the queue's visibility timeout and the engine's invocation timeout.
+    let timeout = config
+        .visibility_timeout
+        .max(engine.config().invocation_timeout);
+    let condition = lock(&service.conditions).get(&config.name).cloned();
+    if let Some((namespace, function_id)) = condition {
+        let verdict = engine
+            .call_with(
+                &function_id,
+                raw(delivery.data.clone()),
+                CallOptions {
+                    namespace: Some(namespace),
+                    timeout: Some(timeout),
+                    ..CallOptions::default()
+                },
+            )
+            .await;
+        match verdict {
+            Outcome::Success(result) if condition_skips(result.as_deref()) => {
+                debug!(queue = %config.name, id = %delivery.id, "condition skipped the message");
+                settle_ack(store, config, delivery).await;
+                return;
+            }
+            Outcome::Success(_) => {}
+            Outcome::Failure(error) => {
+                // A condition that could not be evaluated (it failed, timed out, or nobody
+                // serves it right now) decides nothing: the message is not dropped but settles
+                // like a failed call (docs/protocol.md 6.5).
+                settle_failure(service, store, config, delivery, error).await;
+                return;
+            }
+        }
+    }
+    let outcome = engine
+        .call_with(
+            &delivery.function_id,
+            raw(delivery.data.clone()),
+            CallOptions {
+                namespace: Some(delivery.namespace.clone()),
+                traceparent: delivery.traceparent.clone(),
+                baggage: delivery.baggage.clone(),
+                timeout: Some(timeout),
+                ..CallOptions::default()
+            },
+        )
+        .await;
+    match outcome {
+        Outcome::Success(_) => settle_ack(store, config, delivery).await,
+        Outcome::Failure(error) => settle_failure(service, store, config, delivery, error).await,
+    }
+}
+
+/// Settles a delivery whose call (or condition) failed with `error`. A call that did not run
+/// (`function_not_found`: nobody serves it right now) or was stopped (`invocation_stopped`: its
+/// worker left, or the engine is stopping) is released without using an attempt, up to the
+/// queue's `max_releases`; beyond, and for every other error, the attempt counts.
+async fn settle_failure(
+    service: &Arc<QueueService>,
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
+    error: ErrorBody,
+) {
+    let not_run =
+        error.code == ErrorCode::FunctionNotFound || error.code == ErrorCode::InvocationStopped;
+    if not_run && service.stopped.load(std::sync::atomic::Ordering::Acquire) {
+        // The engine is stopping: the next run (or another engine) takes it at once.
+        settle_nack(
+            store,
+            config,
+            delivery,
+            &error,
+            Nack::Release(Duration::ZERO),
+        )
+        .await;
+        return;
+    }
+    if not_run && delivery.releases < config.max_releases {
+        let delay = config.release_delay(delivery.releases);
+        settle_nack(store, config, delivery, &error, Nack::Release(delay)).await;
+        return;
+    }
+    let how = if delivery.attempt > config.max_retries {
+        Nack::Dead
+    } else {
+        Nack::Retry(config.retry_delay(delivery.attempt))
+    };
+    settle_nack(store, config, delivery, &error, how).await;
+}
+
+async fn settle_ack(store: &Arc<dyn QueueStore>, config: &QueueConfig, delivery: &Delivery) {
+    match store.ack(delivery).await {
+        Ok(true) => {}
+        Ok(false) => {
+            debug!(queue = %config.name, id = %delivery.id, "ack after the lease expired: the message will run again")
+        }
+        Err(e) => {
+            warn!(queue = %config.name, id = %delivery.id, "ack failed (the message will run again): {e}")
+        }
+    }
+}
+
+pub(super) async fn settle_nack(
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    delivery: &Delivery,
+    error: &ErrorBody,
+    how: Nack,
+) {
+    match &how {
+        Nack::Dead => {
+            warn!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempts = delivery.attempt, code = %error.code, "message dead-lettered: {}", error.message)
+        }
+        Nack::Retry(delay) => {
+            info!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempt = delivery.attempt, code = %error.code, retry_in_ms = delay.as_millis() as u64, "queued call failed; will retry")
+        }
+        Nack::Release(delay) => {
+            debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, code = %error.code, "the call did not run; the message waits without using an attempt")
+        }
+    }
+    match store.nack(delivery, error, how).await {
+        Ok(_) => {}
+        Err(e) => {
+            warn!(queue = %config.name, id = %delivery.id, "nack failed (the message will run again after its visibility timeout): {e}")
+        }
+    }
+}
