@@ -48,7 +48,7 @@ class Jobs:
 
 def make_app(tmp_path: Path, jobs: Jobs, **settings: Any) -> fnmesh.App:
     queues = {
-        "fast": {"max_retries": 2, "backoff_ms": 60},
+        "fast": {"max_retries": 2, "backoff_ms": 60, "max_releases": 5},
         "orders": {"type": "fifo", "message_group_field": "customer", "backoff_ms": 30, "concurrency": 8},
     }
     settings.setdefault("queue_path", str(tmp_path / "queues.sqlite3"))
