@@ -293,7 +293,7 @@ async fn stopped_calls_do_not_use_up_attempts() {
 }
 
 fn slow(_: &Value) -> Duration {
-    Duration::from_millis(1200)
+    Duration::from_millis(3000)
 }
 
 #[tokio::test]
@@ -302,7 +302,8 @@ async fn a_call_longer_than_the_visibility_timeout_runs_once() {
     // so a long handler's message was claimed and run again while its first run went on.
     let runs = Arc::new(Runs::default());
     let mut q = queue("jobs");
-    q.visibility_timeout = Duration::from_millis(300);
+    // A heartbeat every 333 ms: one late by up to 600 ms still counts.
+    q.visibility_timeout = Duration::from_secs(1);
     let engine = start(
         Engine::builder()
             .config(settings(QueueBackend::Memory, vec![q]))
@@ -331,7 +332,8 @@ async fn a_call_longer_than_the_visibility_timeout_runs_once() {
 async fn a_slow_fifo_head_is_not_overtaken() {
     let runs = Arc::new(Runs::default());
     let mut q = queue("ordered");
-    q.visibility_timeout = Duration::from_millis(300);
+    // A heartbeat every 333 ms: one late by up to 600 ms still counts.
+    q.visibility_timeout = Duration::from_secs(1);
     q.kind = QueueKind::Fifo {
         message_group_field: "g".to_owned(),
     };
@@ -345,7 +347,7 @@ async fn a_slow_fifo_head_is_not_overtaken() {
                     runs.clone(),
                     |data| {
                         if data["n"] == 1 {
-                            Duration::from_millis(1000)
+                            Duration::from_millis(2500)
                         } else {
                             Duration::ZERO
                         }

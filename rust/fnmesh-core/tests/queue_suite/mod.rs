@@ -908,32 +908,34 @@ pub async fn concurrent_consumers_exactly_once(store: &dyn QueueStore, prefix: &
 /// `extend` keeps a claim past its visibility timeout for as long as it is called (a heartbeat);
 /// once it stops, the claim times out as usual. A stale lease extends nothing.
 pub async fn extend_keeps_the_claim(store: &dyn QueueStore, prefix: &str) {
+    // Longer than the other checks' timeout: a heartbeat late by up to 3/4 of it still counts.
+    let visibility = SHORT_VISIBILITY * 3;
     let config = QueueConfig {
-        visibility_timeout: SHORT_VISIBILITY,
+        visibility_timeout: visibility,
         ..config(prefix, "extend")
     };
     let id = put(store, &config, "{}").await;
     let first = take(store, &config, 10).await.remove(0);
-    // Three visibility timeouts, extended every third of one.
-    for _ in 0..9 {
-        tokio::time::sleep(SHORT_VISIBILITY / 3).await;
-        assert!(store.extend(&first, SHORT_VISIBILITY).await.unwrap());
+    // One and a half visibility timeouts, extended every quarter of one.
+    for _ in 0..6 {
+        tokio::time::sleep(visibility / 4).await;
+        assert!(store.extend(&first, visibility).await.unwrap());
         assert!(
             take(store, &config, 10).await.is_empty(),
             "an extended claim is not claimed again"
         );
     }
     assert_eq!(stats(store, &config).await.in_flight, 1);
-    sleep(SHORT_VISIBILITY).await;
+    sleep(visibility).await;
     let again = take(store, &config, 10).await;
     assert_eq!(ids(&again), [id], "claimable once the heartbeat stopped");
     assert!(
-        !store.extend(&first, SHORT_VISIBILITY).await.unwrap(),
+        !store.extend(&first, visibility).await.unwrap(),
         "a stale lease extends nothing"
     );
     assert!(store.ack(&again[0]).await.unwrap());
     assert!(
-        !store.extend(&again[0], SHORT_VISIBILITY).await.unwrap(),
+        !store.extend(&again[0], visibility).await.unwrap(),
         "an acked message extends nothing"
     );
 }
@@ -941,17 +943,18 @@ pub async fn extend_keeps_the_claim(store: &dyn QueueStore, prefix: &str) {
 /// An extended fifo head keeps its group: neither it nor the next message of its group is
 /// claimed while the head's claim is extended.
 pub async fn fifo_extend_keeps_the_group(store: &dyn QueueStore, prefix: &str) {
+    let visibility = SHORT_VISIBILITY * 3;
     let config = QueueConfig {
-        visibility_timeout: SHORT_VISIBILITY,
+        visibility_timeout: visibility,
         ..fifo_config(prefix, "extend-fifo")
     };
     let head = put(store, &config, &group_data("g", 1)).await;
     let next = put(store, &config, &group_data("g", 2)).await;
     let claimed = take(store, &config, 10).await;
     assert_eq!(ids(&claimed), [head]);
-    for _ in 0..9 {
-        tokio::time::sleep(SHORT_VISIBILITY / 3).await;
-        assert!(store.extend(&claimed[0], SHORT_VISIBILITY).await.unwrap());
+    for _ in 0..6 {
+        tokio::time::sleep(visibility / 4).await;
+        assert!(store.extend(&claimed[0], visibility).await.unwrap());
         assert!(
             take(store, &config, 10).await.is_empty(),
             "the group waits for its extended head"
