@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from harness import Spawned, free_port, redis_server, serve, spawn_app, spawn_engine, wait_until
 from test_queues_processes import engine_config
 
@@ -320,3 +322,29 @@ def test_one_of_two_engines_on_redis_is_lost(tmp_path: Path) -> None:
             kill(journal, lost, "engine")
     result = check(journal, ["fb"], "one of two Redis engines lost")
     assert len(result.acked) > 100
+
+
+def test_the_checks_see_each_violation(tmp_path: Path) -> None:
+    # The journal checks themselves, on journals written by hand: each fault is reported.
+    def journal(*lines: str) -> Path:
+        path = tmp_path / f"j{len(list(tmp_path.iterdir()))}"
+        path.write_text("".join(line + "\n" for line in lines))
+        return path
+
+    clean = journal(
+        "acked f.0 1 0", "acked f.1 1 1", "start f.0 7 10", "killed consumer 7 15",
+        "start f.0 8 20", "end f.0 8 30", "start f.1 8 31", "end f.1 8 40",
+    )  # fmt: skip
+    assert len(check(clean, ["f"], "clean").runs["f.0"]) == 2
+    faults = {
+        "never ran to their end": journal("acked s.0 1 0", "start s.0 7 1", "cancel s.0 7 2"),
+        "ran concurrently with itself": journal(
+            "acked s.0 1 0", "start s.0 7 1", "start s.0 8 2", "end s.0 8 3", "end s.0 7 4"
+        ),
+        "started before f.0 had ended": journal(
+            "acked f.0 1 0", "acked f.1 1 1", "start f.0 7 2", "start f.1 8 3", "end f.1 8 4", "end f.0 7 5"
+        ),
+    }
+    for complaint, path in faults.items():
+        with pytest.raises(AssertionError, match=complaint):
+            check(path, ["f"], complaint)
