@@ -17,6 +17,7 @@ PYTHON_ONLY = {
     "external_functions",
     "external_require_https",
     "external_url_allowlist",
+    "external_secret_env",
     "external_block_private_ips",
 }
 

@@ -15,7 +15,9 @@ import pickle
 import socket
 import ssl
 import time
+import tracemalloc
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -27,7 +29,13 @@ from iii_helpers.http import HttpAuthApiKey, HttpAuthHmac, HttpInvocationConfig
 
 from external_servers import RawServer, Receiver, Seen, TlsFiles, make_certificates, reply
 from fnmesh.auth import ApiKey, Bearer, Hmac, auth_from_wire, auth_to_wire, sign
-from fnmesh.errors import FunctionError, InvalidArgument, MissingSecret, UrlValidationFailed
+from fnmesh.errors import (
+    FunctionError,
+    InvalidArgument,
+    MissingSecret,
+    SecretNotAllowed,
+    UrlValidationFailed,
+)
 from fnmesh.external import (
     TIMEOUT_CODE,
     ExternalFunctions,
@@ -39,6 +47,7 @@ from fnmesh.external import (
     _PinnedBackend,
     blocked_because,
     parse_retry_after,
+    redacted,
 )
 
 LOOPBACK = Security(require_https=False, block_private_ips=False)
@@ -447,6 +456,185 @@ async def test_missing_secret_is_refused_at_prepare(make_invoker: Make) -> None:
     assert "secret-value" not in str(refused.value)
 
 
+async def test_only_listed_variables_may_be_secrets(receiver: Receiver, make_invoker: Make) -> None:
+    # A worker naming the engine's cloud credentials as its "token" must not get them sent to
+    # its URL: only the variables of secret_env may be read.
+    environ = {"AWS_SECRET_ACCESS_KEY": "aws-value-9x", "HOOK_TOKEN": "hook-value"}
+    listed = Security(require_https=False, block_private_ips=False, secret_env=["HOOK_TOKEN"])
+    invoker = make_invoker(environ=environ)  # its own policy allows any variable
+    url = receiver.route("/fn", echo())
+    for auth in (Bearer("AWS_SECRET_ACCESS_KEY"), ApiKey("X-Key", "AWS_SECRET_ACCESS_KEY"), Hmac("PATH")):
+        with pytest.raises(SecretNotAllowed) as caught:
+            await invoker.prepare("w::steal", ExternalSpec(url, auth=auth), security=listed)
+        assert caught.value.code == "secret_not_allowed"
+        assert caught.value.env == auth.env
+        assert f"'{auth.env}'" in caught.value.message
+        assert "external_secret_env" in caught.value.message
+        assert "aws-value" not in caught.value.message
+    # Refused before the environment is read: an unset name is refused the same way.
+    with pytest.raises(SecretNotAllowed):
+        await invoker.prepare("w::x", ExternalSpec(url, auth=Bearer("UNSET")), security=listed)
+    closed = Security(require_https=False, block_private_ips=False, secret_env=())
+    with pytest.raises(SecretNotAllowed):
+        await invoker.prepare("w::x", ExternalSpec(url, auth=Bearer("HOOK_TOKEN")), security=closed)
+    assert not receiver.requests
+    # A listed variable works; a function without auth needs no listing.
+    prepared = await invoker.prepare("w::ok", ExternalSpec(url, auth=Bearer("HOOK_TOKEN")), security=listed)
+    assert prepared.security is listed
+    await invoker.invoke(prepared, b"{}")
+    assert receiver.seen("/fn")[-1].header("Authorization") == "Bearer hook-value"
+    await invoker.prepare("w::plain", ExternalSpec(url), security=closed)
+    # The policy given to prepare is the one each call is checked against again.
+    guarded = Security(require_https=False, secret_env=())
+    with pytest.raises(UrlValidationFailed):
+        await invoker.prepare("w::x", ExternalSpec(url), security=guarded)
+    for bad in ("HOOK_TOKEN", [""], 5):
+        with pytest.raises(InvalidArgument, match="secret_env"):
+            Security(secret_env=bad)  # type: ignore[arg-type]
+    assert Security.from_mapping({"secret_env": ["A"]}).secret_env == ("A",)
+
+
+SECRET_PATH = "/hooks/T0KEN-s3cret/charge?sig=Q-s1g"
+
+
+def assert_redacted(text: str) -> None:
+    for secret in ("T0KEN", "s3cret", "Q-s1g", "sig="):
+        assert secret not in text, text
+
+
+def test_redacted_urls() -> None:
+    assert redacted("https://hooks.example.com/T0KEN?sig=1") == "https://hooks.example.com:443/<redacted>"
+    assert redacted("http://user:pw@10.0.0.1:8080/x#frag") == "http://10.0.0.1:8080/<redacted>"
+    assert redacted("https://[::1]:9443/") == "https://[::1]:9443/"
+    assert redacted("https://api.example.com") == "https://api.example.com:443/"
+    assert redacted("ftp://host/T0KEN") == "ftp://host/<redacted>"
+    assert redacted("https://exa mple.com/T0KEN") == "https://exa%20mple.com:443/<redacted>"
+    assert redacted("not a url T0KEN") == "not/<redacted>"
+
+
+async def test_urls_are_redacted_in_errors_and_logs(
+    receiver: Receiver, make_invoker: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="fnmesh.external")
+    port = free_port()
+    invoker = make_invoker()
+    refused_call = await fails(call(invoker, f"http://127.0.0.1:{port}{SECRET_PATH}"))
+    assert refused_call.code == "http_request_failed"
+    assert refused_call.message.startswith(f"http://127.0.0.1:{port}/<redacted>: ")
+    assert_redacted(refused_call.message)
+
+    async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+
+    server = RawServer(truncated)
+    await server.start()
+    try:
+        cut = await fails(call(invoker, f"http://127.0.0.1:{server.port}{SECRET_PATH}"))
+    finally:
+        await server.stop()
+    assert cut.code == "http_response_failed"
+    assert_redacted(cut.message)
+    strict = make_invoker(Security(url_allowlist=("*.example.com",)), resolver=answering([PUBLIC_IP]))
+    for url in (
+        f"http://a.example.com{SECRET_PATH}",
+        f"https://exa mple.com{SECRET_PATH}",
+        f"https://user:pw@a.example.com{SECRET_PATH}",
+        f"https://10.1.2.3{SECRET_PATH}",
+    ):
+        assert_redacted((await fails(strict.prepare("f::x", ExternalSpec(url)))).message)
+    prepared = await invoker.prepare(
+        "f::x", ExternalSpec(receiver.route("/hooks/T0KEN-s3cret/charge", echo()))
+    )
+    assert_redacted(repr(prepared))
+    await invoker.invoke(prepared, b"{}")
+    assert "f::x" in caplog.text
+    assert_redacted(caplog.text)
+
+
+def gzip_bomb(decoded_bytes: int) -> bytes:
+    """A gzip stream of ``decoded_bytes`` zero bytes, about a thousandth of that in size."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = bytes(1024 * 1024)
+    packed = [packer.compress(block) for _ in range(decoded_bytes // len(block))]
+    return b"".join([*packed, packer.flush()])
+
+
+async def test_a_gzip_bomb_is_refused_without_inflating_it(make_invoker: Make) -> None:
+    # 256 MiB of zeros in about 250 KiB: the response bound (1 MiB here) is on decoded bytes,
+    # and no more than about the bound may be held while finding out.
+    bomb = gzip_bomb(256 * 1024 * 1024)
+    limit = 1024 * 1024
+
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+        writer.write(head.encode() + bomb)
+        await writer.drain()
+
+    server = RawServer(send)
+    await server.start()
+    limited = make_invoker(Security(require_https=False, block_private_ips=False, max_response_bytes=limit))
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        error = await fails(call(limited, f"http://127.0.0.1:{server.port}/fn"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await server.stop()
+    assert (error.code, error.message) == (
+        "http_response_failed",
+        f"test::fn: the response body exceeds {limit} bytes",
+    )
+    # The bound, the compressed body as it arrives, and a few 64 KiB slices of slack.
+    assert peak < limit + len(bomb) + 4 * 1024 * 1024, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("wrap", ["zlib", "raw"])
+async def test_deflate_responses_are_decoded(make_invoker: Make, wrap: str) -> None:
+    body = json.dumps({"text": "d" * 200_000}).encode()
+    packer = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS if wrap == "zlib" else -zlib.MAX_WBITS)
+    packed = packer.compress(body) + packer.flush()
+
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: {len(packed)}\r\n\r\n"
+        writer.write(head.encode() + packed)
+        await writer.drain()
+
+    server = RawServer(send)
+    await server.start()
+    try:
+        assert await call(make_invoker(), f"http://127.0.0.1:{server.port}/fn") == body
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "complaint"),
+    [
+        ("br", b"\x0b\x02\x80{}\x03", "unsupported Content-Encoding 'br'"),
+        ("gzip, gzip", b"", "unsupported Content-Encoding"),
+        ("gzip", b"not gzip at all", "the gzip response body does not decode"),
+    ],
+)
+async def test_undecodable_responses_fail(
+    make_invoker: Make, encoding: str, body: bytes, complaint: str
+) -> None:
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+
+    server = RawServer(send)
+    await server.start()
+    try:
+        error = await fails(call(make_invoker(), f"http://127.0.0.1:{server.port}/fn"))
+    finally:
+        await server.stop()
+    assert error.code == "http_response_failed"
+    assert complaint in error.message
+
+
 async def test_secrets_stay_out_of_repr_pickle_and_logs(
     receiver: Receiver, make_invoker: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -462,8 +650,9 @@ async def test_secrets_stay_out_of_repr_pickle_and_logs(
     assert isinstance(prepared, PreparedExternal)
     assert await invoker.invoke(prepared, b"{}") == b"1"
     assert repr(prepared) == (
-        f"PreparedExternal(function_id='f::x', method='GET', url='{url}', auth=Bearer(env='TOKEN'))"
+        f"PreparedExternal(function_id='f::x', method='GET', url='{redacted(url)}', auth=Bearer(env='TOKEN'))"
     )
+    assert redacted(url).endswith("/<redacted>")
     with pytest.raises(TypeError):
         pickle.dumps(prepared)
     assert "attempt 1 of 2 failed (http_error)" in caplog.text

@@ -30,6 +30,9 @@ from harness import Served, call, sdk_client, serve, wait_until
 
 HOOK_SECRET = "whsec-7f3a"
 LOOPBACK_OK = {"external_require_https": False, "external_block_private_ips": False}
+# Workers' external functions need the hosts they may call listed (no default allowlist).
+WORKER_OK = {**LOOPBACK_OK, "external_url_allowlist": ["127.0.0.1"]}
+SECRET_PATH = "/hooks/T0KEN-s3cret/charge?sig=Q-s1g"
 
 
 class Receiver:
@@ -216,7 +219,7 @@ def register_http(client: Any, function_id: str, url: str, **options: Any) -> An
 def test_a_workers_external_function_is_called_by_the_engine(tmp_path: Path, receiver: Receiver) -> None:
     from iii_helpers.http import HttpAuthApiKey
 
-    args = external_config(tmp_path, external_functions=True, **LOOPBACK_OK)
+    args = external_config(tmp_path, external_functions=True, external_secret_env=["PAY_KEY"], **WORKER_OK)
     with serve(args, env={"PAY_KEY": "k-42"}) as engine, sdk_client(engine.url, "shop") as caller:
         with sdk_client(engine.url, "payments") as owner:
             register_http(
@@ -252,7 +255,7 @@ def test_a_workers_external_function_is_called_by_the_engine(tmp_path: Path, rec
 
 
 def test_a_workers_external_function_behind_the_guard_is_refused(tmp_path: Path, receiver: Receiver) -> None:
-    args = external_config(tmp_path, external_functions=True)  # default guard
+    args = external_config(tmp_path, external_functions=True, external_url_allowlist=["127.0.0.1"])
     with serve(args) as engine, sdk_client(engine.url, "payments") as owner:
         register_http(owner, "payments::loopback", receiver.url("/echo"))
         line = engine.wait_for_log("external HTTP function refused")
@@ -260,6 +263,87 @@ def test_a_workers_external_function_behind_the_guard_is_refused(tmp_path: Path,
         assert "payments::loopback" in line
         assert "payments::loopback" not in listed(owner)
         assert receiver.requests == []
+
+
+def test_a_worker_may_name_only_the_listed_secrets(tmp_path: Path, receiver: Receiver) -> None:
+    from iii_helpers.http import HttpAuthBearer, HttpAuthHmac
+
+    # With external functions on, a worker's auth names a variable of the engine's environment
+    # and its URL says where the value goes: only the variables the operator listed may be read.
+    args = external_config(tmp_path, external_functions=True, external_secret_env=["PAY_KEY"], **WORKER_OK)
+    env = {"PAY_KEY": "k-42", "AWS_SECRET_ACCESS_KEY": "aws-s3cr3t-value"}
+    with serve(args, env=env) as engine, sdk_client(engine.url, "thief") as owner:
+        register_http(
+            owner,
+            "thief::steal",
+            receiver.url("/echo"),
+            auth=HttpAuthBearer(token_key="AWS_SECRET_ACCESS_KEY"),
+        )
+        line = engine.wait_for_log("external HTTP function refused.*thief::steal|thief::steal.*refused")
+        assert "secret_not_allowed" in line
+        assert "AWS_SECRET_ACCESS_KEY" in line
+        assert "external_secret_env" in line
+        register_http(owner, "thief::sign", receiver.url("/echo"), auth=HttpAuthHmac(secret_key="HOME"))
+        engine.wait_for_log("thief::sign.*secret_not_allowed|secret_not_allowed.*thief::sign")
+        register_http(
+            owner, "thief::allowed", receiver.url("/echo"), auth=HttpAuthBearer(token_key="PAY_KEY")
+        )
+        wait_until(lambda: "thief::allowed" in listed(owner), what="thief::allowed listed")
+        assert "thief::steal" not in listed(owner)
+        assert "thief::sign" not in listed(owner)
+        assert call(owner, "thief::allowed", {})["authorization"] == "Bearer k-42"
+        assert len(receiver.requests) == 1
+        assert not any("aws-s3cr3t" in line for line in engine.log)
+
+
+def test_without_an_allowlist_workers_external_functions_are_refused(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    args = external_config(tmp_path, external_functions=True, **LOOPBACK_OK)
+    with serve(args) as engine, sdk_client(engine.url, "payments") as owner:
+        engine.wait_for_log("external_url_allowlist is not set")
+        register_http(owner, "payments::anywhere", receiver.url("/echo"))
+        line = engine.wait_for_log(
+            "external HTTP function refused.*payments::anywhere|payments::anywhere.*refused"
+        )
+        assert "url_validation_failed" in line
+        assert "external_url_allowlist" in line
+        assert "payments::anywhere" not in listed(owner)
+        assert receiver.requests == []
+
+
+def test_a_url_path_stays_out_of_errors_and_http_bodies(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from harness import bind, free_port
+
+    # Webhook URLs carry their secret in the path: a failing call must not hand it to the
+    # caller, to an HTTP client of a route bound to the function, or to the log.
+    url = f"http://127.0.0.1:{free_port()}{SECRET_PATH}"
+    args = external_config(tmp_path, external_functions=True, **WORKER_OK)
+    with serve(args) as engine, sdk_client(engine.url, "hooks") as owner:
+        http_url = engine.wait_for_log(r"HTTP triggers at http://").split("HTTP triggers at ")[1].strip()
+        register_http(owner, "hooks::notify", url)
+        wait_until(lambda: "hooks::notify" in listed(owner), what="hooks::notify listed")
+        with pytest.raises(Exception, match="http_request_failed") as caught:
+            call(owner, "hooks::notify", {})
+        assert "127.0.0.1" in str(caught.value)
+        bind(owner, "http", "hooks::notify", {"api_path": "notify", "http_method": "POST"})
+        request = urllib.request.Request(f"{http_url}/notify", data=b"{}", method="POST")
+
+        def answered_500() -> bytes | None:
+            try:
+                urllib.request.urlopen(request, timeout=10).close()
+            except urllib.error.HTTPError as error:
+                return error.read() if error.code == 500 else None
+            return None
+
+        body = wait_until(answered_500, what="the route answering 500").decode()
+        assert "http_request_failed" in body
+        for text in (str(caught.value), body, *engine.log):
+            for secret in ("T0KEN", "s3cret", "Q-s1g"):
+                assert secret not in text, text
 
 
 def test_external_functions_are_off_unless_enabled(receiver: Receiver) -> None:
@@ -275,7 +359,7 @@ def test_a_connected_apps_external_function_is_called_by_its_engine(
 ) -> None:
     import asyncio
 
-    args = external_config(tmp_path, external_functions=True, **LOOPBACK_OK)
+    args = external_config(tmp_path, external_functions=True, **WORKER_OK)
     app = fnmesh.App("hooks")
     app.external("hooks.notify", url=receiver.url("/echo"), method="PATCH")
 

@@ -72,8 +72,10 @@ def test_iii_sdk_integration_suite_passes_against_fnmesh_serve(sdk_tests: Path, 
     # limit (64 MiB, as iii's).
     config.write_text(
         # The external-function tests register webhooks on loopback over plain http: opt in to
-        # external functions and let loopback through the SSRF guard, as iii's test config does.
+        # external functions and let loopback through the SSRF guard, as iii's test config does;
+        # workers' functions need the hosts they call listed (there is no default allowlist).
         "external_functions = true\nexternal_require_https = false\nexternal_block_private_ips = false\n"
+        'external_url_allowlist = ["127.0.0.1", "localhost"]\n'
     )
     report = tmp_path / "junit.xml"
     with socket.socket() as probe:

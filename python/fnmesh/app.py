@@ -246,7 +246,8 @@ class App:
         otherwise.
 
         On the embedded engine the URL must pass the engine's ``external_*`` settings (https,
-        allowlist, no private addresses) when the app starts, and again before every call; a
+        allowlist when one is set, no private addresses) when the app starts, and again before
+        every call (``external_secret_env`` limits workers' functions only, not these); a
         refusal fails :meth:`start` with :class:`fnmesh.errors.UrlValidationFailed`. On a
         connected app the engine at the other end checks and calls it. Declare external
         functions before the app starts.

@@ -137,8 +137,18 @@ class EngineConfig:
     serve`` and ``fnmesh run`` have one."""
     external_require_https: bool = True
     """External functions must use ``https`` URLs."""
-    external_url_allowlist: tuple[str, ...] = ("*",)
-    """Glob patterns an external function's host must match (``*.example.com``)."""
+    external_url_allowlist: tuple[str, ...] | None = None
+    """Glob patterns an external function's host must match (``*.example.com``; ``["*"]`` for
+    any host). Unset (the default): a worker's external function is refused with a warning
+    naming this setting, since any host would let a worker point the engine's requests, and
+    their secrets, anywhere; an app's own :meth:`fnmesh.App.external` functions may then call
+    any host."""
+    external_secret_env: tuple[str, ...] = ()
+    """The environment variables a worker's external function may name in its ``auth`` (as
+    ``token_key``, ``value_key`` or ``secret_key``). Any other name is refused with
+    ``secret_not_allowed`` and never read: without this list a worker could have the engine
+    send, say, ``AWS_SECRET_ACCESS_KEY`` to a URL of its choosing. Empty by default (no
+    secrets). An app's own external functions may name any variable."""
     external_block_private_ips: bool = True
     """Refuse external URLs whose host is, or resolves to, a loopback, private, link-local
     (cloud metadata included), multicast or reserved address; checked at registration and
@@ -193,11 +203,20 @@ class EngineConfig:
         if self.queue_poll_interval_ms == 0:
             raise InvalidArgument("queue_poll_interval_ms must be positive")
         allowlist = self.external_url_allowlist
-        if isinstance(allowlist, str) or not all(isinstance(p, str) and p for p in allowlist):
+        if allowlist is not None:
+            if isinstance(allowlist, str) or not all(isinstance(p, str) and p for p in allowlist):
+                raise InvalidArgument(
+                    f"external_url_allowlist must be a list of host patterns, not {allowlist!r}"
+                )
+            object.__setattr__(self, "external_url_allowlist", tuple(allowlist))
+        secrets = self.external_secret_env
+        if isinstance(secrets, str) or not all(
+            isinstance(n, str) and n and "=" not in n and "\0" not in n for n in secrets
+        ):
             raise InvalidArgument(
-                f"external_url_allowlist must be a list of host patterns, not {allowlist!r}"
+                f"external_secret_env must be a list of environment variable names, not {secrets!r}"
             )
-        object.__setattr__(self, "external_url_allowlist", tuple(allowlist))
+        object.__setattr__(self, "external_secret_env", tuple(secrets))
         for name in ("external_functions", "external_require_https", "external_block_private_ips"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgument(f"{name} must be true or false, not {getattr(self, name)!r}")

@@ -37,6 +37,7 @@ __all__ = [
     "QueueStoreInUse",
     "RegistrationError",
     "RemoteError",
+    "SecretNotAllowed",
     "UrlValidationFailed",
     "ValidationFailed",
     "WorkerConflict",
@@ -171,6 +172,18 @@ class MissingSecret(FunctionError, LookupError):
 
     def __init__(self, env: str, message: str) -> None:
         super().__init__("missing_secret", message)
+        self.env = env
+
+
+class SecretNotAllowed(FunctionError, PermissionError):
+    """A worker's external function names, in its auth, an environment variable the engine's
+    operator did not list in ``external_secret_env``: the variable is never read. The message
+    names the variable and the setting, never a value."""
+
+    code = "secret_not_allowed"
+
+    def __init__(self, env: str, message: str) -> None:
+        super().__init__("secret_not_allowed", message)
         self.env = env
 
 

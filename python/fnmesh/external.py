@@ -27,7 +27,14 @@ What fnmesh adds to iii's behaviour, each off unless asked for or stricter only 
   certificate verification all use the host name, and pooled connections are keyed by host name
   (two names sharing an address never share a TLS session).
 * **Bounded responses** (:attr:`Security.max_response_bytes`, decoded bytes, 16 MiB by default,
-  the engine's frame limit) and URLs with credentials in them are refused (use ``auth``).
+  the engine's frame limit), decoded a slice at a time so that a small compressed body (a "gzip
+  bomb") never expands past the bound in memory; URLs with credentials in them are refused (use
+  ``auth``).
+* **Secrets by permission** (:attr:`Security.secret_env`): the environment variables a function's
+  auth may name can be limited to a list, so that a worker cannot have the engine send any of its
+  process's variables to a URL of the worker's choosing.
+* **URLs redacted**: error messages, logs and ``repr`` show a URL as ``scheme://host:port`` with its
+  path and query replaced by ``<redacted>`` (webhook URLs carry secrets in their paths).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import socket
 import ssl
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -68,11 +76,18 @@ from fnmesh.auth import (
     check_header_name,
     sign,
 )
-from fnmesh.errors import FunctionError, InvalidArgument, MissingSecret, UrlValidationFailed
+from fnmesh.errors import (
+    FunctionError,
+    InvalidArgument,
+    MissingSecret,
+    SecretNotAllowed,
+    UrlValidationFailed,
+)
 
 __all__ = [
     "DEFAULT_SECURITY",
     "METHODS",
+    "REDACTED",
     "TIMEOUT_CODE",
     "ExternalFunctions",
     "ExternalSpec",
@@ -82,6 +97,7 @@ __all__ = [
     "Security",
     "blocked_because",
     "parse_retry_after",
+    "redacted",
     "system_resolver",
 ]
 
@@ -106,6 +122,11 @@ _DEFAULT_TIMEOUT = 300.0
 _CONNECT_TIMEOUT = 10.0
 _DNS_TIMEOUT = 10.0
 _DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=5.0)
+# Compressed bodies are inflated at most this many bytes per step, so a small compressed chunk
+# cannot allocate more than this beyond the response bound before the size check sees it.
+_DECODE_STEP = 64 * 1024
+# What a URL's path and query become in messages and logs.
+REDACTED = "<redacted>"
 # Control characters (tab aside) cannot appear in a header value.
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -346,13 +367,18 @@ class Security:
     routable: loopback, private, shared (100.64/10), link-local (169.254/16, the cloud metadata
     address, fe80::/10), multicast, unspecified, reserved, documentation, ULA fc00::/7, and IPv6
     forms of such IPv4 addresses (IPv4-mapped, 6to4, NAT64). ``max_response_bytes`` (an fnmesh
-    addition) bounds a response body after decoding; None lifts the bound.
+    addition) bounds a response body after decoding; None lifts the bound. ``secret_env`` (an
+    fnmesh addition) lists the environment variables a function's auth may name; another name is
+    refused with :class:`~fnmesh.errors.SecretNotAllowed` without being read. None (the default)
+    allows any variable: right for functions the operator declares, not for those a worker
+    registers (the engine's ``external_secret_env`` setting).
     """
 
     require_https: bool = True
     url_allowlist: tuple[str, ...] = ("*",)
     block_private_ips: bool = True
     max_response_bytes: int | None = _DEFAULT_MAX_RESPONSE_BYTES
+    secret_env: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _boolean(self.require_https, "require_https")
@@ -367,6 +393,20 @@ class Security:
         if self.max_response_bytes is not None:
             limit = _integer(self.max_response_bytes, "max_response_bytes", minimum=1)
             object.__setattr__(self, "max_response_bytes", limit)
+        names = self.secret_env
+        if names is not None:
+            if isinstance(names, str) or not isinstance(names, Iterable):
+                raise InvalidArgument(
+                    f"secret_env: expected a list of environment variable names, got {names!r}"
+                )
+            names = tuple(names)
+            if not all(isinstance(name, str) and name for name in names):
+                raise InvalidArgument(f"secret_env: expected non-empty strings, got {names!r}")
+            object.__setattr__(self, "secret_env", names)
+
+    def secret_allowed(self, env: str) -> bool:
+        """Whether a function's auth may name the environment variable ``env``."""
+        return self.secret_env is None or env in self.secret_env
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> Security:
@@ -452,20 +492,54 @@ class _Target:
     host: str  # the ASCII host, as the connection pool sees it (brackets stripped for IPv6)
     port: int
     literal: IPAddress | None
-    shown: str  # the URL without query or fragment, for messages and logs
+    shown: str  # scheme://host:port and the redaction marker, for messages and logs (redacted())
 
 
 # Letters, digits, hyphens, underscores and dots: an ASCII (IDNA-encoded) host name.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?\Z")
-_USERINFO = re.compile(r"//[^/?#]*@")
+
+
+# The start of anything URL-like: an optional scheme, an optional "//", the authority.
+_URL_HEAD = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*:)?(//)?([^/?#\s]*)")
+
+
+def redacted(url: str) -> str:
+    """``url`` as messages and logs show it: ``scheme://host:port``, then ``/<redacted>`` in place
+    of a path, query or fragment (webhook URLs carry secrets there), and never credentials.
+    Works on strings that do not parse as URLs too."""
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError, TypeError, UnicodeDecodeError):
+        parsed = None
+    if parsed is not None and parsed.scheme and host:
+        shown_host = f"[{host}]" if ":" in host else host
+        port = parsed.port or {"https": 443, "http": 80}.get(parsed.scheme)
+        head = f"{parsed.scheme}://{shown_host}" + ("" if port is None else f":{port}")
+        bare = parsed.raw_path in (b"", b"/") and not parsed.fragment
+        return head + ("/" if bare else "/" + REDACTED)
+    found = _URL_HEAD.match(url)
+    assert found is not None  # every group is optional
+    scheme, slashes, authority = found.groups()
+    head = f"{scheme or ''}{slashes or ''}{authority.rpartition('@')[2]}"
+    rest = url[found.end() :].strip()
+    return head + (rest if rest in ("", "/") else "/" + REDACTED)
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (a library's error message) without ``url``'s path or query, should it quote them."""
+    found = _URL_HEAD.match(url)
+    rest = url[found.end() :] if found is not None else url
+    text = text.replace(url, redacted(url))
+    return text.replace(rest, "/" + REDACTED) if len(rest) > 1 else text
 
 
 def _parse_target(raw: str, security: Security) -> _Target:
-    shown_raw = repr(_USERINFO.sub("//", raw))  # never echo credentials written into a URL
+    shown_raw = repr(redacted(raw))  # never echo credentials or a path written into a URL
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise UrlValidationFailed("Invalid URL", f"{shown_raw}: {exc}") from None
+        raise UrlValidationFailed("Invalid URL", f"{shown_raw}: {_scrub(str(exc), raw)}") from None
     if url.scheme not in ("http", "https"):
         raise UrlValidationFailed("Invalid URL", f"{shown_raw}: the scheme must be http or https")
     if not url.host:
@@ -482,7 +556,7 @@ def _parse_target(raw: str, security: Security) -> _Target:
                 "Invalid URL", f"{shown_raw}: {url.host!r} is not a host name"
             ) from None
     port = url.port or (443 if url.scheme == "https" else 80)
-    shown = str(url.copy_with(query=None, fragment=None))
+    shown = redacted(raw)
     if security.require_https and url.scheme != "https":
         raise UrlValidationFailed("HTTPS is required", shown)
     if not security.host_allowed(host, url.host):
@@ -707,7 +781,15 @@ class PreparedExternal:
     query and the kind of auth, and it refuses to be pickled.
     """
 
-    __slots__ = ("_auth_header", "_hmac_secret", "_static_headers", "_target", "function_id", "spec")
+    __slots__ = (
+        "_auth_header",
+        "_hmac_secret",
+        "_static_headers",
+        "_target",
+        "function_id",
+        "security",
+        "spec",
+    )
 
     def __init__(
         self,
@@ -716,9 +798,11 @@ class PreparedExternal:
         target: _Target,
         auth_header: tuple[bytes, bytes] | None,
         hmac_secret: bytes | None,
+        security: Security = DEFAULT_SECURITY,
     ) -> None:
         self.function_id = function_id
         self.spec = spec
+        self.security = security  # the policy it passed, checked again before each call
         self._target = target
         self._auth_header = auth_header
         self._hmac_secret = hmac_secret
@@ -733,7 +817,8 @@ class PreparedExternal:
 
     @property
     def url(self) -> str:
-        """The URL without its query or fragment."""
+        """The URL as messages show it: ``scheme://host:port`` and ``/<redacted>`` for its path
+        and query (see :func:`redacted`)."""
         return self._target.shown
 
     def _request_headers(
@@ -883,22 +968,37 @@ class ExternalFunctions:
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
-    async def prepare(self, function_id: str, spec: ExternalSpec) -> PreparedExternal:
+    async def prepare(
+        self, function_id: str, spec: ExternalSpec, *, security: Security | None = None
+    ) -> PreparedExternal:
         """Checks ``spec``'s URL against the policy (resolving its host when private addresses are
-        blocked) and reads its secrets. Raises :class:`~fnmesh.errors.UrlValidationFailed` or
-        :class:`~fnmesh.errors.MissingSecret`; sends no request."""
+        blocked) and reads its secrets. Raises :class:`~fnmesh.errors.UrlValidationFailed`,
+        :class:`~fnmesh.errors.SecretNotAllowed` or :class:`~fnmesh.errors.MissingSecret`; sends
+        no request. ``security`` replaces the invoker's policy for this function, at this check
+        and before each of its calls (an engine holds its workers' functions to a stricter policy
+        than its own)."""
         if not isinstance(function_id, str) or not function_id or _HEADER_VALUE_FORBIDDEN.search(function_id):
             raise InvalidArgument(
                 f"an external function needs an id without control characters, got {function_id!r}"
             )
         if not isinstance(spec, ExternalSpec):
             raise InvalidArgument(f"expected an ExternalSpec, got {spec!r}")
-        target = _parse_target(spec.url, self.security)
-        if self.security.block_private_ips:
+        policy = self.security if security is None else security
+        if not isinstance(policy, Security):
+            raise InvalidArgument(f"security: expected a fnmesh.external.Security, got {policy!r}")
+        target = _parse_target(spec.url, policy)
+        auth = spec.auth
+        if auth is not None and not policy.secret_allowed(auth.env):
+            # Refused before anything is read: the value never leaves the environment.
+            raise SecretNotAllowed(
+                auth.env,
+                f"{function_id}: auth names environment variable {auth.env!r}, which is not among "
+                "the secrets this engine allows (setting external_secret_env)",
+            )
+        if policy.block_private_ips:
             await _guarded_addresses(self._resolver, target)
         auth_header: tuple[bytes, bytes] | None = None
         hmac_secret: bytes | None = None
-        auth = spec.auth
         if auth is not None:
             secret = self._secret(function_id, auth.env)
             if isinstance(auth, Hmac):
@@ -913,7 +1013,7 @@ class ExternalFunctions:
                     auth_header = (b"Authorization", b"Bearer " + secret.encode())
                 else:
                     auth_header = (auth.header.encode("ascii"), secret.encode())
-        prepared = PreparedExternal(function_id, spec, target, auth_header, hmac_secret)
+        prepared = PreparedExternal(function_id, spec, target, auth_header, hmac_secret, policy)
         log.debug("external function %s prepared: %s %s", function_id, spec.method, target.shown)
         return prepared
 
@@ -939,7 +1039,8 @@ class ExternalFunctions:
                 transport=transport,
                 follow_redirects=False,
                 trust_env=False,
-                headers={"User-Agent": "fnmesh"},
+                # The encodings _read decodes, a bounded slice at a time.
+                headers={"User-Agent": "fnmesh", "Accept-Encoding": "gzip, deflate"},
                 timeout=httpx.Timeout(None, connect=_CONNECT_TIMEOUT),
             )
         return self._client
@@ -1017,9 +1118,9 @@ class ExternalFunctions:
             error = FunctionError(TIMEOUT_CODE, f"{prepared.function_id}: no response within {timeout:g} s")
             raise _AttemptFailed(error, retryable=True) from None
 
-    async def _addresses(self, target: _Target) -> tuple[str, ...]:
+    async def _addresses(self, target: _Target, security: Security) -> tuple[str, ...]:
         try:
-            if self.security.block_private_ips:
+            if security.block_private_ips:
                 # At call time the policy is checked again: the answer may have changed since.
                 return await _guarded_addresses(self._resolver, target)
             return await _resolve(self._resolver, target)
@@ -1038,10 +1139,10 @@ class ExternalFunctions:
         trace: _Trace,
     ) -> bytes:
         try:
-            target = _parse_target(prepared.spec.url, self.security)
+            target = _parse_target(prepared.spec.url, prepared.security)
         except UrlValidationFailed as exc:  # the policy may be stricter than at prepare time
             raise _AttemptFailed(exc, retryable=False) from None
-        pin = _Pin(target.host, target.port, await self._addresses(target))
+        pin = _Pin(target.host, target.port, await self._addresses(target, prepared.security))
         timestamp = str(int(time.time()))
         request = client.build_request(
             prepared.spec.method,
@@ -1054,7 +1155,7 @@ class ExternalFunctions:
             try:
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
-                error = FunctionError("http_request_failed", f"{target.shown}: {_describe(exc)}")
+                error = FunctionError("http_request_failed", f"{target.shown}: {_describe(exc, target)}")
                 raise _AttemptFailed(error, retryable=isinstance(exc, _TRANSIENT)) from exc
             try:
                 body = await self._read(response, prepared)
@@ -1065,21 +1166,30 @@ class ExternalFunctions:
         return self._map(prepared, response, body)
 
     async def _read(self, response: httpx.Response, prepared: PreparedExternal) -> bytes:
-        limit = self.security.max_response_bytes
+        """The body, decoded, of at most ``max_response_bytes``. The raw bytes are inflated a
+        slice at a time (_Inflate) and every slice counts against the bound as it comes, so a
+        compressed body that would expand past the bound fails having held at most the bound
+        plus one slice: decoding a whole network chunk at once (httpx's ``aiter_bytes``) turns
+        64 KiB of gzip into 64 MiB before any check."""
+        limit = prepared.security.max_response_bytes
+        decoder = _decoder(response.headers.get("Content-Encoding"), prepared)
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    error = FunctionError(
-                        "http_response_failed",
-                        f"{prepared.function_id}: the response body exceeds {limit} bytes",
-                    )
-                    raise _AttemptFailed(error, retryable=False)
-                chunks.append(chunk)
+            async for raw in response.aiter_raw():
+                for chunk in decoder(raw):
+                    size += len(chunk)
+                    if limit is not None and size > limit:
+                        error = FunctionError(
+                            "http_response_failed",
+                            f"{prepared.function_id}: the response body exceeds {limit} bytes",
+                        )
+                        raise _AttemptFailed(error, retryable=False)
+                    chunks.append(chunk)
         except httpx.HTTPError as exc:
-            error = FunctionError("http_response_failed", f"{prepared.url}: {_describe(exc)}")
+            error = FunctionError(
+                "http_response_failed", f"{prepared.url}: {_describe(exc, prepared._target)}"
+            )
             raise _AttemptFailed(error, retryable=isinstance(exc, _TRANSIENT)) from exc
         return b"".join(chunks)
 
@@ -1112,5 +1222,64 @@ class ExternalFunctions:
             await self._transport.aclose()
 
 
-def _describe(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
+def _describe(exc: Exception, target: _Target) -> str:
+    """An HTTP library's error as a message, without the URL's path or query."""
+    return _scrub(str(exc), str(target.url)) or type(exc).__name__
+
+
+class _Inflate:
+    """Decodes a gzip or deflate body incrementally, yielding at most _DECODE_STEP bytes at a
+    time however much a chunk of input expands. Deflate is tried zlib-wrapped first, then raw
+    (servers send either under that name). Data after the end of the stream is ignored."""
+
+    def __init__(self, encoding: str, prepared: PreparedExternal) -> None:
+        self._encoding = encoding
+        self._prepared = prepared
+        self._raw_fallback = encoding == "deflate"
+        wbits = zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS
+        self._inflater = zlib.decompressobj(wbits)
+
+    def __call__(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            try:
+                out = self._inflater.decompress(data, _DECODE_STEP)
+            except zlib.error as exc:
+                if self._raw_fallback:
+                    self._raw_fallback = False
+                    self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                error = FunctionError(
+                    "http_response_failed",
+                    f"{self._prepared.function_id}: the {self._encoding} response body "
+                    f"does not decode: {exc}",
+                )
+                raise _AttemptFailed(error, retryable=False) from None
+            self._raw_fallback = False
+            if out:
+                yield out
+            data = self._inflater.unconsumed_tail
+            # A full slice may leave output pending inside zlib even with no input left.
+            if self._inflater.eof or (not data and len(out) < _DECODE_STEP):
+                return
+
+
+def _identity(data: bytes) -> Iterator[bytes]:
+    if data:
+        yield data
+
+
+def _decoder(header: str | None, prepared: PreparedExternal) -> Callable[[bytes], Iterator[bytes]]:
+    """The decoder of a ``Content-Encoding``: identity, gzip or deflate (what the invoker's
+    ``Accept-Encoding`` offers); any other encoding fails the call."""
+    codings = [
+        c.strip().lower() for c in (header or "").split(",") if c.strip().lower() not in ("", "identity")
+    ]
+    if not codings:
+        return _identity
+    if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+        return _Inflate("deflate" if codings[0] == "deflate" else "gzip", prepared)
+    error = FunctionError(
+        "http_response_failed",
+        f"{prepared.function_id}: unsupported Content-Encoding {header!r} (gzip and deflate are accepted)",
+    )
+    raise _AttemptFailed(error, retryable=False)

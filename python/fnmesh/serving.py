@@ -25,7 +25,14 @@ from opentelemetry.trace import Span, Tracer
 
 from fnmesh import _native, telemetry
 from fnmesh.context import Answer, Context
-from fnmesh.errors import FnmeshError, FunctionError, InvalidArgument, ValidationFailed, invocation_error
+from fnmesh.errors import (
+    FnmeshError,
+    FunctionError,
+    InvalidArgument,
+    UrlValidationFailed,
+    ValidationFailed,
+    invocation_error,
+)
 from fnmesh.external import ExternalFunctions, ExternalSpec, PreparedExternal, Security
 from fnmesh.results import Deferred
 from fnmesh.schema import HandlerSpec
@@ -121,6 +128,8 @@ class Server:
         self._bindings: dict[str, Binding] = {}
         self._answers: list[tuple[_native.Invocation, bytes | None]] | None = None
         self._external_host: ExternalFunctions | None = None
+        # The policy of the functions workers register (None: refused, no allowlist is set).
+        self._worker_security: Security | None = None
         self._local_ids = itertools.count(1)
 
     # ------------------------------------------------------------------------------------------
@@ -180,13 +189,32 @@ class Server:
         ``config`` is the engine's :class:`fnmesh.EngineConfig`."""
         if not externals and not config.external_functions:
             return
+        allowlist = config.external_url_allowlist
+        # The app's own functions were written by the operator: any host unless the allowlist
+        # says otherwise, any environment variable.
         host = self._external_host = ExternalFunctions(
             Security(
                 require_https=config.external_require_https,
-                url_allowlist=config.external_url_allowlist,
+                url_allowlist=("*",) if allowlist is None else allowlist,
                 block_private_ips=config.external_block_private_ips,
             )
         )
+        # A worker's functions: only the hosts and the secrets the operator listed.
+        self._worker_security = (
+            None
+            if allowlist is None
+            else Security(
+                require_https=config.external_require_https,
+                url_allowlist=allowlist,
+                block_private_ips=config.external_block_private_ips,
+                secret_env=config.external_secret_env,
+            )
+        )
+        if config.external_functions and allowlist is None:
+            log.warning(
+                "external_functions is on but external_url_allowlist is not set: workers' external "
+                "functions will be refused until it lists the hosts they may call"
+            )
         for function_id, external in externals.items():
             prepared = await host.prepare(function_id, external.spec)
             _native.register_external(
@@ -476,8 +504,16 @@ class Server:
             return
         try:
             spec = ExternalSpec.from_wire(json.loads(event.invocation))
-            prepared = await host.prepare(event.function_id, spec)
+            if self._worker_security is None:
+                raise UrlValidationFailed(
+                    "URL not in allowlist",
+                    f"{event.function_id}: this engine sets no external_url_allowlist; the "
+                    "operator must list the hosts workers' external functions may call",
+                )
+            prepared = await host.prepare(event.function_id, spec, security=self._worker_security)
         except FnmeshError as exc:
+            # The engine logs the refusal; its message shows a URL redacted and a secret only
+            # by its variable's name.
             event.refuse(exc.code, str(exc))
             return
         except Exception as exc:

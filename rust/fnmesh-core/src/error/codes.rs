@@ -183,6 +183,9 @@ error_codes! {
     UrlValidationFailed = "url_validation_failed",
     /// An external HTTP function's auth names an environment variable that is unset or empty.
     MissingSecret = "missing_secret",
+    /// An external HTTP function's auth names an environment variable the engine's operator
+    /// did not list as a secret (setting `external_secret_env`).
+    SecretNotAllowed = "secret_not_allowed",
     /// The request of an external HTTP function failed (DNS, connection, timeout).
     HttpRequestFailed = "http_request_failed",
     /// The response of an external HTTP function could not be read, or exceeds the size limit.
