@@ -16,6 +16,7 @@ from fnmesh.errors import (
     InvocationStopped,
     InvocationTimeout,
     RemoteError,
+    TooManyCallsInFlight,
     ValidationFailed,
     invocation_error,
 )
@@ -63,6 +64,7 @@ def test_every_class_code_is_in_the_table() -> None:
         ("TIMEOUT", InvocationTimeout),
         ("invocation_stopped", InvocationStopped),
         ("validation_failed", ValidationFailed),
+        ("too_many_calls_in_flight", TooManyCallsInFlight),
         ("invocation_failed", RemoteError),
         ("enqueue_error", RemoteError),
     ],
