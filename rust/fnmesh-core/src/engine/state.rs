@@ -71,8 +71,10 @@ pub(super) struct InFlightSlot(Arc<AtomicUsize>);
 
 impl InFlightSlot {
     /// Takes a slot of `counter` unless `max` are taken.
-    // NOTE: one fetch_add (and the fetch_sub of the drop) and one Arc clone per call; see
-    // `max_calls_in_flight_per_connection` in config.rs for what it measured.
+    // NOTE: one fetch_add, the fetch_sub of the drop and one Arc clone per call: no measurable
+    // cost. fnmesh-loadgen call, 64 in flight over 4 connections to one worker through `fnmesh
+    // serve`, 7 alternating rounds of 5 s on 2 shared cores: median 165k calls/s with the slot
+    // against 157k with no slot taken (spread 143-191k and 146-183k).
     pub(super) fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<InFlightSlot> {
         if counter.fetch_add(1, Ordering::AcqRel) >= max {
             counter.fetch_sub(1, Ordering::AcqRel);
