@@ -184,3 +184,38 @@ def test_workers_available_fires_on_connect_describe_and_leave(engine: fnmesh.En
                 lambda event=event: inbox.find(lambda e: e == {"event": event, "worker_id": late_id}),
                 what=f"{event} for the late worker",
             )
+
+
+def http_page(http_url: str) -> Any:
+    """``GET /page`` on the HTTP trigger: the status and the JSON body."""
+    import httpx
+
+    response = httpx.get(f"{http_url}/page", timeout=10)
+    return response.status_code, response.json() if response.content else None
+
+
+def test_an_http_route_stays_with_the_worker_that_registered_it_first() -> None:
+    # Before: a second worker's binding of the same method and path took the route over, and
+    # once that worker left the route answered 404 while the first one's binding still showed.
+    with (
+        fnmesh.Engine(port=0, http_port=0, log_level="warn") as engine,
+        sdk_client(engine.url, "first") as first,
+    ):
+        first.register_function("first::page", lambda data: {"status_code": 200, "body": {"from": "first"}})
+        bind(first, "http", "first::page", {"api_path": "/page", "http_method": "GET"})
+        wait_until(lambda: engine.http_url is not None, what="the HTTP listener")
+        assert engine.http_url is not None
+        http_url = engine.http_url
+        assert wait_until(lambda: http_page(http_url)[0] == 200, what="the first route")
+        with sdk_client(engine.url, "second") as second:
+            second.register_function(
+                "second::page", lambda data: {"status_code": 200, "body": {"from": "second"}}
+            )
+            bind(second, "http", "second::page", {"api_path": "page", "http_method": "get"})
+            # A round trip on that connection: the engine has read (and refused) the binding.
+            call(second, "engine::functions::list", {})
+            listed = call(second, "engine::registered-triggers::list", {"trigger_type": "http"})
+            assert [t["function_id"] for t in listed["registered_triggers"]] == ["first::page"]
+            assert http_page(http_url) == (200, {"from": "first"})
+        wait_until(lambda: engine.worker_count == 1, what="the second worker to leave")
+        assert http_page(http_url) == (200, {"from": "first"})

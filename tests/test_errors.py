@@ -17,6 +17,7 @@ from fnmesh.errors import (
     InvocationTimeout,
     QueueStoreInUse,
     RemoteError,
+    TooManyCallsInFlight,
     ValidationFailed,
     invocation_error,
 )
@@ -65,6 +66,7 @@ def test_every_class_code_is_in_the_table() -> None:
         ("invocation_stopped", InvocationStopped),
         ("queue_store_in_use", QueueStoreInUse),
         ("validation_failed", ValidationFailed),
+        ("too_many_calls_in_flight", TooManyCallsInFlight),
         ("invocation_failed", RemoteError),
         ("enqueue_error", RemoteError),
     ],

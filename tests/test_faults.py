@@ -7,7 +7,10 @@ everyone else, notices what died, and loses nothing it promised to deliver:
 - slow HTTP clients (stalled headers, trickled bodies) while normal requests are answered;
 - a worker behind a TCP proxy whose link goes silent: dropped, its pending call failed at once;
 - SIGKILL of a worker mid-call: the call fails at once, the other replica keeps serving;
-- an engine restart with its workers reconnecting on their own.
+- an engine restart with its workers reconnecting on their own;
+- a trigger provider reconnecting under its name while its old connection is torn down late,
+  under load: it gets its bindings back;
+- a connection making more calls than it may have in flight: the extra ones fail at once.
 
 Every wait is bounded; none is a fixed sleep standing in for a condition.
 """
@@ -19,6 +22,7 @@ import contextlib
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,7 +32,7 @@ import pytest
 import websockets
 
 import fnmesh
-from harness import Worker, call, free_port, sdk_client, spawn_engine, wait_until
+from harness import Worker, bind, call, free_port, sdk_client, spawn_engine, wait_until
 
 # Far beyond what any exchange here takes on a loaded machine, far below the timeouts the engine
 # would otherwise fall back on (the invocation timeout is set to two minutes).
@@ -278,3 +282,92 @@ def test_an_engine_restart_brings_its_workers_back() -> None:
         worker.kill()
         worker.stop()  # closes its pipes
         engine.kill()
+
+
+class Provider:
+    """An iii-sdk worker providing the trigger type ``reconnect.ticks`` under one name, recording
+    the bindings the engine delivers to it."""
+
+    def __init__(self, url: str, name: str, delivered: list[str]) -> None:
+        from iii.trigger import TriggerConfig, TriggerHandler
+
+        class Ticks(TriggerHandler[Any]):
+            async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+                delivered.append(config.id)
+
+            async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+                delivered.append(f"-{config.id}")
+
+        self._context = sdk_client(url, name)
+        self.client = self._context.__enter__()
+        with warnings.catch_warnings():  # deprecated in iii-sdk 0.25, still what workers send
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.client.register_trigger_type({"id": "reconnect.ticks", "description": "ticks"}, Ticks())
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+
+
+def test_a_provider_reconnecting_while_its_old_connection_goes_late_keeps_its_bindings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: until the old connection's cleanup ran, the provider's new connection could not
+    # take its name back (WORKER_NAMESPACE_CONFLICT, fatal to the SDK) and never got its
+    # bindings again. The hook delays every cleanup by 1.5 s, as a loaded machine might.
+    monkeypatch.setenv("FNMESH_TEST_CLEANUP_DELAY_MS", "1500")
+    stop = threading.Event()
+    with fnmesh.Engine(port=0, log_level="error") as engine, sdk_client(engine.url, "consumer") as consumer:
+        consumer.register_function("reconnect::record", lambda data: {"ok": True})
+        delivered: list[str] = []
+        provider = Provider(engine.url, "reconnect-provider", delivered)
+        bind(consumer, "reconnect.ticks", "reconnect::record", {"every": 1})
+        (binding,) = wait_until(lambda: list(delivered), BOUND, "the binding at the provider")
+
+        def load() -> None:
+            # Calls through the engine all along, on another connection.
+            with sdk_client(engine.url, "load") as busy:
+                while not stop.is_set():
+                    call(busy, "engine::functions::list", {})
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            for round_ in range(3):
+                provider.close()
+                delivered.clear()
+                provider = Provider(engine.url, "reconnect-provider", delivered)
+                assert wait_until(lambda: list(delivered), BOUND, f"re-delivery {round_}") == [binding]
+                # The old connection's late cleanup, once it ran, retracted nothing of the new one.
+                wait_until(lambda: engine.worker_count == 3, BOUND, "the old connection's cleanup")
+                listed = call(consumer, "engine::triggers::info", {"id": "reconnect.ticks"})
+                assert listed["worker_name"] == "reconnect-provider"
+                assert delivered == [binding]
+        finally:
+            stop.set()
+            loader.join(BOUND)
+            provider.close()
+
+
+async def test_calls_past_the_in_flight_bound_fail_at_once() -> None:
+    async with fnmesh.Engine(
+        port=0, log_level="warn", max_calls_in_flight_per_connection=2, invocation_timeout_ms=120_000
+    ) as engine:
+        worker = await asyncio.to_thread(Worker, engine.url, "busy")
+        try:
+            with sdk_client(engine.url, "caller") as client, ThreadPoolExecutor(2) as pool:
+                loop = asyncio.get_running_loop()
+                slow = [
+                    loop.run_in_executor(pool, call, client, "shared::sleep", {"seconds": 3})
+                    for _ in range(2)
+                ]
+                await asyncio.to_thread(
+                    wait_until, lambda: engine.pending_count >= 2, BOUND, "two calls in flight"
+                )
+                with pytest.raises(Exception, match=r"too_many_calls_in_flight|calls in flight"):
+                    await asyncio.to_thread(call, client, "busy::echo", {})
+                answered = await asyncio.wait_for(asyncio.gather(*slow), BOUND)
+                assert [r["worker"] for r in answered] == ["busy", "busy"]
+                # The slots are back: calls go through again.
+                assert (await asyncio.to_thread(call, client, "busy::echo", {"n": 1}))["data"]["n"] == 1
+        finally:
+            await asyncio.to_thread(worker.stop)

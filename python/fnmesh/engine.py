@@ -129,6 +129,14 @@ class EngineConfig:
     """
     queue_poll_interval_ms: int = _DEFAULTS["queue_poll_interval_ms"]
     """How often an idle queue consumer looks for due retries and other engines' messages."""
+    max_calls_in_flight_per_connection: int = _DEFAULTS["max_calls_in_flight_per_connection"]
+    """Calls one worker connection may have in flight (made by it, not answered yet); one more
+    fails at once with ``too_many_calls_in_flight`` (:class:`fnmesh.TooManyCallsInFlight`)."""
+    max_buffered_registrations: int = _DEFAULTS["max_buffered_registrations"]
+    """Registrations a connection may send before ``engine::workers::register`` names its
+    namespace (they wait until then); one more closes the connection with 1008."""
+    max_buffered_registration_bytes: int = _DEFAULTS["max_buffered_registration_bytes"]
+    """Bytes of those waiting registrations' frames; past it, the connection is closed with 1008."""
     external_functions: bool = False
     """Serve the external HTTP functions workers register (``registerfunction`` with an
     ``invocation``, docs/protocol.md section 5). Off by default, as in iii: such a function makes this
@@ -202,6 +210,10 @@ class EngineConfig:
             raise InvalidArgument(f"queues must be a table of queue tables, not {self.queues!r}")
         if self.queue_poll_interval_ms == 0:
             raise InvalidArgument("queue_poll_interval_ms must be positive")
+        if self.max_calls_in_flight_per_connection == 0 or self.max_buffered_registrations == 0:
+            raise InvalidArgument(
+                "max_calls_in_flight_per_connection and max_buffered_registrations must be positive"
+            )
         allowlist = self.external_url_allowlist
         if allowlist is not None:
             if isinstance(allowlist, str) or not all(isinstance(p, str) and p for p in allowlist):

@@ -38,6 +38,7 @@ __all__ = [
     "RegistrationError",
     "RemoteError",
     "SecretNotAllowed",
+    "TooManyCallsInFlight",
     "UrlValidationFailed",
     "ValidationFailed",
     "WorkerConflict",
@@ -231,6 +232,13 @@ class ValidationFailed(InvocationError, ValueError):
     code = "validation_failed"
 
 
+class TooManyCallsInFlight(InvocationError):
+    """The calling connection already had ``max_calls_in_flight_per_connection`` calls in flight:
+    the engine refused this one at once (retry once some are answered)."""
+
+    code = "too_many_calls_in_flight"
+
+
 class RemoteError(InvocationError):
     """The handler failed: raised an exception (``invocation_failed``, with the remote stack
     trace) or a :class:`FunctionError` with its own code."""
@@ -248,6 +256,7 @@ _SPECIFIC: dict[str, type[InvocationError]] = {
     "invocation_stopped": InvocationStopped,
     "queue_store_in_use": QueueStoreInUse,
     "validation_failed": ValidationFailed,
+    "too_many_calls_in_flight": TooManyCallsInFlight,
 }
 
 _BY_CODE: dict[str, type[InvocationError]] = {code: _SPECIFIC.get(code, RemoteError) for code in ERROR_CODES}

@@ -43,6 +43,19 @@ pub struct EngineConfig {
     /// turns them off (an enqueue then fails with `enqueue_error`). Default: a SQLite file at
     /// `.fnmesh/queues.sqlite3`, created at the first enqueue.
     pub queues: Option<QueueSettings>,
+    /// Calls one worker connection may have in flight (made by it and not answered yet); one
+    /// more fails at once with `too_many_calls_in_flight`.
+    pub max_calls_in_flight_per_connection: usize,
+    /// Registrations one connection may have waiting for `engine::workers::register` to name
+    /// its namespace (docs/protocol.md 3.4); one more closes the connection with 1008.
+    pub max_buffered_registrations: usize,
+    /// Bytes of the frames of those waiting registrations; past it, the same.
+    pub max_buffered_registration_bytes: usize,
+    /// Test hook: how long a closed connection's cleanup is put off, as on a loaded machine
+    /// where the old connection of a reconnecting worker is torn down late. Zero (the default):
+    /// at once.
+    #[doc(hidden)]
+    pub cleanup_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +70,10 @@ impl Default for EngineConfig {
             trigger_ack_timeout: Duration::from_secs(10),
             cron_redis_url: None,
             queues: Some(QueueSettings::default()),
+            max_calls_in_flight_per_connection: 10_000,
+            max_buffered_registrations: 10_000,
+            max_buffered_registration_bytes: 128 * 1024 * 1024,
+            cleanup_delay: Duration::ZERO,
         }
     }
 }

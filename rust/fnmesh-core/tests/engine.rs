@@ -1779,3 +1779,335 @@ async fn an_absurd_queue_concurrency_is_refused_at_registration() {
         .expect("the bound itself is accepted");
     engine.shutdown().await;
 }
+
+fn engine_config() -> fnmesh_core::engine::EngineConfig {
+    fnmesh_core::engine::EngineConfig {
+        queues: None,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn calls_in_flight_per_connection_are_capped() {
+    // Before: a connection could keep any number of calls pending, each holding memory in the
+    // engine until answered or timed out.
+    let config = fnmesh_core::engine::EngineConfig {
+        max_calls_in_flight_per_connection: 3,
+        ..engine_config()
+    };
+    let engine = start(Engine::builder().config(config)).await;
+    let mut server = Worker::connect(&engine).await;
+    server.register(&["slow::work"]).await;
+    let mut caller = Worker::connect(&engine).await;
+    let mut held = Vec::new();
+    for n in 0..3 {
+        caller.invoke("slow::work", json!({ "n": n })).await;
+        held.push(server.next_invoke().await.0);
+    }
+    // One more fails at once, and never reaches the function.
+    let refused = caller.call("slow::work", json!({"n": 3})).await;
+    assert_eq!(
+        error_code(&refused),
+        "too_many_calls_in_flight",
+        "{refused}"
+    );
+    // Other connections have their own budget.
+    let mut other = Worker::connect(&engine).await;
+    let other_id = other.invoke("slow::work", json!({"n": "other"})).await;
+    let (routed, _) = server.next_invoke().await;
+    assert_eq!(routed["data"]["n"], "other", "{routed}");
+    server.reply(&routed, json!("done")).await;
+    assert_eq!(other.result_for(&other_id).await["result"], "done");
+    // An answered call gives its slot back.
+    let first = held.remove(0);
+    server.reply(&first, json!("first")).await;
+    caller.recv_type("invocationresult").await;
+    let again = caller.invoke("slow::work", json!({"n": 4})).await;
+    let (routed, _) = server.next_invoke().await;
+    assert_eq!(routed["data"]["n"], 4, "{routed}");
+    server.reply(&routed, json!("four")).await;
+    assert_eq!(caller.result_for(&again).await["result"], "four");
+    // So does a call failed by its target leaving.
+    server.cut();
+    for _ in 0..2 {
+        let (stopped, _) = caller.recv_type("invocationresult").await;
+        assert_eq!(error_code(&stopped), "invocation_stopped", "{stopped}");
+    }
+    let mut server = Worker::connect(&engine).await;
+    server.register(&["slow::work"]).await;
+    let ids = [
+        caller.invoke("slow::work", json!({})).await,
+        caller.invoke("slow::work", json!({})).await,
+        caller.invoke("slow::work", json!({})).await,
+    ];
+    for id in ids {
+        let (routed, _) = server.next_invoke().await;
+        server.reply(&routed, json!("ok")).await;
+        assert_eq!(caller.result_for(&id).await["result"], "ok");
+    }
+    finish(engine, [server, caller, other]).await;
+}
+
+#[tokio::test]
+async fn registrations_waiting_for_the_namespace_are_bounded() {
+    // Before: registrations sent before `engine::workers::register` were buffered without a
+    // bound for the whole grace period, so one connection could hold any amount of memory.
+    let config = fnmesh_core::engine::EngineConfig {
+        namespace_grace: Duration::from_secs(600),
+        max_buffered_registrations: 5,
+        max_buffered_registration_bytes: 4096,
+        ..engine_config()
+    };
+    let engine = start(Engine::builder().config(config)).await;
+    // By count.
+    let mut many = Worker::connect(&engine).await;
+    for n in 0..6 {
+        many.send(json!({"type": "registerfunction", "id": format!("many::f{n}")}))
+            .await;
+    }
+    assert_eq!(many.expect_close().await, 1008);
+    // By bytes.
+    let mut large = Worker::connect(&engine).await;
+    large
+        .send(
+            json!({"type": "registerfunction", "id": "large::f", "description": "x".repeat(5000)}),
+        )
+        .await;
+    assert_eq!(large.expect_close().await, 1008);
+    // Within the bounds, and after the namespace is named (nothing is buffered then), all is
+    // applied.
+    let mut fine = Worker::connect(&engine).await;
+    let ids: Vec<String> = (0..5).map(|n| format!("fine::f{n}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    fine.register(&ids).await;
+    for n in 0..20 {
+        fine.send(json!({"type": "registerfunction", "id": format!("later::f{n}"), "description": "y".repeat(1000)}))
+            .await;
+    }
+    let listed = fine
+        .call_ok("engine::functions::list", json!({}))
+        .await
+        .to_string();
+    for id in ["fine::f0", "fine::f4", "later::f0", "later::f19"] {
+        assert!(listed.contains(id), "{id} missing: {listed}");
+    }
+    assert!(!listed.contains("many::"), "{listed}");
+    wait_until("the refused workers are gone", || {
+        engine.worker_count() == 1
+    })
+    .await;
+    drop(many);
+    drop(large);
+    finish(engine, [fine]).await;
+}
+
+/// A GET on the HTTP trigger's listener: the status code and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("http connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("an HTTP answer within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// Serves the next HTTP call routed to `worker` with `body`.
+async fn serve_http(worker: &mut Worker, body: &str) {
+    let (call, _) = worker.next_invoke().await;
+    worker
+        .reply(&call, json!({"status_code": 200, "body": body}))
+        .await;
+}
+
+fn http_route(id: &str, function_id: &str, path: &str) -> Value {
+    json!({"type": "registertrigger", "id": id, "trigger_type": "http", "function_id": function_id,
+           "config": {"api_path": path, "http_method": "GET"}})
+}
+
+async fn named(engine: &Engine, name: &str, functions: &[&str]) -> Worker {
+    let mut w = Worker::connect(engine).await;
+    for id in functions {
+        w.send(json!({"type": "registerfunction", "id": id})).await;
+    }
+    let result = w
+        .call_ok("engine::workers::register", json!({"name": name, "pid": 1}))
+        .await;
+    assert_eq!(result, json!({"success": true}));
+    w
+}
+
+async fn binding_ids(w: &mut Worker) -> Vec<String> {
+    let rows = w
+        .call_ok("engine::registered-triggers::list", json!({}))
+        .await;
+    let mut ids: Vec<String> = rows["registered_triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn an_http_route_cannot_be_taken_over_by_another_worker() {
+    // Before: a second worker's binding with the same method and path took the route over;
+    // once that worker left, the route was gone while the first worker's binding still showed
+    // as active.
+    let config = fnmesh_core::engine::EngineConfig {
+        http: fnmesh_core::http::HttpConfig {
+            addr: any_port(),
+            listen_at_start: true,
+            ..Default::default()
+        },
+        ..engine_config()
+    };
+    let engine = start(Engine::builder().config(config).function(
+        "host::page",
+        FunctionDef::default(),
+        |call: Call| {
+            call.reply
+                .send(Outcome::json(&json!({"status_code": 200, "body": "host"})))
+        },
+    ))
+    .await;
+    engine
+        .handle()
+        .register_trigger(spec(
+            "http",
+            "host::page",
+            json!({"api_path": "/host", "http_method": "GET"}),
+        ))
+        .await
+        .expect("the host's route");
+    let addr = engine.http_addr().expect("listening");
+    let mut first = named(&engine, "first", &["first::page"]).await;
+    first
+        .send(http_route("r-first", "first::page", "/page"))
+        .await;
+    // Its frames apply in order: once this answer is in, so is the route.
+    first.call_ok("engine::functions::list", json!({})).await;
+    let mut second = named(&engine, "second", &["second::page"]).await;
+    // The first worker's route is in force once a request reaches it.
+    let request = tokio::spawn(http_get(addr, "/page"));
+    serve_http(&mut first, "first").await;
+    assert_eq!(request.await.unwrap(), (200, "\"first\"".to_owned()));
+
+    for (id, path) in [("r-second", "/page"), ("r-host", "host")] {
+        second.send(http_route(id, "second::page", path)).await;
+        let (refused, _) = second.recv_type("triggerregistrationresult").await;
+        assert_eq!(refused["id"], id, "{refused}");
+        assert_eq!(
+            refused["error"]["code"], "trigger_registration_failed",
+            "{refused}"
+        );
+    }
+    let ids = binding_ids(&mut second).await;
+    assert!(!ids.contains(&"r-second".to_owned()), "{ids:?}");
+    assert_eq!(http_get(addr, "/host").await, (200, "\"host\"".to_owned()));
+    // The refused worker leaving changes nothing.
+    second.cut();
+    wait_until("the second worker is gone", || engine.worker_count() == 1).await;
+    let request = tokio::spawn(http_get(addr, "/page"));
+    serve_http(&mut first, "still first").await;
+    assert_eq!(request.await.unwrap(), (200, "\"still first\"".to_owned()));
+
+    // The worker registering its own route again, under a new id, leaves no stale binding.
+    first
+        .send(http_route("r-first-2", "first::page", "page"))
+        .await;
+    first.call_ok("engine::functions::list", json!({})).await;
+    let mut ids = binding_ids(&mut first).await;
+    ids.retain(|id| id.starts_with("r-"));
+    assert_eq!(ids, ["r-first-2"]);
+    let request = tokio::spawn(http_get(addr, "/page"));
+    serve_http(&mut first, "renewed").await;
+    assert_eq!(request.await.unwrap(), (200, "\"renewed\"".to_owned()));
+    // Its removal removes the route.
+    first
+        .send(json!({"type": "unregistertrigger", "id": "r-first-2", "trigger_type": "http"}))
+        .await;
+    first.call_ok("engine::functions::list", json!({})).await;
+    assert_eq!(http_get(addr, "/page").await.0, 404);
+    finish(engine, [first]).await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_provider_keeps_its_bindings_when_the_old_connection_goes_late() {
+    // Before: while the old connection's cleanup had not run yet, the reconnecting provider's
+    // `engine::workers::register` under its own name was refused (WORKER_NAMESPACE_CONFLICT,
+    // fatal to the SDKs), so its bindings were never delivered again.
+    let config = fnmesh_core::engine::EngineConfig {
+        cleanup_delay: Duration::from_millis(1500),
+        ..engine_config()
+    };
+    let engine = start(Engine::builder().config(config)).await;
+    let ticks = json!({"type": "registertriggertype", "id": "ticks", "description": "t"});
+    let mut old = Worker::connect(&engine).await;
+    old.send(ticks.clone()).await;
+    old.call_ok(
+        "engine::workers::register",
+        json!({"name": "provider", "pid": 1}),
+    )
+    .await;
+    let mut consumer = named(&engine, "consumer", &["consumer::fn"]).await;
+    consumer
+        .send(json!({"type": "registertrigger", "id": "b-1", "trigger_type": "ticks", "function_id": "consumer::fn", "config": {}}))
+        .await;
+    let (delivered, _) = old.recv_type("registertrigger").await;
+    assert_eq!(delivered["id"], "b-1");
+
+    old.cut();
+    let mut new = Worker::connect(&engine).await;
+    new.send(ticks).await;
+    // The binding is delivered again as the registration applies, before the answer.
+    let call = new
+        .invoke(
+            "engine::workers::register",
+            json!({"name": "provider", "pid": 2}),
+        )
+        .await;
+    let mut delivered = Vec::new();
+    loop {
+        let frame = new.recv().await;
+        if frame["type"] == "registertrigger" {
+            delivered.push(frame["id"].clone());
+        } else if frame["invocation_id"] == call {
+            assert!(frame.get("error").is_none(), "{frame}");
+            break;
+        }
+    }
+    assert_eq!(delivered, [json!("b-1")]);
+    // The old connection's late cleanup (it is gone from the count once it ran) retracts
+    // nothing of the new one's: nothing but the answer to this call arrives in between.
+    wait_until("the old connection is cleaned up", || {
+        engine.worker_count() == 2
+    })
+    .await;
+    let probe = new.invoke("engine::functions::list", json!({})).await;
+    loop {
+        let frame = new.recv().await;
+        assert_ne!(frame["type"], "unregistertrigger", "{frame}");
+        if frame["type"] == "invocationresult" && frame["invocation_id"] == probe {
+            break;
+        }
+    }
+    let info = consumer
+        .call_ok("engine::triggers::info", json!({"id": "ticks"}))
+        .await;
+    assert_eq!(info["worker_name"], "provider", "{info}");
+    assert_eq!(binding_ids(&mut consumer).await, ["b-1"]);
+    finish(engine, [new, consumer]).await;
+}

@@ -70,7 +70,14 @@ pub(crate) struct EngineSettings {
     #[pyo3(from_py_with = queues_to_json, into_py_with = queues_from_json)]
     pub(crate) queues: String,
     pub(crate) queue_poll_interval_ms: u64,
+    pub(crate) max_calls_in_flight_per_connection: usize,
+    pub(crate) max_buffered_registrations: usize,
+    pub(crate) max_buffered_registration_bytes: usize,
 }
+
+/// Test hook, not a setting: milliseconds by which a closed worker connection's cleanup is put
+/// off (`EngineConfig::cleanup_delay`), to reproduce a late teardown (tests/test_faults.py).
+const CLEANUP_DELAY_ENV: &str = "FNMESH_TEST_CLEANUP_DELAY_MS";
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -135,6 +142,9 @@ impl Default for EngineSettings {
             // The core's default has no named queues (a `default` queue always exists).
             queues: String::from("{}"),
             queue_poll_interval_ms: millis(queues.poll_interval),
+            max_calls_in_flight_per_connection: core.max_calls_in_flight_per_connection,
+            max_buffered_registrations: core.max_buffered_registrations,
+            max_buffered_registration_bytes: core.max_buffered_registration_bytes,
         }
     }
 }
@@ -212,6 +222,13 @@ impl EngineSettings {
             trigger_ack_timeout: ms(self.trigger_ack_timeout_ms),
             cron_redis_url: self.cron_redis_url,
             queues,
+            max_calls_in_flight_per_connection: self.max_calls_in_flight_per_connection,
+            max_buffered_registrations: self.max_buffered_registrations,
+            max_buffered_registration_bytes: self.max_buffered_registration_bytes,
+            cleanup_delay: std::env::var(CLEANUP_DELAY_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::ZERO, ms),
             ..EngineConfig::default()
         };
         config.server.addr = SocketAddr::new(ip, self.port);

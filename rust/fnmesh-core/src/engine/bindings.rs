@@ -117,10 +117,30 @@ impl Shared {
     /// bindings). Never a durable binding (`engine::register_trigger`) nor another live
     /// worker's.
     fn may_replace(&self, existing: &TriggerBinding, ws: &Arc<WorkerState>) -> bool {
-        let Some(owner) = existing.owner.as_deref() else {
-            return false;
+        existing
+            .owner
+            .as_deref()
+            .is_some_and(|owner| self.same_worker_or_gone(owner, ws.conn.id()))
+    }
+
+    /// Whether binding `newcomer` may take over what binding `current` holds at its provider
+    /// (the HTTP trigger: the same method and path): only when `current` is gone, or both were
+    /// made by connections of one worker as [`Shared::may_replace`] has it. Never from a
+    /// durable or host binding, nor by one.
+    pub(crate) fn may_take_over(&self, current: &str, newcomer: &TriggerBinding) -> bool {
+        let Some(slot) = self.bindings.get(current) else {
+            return true; // nothing holds it any more
         };
-        if owner == &**ws.conn.id() {
+        match (slot.binding.owner.as_deref(), newcomer.owner.as_deref()) {
+            (Some(owner), Some(new_owner)) => self.same_worker_or_gone(owner, new_owner),
+            _ => false,
+        }
+    }
+
+    /// Connection `newcomer` is connection `owner`, or `owner` is gone or going, or both are
+    /// connections of one worker (same name and namespace: a reconnect).
+    fn same_worker_or_gone(&self, owner: &str, newcomer: &str) -> bool {
+        if owner == newcomer {
             return true;
         }
         let live = self.conns.get(owner).is_some_and(|o| {
@@ -134,7 +154,7 @@ impl Shared {
                 .get(id)
                 .and_then(|w| Some((w.namespace.clone(), w.name()?.to_owned())))
         };
-        matches!((identity(owner), identity(ws.conn.id())), (Some(a), Some(b)) if a == b)
+        matches!((identity(owner), identity(newcomer)), (Some(a), Some(b)) if a == b)
     }
 
     /// Resolves a binding's provider and delivers it, or parks it as pending.

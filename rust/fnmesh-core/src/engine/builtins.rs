@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
+use super::state::lock;
 use super::{
     Provider, Shared, Target, WorkerState, ENGINE_OWNER, FUNCTIONS_AVAILABLE, WORKERS_AVAILABLE,
 };
@@ -285,7 +286,21 @@ fn workers_register(shared: &Arc<Shared>, mut call: Call) {
         namespace: input.namespace,
         telemetry: input.telemetry,
     };
-    match shared.workers.register(&worker_id, metadata) {
+    let mut registered = shared.workers.register(&worker_id, metadata.clone());
+    if let Err(Error::WorkerConflict { owner, .. }) = &registered {
+        // The name's holder is closed but not cleaned up yet (its teardown runs late on a
+        // loaded machine): the worker reconnected. Its cleanup runs now, before this
+        // connection's registrations apply (as for a reattach, docs/protocol.md 1.5).
+        let previous = shared.conns.get(owner.as_str()).map(|w| w.clone());
+        if let Some(previous) = previous.filter(|p| p.conn.is_closed()) {
+            info!(worker = %worker_id, previous = %owner, "worker name held by a closed connection: cleaning it up first");
+            shared.cleanup(&previous);
+            // Its cleanup may be running elsewhere: wait until it is over.
+            drop(lock(&shared.registrations));
+            registered = shared.workers.register(&worker_id, metadata);
+        }
+    }
+    match registered {
         Ok(info) => {
             info!(
                 worker = %worker_id,

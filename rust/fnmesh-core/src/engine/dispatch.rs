@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::state::{send_msg, uuid, Shared, Target, WorkerState};
+use super::state::{send_msg, uuid, InFlightSlot, Shared, Target, WorkerState};
 use crate::function::{Call, CallOptions, Completer, Outcome, Reply};
 use crate::protocol::ErrorCode;
 use crate::protocol::{InvocationResult, InvokeFunction, Message, RawJson};
@@ -35,6 +35,8 @@ pub(super) struct Pending {
     pub(super) target: Option<Arc<str>>,
     timeout: Duration,
     _lease: Lease<Target>,
+    // The calling connection's slot, given back when the call leaves the table.
+    _in_flight: Option<InFlightSlot>,
 }
 
 /// One call to route.
@@ -52,6 +54,8 @@ pub(super) struct Request {
     pub(super) caller: Caller,
     /// The calling worker's connection id, handed to a native function.
     pub(super) caller_worker_id: Option<Arc<str>>,
+    /// The calling connection's in-flight slot (a worker's call).
+    pub(super) in_flight: Option<InFlightSlot>,
 }
 
 impl Request {
@@ -69,6 +73,7 @@ impl Request {
             invocation_id: None,
             caller,
             caller_worker_id: None,
+            in_flight: None,
         }
     }
 }
@@ -84,6 +89,7 @@ impl Shared {
             invocation_id,
             caller,
             caller_worker_id,
+            in_flight,
         } = request;
         let CallOptions {
             timeout,
@@ -116,6 +122,7 @@ impl Shared {
             },
             timeout,
             _lease: lease,
+            _in_flight: in_flight,
         };
         if let Err(pending) = self.pending.insert(&id, pending, timeout) {
             self.fail(

@@ -179,6 +179,18 @@ impl EngineRef {
         self.shared.unbind(id)
     }
 
+    /// Whether the provider of binding `newcomer` may hand it what binding `current` holds (an
+    /// HTTP route with the same method and path): see `Shared::may_take_over`.
+    pub(crate) fn may_take_over_binding(&self, current: &str, newcomer: &TriggerBinding) -> bool {
+        self.shared.may_take_over(current, newcomer)
+    }
+
+    /// Removes binding `id`, whose provider handed what it held to a later binding of the same
+    /// worker.
+    pub(crate) fn drop_replaced_binding(&self, id: &str) {
+        self.shared.unbind(id);
+    }
+
     /// Removes a function registered by the host.
     pub fn unregister_function(&self, namespace: &str, function_id: &str) -> crate::Result<bool> {
         let removed = self

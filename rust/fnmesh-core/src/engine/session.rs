@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::dispatch::{Caller, Request};
 use super::state::{
-    lock, raw_null, send_msg, uuid, NsState, Provider, Shared, Target, WorkerState,
+    lock, raw_null, send_msg, uuid, InFlightSlot, NsState, Provider, Shared, Target, WorkerState,
 };
 use super::{is_in_process_owner, ENGINE_OWNER, ENQUEUE_FUNCTION};
 use crate::error::Error;
@@ -59,12 +59,33 @@ impl Shared {
             | Message::RegisterService(_)) => {
                 let mut state = lock(&ws.ns);
                 match &mut *state {
-                    NsState::Buffering(queue) => queue.push(m),
+                    NsState::Buffering { queue, bytes } => {
+                        let config = &self.config;
+                        if queue.len() >= config.max_buffered_registrations
+                            || bytes.saturating_add(frame.len())
+                                > config.max_buffered_registration_bytes
+                        {
+                            let (count, held) = (queue.len(), *bytes);
+                            // Frees the buffered registrations now.
+                            *state = NsState::Refused;
+                            drop(state);
+                            warn!(worker = %ws.conn.id(), registrations = count, bytes = held, "too many registrations before engine::workers::register named the namespace: closing with 1008");
+                            ws.conn.close(
+                                1008,
+                                "too many registrations before engine::workers::register",
+                            );
+                            return;
+                        }
+                        *bytes += frame.len();
+                        queue.push(m);
+                    }
                     NsState::Known(ns) => {
                         let ns = ns.clone();
                         drop(state);
+                        let _registering = lock(&self.registrations);
                         self.apply_registration(ws, &ns, m);
                     }
+                    NsState::Refused => {}
                 }
             }
             Message::Unknown(u) => {
@@ -95,6 +116,21 @@ impl Shared {
         };
         // A void call's target gets a fresh id (4.3): the caller may reuse its own at once.
         let invocation_id = if void { None } else { invocation_id };
+        let max = self.config.max_calls_in_flight_per_connection;
+        let Some(in_flight) = InFlightSlot::take(&ws.calls_in_flight, max) else {
+            self.fail(
+                caller,
+                invocation_id.as_deref(),
+                &function_id,
+                ErrorCode::TooManyCallsInFlight,
+                format!(
+                    "this connection already has {max} calls in flight \
+                     (setting max_calls_in_flight_per_connection)"
+                ),
+            );
+            return;
+        };
+        let in_flight = Some(in_flight);
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         if let Some(TriggerAction::Enqueue { queue }) = action {
             // As iii does (4.4): a call of `engine::queue::enqueue` with the call inside, served
@@ -114,6 +150,7 @@ impl Shared {
                 Some(Ok(request)) => self.dispatch(Request {
                     invocation_id,
                     caller_worker_id: Some(ws.conn.id().clone()),
+                    in_flight,
                     ..Request::new(ENQUEUE_FUNCTION, request, CallOptions::default(), caller)
                 }),
                 Some(Err(e)) => self.fail(
@@ -155,6 +192,7 @@ impl Shared {
         self.dispatch(Request {
             invocation_id,
             caller_worker_id: Some(ws.conn.id().clone()),
+            in_flight,
             ..Request::new(function_id, data, options, caller)
         });
     }
@@ -172,7 +210,11 @@ impl Shared {
         let queued = {
             let mut state = lock(&ws.ns);
             match std::mem::replace(&mut *state, NsState::Known(namespace.to_owned())) {
-                NsState::Buffering(queue) => queue,
+                NsState::Buffering { queue, .. } => queue,
+                NsState::Refused => {
+                    *state = NsState::Refused;
+                    return;
+                }
                 // Pinned already: a later namespace is ignored (3.4).
                 NsState::Known(pinned) => {
                     if pinned != namespace {
@@ -183,6 +225,7 @@ impl Shared {
                 }
             }
         };
+        let _registering = lock(&self.registrations);
         for message in queued {
             self.apply_registration(ws, namespace, message);
         }
@@ -347,8 +390,9 @@ impl Shared {
         let ws = Arc::new(WorkerState {
             conn: conn.clone(),
             reattach_token: token.clone(),
-            ns: Mutex::new(NsState::Buffering(Vec::new())),
+            ns: Mutex::new(NsState::buffering()),
             cleaned: AtomicBool::new(false),
+            calls_in_flight: Arc::default(),
             external_pending: Mutex::new(HashMap::new()),
         });
         self.conns.insert(conn.id().clone(), ws.clone());
@@ -380,7 +424,11 @@ impl Shared {
         self.fire_workers_available("worker_connected", conn.id());
     }
 
-    fn cleanup(&self, ws: &Arc<WorkerState>) {
+    pub(super) fn cleanup(&self, ws: &Arc<WorkerState>) {
+        // A successor's registrations (the same worker reconnecting) wait until this is over,
+        // so nothing below removes or retracts what it registered; and whoever finds `cleaned`
+        // set can wait for the cleanup to be over by taking this lock.
+        let registering = lock(&self.registrations);
         if ws.cleaned.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -412,6 +460,7 @@ impl Shared {
             }
         }
         let info = self.workers.disconnect(&id);
+        drop(registering);
         let name = info.as_ref().and_then(|w| w.name().map(str::to_owned));
         info!(worker = %id, name = %name.as_deref().unwrap_or(""), functions = removed.len(), "worker disconnected");
         if !removed.is_empty() {
@@ -526,8 +575,19 @@ impl ConnectionHandler for Handler {
     }
 
     fn on_disconnect(&self, conn: &Arc<Connection>) {
-        if let Some(ws) = self.0.conns.get(conn.id()).map(|w| w.clone()) {
+        let Some(ws) = self.0.conns.get(conn.id()).map(|w| w.clone()) else {
+            return;
+        };
+        let delay = self.0.config.cleanup_delay;
+        if delay.is_zero() {
             self.0.cleanup(&ws);
+        } else {
+            // The test hook (`EngineConfig::cleanup_delay`): a late teardown.
+            let shared = self.0.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                shared.cleanup(&ws);
+            });
         }
     }
 }

@@ -97,6 +97,9 @@ error_codes! {
     /// An enqueue (a call with `action: enqueue`, or a publish) was refused: queues turned off,
     /// no such queue, the store failed.
     EnqueueError = "enqueue_error",
+    /// The calling connection already has `max_calls_in_flight_per_connection` calls in flight
+    /// (made by it, not answered yet): the call fails at once.
+    TooManyCallsInFlight = "too_many_calls_in_flight",
     /// A frame exceeds the configured size limit ([`crate::Error::FrameTooLarge`]); the engine
     /// closes such a connection with WebSocket code 1009.
     FrameTooLarge = "frame_too_large",

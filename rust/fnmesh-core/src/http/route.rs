@@ -62,6 +62,17 @@ pub enum RouteError {
         /// The template of the route that stays.
         existing: String,
     },
+    /// The same method and path is served for another trigger binding, which may not be taken
+    /// over (see [`Router::insert_if`]).
+    #[error(
+        "Route '{route}' is already served by trigger '{owner}' of another worker or of the engine"
+    )]
+    Taken {
+        /// The refused route (`METHOD template`).
+        route: String,
+        /// The binding that keeps it.
+        owner: String,
+    },
 }
 
 /// The most segments a template may have.
@@ -349,6 +360,18 @@ impl<T> Router<T> {
         owner: &str,
         value: T,
     ) -> Result<Option<(String, T)>, RouteError> {
+        self.insert_if(pattern, owner, value, |_| true)
+    }
+
+    /// [`Router::insert`], except that an identical route of another owner is replaced only if
+    /// `may_take(its owner)` says so; otherwise [`RouteError::Taken`] and the route stays.
+    pub fn insert_if(
+        &mut self,
+        pattern: RoutePattern,
+        owner: &str,
+        value: T,
+        may_take: impl FnOnce(&str) -> bool,
+    ) -> Result<Option<(String, T)>, RouteError> {
         let mut node = &mut self.roots[pattern.method];
         // Nodes created on the way are never left empty: reaching a conflict means the terminal
         // node already held a route, so every node on the path existed before.
@@ -361,6 +384,12 @@ impl<T> Router<T> {
                     route: pattern.to_string(),
                     method: pattern.method().to_owned(),
                     existing: existing.template.clone(),
+                });
+            }
+            if existing.owner != owner && !may_take(&existing.owner) {
+                return Err(RouteError::Taken {
+                    route: pattern.to_string(),
+                    owner: existing.owner.clone(),
                 });
             }
             let previous_owner = std::mem::replace(&mut existing.owner, owner.to_owned());

@@ -262,8 +262,27 @@ impl HttpTrigger {
             middleware: config.middleware_function_ids,
             binding: binding.clone(),
         };
-        write(&self.routes).insert(pattern, &binding.id, route)?;
+        // The same method and path served for another binding: taken over only from an earlier
+        // binding of the same worker (or of a connection that is gone), never from another live
+        // worker, the host or the engine (docs/protocol.md 6.3).
+        let engine = self.engine.upgrade();
+        let mut taken_from = None;
+        write(&self.routes).insert_if(pattern, &binding.id, route, |current| {
+            let allowed = engine
+                .as_ref()
+                .is_some_and(|e| e.may_take_over_binding(current, &binding));
+            if allowed {
+                taken_from = Some(current.to_owned());
+            }
+            allowed
+        })?;
         info!(route = %key, function_id = %binding.function_id, trigger_id = %binding.id, "HTTP route added");
+        if let (Some(engine), Some(previous)) = (engine, taken_from) {
+            // The binding that had the route no longer serves anything: it goes, so that no
+            // stale binding stays listed as active (and no later removal touches the route).
+            info!(route = %key, trigger_id = %binding.id, previous = %previous, "HTTP route taken over from an earlier binding of the same worker");
+            engine.drop_replaced_binding(&previous);
+        }
         Ok(())
     }
 }
