@@ -1,0 +1,56 @@
+"""The soak benchmark (``make soak``, benches/soak.py) run for a few seconds, so that the script
+and its workers cannot rot: it must start everything, kill and restart a worker, classify the
+errors that kill causes as injected, and write its report. No timing and no memory bound is
+asserted (a few seconds say nothing about a leak); the long run is ``make soak``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOAK = ROOT / "benches" / "soak.py"
+# Start-up of eight processes on a loaded 2-core machine, 6 s of load, and the stops.
+DEADLINE_S = 240
+
+
+def test_a_short_soak_kills_restarts_and_finds_no_unexpected_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SOAK),
+            "--seconds",
+            "6",
+            "--warmup",
+            "1",
+            "--kill-every",
+            "2",
+            "--sample-every",
+            "1",
+            # Memory over a few seconds is start-up noise, not a leak: only the long run judges it.
+            "--max-rss-growth",
+            "1000",
+            "--results",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "soak.json").read_text(encoding="utf-8"))
+    assert report["pass"] is True
+    assert report["unexpected_errors"] == 0, report["unexpected_sample"]
+    assert report["kills"] >= 1
+    assert all(kill["restart_s"] > 0 for kill in report["kill_detail"])
+    assert report["calls_served"] > 0
+    assert report["http_requests"] > 0
+    assert all(cycles > 0 for cycles in report["churn_cycles"].values())
+    assert report["rss_kib"]["start"] > 0
+    assert report["rss_kib"]["samples"] >= 2
+    markdown = (tmp_path / "SOAK.md").read_text(encoding="utf-8")
+    assert "| verdict" in markdown
+    assert "PASS" in markdown
