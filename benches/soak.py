@@ -19,9 +19,12 @@ is checked against what was sent.
 The injected fault: every ``--kill-every`` seconds the driver SIGKILLs one of the non-HTTP
 serving replicas (fnmesh and iii-sdk in turn) and starts it again. The calls that were in flight
 on it fail with ``invocation_stopped`` (docs/protocol.md 1.5), straight or inside a relay's
-``invocation_failed``, or as the HTTP trigger's 500 carrying that code; such an error from the
-kill's start to a few seconds after the replacement is ready counts as injected. Every other
-error is unexpected, and a run with one fails.
+``invocation_failed``, or as the HTTP trigger's 500 carrying that code; such an error on a call
+whose chain runs through a function the victim served, from the kill to a few seconds after the
+replacement is ready, counts as injected. Every other error is unexpected, and a run with one
+fails. Once the callers and churners have stopped, the engine must list the serving workers'
+functions, workers and HTTP routes and nothing else (a churned connection's leftovers fail the
+run).
 
 The engine's resident memory (``VmRSS`` of ``/proc/<pid>/status``) is sampled after the warm-up,
 every ``--sample-every`` seconds and at the end, still under load; growth from the first sample
@@ -34,6 +37,7 @@ stopped whatever happens; the logs of a failed run are kept and their directory 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import shutil
@@ -56,10 +60,28 @@ HTTP_URL_LINE = re.compile(r"HTTP triggers at (http://\S+)")
 READY_TIMEOUT_S = 120.0
 # An injected error surfaces once the engine has seen the killed socket close, which is at once
 # on loopback; the margin covers a loaded machine (a caller records the error when it gets it).
-INJECTED_GRACE_S = 10.0
+INJECTED_GRACE_S = 5.0
 # What a call in flight on a killed replica fails with, seen directly, through a relay that was
 # waiting on it, or through the HTTP trigger (docs/protocol.md 1.5, 6.3).
 STOPPED = re.compile(r"invocation.stopped", re.IGNORECASE)
+# The calls a kill can fail: those whose chain runs through a function the victim serves (an
+# fnmesh replica serves soak.fn.* and the HTTP routes' functions, and is the second hop of
+# soak.iii.relay; an iii-sdk replica serves soak.iii.* and is the second hop of soak.fn.relay).
+# Churn calls fail the same way; the built-in never does.
+FAILS_WHEN_KILLED = {
+    "fn-b": {"soak.fn.echo", "soak.fn.relay", "soak.iii.relay", "POST /soak/echo", "GET /soak/items"},
+    "iii-d": {"soak.iii.echo", "soak.iii.relay", "soak.fn.relay"},
+}
+SERVER_NAMES = {"soak-fn-a", "soak-fn-b", "soak-iii-c", "soak-iii-d"}
+SERVED = {
+    "soak.fn.echo",
+    "soak.fn.relay",
+    "soak.http.echo",
+    "soak.http.item",
+    "soak.iii.echo",
+    "soak.iii.relay",
+}
+SETTLE_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -78,6 +100,8 @@ class Kill:
     ready_t: float | None = None
     restart_s: float | None = None
     injected: int = 0
+    # Seconds from the kill to the last error it caused.
+    last_error_s: float = 0.0
 
 
 @dataclass
@@ -161,16 +185,63 @@ def sample_rss(pid: int, rss: Rss, every_s: float, stop: threading.Event) -> Non
 
 
 def injected_by(error: dict[str, Any], kills: list[Kill]) -> Kill | None:
-    """The kill an error is the expected consequence of, or None (unexpected)."""
+    """The kill an error is the expected consequence of, or None (unexpected): a stopped call
+    through a function the victim served, from the kill until shortly after its replacement was
+    ready."""
     text = f"{error.get('code')} {error.get('message')}"
     if not STOPPED.search(text):
         return None
+    target = str(error.get("target"))
     t = float(error["t"])
-    for kill in kills:
+    for kill in reversed(kills):  # the latest kill before the error, when windows overlap
         end = (kill.ready_t if kill.ready_t is not None else kill.t) + INJECTED_GRACE_S
-        if kill.t <= t <= end:
+        fails = FAILS_WHEN_KILLED[kill.victim]
+        if kill.t <= t <= end and (target in fails or target.rsplit("/", 1)[0] in fails):
             return kill
     return None
+
+
+async def registry_after_load(ws: str) -> dict[str, Any]:
+    """What the engine still holds once the callers and churners have gone, the servers still
+    connected: it should be the servers' functions, workers and HTTP bindings and nothing else
+    (a churned connection's leftovers would be a leak the RSS might hide). Polls until it is so or
+    ``SETTLE_TIMEOUT_S`` passes; returns what it saw last."""
+    import fnmesh
+
+    app = fnmesh.App("soak-check", log_level="warn")
+    await app.connect(ws)
+    try:
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            functions = await app.call("engine::functions::list", {})
+            workers = await app.call("engine::workers::list", {})
+            bindings = await app.call("engine::registered-triggers::list", {})
+            # The engine's own functions (queues, ...) are in-process: `kind` local.
+            listed = [f for f in functions["functions"] if f.get("kind") != "local"]
+            ids = {f["function_id"] for f in listed}
+            names = {w["name"] for w in workers["workers"] if w.get("runtime") != "engine"}
+            seen = {
+                "functions": len(listed),
+                "replicas": sum(int(f.get("replicas", 1)) for f in listed),
+                "workers": len(names),
+                "http_bindings": sum(
+                    1 for b in bindings["registered_triggers"] if b["trigger_type"] == "http"
+                ),
+                "leftover_functions": sorted(ids - SERVED)[:20],
+                "leftover_workers": sorted(names - SERVER_NAMES - {"soak-check"})[:20],
+            }
+            clean = (
+                ids == SERVED
+                and seen["replicas"] == 2 * len(SERVED)
+                and not seen["leftover_workers"]
+                and seen["http_bindings"] == 2
+            )
+            if clean or time.monotonic() > deadline:
+                seen["clean"] = clean
+                return seen
+            await asyncio.sleep(0.2)
+    finally:
+        await app.stop()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -194,14 +265,16 @@ def run(args: argparse.Namespace) -> int:
     rss = Rss()
     stop_sampling = threading.Event()
     try:
-        elapsed, stats, engine_alive, engine_log = soak(
+        elapsed, stats, registry, engine_alive, engine_log = soak(
             args, duration, warmup, tmp, kills, rss, stop_sampling
         )
     except BenchError as exc:
         raise BenchError(f"{exc}\nlogs kept in {tmp}") from None
     finally:
         stop_sampling.set()
-    report = summarise(args, env, duration, warmup, elapsed, stats, kills, rss, engine_alive, engine_log)
+    report = summarise(
+        args, env, duration, warmup, elapsed, stats, registry, kills, rss, engine_alive, engine_log
+    )
     md = markdown(report)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "SOAK.md").write_text(md, encoding="utf-8")
@@ -222,9 +295,10 @@ def soak(
     kills: list[Kill],
     rss: Rss,
     stop_sampling: threading.Event,
-) -> tuple[float, dict[str, dict[str, Any]], bool, Path]:
+) -> tuple[float, dict[str, dict[str, Any]], dict[str, Any], bool, Path]:
     """Runs the load, the kills and the sampling; returns the seconds it ran, each load
-    process's stats, whether the engine was alive at the end and its log."""
+    process's stats, what the engine held once the load stopped, whether it was alive at the end
+    and its log."""
     with benchkit.managed() as procs:
         engine_log = tmp / "engine.log"
         engine, ws = benchkit.start_engine(procs, engine_log)
@@ -288,13 +362,18 @@ def soak(
             rss.samples.append((time.monotonic(), vm_rss_kib(engine.pid)))
         elapsed = time.monotonic() - began
         # Callers first, while every server still serves: stopping must not fail a call.
-        for child in callers + churners + servers:
+        for child in callers + churners:
+            if child.proc is not None:
+                procs.stop(child.proc)
+        registry = asyncio.run(registry_after_load(ws))
+        registry["rss_kib_after_load"] = vm_rss_kib(engine.pid)
+        for child in servers:
             if child.proc is not None:
                 procs.stop(child.proc)
         engine_alive = engine.poll() is None
         procs.stop(engine)
     stats = {c.name: json.loads(c.stats.read_text(encoding="utf-8")) for c in callers + churners if c.stats}
-    return elapsed, stats, engine_alive, engine_log
+    return elapsed, stats, registry, engine_alive, engine_log
 
 
 def summarise(
@@ -304,6 +383,7 @@ def summarise(
     warmup: float,
     elapsed: float,
     stats: dict[str, dict[str, Any]],
+    registry: dict[str, Any],
     kills: list[Kill],
     rss: Rss,
     engine_alive: bool,
@@ -319,6 +399,7 @@ def summarise(
                 unexpected.append(error)
             else:
                 kill.injected += 1
+                kill.last_error_s = max(kill.last_error_s, float(error["t"]) - kill.t)
                 injected[str(error["code"])] += 1
         # Errors counted beyond the detailed records cannot be classified: unexpected.
         overflow += int(s["error_count"]) - len(s["errors"])
@@ -335,6 +416,7 @@ def summarise(
         unexpected_count == 0
         and growth < args.max_rss_growth
         and engine_alive
+        and registry["clean"]
         and served > 0
         and http_requests > 0
         and all(k.ready_t is not None for k in kills)
@@ -356,7 +438,12 @@ def summarise(
         "churn_cycles": churn_cycles,
         "kills": len(kills),
         "kill_detail": [
-            {"victim": k.victim, "restart_s": round(k.restart_s or 0.0, 2), "injected_errors": k.injected}
+            {
+                "victim": k.victim,
+                "restart_s": round(k.restart_s or 0.0, 2),
+                "injected_errors": k.injected,
+                "last_error_after_s": round(k.last_error_s, 3),
+            }
             for k in kills
         ],
         "injected_errors": sum(injected.values()),
@@ -364,7 +451,9 @@ def summarise(
         "unexpected_errors": unexpected_count,
         "unexpected_sample": unexpected[:20],
         "engine_alive_at_end": engine_alive,
+        "registry_after_load": registry,
         "engine_log_lines": len(engine_lines),
+        "engine_log_sample": engine_lines[:10],
         "rss_kib": {
             "start": start_kib,
             "end": end_kib,
@@ -380,6 +469,7 @@ def summarise(
 def markdown(r: dict[str, Any]) -> str:
     s = r["settings"]
     rss = r["rss_kib"]
+    reg = r["registry_after_load"]
     rows = [
         [
             "measured",
@@ -407,6 +497,12 @@ def markdown(r: dict[str, Any]) -> str:
         ],
         ["RSS growth", f"{r['rss_growth_pct']:+.2f} % (limit {s['max_rss_growth_pct']:g} %)"],
         ["engine alive at end", "yes" if r["engine_alive_at_end"] else "**no**"],
+        [
+            "engine registry once the load stopped",
+            f"{reg['functions']} functions ({reg['replicas']} replicas), {reg['workers']} workers,"
+            f" {reg['http_bindings']} HTTP routes: " + ("clean" if reg["clean"] else f"**leftovers** {reg}"),
+        ],
+        ["engine RSS once the load stopped", f"{reg['rss_kib_after_load'] / 1024:.1f} MiB"],
         ["verdict", "PASS" if r["pass"] else "**FAIL**"],
     ]
     parts = [
@@ -424,7 +520,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "Kills: "
         + ", ".join(
-            f"{k['victim']} ({k['injected_errors']} injected, back in {k['restart_s']} s)"
+            f"{k['victim']} ({k['injected_errors']} injected, last {k['last_error_after_s']} s after"
+            f" the kill; back in {k['restart_s']} s)"
             for k in r["kill_detail"]
         ),
     ]

@@ -1,6 +1,7 @@
 """The soak benchmark (``make soak``, benches/soak.py) run for a few seconds, so that the script
 and its workers cannot rot: it must start everything, kill and restart a worker, classify the
-errors that kill causes as injected, and write its report. No timing and no memory bound is
+errors that kill causes as injected, find the engine's registry clean once the load stops, and
+write its report. No timing and no memory bound is
 asserted (a few seconds say nothing about a leak); the long run is ``make soak``."""
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def test_a_short_soak_kills_restarts_and_finds_no_unexpected_error(tmp_path: Pat
     assert report["calls_served"] > 0
     assert report["http_requests"] > 0
     assert all(cycles > 0 for cycles in report["churn_cycles"].values())
+    # Every churned connection's functions and worker entry are gone once the load stops.
+    assert report["registry_after_load"]["clean"] is True, report["registry_after_load"]
     assert report["rss_kib"]["start"] > 0
     assert report["rss_kib"]["samples"] >= 2
     markdown = (tmp_path / "SOAK.md").read_text(encoding="utf-8")
