@@ -518,12 +518,7 @@ def markdown(r: dict[str, Any]) -> str:
             for name, ok in r["calls_by_target"].items()
         ),
         "",
-        "Kills: "
-        + ", ".join(
-            f"{k['victim']} ({k['injected_errors']} injected, last {k['last_error_after_s']} s after"
-            f" the kill; back in {k['restart_s']} s)"
-            for k in r["kill_detail"]
-        ),
+        kills_line(r["kill_detail"]),
     ]
     series = r["rss_series_kib"]
     step = max(1, len(series) // 12)
@@ -538,6 +533,20 @@ def markdown(r: dict[str, Any]) -> str:
             for e in r["unexpected_sample"]
         ]
     return "\n".join(parts) + "\n"
+
+
+def kills_line(kills: list[dict[str, Any]]) -> str:
+    if not kills:
+        return "Kills: none."
+    injected = sorted(k["injected_errors"] for k in kills)
+    restart = sorted(k["restart_s"] for k in kills)
+    victims = Counter(k["victim"] for k in kills)
+    return (
+        f"Kills: {', '.join(f'{v} {n}x' for v, n in victims.items())}; injected errors per kill"
+        f" {injected[0]}-{injected[-1]} (median {injected[len(injected) // 2]}), the last of each at most"
+        f" {max(k['last_error_after_s'] for k in kills)} s after its kill; a killed worker was serving"
+        f" again {restart[0]}-{restart[-1]} s after its kill (soak.json has each kill)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
