@@ -6,13 +6,19 @@ asserted (a few seconds say nothing about a leak); the long run is ``make soak``
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK = ROOT / "benches" / "soak.py"
+BENCHES = ROOT / "benches"
 # Start-up of eight processes on a loaded 2-core machine, 6 s of load, and the stops.
 DEADLINE_S = 240
 
@@ -57,3 +63,47 @@ def test_a_short_soak_kills_restarts_and_finds_no_unexpected_error(tmp_path: Pat
     markdown = (tmp_path / "SOAK.md").read_text(encoding="utf-8")
     assert "| verdict" in markdown
     assert "PASS" in markdown
+
+
+@pytest.fixture(scope="module")
+def soak() -> ModuleType:
+    # benches/soak.py imports its helpers (benchkit) by name, as `python benches/soak.py` allows.
+    sys.path.insert(0, str(BENCHES))
+    try:
+        return importlib.import_module("soak")
+    finally:
+        sys.path.remove(str(BENCHES))
+
+
+def error(t: float, target: str, code: str, message: str = "") -> dict[str, Any]:
+    return {"t": t, "source": "test", "target": target, "code": code, "message": message}
+
+
+def test_only_a_stopped_call_through_the_killed_worker_near_its_kill_is_injected(soak: ModuleType) -> None:
+    kill = soak.Kill("iii-d", t=100.0, ready_t=102.0)
+    kills = [kill]
+    # The killed iii-sdk replica served soak.iii.*, and soak.fn.relay's second hop.
+    assert soak.injected_by(error(100.01, "soak.iii.echo", "invocation_stopped"), kills) is kill
+    assert (
+        soak.injected_by(error(100.5, "soak.fn.relay", "invocation_failed", "Invocation stopped"), kills)
+        is kill
+    )
+    # A stopped call that never touched the victim, before the kill or long after it: unexpected.
+    assert soak.injected_by(error(100.01, "soak.fn.echo", "invocation_stopped"), kills) is None
+    assert soak.injected_by(error(99.9, "soak.iii.echo", "invocation_stopped"), kills) is None
+    assert (
+        soak.injected_by(
+            error(102.0 + soak.INJECTED_GRACE_S + 1, "soak.iii.echo", "invocation_stopped"), kills
+        )
+        is None
+    )
+    # Any other code, even on the victim's function during the kill: unexpected.
+    assert soak.injected_by(error(100.01, "soak.iii.echo", "function_not_found"), kills) is None
+    assert soak.injected_by(error(100.01, "soak.iii.echo", "TIMEOUT"), kills) is None
+
+
+def test_an_http_request_to_the_killed_fnmesh_worker_is_injected(soak: ModuleType) -> None:
+    kills = [soak.Kill("fn-b", t=10.0, ready_t=11.0)]
+    assert soak.injected_by(error(10.1, "GET /soak/items/7", "invocation_stopped"), kills) is kills[0]
+    assert soak.injected_by(error(10.1, "POST /soak/echo", "invocation_stopped"), kills) is kills[0]
+    assert soak.injected_by(error(10.1, "POST /soak/echo", "status_504"), kills) is None
