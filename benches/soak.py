@@ -117,6 +117,19 @@ def vm_rss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS in /proc/{pid}/status")
 
 
+def wait_http_url(engine_log: Path) -> str:
+    """The HTTP trigger's URL, which the engine prints on the line after the workers' URL."""
+    deadline = time.monotonic() + benchkit.ENGINE_START_TIMEOUT_S
+    while True:
+        text = engine_log.read_text(encoding="utf-8", errors="replace")
+        found = HTTP_URL_LINE.search(text)
+        if found is not None:
+            return found.group(1)
+        if time.monotonic() > deadline:
+            raise BenchError(f"the engine printed no HTTP URL:\n{text}")
+        time.sleep(0.02)
+
+
 def start_child(procs: Processes, child: Child) -> float:
     """Starts ``child`` and waits for its ``ready`` line; returns the seconds that took."""
     log_file = child.log.open("a", encoding="utf-8")
@@ -302,10 +315,7 @@ def soak(
     with benchkit.managed() as procs:
         engine_log = tmp / "engine.log"
         engine, ws = benchkit.start_engine(procs, engine_log)
-        found = HTTP_URL_LINE.search(engine_log.read_text(encoding="utf-8", errors="replace"))
-        if found is None:
-            raise BenchError(f"the engine printed no HTTP URL:\n{engine_log.read_text(errors='replace')}")
-        http = found.group(1)
+        http = wait_http_url(engine_log)
         servers, callers, churners = plan_children(ws, http, tmp)
         for child in servers + callers + churners:
             start_child(procs, child)
