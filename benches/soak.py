@@ -161,10 +161,10 @@ def plan_children(ws: str, http: str, tmp: Path) -> tuple[list[Child], list[Chil
 
     fn, iii = script("soak_fnmesh.py"), script("soak_iii.py")
     servers = [
-        child("fn-a", [py, fn, "serve", ws, "soak-fn-a", str(tmp / "unused"), "--http"], stats=False),
-        child("fn-b", [py, fn, "serve", ws, "soak-fn-b", str(tmp / "unused")], stats=False),
-        child("iii-c", [py, iii, "serve", ws, "soak-iii-c", str(tmp / "unused")], stats=False),
-        child("iii-d", [py, iii, "serve", ws, "soak-iii-d", str(tmp / "unused")], stats=False),
+        child("fn-a", [py, fn, "serve", ws, "soak-fn-a", "-", "--http"], stats=False),
+        child("fn-b", [py, fn, "serve", ws, "soak-fn-b", "-"], stats=False),
+        child("iii-c", [py, iii, "serve", ws, "soak-iii-c", "-"], stats=False),
+        child("iii-d", [py, iii, "serve", ws, "soak-iii-d", "-"], stats=False),
     ]
     callers = [
         child(

@@ -1,6 +1,6 @@
 """The soak benchmark's processes on the fnmesh SDK (``benches/soak.py`` starts them).
 
-    python benches/workers/soak_fnmesh.py serve URL NAME STATS [--http]
+    python benches/workers/soak_fnmesh.py serve URL NAME - [--http]
     python benches/workers/soak_fnmesh.py call URL NAME STATS [--concurrency N]
     python benches/workers/soak_fnmesh.py http HTTP_URL NAME STATS [--concurrency N]
     python benches/workers/soak_fnmesh.py churn URL NAME STATS
@@ -14,10 +14,11 @@ requests to the HTTP trigger with httpx on kept-alive connections. ``churn`` con
 registers a function nobody else serves, waits until the engine lists it, calls through the
 engine, and disconnects, over and over.
 
-Each prints ``ready`` once it serves or has made its first successful call, runs until its stdin
-closes or it gets SIGTERM, and keeps ``STATS`` (a JSON file) up to date: counts of what succeeded
-and every error with its time (``time.monotonic()``, the same clock in every process on Linux),
-target and code, which the driver classifies as injected (a kill's) or unexpected.
+Each prints ``ready`` once it serves or has made its first successful call and runs until its
+stdin closes or it gets SIGTERM. All but ``serve`` (whose STATS is ``-``) keep ``STATS``, a JSON
+file, up to date: counts of what succeeded and every error with its time (``time.monotonic()``,
+the same clock in every process on Linux), target and code, which the driver classifies as
+injected (a kill's) or unexpected.
 """
 
 from __future__ import annotations

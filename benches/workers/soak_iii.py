@@ -1,6 +1,6 @@
 """The soak benchmark's processes on the official iii-sdk (``benches/soak.py`` starts them).
 
-    python benches/workers/soak_iii.py serve URL NAME STATS
+    python benches/workers/soak_iii.py serve URL NAME -
     python benches/workers/soak_iii.py call URL NAME STATS [--concurrency N]
     python benches/workers/soak_iii.py churn URL NAME STATS
 
