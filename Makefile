@@ -1,4 +1,4 @@
-.PHONY: run test lint typecheck bench bench-quick bench-rust fmt fuzz
+.PHONY: run test lint typecheck bench bench-quick bench-rust fmt fuzz soak
 
 # The Python that runs the benchmarks (with fnmesh[bench] installed); e.g. PYTHON=/work/venv/bin/python
 PYTHON ?= .venv-test/bin/python
@@ -36,3 +36,9 @@ bench-quick:  ## the short suite (under 3 min): benches/results/RESULTS.quick.md
 bench-rust:  ## criterion benches (codec, registry) and the pytest-benchmark registry comparison
 	cargo bench -p fnmesh-benches
 	$(PYTHON) -m pytest benches --benchmark-only -p no:cacheprovider
+
+# Length of the soak's measured run, in minutes.
+SOAK_MINUTES ?= 10
+
+soak:  ## mixed calls, HTTP, reconnect churn and worker kills for SOAK_MINUTES: benches/results/SOAK.md (not in CI)
+	$(PYTHON) benches/soak.py --minutes $(SOAK_MINUTES) $(ARGS)
