@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file with engine settings (see fnmesh.EngineConfig)")
     serve.add_argument("--host", help="worker WebSocket address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="worker WebSocket port (default 49134; 0 = any free)")
+    serve.add_argument("--http-host", help="HTTP trigger address (default: the --host address)")
     serve.add_argument("--http-port", type=int, help="HTTP trigger port (default 3111)")
     serve.add_argument("--auth-token", help="require workers to present this token")
     serve.add_argument(
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML file with engine settings (embedded engine)")
     run.add_argument("--host", help="embedded engine's worker WebSocket address")
     run.add_argument("--port", type=int, help="embedded engine's worker WebSocket port (0 = any free)")
+    run.add_argument("--http-host", help="embedded engine's HTTP trigger address (default: --host)")
     run.add_argument("--http-port", type=int, help="embedded engine's HTTP trigger port")
     run.add_argument("--log-level", default="info", help="log level (default info)")
     queues = commands.add_parser("queues", help="inspect queues and their dead letters on a running engine")
@@ -108,6 +110,7 @@ def serve(args: argparse.Namespace) -> int:
     overrides = {
         "host": args.host,
         "port": args.port,
+        "http_host": args.http_host,
         "http_port": args.http_port,
         "auth_token": args.auth_token,
         "function_conflict": args.function_conflict,
@@ -225,13 +228,18 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(args.target)
     if args.connect is not None:
-        names = ("config", "host", "port", "http_port")
+        names = ("config", "host", "port", "http_host", "http_port")
         embedded = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
         if embedded:
             raise InvalidArgument(f"{', '.join(embedded)} set the embedded engine: not with --connect")
     else:
         config = EngineConfig.from_file(args.config) if args.config else None
-        overrides = {"host": args.host, "port": args.port, "http_port": args.http_port}
+        overrides = {
+            "host": args.host,
+            "port": args.port,
+            "http_host": args.http_host,
+            "http_port": args.http_port,
+        }
         if args.auth_token is not None:
             overrides["auth_token"] = args.auth_token
         app.configure(config, **{k: v for k, v in overrides.items() if v is not None})

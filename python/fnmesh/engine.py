@@ -52,8 +52,11 @@ class EngineConfig:
     """Address of the worker WebSocket listener (an IP address)."""
     port: int = _DEFAULTS["port"]
     """Port of the worker WebSocket listener; 0 picks a free port."""
+    http_host: str | None = _DEFAULTS["http_host"]
+    """Address of the HTTP trigger server (an IP address); ``None`` is ``host``. Set it (and
+    leave ``host`` on loopback) to expose the HTTP triggers without exposing the worker port."""
     http_port: int = _DEFAULTS["http_port"]
-    """Port of the HTTP trigger server (on ``host``), opened when the first route is bound."""
+    """Port of the HTTP trigger server (on ``http_host``), opened when the first route is bound."""
     http_body_limit_bytes: int = _DEFAULTS["http_body_limit_bytes"]
     """Largest HTTP request body a route accepts; a larger one gets 413."""
     http_timeout_ms: int = _DEFAULTS["http_timeout_ms"]

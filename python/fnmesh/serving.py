@@ -52,6 +52,8 @@ _CALLER_RE = re.compile(rb'"_caller_worker_id"\s*:\s*"([^"\\]{1,128})"')
 # measurements). Running the first step with no Task at all was faster still, but broke every
 # library that looks for the current task in a handler's first step.
 _EAGER_TASKS = sys.version_info >= (3, 12)
+# The cancel message of a handler's task when the engine abandons its invocation.
+_ABANDONED = "fnmesh: invocation abandoned by the engine"
 
 
 class Entry(Protocol):
@@ -125,6 +127,8 @@ class Server:
         self._invocation_timeout = 0.0
         self._deferred: dict[str, Deferred] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Invocations from the engine still running, by id: what an abandonment cancels.
+        self._running_invocations: dict[str, asyncio.Task[None]] = {}
         self._bindings: dict[str, Binding] = {}
         self._answers: list[tuple[_native.Invocation, bytes | None]] | None = None
         self._external_host: ExternalFunctions | None = None
@@ -326,6 +330,8 @@ class Server:
             for item in batch:
                 if type(item) is _Invocation:
                     self._start(item)
+                elif type(item) is str:
+                    self._abandon(item)
                 elif isinstance(item, tuple):
                     future, result, error = item
                     if future.done():
@@ -364,10 +370,30 @@ class Server:
         if _EAGER_TASKS:
             task = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
             if not task.done():
-                self._track(task)
+                self._track_invocation(invocation.invocation_id, task)
             return
         assert self._loop is not None
-        self._track(self._loop.create_task(coro))
+        self._track_invocation(invocation.invocation_id, self._loop.create_task(coro))
+
+    def _track_invocation(self, invocation_id: str, task: asyncio.Task[None]) -> None:
+        self._track(task)
+        running = self._running_invocations
+        running[invocation_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if running.get(invocation_id) is done:
+                del running[invocation_id]
+
+        task.add_done_callback(forget)
+
+    def _abandon(self, invocation_id: str) -> None:
+        """The engine gave up on an invocation (it timed out, its caller left, the engine is
+        stopping, or the connection it came on was lost): its handler's task is cancelled, and
+        a deferred call is forgotten (docs/architecture.md, "Abandoned calls")."""
+        self._deferred.pop(invocation_id, None)
+        task = self._running_invocations.pop(invocation_id, None)
+        if task is not None:
+            task.cancel(_ABANDONED)
 
     async def _trigger_event(self, event: _native.TriggerEvent) -> None:
         """A binding for one of the app's trigger types, or its withdrawal."""
@@ -443,10 +469,27 @@ class Server:
             if span is not None:
                 telemetry.failed(span, exc.code, message)
             return
-        except asyncio.CancelledError:
-            invocation.fail("invocation_stopped", f"app {self.name!r} stopped")
+        except asyncio.CancelledError as exc:
+            abandoned = exc.args == (_ABANDONED,)
+            reason = "the engine abandoned the invocation" if abandoned else f"app {self.name!r} stopped"
+            if abandoned and not spec.is_async:
+                # A thread cannot be stopped: the handler runs on, its result goes nowhere.
+                log.warning(
+                    "sync handler %s (invocation %s) was abandoned by the engine and runs on in "
+                    "its thread; its result will be dropped",
+                    invocation.function_id,
+                    invocation.invocation_id,
+                )
+            elif abandoned:
+                log.debug(
+                    "handler %s (invocation %s) cancelled: %s",
+                    invocation.function_id,
+                    invocation.invocation_id,
+                    reason,
+                )
+            invocation.fail("invocation_stopped", reason)
             if span is not None:
-                telemetry.failed(span, "invocation_stopped", "the app stopped")
+                telemetry.failed(span, "invocation_stopped", reason)
             raise
         except Exception as exc:
             message = str(exc) or type(exc).__name__

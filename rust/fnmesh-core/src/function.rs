@@ -10,6 +10,9 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
 use crate::protocol::{ErrorBody, ErrorCode, RawJson};
 
 /// How an invocation ended.
@@ -167,6 +170,16 @@ pub trait NativeFunction: Send + Sync + 'static {
     /// Starts the call. Must not block: answer through `call.reply` now, or hand the call to a
     /// task that answers later.
     fn invoke(&self, call: Call);
+
+    /// The caller of `invocation_id` no longer waits for it: the engine timed it out, its caller
+    /// left, the engine is shutting down, or (in a [`crate::client::Client`]) the connection it
+    /// came on was lost. Whatever still runs for it can stop; its answer will be dropped.
+    /// Called at most once per invocation, never for one already answered, and possibly before
+    /// `invoke` handed it to the code that runs it (a queued call). Must not block. The default
+    /// does nothing: the call runs on and its late answer is dropped.
+    fn abandon(&self, invocation_id: &str) {
+        let _ = invocation_id;
+    }
 }
 
 impl<F> NativeFunction for F
@@ -179,7 +192,8 @@ where
 }
 
 /// Wraps an async function of the payload into a [`NativeFunction`] run on the engine's tokio
-/// runtime.
+/// runtime. A call the engine abandons ([`NativeFunction::abandon`]) has its future dropped at
+/// its next `.await`.
 ///
 /// ```
 /// use fnmesh_core::function::{async_fn, Outcome};
@@ -195,9 +209,45 @@ where
     F: Fn(RawJson) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    move |call: Call| {
+    AsyncFn {
+        f,
+        running: Arc::new(DashMap::new()),
+    }
+}
+
+struct AsyncFn<F> {
+    f: F,
+    // The calls still running, each with the signal that stops it. The entry goes in before the
+    // task is spawned, so an abandon can never miss a call that has started.
+    running: Arc<DashMap<Arc<str>, Arc<Notify>>>,
+}
+
+impl<F, Fut> NativeFunction for AsyncFn<F>
+where
+    F: Fn(RawJson) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    fn invoke(&self, call: Call) {
         let reply = call.reply;
-        let fut = f(call.data);
-        tokio::spawn(async move { reply.send(fut.await) });
+        let id = call.invocation_id;
+        let stop = Arc::new(Notify::new());
+        self.running.insert(id.clone(), stop.clone());
+        let running = self.running.clone();
+        let fut = (self.f)(call.data);
+        tokio::spawn(async move {
+            tokio::select! {
+                outcome = fut => reply.send(outcome),
+                // The engine dropped the call; so is its future (and the reply, unanswered).
+                _ = stop.notified() => {}
+            }
+            running.remove_if(&id, |_, s| Arc::ptr_eq(s, &stop));
+        });
+    }
+
+    fn abandon(&self, invocation_id: &str) {
+        if let Some((_, stop)) = self.running.remove(invocation_id) {
+            // `notify_one` keeps the permit if the task has not polled yet.
+            stop.notify_one();
+        }
     }
 }

@@ -156,6 +156,10 @@ impl NativeFunction for Shared {
     fn invoke(&self, call: Call) {
         self.0.invoke(call)
     }
+
+    fn abandon(&self, invocation_id: &str) {
+        self.0.abandon(invocation_id)
+    }
 }
 
 const DEFAULT_NAMESPACE: &str = "default";

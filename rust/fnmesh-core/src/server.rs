@@ -221,6 +221,16 @@ impl Server {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
         })?;
         let local_addr = listener.local_addr()?;
+        if !local_addr.ip().is_loopback() && config.auth_token.is_none() {
+            // Anyone who reaches this port can register functions, call every function and
+            // take trigger types (README, "What the engine defends against").
+            warn!(
+                addr = %local_addr,
+                "the worker port listens beyond loopback with no auth token: any host that \
+                 reaches it can register and call functions; set an auth token, or keep `host` \
+                 on loopback and expose only the HTTP triggers with `http_host`"
+            );
+        }
         let live = Arc::new(Live {
             conns: Mutex::new(HashMap::new()),
             empty: Notify::new(),

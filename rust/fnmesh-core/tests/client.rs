@@ -527,6 +527,63 @@ async fn calls_in_flight_fail_with_invocation_stopped_on_loss() {
     engine.shutdown().await;
 }
 
+/// Sends `dropped` when the future holding it is dropped.
+struct DropSignal(mpsc::UnboundedSender<&'static str>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send("dropped");
+    }
+}
+
+#[tokio::test]
+async fn handlers_running_when_the_connection_is_lost_are_abandoned() {
+    let engine = engine().await;
+    let proxy = Proxy::start(engine.local_addr()).await;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let server = bounded(
+        "connect",
+        Client::builder(proxy.url())
+            .worker_name("hanging")
+            .reconnect(fast_backoff())
+            .function(
+                "hang::forever",
+                FunctionDef::default(),
+                async_fn(move |_| {
+                    let events = tx.clone();
+                    async move {
+                        let _signal = DropSignal(events.clone());
+                        let _ = events.send("started");
+                        std::future::pending::<()>().await;
+                        Outcome::Success(None)
+                    }
+                }),
+            )
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let caller = plain_client(&engine.url(), "caller").await;
+    listed(&caller, "hang::forever").await;
+    let call = tokio::spawn({
+        let caller = caller.clone();
+        async move {
+            caller
+                .call("hang::forever", raw(json!({})), CallOptions::default())
+                .await
+        }
+    });
+    assert_eq!(bounded("started", events.recv()).await, Some("started"));
+    proxy.cut(Cut::Both);
+    // The engine stopped the invocation with the connection; the client drops the handler.
+    assert_eq!(bounded("dropped", events.recv()).await, Some("dropped"));
+    let err = bounded("stopped", call).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), "invocation_stopped", "{err}");
+    server.shutdown().await;
+    caller.shutdown().await;
+    engine.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5 and 6: timeouts, concurrency
 // ---------------------------------------------------------------------------------------------

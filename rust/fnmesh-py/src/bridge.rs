@@ -25,6 +25,8 @@ use crate::errors::InvalidArgument;
 pub(crate) enum Work {
     /// A call of a Python handler.
     Invoke(Call),
+    /// The engine gave up on this invocation of a Python handler: its task is cancelled.
+    Abandon(String),
     /// The outcome of a call Python is awaiting through `future`.
     Done { future: Py<PyAny>, outcome: Outcome },
     /// A binding for (or withdrawn from) a trigger type implemented in Python.
@@ -65,6 +67,12 @@ impl NativeFunction for PyFunction {
     fn invoke(&self, call: Call) {
         self.0.send(Work::Invoke(call));
     }
+
+    // Queued behind the call's own `Invoke` on the same channel, so Python always sees the call
+    // before its abandonment.
+    fn abandon(&self, invocation_id: &str) {
+        self.0.send(Work::Abandon(invocation_id.to_owned()));
+    }
 }
 
 /// The bridge between the engine's tokio runtime and one asyncio loop.
@@ -84,6 +92,7 @@ impl Bridge {
 impl Bridge {
     /// Starts the bridge thread. `dispatch(batch)` is scheduled on `loop` (with
     /// `call_soon_threadsafe`) for every batch: a list whose items are `Invocation`s,
+    /// the ids (`str`) of invocations the engine abandoned (their handlers should stop),
     /// `TriggerEvent`s, `ExternalEvent`s, `ExternalCall`s and `(future, result, error)` tuples, `result` being JSON bytes or `None`
     /// and `error` a `(code, message, stacktrace)` tuple or `None`.
     #[new]
@@ -160,6 +169,7 @@ fn hand_over(
     for work in batch.drain(..) {
         match work {
             Work::Invoke(call) => items.append(Invocation::from_call(call))?,
+            Work::Abandon(invocation_id) => items.append(invocation_id)?,
             Work::Done { future, outcome } => items.append(done_tuple(py, future, outcome)?)?,
             Work::Trigger(event) => items.append(event)?,
             Work::External(event) => items.append(event)?,

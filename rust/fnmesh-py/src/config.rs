@@ -37,6 +37,8 @@ const DEFAULT_WORKER_THREADS: usize = 2;
 pub(crate) struct EngineSettings {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `None`: the HTTP trigger server listens on `host` (the behaviour before the setting).
+    pub(crate) http_host: Option<String>,
     pub(crate) http_port: u16,
     pub(crate) http_body_limit_bytes: usize,
     pub(crate) http_timeout_ms: u64,
@@ -107,6 +109,7 @@ impl Default for EngineSettings {
         EngineSettings {
             host: core.server.addr.ip().to_string(),
             port: core.server.addr.port(),
+            http_host: None,
             http_port: core.http.addr.port(),
             http_body_limit_bytes: core.http.body_limit,
             http_timeout_ms: millis(core.http.timeout),
@@ -197,9 +200,15 @@ impl EngineSettings {
         let ip: IpAddr = host
             .parse()
             .map_err(|_| invalid(format!("host must be an IP address, not {host:?}")))?;
+        let http_ip: IpAddr = match &self.http_host {
+            None => ip,
+            Some(host) => host
+                .parse()
+                .map_err(|_| invalid(format!("http_host must be an IP address, not {host:?}")))?,
+        };
         let policy: ConflictPolicy = self.function_conflict.parse().into_py_result()?;
         let http = HttpConfig {
-            addr: SocketAddr::new(ip, self.http_port),
+            addr: SocketAddr::new(http_ip, self.http_port),
             listen_at_start: self.http_listen_at_start.unwrap_or(false),
             body_limit: self.http_body_limit_bytes,
             timeout: ms(self.http_timeout_ms),

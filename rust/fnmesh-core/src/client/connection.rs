@@ -157,8 +157,14 @@ fn lose_connection(inner: &Inner, error: ClientError) {
     for (_, call) in stopped {
         let _ = call.tx.send(Err(error.clone()));
     }
-    // The answers of invocations running here would go nowhere: the engine stopped them.
-    inner.inbound.clear();
+    // The answers of invocations running here would go nowhere: the engine stopped them. Their
+    // handlers are told, so they can stop too.
+    let running: Vec<Arc<str>> = inner.inbound.iter().map(|e| e.key().clone()).collect();
+    for id in running {
+        if let Some((id, (_, handler))) = inner.inbound.remove(&id) {
+            handler.abandon(&id);
+        }
+    }
 }
 
 /// Serves one connection until it dies or the client stops; returns why it ended.

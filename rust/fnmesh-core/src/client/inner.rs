@@ -74,8 +74,9 @@ pub(super) struct Inner {
     // Contention under load is not measured yet.
     pub(super) link: Mutex<Link>,
     pub(super) pending: PendingTable<PendingCall>,
-    /// Invocations being executed here: invocation id -> function id (needed by the reply).
-    pub(super) inbound: DashMap<Arc<str>, String>,
+    /// Invocations being executed here: invocation id -> function id (needed by the reply) and
+    /// the handler running it (told when the connection is lost).
+    pub(super) inbound: DashMap<Arc<str>, (String, Arc<dyn NativeFunction>)>,
     /// `(worker_id, reattach_token)` of the last `workerregistered`.
     pub(super) identity: Mutex<Option<(String, Option<String>)>>,
     pub(super) state: watch::Sender<ClientState>,
@@ -225,8 +226,10 @@ impl Inner {
             return;
         };
         if answered {
-            self.inbound
-                .insert(invocation_id.clone(), invoke.function_id.clone());
+            self.inbound.insert(
+                invocation_id.clone(),
+                (invoke.function_id.clone(), handler.clone()),
+            );
         }
         let weak: Weak<dyn Completer> = Arc::downgrade(self) as Weak<dyn Completer>;
         let call = Call {
@@ -308,7 +311,7 @@ impl Inner {
 
 impl Completer for Inner {
     fn complete(&self, invocation_id: &str, outcome: Outcome) {
-        if let Some((_, function_id)) = self.inbound.remove(invocation_id) {
+        if let Some((_, (function_id, _))) = self.inbound.remove(invocation_id) {
             self.send_result(invocation_id, function_id, outcome);
         }
     }

@@ -242,6 +242,7 @@ impl Engine {
         self.server.shutdown().await;
         self.sweeper.abort();
         for (id, pending) in self.shared.pending.drain_where(|_| true) {
+            self.shared.abandon(&id, &pending);
             self.shared.deliver(
                 &id,
                 pending,

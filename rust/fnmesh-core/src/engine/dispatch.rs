@@ -34,7 +34,7 @@ pub(super) struct Pending {
     // Connection id of the worker serving the call, for `invocation_stopped` on disconnect.
     pub(super) target: Option<Arc<str>>,
     timeout: Duration,
-    _lease: Lease<Target>,
+    lease: Lease<Target>,
     // The calling connection's slot, given back when the call leaves the table.
     _in_flight: Option<InFlightSlot>,
 }
@@ -121,7 +121,7 @@ impl Shared {
                 Target::Native(_) => None,
             },
             timeout,
-            _lease: lease,
+            lease,
             _in_flight: in_flight,
         };
         if let Err(pending) = self.pending.insert(&id, pending, timeout) {
@@ -255,8 +255,18 @@ impl Shared {
         }
     }
 
+    /// The engine gave up on a call it took out of the pending table without an answer (timed
+    /// out, caller left, shutdown): a native function serving it is told so it can stop
+    /// (docs/architecture.md, "Abandoned calls"). A worker is not: iii has no message for it.
+    pub(super) fn abandon(&self, id: &str, pending: &Pending) {
+        if let Target::Native(function) = pending.lease.handler() {
+            function.abandon(id);
+        }
+    }
+
     pub(super) fn sweep(&self) {
         for (id, pending) in self.pending.expired(Instant::now()) {
+            self.abandon(&id, &pending);
             let ms = pending.timeout.as_millis();
             self.deliver(
                 &id,
@@ -284,13 +294,22 @@ impl Shared {
             return Outcome::failure(ErrorCode::InvocationStopped, "the engine has stopped");
         }
         let (tx, rx) = oneshot::channel();
-        self.dispatch(Request::new(function_id, data, options, Caller::Local(tx)));
-        rx.await.unwrap_or_else(|_| {
+        let id = uuid();
+        let mut request = Request::new(function_id, data, options, Caller::Local(tx));
+        request.invocation_id = Some(id.clone());
+        self.dispatch(request);
+        let gone = CallerGone {
+            shared: self,
+            id: &id,
+        };
+        let outcome = rx.await.unwrap_or_else(|_| {
             Outcome::failure(
                 ErrorCode::InvocationError,
                 "the call was dropped by the engine",
             )
-        })
+        });
+        std::mem::forget(gone);
+        outcome
     }
 
     /// Fires a call whose outcome nobody waits for (trigger fires, `send`).
@@ -301,6 +320,22 @@ impl Shared {
             ..options
         };
         self.dispatch(Request::new(function_id, data, options, Caller::Discard));
+    }
+}
+
+/// Armed while an in-process caller awaits its call: a caller that stops waiting (its future
+/// dropped, by a timeout around it or an aborted task) takes the call out of the pending table
+/// and abandons it, instead of leaving it to run until the engine's timeout.
+struct CallerGone<'a> {
+    shared: &'a Shared,
+    id: &'a str,
+}
+
+impl Drop for CallerGone<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.shared.pending.take(self.id) {
+            self.shared.abandon(self.id, &pending);
+        }
     }
 }
 

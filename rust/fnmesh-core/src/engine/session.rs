@@ -446,11 +446,12 @@ impl Shared {
             );
         }
         // Calls this worker made: nobody is left to answer.
-        drop(
-            self.pending.drain_where(
-                |p| matches!(&p.caller, Caller::Worker { conn, .. } if conn.id() == &id),
-            ),
-        );
+        for (call_id, pending) in self
+            .pending
+            .drain_where(|p| matches!(&p.caller, Caller::Worker { conn, .. } if conn.id() == &id))
+        {
+            self.abandon(&call_id, &pending);
+        }
         for slot in self.bindings.remove_owner(&id) {
             self.retract(&slot.binding, &slot.state);
         }
