@@ -115,6 +115,21 @@ def kill(journal: Path, process: Spawned, what: str) -> None:
     process.kill()
 
 
+def stop_all(
+    journal: Path,
+    producers: Sequence[subprocess.Popen[bytes]],
+    consumers: Sequence[Spawned],
+    engines: Sequence[Spawned] = (),
+) -> None:
+    """Ends a scenario: producers first, then the consumers and engines, noted in the journal."""
+    for proc in producers:
+        proc.kill()
+    for running in consumers:
+        kill(journal, running, "consumer")
+    for engine in engines:
+        kill(journal, engine, "engine")
+
+
 def consumer(url: str, journal: Path) -> Spawned:
     return spawn_app([CONSUMER, "--connect", url], {"CHAOS_JOURNAL": str(journal)})
 
@@ -226,10 +241,7 @@ def test_consumers_killed_again_and_again(tmp_path: Path) -> None:
             finish(producers)
             wait_until(lambda: all_ended(journal), timeout=SETTLE_S, what="every acknowledged message run")
         finally:
-            for proc in producers:
-                proc.kill()
-            for running in consumers:
-                kill(journal, running, "consumer")
+            stop_all(journal, producers, consumers)
     result = check(journal, ["fa", "fb"], "consumers SIGKILLed")
     assert len(result.kills) == 8
 
@@ -273,11 +285,7 @@ def test_the_engine_killed_and_restarted_on_its_sqlite_file(tmp_path: Path) -> N
         finish(producers)
         wait_until(lambda: all_ended(journal), timeout=SETTLE_S, what="every acknowledged message run")
     finally:
-        for proc in producers:
-            proc.kill()
-        for running in consumers:
-            kill(journal, running, "consumer")
-        kill(journal, engine, "engine")
+        stop_all(journal, producers, consumers, [engine])
     result = check(journal, ["fa"], "engine SIGKILLed and restarted on SQLite")
     assert len(result.acked) > 50
 
@@ -314,12 +322,7 @@ def test_one_of_two_engines_on_redis_is_lost(tmp_path: Path) -> None:
             finish(producers)
             wait_until(lambda: all_ended(journal), timeout=SETTLE_S, what="every acknowledged message run")
         finally:
-            for proc in producers:
-                proc.kill()
-            for running in consumers:
-                kill(journal, running, "consumer")
-            kill(journal, survivor, "engine")
-            kill(journal, lost, "engine")
+            stop_all(journal, producers, consumers, [survivor, lost])
     result = check(journal, ["fb"], "one of two Redis engines lost")
     assert len(result.acked) > 100
 

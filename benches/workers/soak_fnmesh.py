@@ -128,6 +128,22 @@ async def keep_writing(stats: Stats, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), STATS_EVERY_S)
 
 
+async def run_load(
+    tasks: list[asyncio.Task[None]], ready: asyncio.Event, stop: asyncio.Event, stats: Stats
+) -> None:
+    """Runs ``tasks`` until ``stop``, writing ``stats`` meanwhile; says ``ready`` once one answered."""
+    writer = asyncio.create_task(keep_writing(stats, stop))
+    try:
+        await asyncio.wait_for(ready.wait(), READY_TIMEOUT_S)
+        print("ready", flush=True)
+        await stop.wait()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await writer
+        stats.write()
+
+
 async def wait_listed(app: fnmesh.App, function_ids: set[str]) -> None:
     """Registration is a message on the connection: wait until the engine lists every id."""
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -207,17 +223,10 @@ async def call(args: argparse.Namespace) -> None:
             else:
                 stats.error(target, "wrong_answer", f"sent {str(data)[:80]}, got {str(result)[:80]}")
 
-    writer = asyncio.create_task(keep_writing(stats, stop))
     tasks = [asyncio.create_task(one_task()) for _ in range(args.concurrency)]
     try:
-        await asyncio.wait_for(ready.wait(), READY_TIMEOUT_S)
-        print("ready", flush=True)
-        await stop.wait()
-        await asyncio.gather(*tasks)
+        await run_load(tasks, ready, stop, stats)
     finally:
-        stop.set()
-        await writer
-        stats.write()
         await app.stop()
 
 
@@ -261,18 +270,9 @@ async def http(args: argparse.Namespace) -> None:
             else:
                 stats.error(target, "wrong_answer", response.text[:200])
 
-    writer = asyncio.create_task(keep_writing(stats, stop))
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
         tasks = [asyncio.create_task(one_task(client)) for _ in range(args.concurrency)]
-        try:
-            await asyncio.wait_for(ready.wait(), READY_TIMEOUT_S)
-            print("ready", flush=True)
-            await stop.wait()
-            await asyncio.gather(*tasks)
-        finally:
-            stop.set()
-            await writer
-            stats.write()
+        await run_load(tasks, ready, stop, stats)
 
 
 async def churn(args: argparse.Namespace) -> None:

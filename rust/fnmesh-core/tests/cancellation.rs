@@ -63,6 +63,16 @@ async fn engine_with(timeout_after: Duration, function: impl NativeFunction) -> 
         .expect("engine starts")
 }
 
+/// Calls `svc::hang` from a task, as an in-process caller does.
+fn spawn_hanging_call(engine: &Engine) -> tokio::task::JoinHandle<Outcome> {
+    let handle = engine.handle();
+    tokio::spawn(async move {
+        handle
+            .call("default", "svc::hang", raw("{}"), None, None)
+            .await
+    })
+}
+
 fn failure_code(outcome: &Outcome) -> &str {
     match outcome {
         Outcome::Failure(e) => &e.code,
@@ -109,12 +119,7 @@ async fn a_worker_caller_that_disconnects_drops_the_handlers_future() {
 async fn an_in_process_caller_that_stops_waiting_drops_the_handlers_future() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let engine = engine_with(Duration::from_secs(300), hang(tx)).await;
-    let handle = engine.handle();
-    let call = tokio::spawn(async move {
-        handle
-            .call("default", "svc::hang", raw("{}"), None, None)
-            .await
-    });
+    let call = spawn_hanging_call(&engine);
     assert_eq!(next(&mut events).await, "started");
     call.abort();
     assert_eq!(next(&mut events).await, "dropped");
@@ -126,12 +131,7 @@ async fn an_in_process_caller_that_stops_waiting_drops_the_handlers_future() {
 async fn shutdown_drops_the_handlers_future() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let engine = engine_with(Duration::from_secs(300), hang(tx)).await;
-    let handle = engine.handle();
-    let call = tokio::spawn(async move {
-        handle
-            .call("default", "svc::hang", raw("{}"), None, None)
-            .await
-    });
+    let call = spawn_hanging_call(&engine);
     assert_eq!(next(&mut events).await, "started");
     timeout(WAIT, engine.shutdown())
         .await

@@ -104,6 +104,15 @@ where
     }
 }
 
+/// Waits until `queue` holds at least one dead letter, and lists them.
+async fn wait_dead_letters(engine: &Engine, queue: &str) -> Vec<Value> {
+    wait_for("the message dead-lettered", || async {
+        let dead = dead_letters(engine, queue).await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await
+}
+
 /// Waits until `queue` holds nothing (no message ready, delayed or in flight).
 async fn wait_drained(engine: &Engine, queue: &str) {
     wait_for(&format!("queue {queue} drained"), || async {
@@ -213,11 +222,7 @@ async fn a_condition_that_fails_is_a_failed_attempt_not_a_drop() {
     )
     .await;
     let queue = "durable::default::jobs::run";
-    let dead = wait_for("the message dead-lettered", || async {
-        let dead = dead_letters(&engine, queue).await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = wait_dead_letters(&engine, queue).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["attempts"], 2, "retried, then dead: {dead:?}");
     assert_eq!(dead[0]["error"]["code"], "boom");
@@ -247,11 +252,7 @@ async fn function_not_found_is_released_a_bounded_number_of_times() {
     )
     .await;
     enqueue(&engine, "jobs", json!({"n": 1})).await;
-    let dead = wait_for("the message dead-lettered", || async {
-        let dead = dead_letters(&engine, "jobs").await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = wait_dead_letters(&engine, "jobs").await;
     assert_eq!(dead[0]["error"]["code"], "function_not_found");
     assert_eq!(dead[0]["attempts"], 2, "{dead:?}");
     assert_eq!(runs.calls(), 4, "2 releases, then 2 attempts");

@@ -179,15 +179,16 @@ impl Queue {
     }
 
     /// Removes the claimed message `id` if `lease` is its current lease.
-    fn take_claimed(&mut self, id: &str, lease: &str) -> Option<Stored> {
-        let stored = self.messages.get(id)?;
-        let State::InFlight(key, current) = &stored.state else {
-            return None;
-        };
-        if current != lease {
-            return None;
+    /// The in-flight key of message `id` when `lease` is its current claim.
+    fn claim_key(&self, id: &str, lease: &str) -> Option<Key> {
+        match &self.messages.get(id)?.state {
+            State::InFlight(key, current) if current == lease => Some(*key),
+            _ => None,
         }
-        let key = *key;
+    }
+
+    fn take_claimed(&mut self, id: &str, lease: &str) -> Option<Stored> {
+        let key = self.claim_key(id, lease)?;
         self.in_flight.remove(&key);
         let stored = self.messages.remove(id)?;
         if stored.fifo {
@@ -367,16 +368,13 @@ impl MemoryStore {
         };
         match how {
             Nack::Retry(delay) | Nack::Release(delay) => {
+                let Some(key) = queue.claim_key(&delivery.id, &delivery.lease) else {
+                    return Ok(false);
+                };
+                queue.in_flight.remove(&key);
                 let Some(stored) = queue.messages.get_mut(&delivery.id) else {
                     return Ok(false);
                 };
-                let State::InFlight(key, lease) = &stored.state else {
-                    return Ok(false);
-                };
-                if *lease != delivery.lease {
-                    return Ok(false);
-                }
-                queue.in_flight.remove(key);
                 if matches!(how, Nack::Release(_)) {
                     stored.attempts = stored.attempts.saturating_sub(1);
                     stored.releases = stored.releases.saturating_add(1);
@@ -415,16 +413,12 @@ impl MemoryStore {
         let Some(queue) = inner.queues.get_mut(&delivery.queue) else {
             return Ok(false);
         };
+        let Some(old) = queue.claim_key(&delivery.id, &delivery.lease) else {
+            return Ok(false);
+        };
         let Some(stored) = queue.messages.get_mut(&delivery.id) else {
             return Ok(false);
         };
-        let State::InFlight(key, lease) = &stored.state else {
-            return Ok(false);
-        };
-        if *lease != delivery.lease {
-            return Ok(false);
-        }
-        let old = *key;
         let key = (now.saturating_add(millis(visibility).max(1)), stored.seq);
         stored.state = State::InFlight(key, delivery.lease.clone());
         if let Some(id) = queue.in_flight.remove(&old) {
