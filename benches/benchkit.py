@@ -267,13 +267,15 @@ def read_lines(stream: IO[str], into: queue.Queue[str | None]) -> None:
     into.put(None)
 
 
-def start_engine(procs: Processes, log: Path, kind: str = "fnmesh") -> tuple[subprocess.Popen[Any], str]:
-    """Starts the engine ``kind`` (a key of :data:`ENGINES`) with its stderr in ``log``; returns
-    the process and the worker URL it printed."""
+def start_engine(
+    procs: Processes, log: Path, kind: str = "fnmesh", extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen[Any], str]:
+    """Starts the engine ``kind`` (a key of :data:`ENGINES`, with ``extra`` arguments) with its
+    stderr in ``log``; returns the process and the worker URL it printed."""
     log_file = log.open("w", encoding="utf-8")
     try:
         engine = procs.start(
-            ENGINES[kind], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
+            [*ENGINES[kind], *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
         )
     finally:
         log_file.close()

@@ -409,6 +409,14 @@ impl<H> FunctionsRegistry<H> {
             .contains_key(&(namespace, function_id) as &dyn KeyView)
     }
 
+    /// True when the key is registered with at least one replica to call ([`Self::select`]
+    /// would pick one).
+    pub fn is_served(&self, namespace: &str, function_id: &str) -> bool {
+        self.functions
+            .get(&(namespace, function_id) as &dyn KeyView)
+            .is_some_and(|entry| !entry.replicas.is_empty())
+    }
+
     /// Registers `handler` as `owner`'s replica of `(namespace, function_id)`.
     ///
     /// The same owner registering again replaces its replica in place (idempotent). Another

@@ -293,6 +293,66 @@ async fn stopped_calls_do_not_use_up_attempts() {
     engine.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_message_waits_for_its_function_however_long_it_is_away() {
+    // Before: a message whose function nobody served (its only consumer restarting, a deploy)
+    // was released and, after `max_releases`, attempted and dead-lettered with
+    // `function_not_found`: a few restarts of a lone consumer with a backlog lost messages.
+    // The control message's handler answers `function_not_found` itself: that stays bounded,
+    // and it goes through the same delays, so once it is dead the unserved one would be too.
+    let runs = Arc::new(Runs::default());
+    let mut q = queue("jobs");
+    q.max_retries = 0;
+    q.max_releases = 1;
+    let engine = start(
+        Engine::builder()
+            .config(settings(QueueBackend::Memory, vec![q]))
+            .function(
+                "jobs::gone",
+                FunctionDef::default(),
+                async_fn(|_| async { Outcome::failure("function_not_found", "not here") }),
+            ),
+    )
+    .await;
+    for (function_id, n) in [("jobs::run", 1), ("jobs::gone", 2)] {
+        call_ok(
+            &engine,
+            "engine::queue::enqueue",
+            json!({"queue": "jobs", "function_id": function_id, "data": {"n": n}}),
+        )
+        .await;
+    }
+    let dead = wait_dead_letters(&engine, "jobs").await;
+    assert_eq!(dead.len(), 1, "only the control message: {dead:?}");
+    assert_eq!(dead[0]["data"], json!({"n": 2}));
+    let waiting = stats(&engine, "jobs").await;
+    assert_eq!(
+        waiting["ready"].as_u64().unwrap()
+            + waiting["delayed"].as_u64().unwrap()
+            + waiting["in_flight"].as_u64().unwrap(),
+        1,
+        "the unserved message still waits: {waiting}"
+    );
+    engine
+        .handle()
+        .register_function(
+            "default",
+            "jobs::run",
+            FunctionDef::default(),
+            handler(runs.clone(), no_delay, succeed),
+        )
+        .expect("registered");
+    wait_for("the message to run", || async {
+        (runs.calls() >= 1).then_some(())
+    })
+    .await;
+    wait_drained(&engine, "jobs").await;
+    assert_eq!(runs.calls(), 1);
+    assert_eq!(runs.calls.lock().unwrap()[0], json!({"n": 1}));
+    assert_eq!(dead_letters(&engine, "jobs").await.len(), 1);
+    engine.shutdown().await;
+}
+
 fn slow(_: &Value) -> Duration {
     Duration::from_millis(3000)
 }

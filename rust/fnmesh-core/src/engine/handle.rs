@@ -203,6 +203,12 @@ impl EngineRef {
         Ok(removed)
     }
 
+    /// Whether something serves `function_id` in `namespace` right now (a call would be
+    /// routed, not fail with `function_not_found`).
+    pub fn serves(&self, namespace: &str, function_id: &str) -> bool {
+        self.shared.functions.is_served(namespace, function_id)
+    }
+
     /// The configuration the engine started with (a service reads its settings here).
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config

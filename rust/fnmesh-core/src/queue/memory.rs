@@ -367,7 +367,7 @@ impl MemoryStore {
             return Ok(false);
         };
         match how {
-            Nack::Retry(delay) | Nack::Release(delay) => {
+            Nack::Retry(delay) | Nack::Release(delay) | Nack::Park(delay) => {
                 let Some(key) = queue.claim_key(&delivery.id, &delivery.lease) else {
                     return Ok(false);
                 };
@@ -375,8 +375,10 @@ impl MemoryStore {
                 let Some(stored) = queue.messages.get_mut(&delivery.id) else {
                     return Ok(false);
                 };
-                if matches!(how, Nack::Release(_)) {
+                if matches!(how, Nack::Release(_) | Nack::Park(_)) {
                     stored.attempts = stored.attempts.saturating_sub(1);
+                }
+                if matches!(how, Nack::Release(_)) {
                     stored.releases = stored.releases.saturating_add(1);
                 }
                 // A fifo head stays its group's head: its group waits for it.

@@ -152,6 +152,11 @@ pub enum Nack {
     /// count as an attempt, so a worker that is away for a while (a deploy, a crash loop) does
     /// not use up a message's retries. Counts one more [`Delivery::releases`].
     Release(Duration),
+    /// Not handed to anyone: the engine found no worker serving its function when it claimed
+    /// it (a consumer worker restarting, a deploy, a function not deployed yet). Claimable again
+    /// after this delay, counting neither an attempt nor a release: a message waits for its
+    /// function however long it is away, as it would in a queue nobody consumes.
+    Park(Duration),
 }
 
 /// Counts of one queue's messages.

@@ -226,7 +226,8 @@ return out
 ";
 
 /// KEYS: message, stream, delayed, dead, fifo schedule, fifo in flight, fifo count. ARGV: lease,
-/// `ack` | `retry` | `release` (a retry that gives the attempt back) | `dead`, delay ms, error JSON, receipt id, group, message key prefix, group
+/// `ack` | `retry` | `release` (a retry that gives the attempt back) | `park` (a release not
+/// counted as one) | `dead`, delay ms, error JSON, receipt id, group, message key prefix, group
 /// list prefix. Answers 1, or 0 when the lease is not the current one. Whether the message is
 /// fifo is read from the message (its `g`), not taken from the caller.
 ///
@@ -239,9 +240,9 @@ if h[1] ~= ARGV[1] then return 0 end
 local e, g, q = h[2], h[3], h[4]
 local delay = tonumber(ARGV[3])
 redis.call('HDEL', KEYS[1], 'l', 'e')
-if ARGV[2] == 'release' then
+if ARGV[2] == 'release' or ARGV[2] == 'park' then
   if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') > 0 then redis.call('HINCRBY', KEYS[1], 'n', -1) end
-  redis.call('HINCRBY', KEYS[1], 'r', 1)
+  if ARGV[2] == 'release' then redis.call('HINCRBY', KEYS[1], 'r', 1) end
   ARGV[2] = 'retry'
 end
 if g then
@@ -827,6 +828,7 @@ impl QueueStore for RedisStore {
             match how {
                 Nack::Retry(delay) => self.settle(delivery, "retry", delay, error).await,
                 Nack::Release(delay) => self.settle(delivery, "release", delay, error).await,
+                Nack::Park(delay) => self.settle(delivery, "park", delay, error).await,
                 Nack::Dead => self.settle(delivery, "dead", Duration::ZERO, error).await,
             }
         })

@@ -18,10 +18,13 @@
 //!   heartbeat), so a call may run longer than the visibility timeout without being delivered
 //!   twice; the call itself is bounded by the larger of the visibility timeout and the engine's
 //!   `invocation_timeout`.
-//! - A call that never ran (`function_not_found`) or was stopped (`invocation_stopped`: its
-//!   worker left, the engine is stopping) puts the message back without using an attempt, at
-//!   most `max_releases` times; a condition function that fails is a failed attempt. At
-//!   shutdown the messages in flight are put back at once.
+//! - A message whose function no worker serves when it is claimed (its consumer restarting,
+//!   a deploy) is put back without counting anything and waits, however long, with a delay
+//!   growing to 5 s between looks (`consumer::park_if_unserved`).
+//! - A call that never ran (a handler answering `function_not_found`) or was stopped
+//!   (`invocation_stopped`: its worker left, the engine is stopping) puts the message back
+//!   without using an attempt, at most `max_releases` times; a condition function that fails is
+//!   a failed attempt. At shutdown the messages in flight are put back at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -165,6 +165,9 @@ mod sql {
         UPDATE messages SET lease = NULL, available_at = ?3, attempts = MAX(attempts - 1, 0),
                             releases = releases + 1
         WHERE id = ?1 AND lease = ?2";
+    pub(super) const PARK: &str = "
+        UPDATE messages SET lease = NULL, available_at = ?3, attempts = MAX(attempts - 1, 0)
+        WHERE id = ?1 AND lease = ?2";
     pub(super) const EXTEND: &str =
         "UPDATE messages SET available_at = ?3 WHERE id = ?1 AND lease = ?2";
     /// `OR REPLACE`: a receipt id chosen by the caller may be buried again after a redrive or
@@ -632,14 +635,15 @@ fn ack(db: &mut Db, id: &str, lease: &str) -> rusqlite::Result<bool> {
     Ok(removed)
 }
 
+/// Ends a claim with the message claimable again after `delay_ms`; `statement` is
+/// [`sql::RETRY`] (the attempt counts), [`sql::RELEASE`] or [`sql::PARK`].
 fn retry(
     db: &mut Db,
     id: &str,
     lease: &str,
     delay_ms: i64,
-    counts: bool,
+    statement: &str,
 ) -> rusqlite::Result<bool> {
-    let statement = if counts { sql::RETRY } else { sql::RELEASE };
     let changed = db.conn.prepare_cached(statement)?.execute(params![
         id,
         lease,
@@ -840,11 +844,15 @@ impl QueueStore for SqliteStore {
         match how {
             Nack::Retry(delay) => {
                 let delay = ms(delay);
-                self.run(move |db| retry(db, &id, &lease, delay, true))
+                self.run(move |db| retry(db, &id, &lease, delay, sql::RETRY))
             }
             Nack::Release(delay) => {
                 let delay = ms(delay);
-                self.run(move |db| retry(db, &id, &lease, delay, false))
+                self.run(move |db| retry(db, &id, &lease, delay, sql::RELEASE))
+            }
+            Nack::Park(delay) => {
+                let delay = ms(delay);
+                self.run(move |db| retry(db, &id, &lease, delay, sql::PARK))
             }
             Nack::Dead => {
                 let error = error.clone();

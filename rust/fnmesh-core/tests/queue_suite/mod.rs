@@ -61,6 +61,7 @@ macro_rules! for_each_check {
             stale_lease_changes_nothing,
             retry_after_delay,
             release_gives_the_attempt_back,
+            park_counts_nothing,
             dead_letter_on_nack,
             dead_letters_paginate,
             redrive_all,
@@ -173,6 +174,7 @@ pub async fn run_all(store: &dyn QueueStore, prefix: &str) {
     stale_lease_changes_nothing(store, prefix).await;
     retry_after_delay(store, prefix).await;
     release_gives_the_attempt_back(store, prefix).await;
+    park_counts_nothing(store, prefix).await;
     dead_letter_on_nack(store, prefix).await;
     dead_letters_paginate(store, prefix).await;
     redrive_all(store, prefix).await;
@@ -368,6 +370,55 @@ pub async fn retry_after_delay(store: &dyn QueueStore, prefix: &str) {
     assert_eq!(ids(&third), [id]);
     assert_eq!(third[0].attempt, 3);
     assert!(store.ack(&third[0]).await.unwrap());
+}
+
+/// `Nack::Park(delay)` waits like a release, but counts neither an attempt nor a release (the
+/// engine found no worker for the function); a parked fifo head stays its group's head.
+pub async fn park_counts_nothing(store: &dyn QueueStore, prefix: &str) {
+    let config = config(prefix, "park");
+    let id = put(store, &config, "{}").await;
+    let first = take(store, &config, 1).await.remove(0);
+    assert!(store
+        .nack(&first, &boom(), Nack::Park(SHORT_DELAY))
+        .await
+        .unwrap());
+    assert!(
+        take(store, &config, 10).await.is_empty(),
+        "not before the delay"
+    );
+    sleep(SHORT_DELAY + SLACK).await;
+    let again = take(store, &config, 10).await;
+    assert_eq!(ids(&again), std::slice::from_ref(&id));
+    assert_eq!(
+        (again[0].attempt, again[0].releases),
+        (1, 0),
+        "a parked claim counts nothing"
+    );
+    assert!(
+        !store
+            .nack(&first, &boom(), Nack::Park(Duration::ZERO))
+            .await
+            .unwrap(),
+        "a stale lease parks nothing"
+    );
+    assert!(store.ack(&again[0]).await.unwrap());
+
+    let fifo = fifo_config(prefix, "park-fifo");
+    let head = put(store, &fifo, &group_data("g", 1)).await;
+    let next = put(store, &fifo, &group_data("g", 2)).await;
+    let claimed = take(store, &fifo, 10).await;
+    assert_eq!(ids(&claimed), [head.clone()]);
+    assert!(store
+        .nack(&claimed[0], &boom(), Nack::Park(Duration::ZERO))
+        .await
+        .unwrap());
+    let again = take(store, &fifo, 10).await;
+    assert_eq!(ids(&again), [head], "the head again, not the next");
+    assert_eq!((again[0].attempt, again[0].releases), (1, 0));
+    assert!(store.ack(&again[0]).await.unwrap());
+    let got = take(store, &fifo, 10).await;
+    assert_eq!(ids(&got), [next]);
+    assert!(store.ack(&got[0]).await.unwrap());
 }
 
 /// `Nack::Release(delay)` waits like a retry, but the claim it ends does not count as an

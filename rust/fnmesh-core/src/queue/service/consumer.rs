@@ -1,6 +1,7 @@
 //! The consumers of [`super::QueueService`]: one loop per queue claims messages, calls their
 //! functions (extending each claim while its call runs) and settles them (docs/protocol.md 6.5).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub(super) async fn consume(
 ) {
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let poll = service.settings.poll_interval;
+    // Functions found unserved in a row, by (namespace, function id): their messages' park delay.
+    let mut away: HashMap<(String, String), u32> = HashMap::new();
     debug!(queue = %config.name, "queue consumer started");
     loop {
         if service.stopped.load(std::sync::atomic::Ordering::Acquire) {
@@ -38,7 +41,13 @@ pub(super) async fn consume(
         }
         match store.claim(&config, free).await {
             Ok(batch) if !batch.is_empty() => {
+                let claimed = batch.len();
+                let mut parked = 0;
                 for delivery in batch {
+                    if park_if_unserved(&service, &store, &config, &mut away, &delivery).await {
+                        parked += 1;
+                        continue;
+                    }
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };
@@ -52,6 +61,15 @@ pub(super) async fn consume(
                         // A slot is free: look again at once rather than after the poll.
                         wake.notify_one();
                     });
+                }
+                if parked == claimed {
+                    // No worker for anything claimed: wait for an enqueue or the poll rather
+                    // than claim the absent functions' messages again at once.
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = stop.notified() => break,
+                    }
                 }
             }
             Ok(_) => {
@@ -71,6 +89,51 @@ pub(super) async fn consume(
         }
     }
     debug!(queue = %config.name, "queue consumer stopped");
+}
+
+/// Bound of the consumer's count of unserved functions (cleared when full).
+const AWAY_TRACKED: usize = 4096;
+
+/// When nothing serves `delivery`'s function (its workers are restarting, being deployed, not
+/// deployed yet), gives the claim back without counting an attempt or a release
+/// ([`Nack::Park`]) and answers true: the message waits for its function however long it is
+/// away. The wait before it is claimed again grows with each time in a row this consumer found
+/// the function away (100 ms doubling to 5 s, [`QueueConfig::release_delay`]), so a backlog for
+/// an absent function is not claimed over and over. A function that goes away after this check
+/// fails the call with `function_not_found`, which [`settle_failure`] bounds.
+async fn park_if_unserved(
+    service: &Arc<QueueService>,
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    away: &mut HashMap<(String, String), u32>,
+    delivery: &Delivery,
+) -> bool {
+    let Some(engine) = service.engine.upgrade() else {
+        return false;
+    };
+    if engine.serves(&delivery.namespace, &delivery.function_id) {
+        if !away.is_empty() {
+            away.remove(&(delivery.namespace.clone(), delivery.function_id.clone()));
+        }
+        return false;
+    }
+    if away.len() >= AWAY_TRACKED {
+        away.clear();
+    }
+    let streak = away
+        .entry((delivery.namespace.clone(), delivery.function_id.clone()))
+        .or_insert(0);
+    let delay = config.release_delay(*streak);
+    *streak = streak.saturating_add(1);
+    let error = ErrorBody::new(
+        ErrorCode::FunctionNotFound,
+        format!(
+            "no worker serves {} right now; the message waits for one",
+            delivery.function_id
+        ),
+    );
+    settle_nack(store, config, delivery, &error, Nack::Park(delay)).await;
+    true
 }
 
 /// Calls one message's function and settles the message. While it runs the message is in
@@ -256,6 +319,9 @@ pub(super) async fn settle_nack(
         }
         Nack::Release(delay) => {
             debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, code = %error.code, "the call did not run; the message waits without using an attempt")
+        }
+        Nack::Park(delay) => {
+            debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, "no worker serves the function; the message waits for one")
         }
     }
     match store.nack(delivery, error, how).await {
