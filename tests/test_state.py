@@ -9,7 +9,10 @@ The Redis tests run a real ``redis-server`` (``scripts/test.sh`` installs it).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +179,22 @@ def test_an_engine_restarted_on_its_sqlite_file_keeps_every_value(tmp_path: Path
             == values["key-7"]
         )
         assert "kept" in client.trigger({"function_id": "state::list_groups", "payload": {}})["groups"]
+        # The CLI reads the same values.
+        cli = [sys.executable, "-m", "fnmesh.cli", "state", "--url", engine.url]
+        got = subprocess.run(
+            [*cli, "get", "kept", "key-7"], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert json.loads(got.stdout) == values["key-7"]
+        got = subprocess.run([*cli, "list", "kept"], capture_output=True, text=True, timeout=60, check=True)
+        assert sorted((json.loads(line) for line in got.stdout.splitlines()), key=lambda v: v["i"]) == sorted(
+            values.values(), key=lambda v: v["i"]
+        )
+        got = subprocess.run([*cli, "groups"], capture_output=True, text=True, timeout=60, check=True)
+        assert got.stdout.splitlines() == ['"kept"']
+        missing = subprocess.run(
+            [*cli, "get", "kept", "nope"], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert missing.stdout.strip() == "null"
         engine.stop()
 
 
