@@ -22,6 +22,11 @@ pub const SUBSCRIBE_TRIGGER: &str = "subscribe";
 /// The Redis channel every engine sharing `pubsub_redis_url` publishes to and listens on.
 const CHANNEL: &str = "fnmesh:pubsub";
 
+/// Deliveries (subscriber calls) one engine runs at once; past it a delivery is dropped and
+/// logged, as fire-and-forget allows, so a flood of publishes to slow subscribers cannot grow
+/// memory without bound.
+pub const MAX_DELIVERIES_IN_FLIGHT: usize = 10_000;
+
 /// Pubsub (docs/protocol.md 6.9) as an engine service: registers `publish` and the `subscribe`
 /// trigger type; with the engine's `pubsub_redis_url`, publishes through Redis and listens
 /// there for the messages of every engine.
@@ -40,6 +45,7 @@ struct Pubsub {
     /// topic → binding id → subscriber.
     topics: RwLock<HashMap<String, HashMap<String, Arc<Subscriber>>>>,
     redis: Option<(ConnectionManager, String)>,
+    deliveries: Arc<tokio::sync::Semaphore>,
     listener: std::sync::Mutex<Option<redis_channel::Listener>>,
 }
 
@@ -122,9 +128,14 @@ impl Pubsub {
             return;
         };
         for subscriber in subscribers {
+            let Ok(slot) = self.deliveries.clone().try_acquire_owned() else {
+                warn!(trigger_id = %subscriber.binding.id, topic, "{MAX_DELIVERIES_IN_FLIGHT} deliveries in flight: message dropped for this subscriber");
+                continue;
+            };
             let engine = engine.clone();
             let data = data.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let binding = &subscriber.binding;
                 let options = || CallOptions {
                     namespace: Some(binding.namespace.clone()),
@@ -216,6 +227,7 @@ impl EngineService for PubsubService {
                 redis: redis
                     .as_ref()
                     .map(|(_, manager, addr)| (manager.clone(), addr.clone())),
+                deliveries: Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERIES_IN_FLIGHT)),
                 listener: std::sync::Mutex::new(None),
             });
             if let Some((client, _, _)) = redis {
