@@ -46,6 +46,7 @@ BENCHES = (
     Bench("E5", "codec", "wire codec"),
     Bench("E6", "scale", "scale"),
     Bench("E7", "queue_throughput", "queues"),
+    Bench("E8", "state_throughput", "state"),
 )
 
 

@@ -3,8 +3,8 @@
 The iii-sdk sdist on PyPI ships the tests its authors run against their engine (they connect to
 ``III_URL``). The ones covering what the engine does today (worker connection, register/invoke,
 void calls, discovery, not-found, trigger types provided by one worker and bound by another,
-provider reconnects, the buffered HTTP trigger, healthcheck, middleware and external HTTP
-functions) must pass unchanged
+provider reconnects, the buffered HTTP trigger, healthcheck, middleware, external HTTP
+functions, state and pubsub) must pass unchanged
 against fnmesh. The sdist is fetched with pip into a
 temporary directory at test time, for the iii-sdk version installed here; nothing of it is kept.
 """
@@ -32,6 +32,8 @@ SUITE = {
     "test_healthcheck.py": 1,
     "test_middleware.py": 5,
     "test_http_external_functions_integration.py": 9,
+    "test_state.py": 11,
+    "test_pubsub.py": 2,
 }
 # Of test_api_triggers.py, the buffered HTTP cases: the others stream bodies through data
 # channels (/ws/channels), which fnmesh does not serve yet.

@@ -34,6 +34,7 @@ from fnmesh.errors import (
 )
 from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
+from fnmesh.state import State, StateChange, StateEvent
 from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
 
 __all__ = [
@@ -69,6 +70,9 @@ __all__ = [
     "RemoteError",
     "Replica",
     "SecretNotAllowed",
+    "State",
+    "StateChange",
+    "StateEvent",
     "TooManyCallsInFlight",
     "TriggerType",
     "UrlValidationFailed",

@@ -55,6 +55,7 @@ from fnmesh.external import ExternalSpec, Retry
 from fnmesh.results import LocalOutcome
 from fnmesh.schema import HandlerSpec, inspect_handler
 from fnmesh.serving import Server, external_formats, span_attributes
+from fnmesh.state import State
 from fnmesh.triggers import TriggerType
 
 __all__ = ["App"]
@@ -174,6 +175,8 @@ class App:
         # Runs the handlers: invocations from the engine, trigger events, local calls.
         self._server = Server(name, namespace, self._functions, self._trigger_types, self.call, self._call_in)
         self._local_context = self._server.local_context
+        #: The engine's state store (``state::*``), typed: see :class:`fnmesh.State`.
+        self.state = State(self.call)
 
     # ------------------------------------------------------------------------------------------
     # Declaring functions
@@ -349,6 +352,47 @@ class App:
         if condition is not None:
             config["condition_function_id"] = condition
         return self._trigger_decorator("durable:subscriber", config, metadata, id)
+
+    def on_state(
+        self,
+        *,
+        scope: str | None = None,
+        key: str | None = None,
+        condition: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Callable[[F], F]:
+        """Runs the decorated function (declared with ``@app.function``) on every change of the
+        state (``app.state``), only of ``scope`` and ``key`` when given. It receives a
+        :class:`fnmesh.StateEvent`; the changes of one key arrive in the order they happened.
+        ``condition``: a function whose JSON ``false`` skips an event."""
+        config: dict[str, Any] = {}
+        if scope is not None:
+            config["scope"] = scope
+        if key is not None:
+            config["key"] = key
+        if condition is not None:
+            config["condition_function_id"] = condition
+        return self._trigger_decorator("state", config, metadata, id)
+
+    def on_message(
+        self,
+        topic: str,
+        *,
+        condition: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Callable[[F], F]:
+        """Calls the decorated function (declared with ``@app.function``) with the ``data`` of
+        every :meth:`publish_message` to ``topic`` (iii's ``subscribe`` trigger): fire and
+        forget, nothing stored or retried, a failing subscriber affecting no other. For
+        messages that must not be lost, use the durable :meth:`subscribe` / :meth:`publish`."""
+        if not topic.strip():
+            raise InvalidArgument("on_message needs a topic")
+        config: dict[str, Any] = {"topic": topic}
+        if condition is not None:
+            config["condition_function_id"] = condition
+        return self._trigger_decorator("subscribe", config, metadata, id)
 
     def trigger(
         self,
@@ -715,6 +759,14 @@ class App:
         answer = await self.call("iii::durable::publish", {"topic": topic, "data": data})
         ids: list[str] = answer.get("messageReceiptIds", [])
         return ids
+
+    async def publish_message(self, topic: str, data: Any = None) -> None:
+        """Hands ``data`` to every function bound to ``topic`` with :meth:`on_message` (iii's
+        ``publish``), on every engine sharing ``pubsub_redis_url``. Fire and forget: returns once
+        published, before (and whatever) the subscribers do; nobody bound, nobody gets it."""
+        if not topic.strip():
+            raise InvalidArgument("publish_message needs a topic")
+        await self.call("publish", {"topic": topic, "data": data})
 
     async def _call_traced(
         self,

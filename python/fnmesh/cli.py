@@ -20,6 +20,12 @@ a worker of another engine (fnmesh or iii)::
     fnmesh queues discard orders --message ID
     fnmesh queues --url ws://engine:49134 --json list
 
+``fnmesh state`` reads a running engine's state (``state::*``), one JSON value per line::
+
+    fnmesh state groups                            # the scopes holding values
+    fnmesh state list carts                        # every value of a scope
+    fnmesh state get carts u1                      # one value (null when there is none)
+
 ``OTEL_TRACES_EXPORTER`` (with the other ``OTEL_*`` variables) turns tracing on; see
 :func:`fnmesh.telemetry.configure_from_env`.
 """
@@ -102,6 +108,19 @@ def _parser() -> argparse.ArgumentParser:
     discard = actions.add_parser("discard", help="delete one dead letter")
     discard.add_argument("queue")
     discard.add_argument("--message", metavar="ID", required=True, help="the dead letter's id")
+    state = commands.add_parser("state", help="read the state of a running engine")
+    state.add_argument(
+        "--url", default="ws://127.0.0.1:49134", help="the engine's worker URL (default ws://127.0.0.1:49134)"
+    )
+    state.add_argument("--auth-token", help="token the engine requires")
+    state.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10")
+    reads = state.add_subparsers(dest="action", required=True)
+    reads.add_parser("groups", help="the scopes holding values")
+    listing = reads.add_parser("list", help="every value of a scope, in key order")
+    listing.add_argument("scope")
+    get = reads.add_parser("get", help="one value")
+    get.add_argument("scope")
+    get.add_argument("key")
     return parser
 
 
@@ -313,6 +332,27 @@ def queues(args: argparse.Namespace) -> int:
     return 0
 
 
+def state(args: argparse.Namespace) -> int:
+    """``fnmesh state ...``: reads the engine's state through ``app.state`` as a short-lived
+    worker and prints JSON, one value per line."""
+
+    async def ask() -> list[Any]:
+        app = App("fnmesh-state-cli")
+        await app.connect(args.url, auth_token=args.auth_token, timeout=args.connect_timeout)
+        try:
+            if args.action == "groups":
+                return list(await app.state.groups())
+            if args.action == "list":
+                return list(await app.state.list(args.scope))
+            return [await app.state.get(args.scope, args.key)]
+        finally:
+            await app.stop()
+
+    for value in run_loop(ask()):
+        print(json.dumps(value))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -322,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args)
         if args.command == "queues":
             return queues(args)
+        if args.command == "state":
+            return state(args)
     except (FnmeshError, OSError) as exc:
         print(f"fnmesh: {exc}", file=sys.stderr)
         return 2

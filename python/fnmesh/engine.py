@@ -30,6 +30,8 @@ __all__ = ["Engine", "EngineConfig"]
 
 CONFLICT_POLICIES = ("replicate", "reject")
 QUEUE_BACKENDS = ("sqlite", "memory", "redis", "off")
+STATE_BACKENDS = ("sqlite", "memory", "redis", "off")
+PUBSUB_BACKENDS = ("local", "redis")
 
 #: The Rust side's default of every setting it reads (``_native.engine_defaults()``, made from
 #: the core's ``Default``s): the one place those defaults live. Settings served in Python only
@@ -132,6 +134,20 @@ class EngineConfig:
     """
     queue_poll_interval_ms: int = _DEFAULTS["queue_poll_interval_ms"]
     """How often an idle queue consumer looks for due retries and other engines' messages."""
+    state_backend: str = _DEFAULTS["state_backend"]
+    """Where ``state::*`` keeps its values: ``sqlite`` (a file at ``state_path``, created at the
+    first state call; every value survives a restart), ``memory`` (this process only), ``redis``
+    (hashes at ``state_redis_url``, shared by engines, whose ``state`` triggers all see every
+    change) or ``off``."""
+    state_path: str = _DEFAULTS["state_path"]
+    """The SQLite file of ``state_backend = "sqlite"`` (relative to the working directory)."""
+    state_redis_url: str | None = _DEFAULTS["state_redis_url"]
+    """The Redis of ``state_backend = "redis"``; ``None``: ``queue_redis_url``."""
+    pubsub_backend: str = _DEFAULTS["pubsub_backend"]
+    """How ``publish`` reaches ``subscribe`` bindings: ``local`` (this engine's) or ``redis``
+    (through ``pubsub_redis_url``, the bindings of every engine sharing it)."""
+    pubsub_redis_url: str | None = _DEFAULTS["pubsub_redis_url"]
+    """The Redis of ``pubsub_backend = "redis"``; ``None``: ``queue_redis_url``."""
     max_calls_in_flight_per_connection: int = _DEFAULTS["max_calls_in_flight_per_connection"]
     """Calls one worker connection may have in flight (made by it, not answered yet); one more
     fails at once with ``too_many_calls_in_flight`` (:class:`fnmesh.TooManyCallsInFlight`)."""
@@ -207,6 +223,18 @@ class EngineConfig:
             )
         if self.queue_backend == "redis" and not self.queue_redis_url:
             raise InvalidArgument('queue_backend = "redis" needs queue_redis_url')
+        if self.state_backend not in STATE_BACKENDS:
+            raise InvalidArgument(
+                f"state_backend must be one of {STATE_BACKENDS}, not {self.state_backend!r}"
+            )
+        if self.state_backend == "redis" and not (self.state_redis_url or self.queue_redis_url):
+            raise InvalidArgument('state_backend = "redis" needs state_redis_url (or queue_redis_url)')
+        if self.pubsub_backend not in PUBSUB_BACKENDS:
+            raise InvalidArgument(
+                f"pubsub_backend must be one of {PUBSUB_BACKENDS}, not {self.pubsub_backend!r}"
+            )
+        if self.pubsub_backend == "redis" and not (self.pubsub_redis_url or self.queue_redis_url):
+            raise InvalidArgument('pubsub_backend = "redis" needs pubsub_redis_url (or queue_redis_url)')
         if not isinstance(self.queues, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) for k, v in self.queues.items()
         ):

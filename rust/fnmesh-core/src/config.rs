@@ -43,6 +43,13 @@ pub struct EngineConfig {
     /// turns them off (an enqueue then fails with `enqueue_error`). Default: a SQLite file at
     /// `.fnmesh/queues.sqlite3`, created at the first enqueue.
     pub queues: Option<QueueSettings>,
+    /// Where `state::*` keeps its values (docs/protocol.md 6.8); `None` turns state off (its
+    /// functions and the `state` trigger type are not registered). Default: a SQLite file at
+    /// `.fnmesh/state.sqlite3`, beside the queue file, opened at the first state call.
+    pub state: Option<StateBackend>,
+    /// The Redis that `publish` fans messages out through, so that the `subscribe` bindings of
+    /// every engine sharing it receive them (docs/protocol.md 6.9); `None`: this engine only.
+    pub pubsub_redis_url: Option<String>,
     /// Calls one worker connection may have in flight (made by it and not answered yet); one
     /// more fails at once with `too_many_calls_in_flight`.
     pub max_calls_in_flight_per_connection: usize,
@@ -70,6 +77,8 @@ impl Default for EngineConfig {
             trigger_ack_timeout: Duration::from_secs(10),
             cron_redis_url: None,
             queues: Some(QueueSettings::default()),
+            state: Some(StateBackend::default()),
+            pubsub_redis_url: None,
             max_calls_in_flight_per_connection: 10_000,
             max_buffered_registrations: 10_000,
             max_buffered_registration_bytes: 128 * 1024 * 1024,
@@ -143,6 +152,28 @@ pub struct CorsConfig {
     pub allow_credentials: bool,
     /// How long a preflight answer may be cached, in seconds.
     pub max_age: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+/// Where state values live (setting `state_backend`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateBackend {
+    /// In this process only: lost when it exits.
+    Memory,
+    /// A SQLite file (WAL, an fsync per commit), created at the first state call.
+    Sqlite(PathBuf),
+    /// Redis hashes at this URL, shared with other engines (change events reach every engine's
+    /// `state` triggers).
+    Redis(String),
+}
+
+impl Default for StateBackend {
+    fn default() -> Self {
+        StateBackend::Sqlite(PathBuf::from(".fnmesh/state.sqlite3"))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,10 +30,13 @@ pub mod http;
 pub mod invocation;
 pub mod link;
 pub mod protocol;
+pub mod pubsub;
 pub mod queue;
+pub mod redis_channel;
 pub mod registry;
 pub mod server;
 pub mod services;
+pub mod state;
 pub mod triggers;
 pub mod workers;
 

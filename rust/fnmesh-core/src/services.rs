@@ -4,7 +4,7 @@
 //! The engine core ([`crate::engine`]) names no service; each service lives in its own folder on
 //! top of it and implements [`EngineService`]. This module, above both, is the one place that
 //! lists them: [`Engine::builder`] starts an engine with [`standard`] (the HTTP trigger, cron,
-//! the durable queues, in that order; shut down in reverse order).
+//! the durable queues, state, pubsub, in that order; shut down in reverse order).
 //!
 //! Adding a service to every engine: implement [`EngineService`] in its own folder, then add one
 //! line to [`standard`].
@@ -16,7 +16,9 @@ use crate::cron::CronService;
 use crate::engine::EngineService;
 use crate::engine::{Engine, EngineBuilder};
 use crate::http::HttpService;
+use crate::pubsub::PubsubService;
 use crate::queue::QueuesService;
+use crate::state::StateService;
 
 /// Adds the standard services to `builder`, in start order.
 pub fn standard(builder: EngineBuilder) -> EngineBuilder {
@@ -24,11 +26,13 @@ pub fn standard(builder: EngineBuilder) -> EngineBuilder {
         .service(HttpService::default())
         .service(CronService::default())
         .service(QueuesService::default())
+        .service(StateService::default())
+        .service(PubsubService::default())
 }
 
 impl Engine {
     /// A builder with the default configuration and the [`standard`] services (HTTP
-    /// triggers, cron, durable queues). [`EngineBuilder::new`] starts from no service.
+    /// triggers, cron, durable queues, state, pubsub). [`EngineBuilder::new`] starts from no service.
     pub fn builder() -> EngineBuilder {
         standard(EngineBuilder::new())
     }

@@ -138,6 +138,26 @@ fn sort_types<P>(types: &mut [Arc<TriggerType<P>>]) {
     types.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
 }
 
+/// The trigger types iii's engine serves itself (docs/protocol.md 6.1). A binding to one of them
+/// that no provider serves (fnmesh does not implement it, or its service is off) is refused at
+/// once with `trigger_registration_failed` instead of waiting as pending, unless a worker
+/// provides the type: a binding that falls back to pending when that worker leaves stays parked.
+pub const BUILTIN_TRIGGER_TYPES: &[&str] = &[
+    "http",
+    "cron",
+    "durable:subscriber",
+    "state",
+    "subscribe",
+    "stream",
+    "stream:join",
+    "stream:leave",
+    "log",
+    "trace",
+    "configuration",
+    "engine::functions-available",
+    "engine::workers-available",
+];
+
 /// True when a condition function's result skips the bound function (docs/protocol.md 6.7): exactly
 /// JSON `false`. No result, `null` or any other value lets the call through.
 pub fn condition_skips(result: Option<&serde_json::value::RawValue>) -> bool {

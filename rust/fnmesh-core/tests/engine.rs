@@ -943,13 +943,25 @@ async fn discovery_and_calls_from_rust() {
         .iter()
         .map(|f| f["function_id"].as_str().unwrap())
         .collect();
-    // The queue functions are listed (as iii lists its queue worker's); other engine::* are not.
-    assert!(all.contains(&"engine::queue::enqueue"), "{listed}");
-    assert!(all.contains(&"iii::durable::publish"), "{listed}");
+    // The queue, state and pubsub functions are listed (as iii lists its modules'); other
+    // engine::* are not.
+    for listed_id in [
+        "engine::queue::enqueue",
+        "iii::durable::publish",
+        "state::set",
+        "publish",
+    ] {
+        assert!(all.contains(&listed_id), "{listed_id}: {listed}");
+    }
     let ids: Vec<&str> = all
         .iter()
         .copied()
-        .filter(|id| !id.starts_with("engine::queue::") && !id.starts_with("iii::"))
+        .filter(|id| {
+            !id.starts_with("engine::queue::")
+                && !id.starts_with("iii::")
+                && !id.starts_with("state::")
+                && *id != "publish"
+        })
         .collect();
     assert_eq!(
         ids,

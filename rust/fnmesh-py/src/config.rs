@@ -20,7 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use fnmesh_core::config::SqliteSynchronous;
+use fnmesh_core::config::{SqliteSynchronous, StateBackend};
 use fnmesh_core::engine::EngineConfig;
 use fnmesh_core::http::{CorsConfig, HttpConfig};
 use fnmesh_core::queue::service::{queue_configs_from_json, QueueBackend, QueueSettings};
@@ -72,6 +72,15 @@ pub(crate) struct EngineSettings {
     #[pyo3(from_py_with = queues_to_json, into_py_with = queues_from_json)]
     pub(crate) queues: String,
     pub(crate) queue_poll_interval_ms: u64,
+    /// `sqlite`, `memory`, `redis` or `off` (`StateBackend`).
+    pub(crate) state_backend: String,
+    pub(crate) state_path: String,
+    /// `None`: `queue_redis_url`.
+    pub(crate) state_redis_url: Option<String>,
+    /// `local` or `redis`.
+    pub(crate) pubsub_backend: String,
+    /// `None`: `queue_redis_url`.
+    pub(crate) pubsub_redis_url: Option<String>,
     pub(crate) max_calls_in_flight_per_connection: usize,
     pub(crate) max_buffered_registrations: usize,
     pub(crate) max_buffered_registration_bytes: usize,
@@ -102,6 +111,18 @@ impl Default for EngineSettings {
         };
         let queue_path = match (&queues.backend, &fallback.backend) {
             (QueueBackend::Sqlite(path), _) | (_, QueueBackend::Sqlite(path)) => {
+                path.to_string_lossy().into_owned()
+            }
+            _ => String::new(),
+        };
+        let (state_backend, state_redis_url) = match &core.state {
+            None => ("off", None),
+            Some(StateBackend::Memory) => ("memory", None),
+            Some(StateBackend::Sqlite(_)) => ("sqlite", None),
+            Some(StateBackend::Redis(url)) => ("redis", Some(url.clone())),
+        };
+        let state_path = match (&core.state, &StateBackend::default()) {
+            (Some(StateBackend::Sqlite(path)), _) | (_, StateBackend::Sqlite(path)) => {
                 path.to_string_lossy().into_owned()
             }
             _ => String::new(),
@@ -145,6 +166,16 @@ impl Default for EngineSettings {
             // The core's default has no named queues (a `default` queue always exists).
             queues: String::from("{}"),
             queue_poll_interval_ms: millis(queues.poll_interval),
+            state_backend: state_backend.to_owned(),
+            state_path,
+            state_redis_url,
+            pubsub_backend: if core.pubsub_redis_url.is_some() {
+                "redis"
+            } else {
+                "local"
+            }
+            .to_owned(),
+            pubsub_redis_url: core.pubsub_redis_url.clone(),
             max_calls_in_flight_per_connection: core.max_calls_in_flight_per_connection,
             max_buffered_registrations: core.max_buffered_registrations,
             max_buffered_registration_bytes: core.max_buffered_registration_bytes,
@@ -157,6 +188,45 @@ impl EngineSettings {
     /// bad setting.
     pub(crate) fn into_core(self) -> PyResult<(EngineConfig, usize)> {
         let invalid = |message: String| to_py(fnmesh_core::Error::InvalidArgument(message));
+        let shared_redis = self.queue_redis_url.clone();
+        let state = match (
+            self.state_backend.as_str(),
+            self.state_redis_url.or(shared_redis.clone()),
+        ) {
+            ("off", _) => None,
+            ("memory", _) => Some(StateBackend::Memory),
+            ("sqlite", _) => Some(StateBackend::Sqlite(std::path::PathBuf::from(
+                self.state_path,
+            ))),
+            ("redis", Some(url)) => Some(StateBackend::Redis(url)),
+            ("redis", None) => {
+                return Err(invalid(
+                    "state_backend = \"redis\" needs state_redis_url (or queue_redis_url)".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "state_backend must be sqlite, memory, redis or off, not {other:?}"
+                )))
+            }
+        };
+        let pubsub_redis_url = match (
+            self.pubsub_backend.as_str(),
+            self.pubsub_redis_url.or(shared_redis),
+        ) {
+            ("local", _) => None,
+            ("redis", Some(url)) => Some(url),
+            ("redis", None) => {
+                return Err(invalid(
+                    "pubsub_backend = \"redis\" needs pubsub_redis_url (or queue_redis_url)".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "pubsub_backend must be local or redis, not {other:?}"
+                )))
+            }
+        };
         let backend = match (self.queue_backend.as_str(), self.queue_redis_url) {
             ("off", _) => None,
             ("memory", _) => Some(QueueBackend::Memory),
@@ -231,6 +301,8 @@ impl EngineSettings {
             trigger_ack_timeout: ms(self.trigger_ack_timeout_ms),
             cron_redis_url: self.cron_redis_url,
             queues,
+            state,
+            pubsub_redis_url,
             max_calls_in_flight_per_connection: self.max_calls_in_flight_per_connection,
             max_buffered_registrations: self.max_buffered_registrations,
             max_buffered_registration_bytes: self.max_buffered_registration_bytes,

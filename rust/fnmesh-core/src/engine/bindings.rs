@@ -18,6 +18,7 @@ use crate::registry::{check_namespace, DEFAULT_NAMESPACE};
 use crate::server::Connection;
 use crate::triggers::{
     BindingState, TriggerAck, TriggerBinding, TriggerProvider, TriggerRefusal, TriggerType,
+    BUILTIN_TRIGGER_TYPES,
 };
 
 impl Shared {
@@ -104,7 +105,7 @@ impl Shared {
                 }
                 if let Some(slot) = self.bindings.get(&t.id) {
                     info!(worker = %conn.id(), trigger_id = %t.id, trigger_type = %t.trigger_type, function_id = %t.function_id, "trigger registered");
-                    self.activate(&slot.binding);
+                    self.activate_new(&slot.binding);
                 }
             }
             Err(e) => report(ErrorCode::TriggerRegistrationFailed, e.to_string()),
@@ -155,6 +156,38 @@ impl Shared {
                 .and_then(|w| Some((w.namespace.clone(), w.name()?.to_owned())))
         };
         matches!((identity(owner), identity(newcomer)), (Some(a), Some(b)) if a == b)
+    }
+
+    /// Activates a binding just registered: as [`Shared::activate`], except that a binding to one
+    /// of iii's built-in trigger types ([`BUILTIN_TRIGGER_TYPES`]) that no provider serves is
+    /// refused at once (`trigger_registration_failed` naming the type) instead of parked: no
+    /// worker is expected to bring it. Parking stays for every other type, and for a built-in
+    /// type's bindings that lose the worker that provided it.
+    fn activate_new(&self, binding: &Arc<TriggerBinding>) {
+        let default_only = binding
+            .trigger_namespace
+            .as_deref()
+            .is_none_or(|ns| ns == DEFAULT_NAMESPACE);
+        let unserved = default_only
+            && BUILTIN_TRIGGER_TYPES.contains(&binding.trigger_type.as_str())
+            && self
+                .trigger_types
+                .resolve(
+                    &binding.trigger_type,
+                    binding.trigger_namespace.as_deref(),
+                    &binding.origin_namespace,
+                )
+                .is_none();
+        if unserved {
+            let reason = format!(
+                "trigger type '{}' is not served by this engine (its module is not implemented \
+                 or is turned off) and no worker provides it",
+                binding.trigger_type
+            );
+            self.native_verdict(binding, Err(TriggerRefusal(reason)));
+            return;
+        }
+        self.activate(binding);
     }
 
     /// Resolves a binding's provider and delivers it, or parks it as pending.
@@ -301,7 +334,7 @@ impl Shared {
         };
         let (tx, mut rx) = oneshot::channel();
         self.acks.insert(id.clone(), tx);
-        self.activate(&slot.binding);
+        self.activate_new(&slot.binding);
         let verdict = match rx.try_recv() {
             Ok(verdict) => verdict,
             Err(_) if self.answers_for(&id) => {

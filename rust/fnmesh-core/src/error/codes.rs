@@ -139,7 +139,7 @@ error_codes! {
 
     // ---- the queue built-ins ----
 
-    /// A publish without a topic.
+    /// A publish (durable `iii::durable::publish` or fire-and-forget `publish`) without a topic.
     TopicNotSet = "topic_not_set",
     /// A queue built-in was called without a required field (the queue built-ins' spelling;
     /// compare [`ErrorCode::InvalidArguments`]).
@@ -156,6 +156,11 @@ error_codes! {
     /// The error recorded on a message moved to the dead-letter queue because it was claimed
     /// more often than it may run, its earlier attempts never having finished.
     AttemptsExhausted = "attempts_exhausted",
+
+    // ---- state ----
+
+    /// The state store (SQLite file, Redis) failed.
+    StateStoreError = "state_store_error",
 
     // ---- the HTTP trigger's responses ----
 
