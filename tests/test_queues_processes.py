@@ -238,8 +238,9 @@ def test_the_cli_shows_and_redrives_dead_letters(tmp_path: Path) -> None:
         assert json.loads(as_json.stdout)["messages"][0]["attempts"] == 1
 
         missing = fnmesh_cli("queues", "--url", engine.url, "discard", "fragile", "--message", "nope")
-        assert missing.returncode == 2
-        assert "no dead letter nope" in missing.stderr
+        # The engine refused: exit 1 with the error's code, as a failed `fnmesh call`.
+        assert missing.returncode == 1
+        assert missing.stderr.startswith("fnmesh: message_not_found: no dead letter nope")
 
         healthy.set()
         redriven = fnmesh_cli("queues", "--url", engine.url, "redrive", "fragile")
@@ -254,5 +255,5 @@ def test_the_cli_shows_and_redrives_dead_letters(tmp_path: Path) -> None:
         )
 
     unreachable = fnmesh_cli("queues", "--url", "ws://127.0.0.1:9", "--connect-timeout", "1", "list")
-    assert unreachable.returncode == 2
-    assert "fnmesh:" in unreachable.stderr
+    assert unreachable.returncode == 3  # the engine is unreachable (python/fnmesh/cli.py)
+    assert unreachable.stderr.startswith("fnmesh: could not connect to ws://127.0.0.1:9")

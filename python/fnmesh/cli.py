@@ -26,6 +26,21 @@ a worker of another engine (fnmesh or iii)::
     fnmesh state list carts                        # every value of a scope
     fnmesh state get carts u1                      # one value (null when there is none)
 
+``fnmesh call``, ``fnmesh functions``, ``fnmesh workers`` and ``fnmesh triggers`` reach any
+running iii-compatible engine (fnmesh or iii) as a short-lived worker (see :mod:`fnmesh.remote`)::
+
+    fnmesh call math::add '{"a": 2, "b": 40}'      # prints the result as JSON
+    fnmesh call orders::create @order.json --timeout 5
+    echo '{"id": 7}' | fnmesh call orders::ship - --enqueue shipping
+    fnmesh functions --json                        # tables on a terminal, plain text in a pipe
+    fnmesh workers --url ws://engine:49134 --auth-token "$TOKEN"
+    fnmesh completion bash                         # a shell completion script
+
+They read ``FNMESH_URL`` and ``FNMESH_AUTH_TOKEN`` when ``--url`` and ``--auth-token`` are not
+given. Exit codes: 0 success; 1 the call failed (its error code and message are printed); 2 bad
+usage or input (malformed JSON, a missing file); 3 the engine is unreachable or refused the
+connection (a wrong token).
+
 ``OTEL_TRACES_EXPORTER`` (with the other ``OTEL_*`` variables) turns tracing on; see
 :func:`fnmesh.telemetry.configure_from_env`.
 """
@@ -35,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import importlib
 import importlib.util
 import inspect
@@ -51,8 +67,21 @@ from typing import Any
 
 from fnmesh import __version__, telemetry
 from fnmesh.app import App, run_loop
+from fnmesh.completion import SHELLS
+from fnmesh.completion import script as completion_script
 from fnmesh.engine import Engine, EngineConfig
-from fnmesh.errors import FnmeshError, InvalidArgument
+from fnmesh.errors import FnmeshError, InvalidArgument, InvocationError
+from fnmesh.output import Output
+from fnmesh.remote import (
+    DEFAULT_URL,
+    ENV_AUTH_TOKEN,
+    ENV_URL,
+    EngineUnreachable,
+    connected,
+    default_token,
+    default_url,
+    read_data,
+)
 
 __all__ = ["main"]
 
@@ -74,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="log filter, e.g. info or fnmesh_core=debug")
     run = commands.add_parser("run", help="serve an fnmesh.App until interrupted")
     run.add_argument("target", metavar="MODULE[:APP]", help="module or .py file, and the app's name (app)")
-    run.add_argument("--connect", metavar="URL", help="be a worker of the engine at URL instead")
+    run.add_argument(
+        "--connect", "--url", dest="connect", metavar="URL", help="be a worker of the engine at URL instead"
+    )
     run.add_argument(
         "--connect-timeout",
         type=float,
@@ -89,13 +120,50 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-host", help="embedded engine's HTTP trigger address (default: --host)")
     run.add_argument("--http-port", type=int, help="embedded engine's HTTP trigger port")
     run.add_argument("--log-level", default="info", help="log level (default info)")
-    queues = commands.add_parser("queues", help="inspect queues and their dead letters on a running engine")
-    queues.add_argument(
-        "--url", default="ws://127.0.0.1:49134", help="the engine's worker URL (default ws://127.0.0.1:49134)"
+    run.add_argument(
+        "--reload", action="store_true", help="restart the app when a .py file changes (development)"
     )
-    queues.add_argument("--auth-token", help="token the engine requires")
-    queues.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10")
-    queues.add_argument("--json", action="store_true", help="print the engine's answers as JSON")
+    run.add_argument(
+        "--reload-dir",
+        action="append",
+        metavar="DIR",
+        help="watch DIR (repeatable; default: the app file's folder, or the working directory)",
+    )
+    call = commands.add_parser(
+        "call",
+        help="call a function and print its result",
+        description="Calls FUNCTION on a running engine and prints its result as JSON. On failure "
+        "it prints the error's code and message and exits with 1.",
+    )
+    call.add_argument("function", metavar="FUNCTION", help="the function id, e.g. math::add")
+    call.add_argument(
+        "data",
+        metavar="JSON | @FILE | -",
+        nargs="?",
+        help="the input: JSON text, @path for a file, - for standard input (default {})",
+    )
+    mode = call.add_mutually_exclusive_group()
+    mode.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the call after this long")
+    mode.add_argument("--void", action="store_true", help="do not wait for the result (fire and forget)")
+    mode.add_argument("--enqueue", metavar="QUEUE", help="put the call on QUEUE; prints the receipt id")
+    _remote_options(call)
+    functions = commands.add_parser("functions", help="list the functions an engine serves")
+    functions.add_argument("--prefix", help="only the ids starting with PREFIX")
+    functions.add_argument("--all", action="store_true", help="include the engine's internal functions")
+    functions.add_argument("-q", "--quiet", action="store_true", help="print the ids only, one a line")
+    _remote_options(functions, listing=True)
+    workers = commands.add_parser("workers", help="list the workers connected to an engine")
+    _remote_options(workers, listing=True)
+    triggers = commands.add_parser(
+        "triggers", help="list trigger bindings (HTTP routes, cron schedules, subscriptions)"
+    )
+    triggers.add_argument("--types", action="store_true", help="list the trigger types instead")
+    triggers.add_argument("--all", action="store_true", help="include the engine's internal ones")
+    _remote_options(triggers, listing=True)
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=SHELLS)
+    queues = commands.add_parser("queues", help="inspect queues and their dead letters on a running engine")
+    _remote_options(queues, listing=True, connect_timeout=10.0)
     actions = queues.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="every queue with its settings and message counts")
     dlq = actions.add_parser("dlq", help="a queue's dead letters")
@@ -109,11 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     discard.add_argument("queue")
     discard.add_argument("--message", metavar="ID", required=True, help="the dead letter's id")
     state = commands.add_parser("state", help="read the state of a running engine")
-    state.add_argument(
-        "--url", default="ws://127.0.0.1:49134", help="the engine's worker URL (default ws://127.0.0.1:49134)"
-    )
-    state.add_argument("--auth-token", help="token the engine requires")
-    state.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10")
+    _remote_options(state, connect_timeout=10.0)
     reads = state.add_subparsers(dest="action", required=True)
     reads.add_parser("groups", help="the scopes holding values")
     listing = reads.add_parser("list", help="every value of a scope, in key order")
@@ -122,6 +186,29 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("scope")
     get.add_argument("key")
     return parser
+
+
+def _remote_options(
+    parser: argparse.ArgumentParser, listing: bool = False, connect_timeout: float = 5.0
+) -> None:
+    """The options of every command that reaches a running engine."""
+    parser.add_argument(
+        "--url",
+        default=None,
+        help=f"the engine's worker URL (default ${ENV_URL}, else {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--auth-token", default=None, help=f"token the engine requires (default ${ENV_AUTH_TOKEN})"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=connect_timeout,
+        metavar="SECONDS",
+        help=f"how long connecting may take (default {connect_timeout:g})",
+    )
+    if listing:
+        parser.add_argument("--json", action="store_true", help="print the engine's answers as JSON")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -279,9 +366,8 @@ def queues(args: argparse.Namespace) -> int:
     functions as a short-lived worker and prints the answers."""
 
     async def ask() -> list[tuple[str, Any]]:
-        app = App("fnmesh-queues-cli")
-        await app.connect(args.url, auth_token=args.auth_token, timeout=args.connect_timeout)
-        try:
+        async with connected(args.url, args.auth_token, args.connect_timeout) as engine:
+            app = engine.app
             if args.action == "list":
                 listing = await app.call("engine::queue::list_topics", {})
                 answers: list[tuple[str, Any]] = [("list", listing)]
@@ -299,8 +385,6 @@ def queues(args: argparse.Namespace) -> int:
                 return [("redrive", await app.call("iii::queue::redrive_message", request))]
             request = {"queue": args.queue, "message_id": args.message}
             return [("discard", await app.call("iii::queue::discard_message", request))]
-        finally:
-            await app.stop()
 
     answers = run_loop(ask())
     if args.json:
@@ -353,20 +437,174 @@ def state(args: argparse.Namespace) -> int:
     return 0
 
 
+def call(args: argparse.Namespace, out: Output) -> int:
+    """``fnmesh call``: 0 with the result printed, 1 with the call's error printed."""
+    data = read_data(args.data)
+
+    async def ask() -> Any:
+        async with connected(args.url, args.auth_token, args.connect_timeout) as engine:
+            if args.void:
+                await engine.send(args.function, data)
+                return None
+            if args.enqueue is not None:
+                return await engine.enqueue(args.function, data, args.enqueue)
+            return await engine.call(args.function, data, args.timeout)
+
+    try:
+        result = run_loop(ask())
+    except InvocationError as exc:
+        out.error(exc.message, exc.code)
+        return 1
+    if args.enqueue is not None:
+        out.line(result)
+    elif not args.void:
+        out.json(result)
+    return 0
+
+
+def listing(args: argparse.Namespace, out: Output) -> int:
+    """``fnmesh functions``, ``fnmesh workers`` and ``fnmesh triggers``."""
+
+    async def ask() -> list[dict[str, Any]]:
+        async with connected(args.url, args.auth_token, args.connect_timeout) as engine:
+            if args.command == "functions":
+                return await engine.functions(args.all, args.prefix)
+            if args.command == "workers":
+                return await engine.workers()
+            if args.types:
+                return await engine.trigger_types(args.all)
+            return await engine.bindings(args.all)
+
+    records = run_loop(ask())
+    if args.json:
+        out.json(records)
+    elif args.command == "functions" and args.quiet:
+        for record in records:
+            out.line(str(record.get("function_id")))
+    elif args.command == "functions":
+        out.table(
+            "functions",
+            ["function", "worker", "kind", "replicas", "description"],
+            [
+                [
+                    f.get("function_id"),
+                    f.get("worker_name"),
+                    f.get("kind"),
+                    f.get("replicas"),
+                    f.get("description"),
+                ]
+                for f in records
+            ],
+        )
+    elif args.command == "workers":
+        out.table(
+            "workers",
+            ["name", "id", "runtime", "version", "status", "functions", "in flight", "connected"],
+            [
+                [
+                    w.get("name"),
+                    w.get("id"),
+                    w.get("runtime"),
+                    w.get("version"),
+                    w.get("status"),
+                    w.get("function_count"),
+                    w.get("active_invocations"),
+                    _since(w.get("connected_at_ms")),
+                ]
+                for w in records
+            ],
+        )
+    elif args.types:
+        out.table(
+            "trigger types",
+            ["type", "worker", "description"],
+            [[t.get("id"), t.get("worker_name"), t.get("description")] for t in records],
+        )
+    else:
+        out.table(
+            "trigger bindings",
+            ["id", "type", "function", "worker", "config", "status"],
+            [
+                [
+                    t.get("id"),
+                    t.get("trigger_type"),
+                    t.get("function_id"),
+                    t.get("worker_name"),
+                    t.get("config_summary") or t.get("config"),
+                    t.get("status"),
+                ]
+                for t in records
+            ],
+        )
+    return 0
+
+
+def _since(epoch_ms: Any) -> str | None:
+    """``connected_at_ms`` as a UTC time, to the second."""
+    if not isinstance(epoch_ms, (int, float)) or isinstance(epoch_ms, bool) or epoch_ms <= 0:
+        return None  # the engine's own entry has none
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def reload(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``fnmesh run --reload``: see :mod:`fnmesh.reload`."""
+    from fnmesh.reload import child_arguments, run_reloading
+
+    if args.reload_dir:
+        directories = [Path(d) for d in args.reload_dir]
+    else:
+        location = args.target.partition(":")[0]
+        script = Path(location)
+        directories = [script.resolve().parent if location.endswith(".py") else Path.cwd()]
+    missing = [str(d) for d in directories if not d.is_dir()]
+    if missing:
+        raise InvalidArgument(f"--reload-dir: no such directory: {', '.join(missing)}")
+    return run_reloading(child_arguments(argv), directories)
+
+
+# Exit codes of the commands that reach an engine (the module docstring lists them).
+EXIT_CALL_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+# The commands that reach a running engine (they take --url and read FNMESH_URL).
+REMOTE_COMMANDS = ("call", "functions", "workers", "triggers", "queues", "state")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    out = Output()
+    if args.command in REMOTE_COMMANDS:
+        args.url = args.url or default_url()
+        args.auth_token = args.auth_token or default_token()
     try:
         if args.command == "serve":
             return serve(args)
         if args.command == "run":
-            return run(args)
+            return reload(args, argv) if args.reload else run(args)
         if args.command == "queues":
             return queues(args)
         if args.command == "state":
             return state(args)
+        if args.command == "call":
+            return call(args, out)
+        if args.command in ("functions", "workers", "triggers"):
+            return listing(args, out)
+        if args.command == "completion":
+            out.line(completion_script(args.shell, parser).rstrip("\n"))
+            return 0
+    except EngineUnreachable as exc:
+        out.error(str(exc))
+        return EXIT_UNREACHABLE
+    except InvocationError as exc:
+        # A discovery call the engine refused (an engine without queues, say).
+        out.error(exc.message, exc.code)
+        return EXIT_CALL_FAILED
     except (FnmeshError, OSError) as exc:
-        print(f"fnmesh: {exc}", file=sys.stderr)
-        return 2
+        out.error(str(exc))
+        return EXIT_USAGE
     return 1  # pragma: no cover - argparse enforces a command
 
 

@@ -4,9 +4,12 @@
 //! - [`mapping`]: a request as the function's input, and the function's result as a response;
 //! - [`trigger`]: the trigger provider that turns bindings into routes and requests into calls;
 //! - `server`: the hyper listener;
+//! - `openapi`: `/openapi.json`, the routes as an OpenAPI 3.1 document, and the `/docs` page
+//!   rendering it (assets served by the engine);
 //! - [`service`]: [`HttpService`], the trigger as an engine service.
 
 pub mod mapping;
+mod openapi;
 pub mod route;
 mod server;
 pub mod service;

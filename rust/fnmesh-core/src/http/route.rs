@@ -278,6 +278,24 @@ impl<T> Node<T> {
         found
     }
 
+    /// Appends the routes of this node and its descendants.
+    fn collect<'a>(&'a self, method: &'static str, into: &mut Vec<RouteEntry<'a, T>>) {
+        if let Some(route) = &self.route {
+            into.push(RouteEntry {
+                method,
+                template: &route.template,
+                param_names: &route.param_names,
+                value: &route.value,
+            });
+        }
+        for child in self.statics.values() {
+            child.collect(method, into);
+        }
+        if let Some(param) = &self.param {
+            param.collect(method, into);
+        }
+    }
+
     /// Removes the route at `segments` if its template and owner match, pruning the nodes the
     /// removal leaves empty.
     fn remove(&mut self, segments: &[Segment], template: &str, owner: &str) -> Option<T> {
@@ -307,6 +325,19 @@ impl<T> Node<T> {
             }
         }
     }
+}
+
+/// A route listed by [`Router::entries`].
+#[derive(Debug)]
+pub struct RouteEntry<'a, T> {
+    /// The method, upper-case.
+    pub method: &'static str,
+    /// The registered template (no leading `/`).
+    pub template: &'a str,
+    /// The names of the path parameters, in path order.
+    pub param_names: &'a [String],
+    /// The value stored with the route.
+    pub value: &'a T,
 }
 
 /// The routing table of the `http` trigger: one segment trie per method.
@@ -450,6 +481,18 @@ impl<T> Router<T> {
             owner: &route.owner,
             params,
         })
+    }
+
+    /// Every route: its method, template, parameter names and value, by method (in
+    /// [`METHODS`] order) then template.
+    pub fn entries(&self) -> Vec<RouteEntry<'_, T>> {
+        let mut entries = Vec::with_capacity(self.len);
+        for (index, root) in self.roots.iter().enumerate() {
+            let start = entries.len();
+            root.collect(METHODS[index], &mut entries);
+            entries[start..].sort_by(|a, b| a.template.cmp(b.template));
+        }
+        entries
     }
 
     /// The number of routes.
@@ -797,6 +840,33 @@ mod tests {
         router.insert(pattern("GET", "a/a/a"), "t2", "y").unwrap();
         let long = "a/".repeat(1_000_000);
         assert!(router.find("GET", &long).is_none());
+    }
+
+    #[test]
+    fn entries_list_every_route_by_method_then_template() {
+        let mut router = Router::new();
+        for (method, path) in [
+            ("POST", "users"),
+            ("GET", "users/:id"),
+            ("GET", ""),
+            ("GET", "a/b"),
+        ] {
+            router.insert(pattern(method, path), "b", path).unwrap();
+        }
+        let listed: Vec<_> = router
+            .entries()
+            .iter()
+            .map(|e| (e.method, e.template, e.param_names.to_vec(), *e.value))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("GET", "", vec![], ""),
+                ("GET", "a/b", vec![], "a/b"),
+                ("GET", "users/:id", vec!["id".to_owned()], "users/:id"),
+                ("POST", "users", vec![], "users"),
+            ]
+        );
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub(crate) struct Route {
     middleware: Vec<String>,
 }
 
+/// One route as listed by [`HttpTrigger::served_routes`].
+pub(crate) struct ServedRoute {
+    /// Upper-case.
+    pub(crate) method: &'static str,
+    /// No leading `/`; parameters as `:name`.
+    pub(crate) template: String,
+    pub(crate) param_names: Vec<String>,
+    pub(crate) binding: Arc<TriggerBinding>,
+}
+
 /// The `http` trigger type: routes and the listener serving them.
 pub struct HttpTrigger {
     engine: WeakEngineRef,
@@ -99,6 +109,25 @@ impl HttpTrigger {
         &self.config
     }
 
+    /// The routes served now, with their bindings (for the OpenAPI document).
+    pub(crate) fn served_routes(&self) -> Vec<ServedRoute> {
+        read(&self.routes)
+            .entries()
+            .into_iter()
+            .map(|e| ServedRoute {
+                method: e.method,
+                template: e.template.to_owned(),
+                param_names: e.param_names.to_vec(),
+                binding: e.value.binding.clone(),
+            })
+            .collect()
+    }
+
+    /// The engine, while it runs.
+    pub(crate) fn engine(&self) -> Option<crate::engine::EngineRef> {
+        self.engine.upgrade()
+    }
+
     /// Serves one request (body already read within the limit).
     pub(crate) async fn handle(&self, request: Request) -> HttpReply {
         let found = {
@@ -108,6 +137,11 @@ impl HttpTrigger {
                 .map(|m| (m.value.clone(), m.template.to_owned(), m.params.clone()))
         };
         let Some((route, template, params)) = found else {
+            // A route of the user's wins over the engine's own pages.
+            if let Some(reply) = super::openapi::answer(self, &request.method, &request.path).await
+            {
+                return reply;
+            }
             return error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[]);
         };
         let parts = RequestParts {
