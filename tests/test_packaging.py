@@ -1,0 +1,185 @@
+"""What a user of the published package depends on: one version everywhere, the command-line entry
+points, a changelog in Keep a Changelog form, a release workflow that builds every platform's wheel
+and publishes through trusted publishing, and an ``import fnmesh`` that leaves the heavy optional
+dependencies unloaded."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import fnmesh
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cargo_version() -> str:
+    with open(ROOT / "Cargo.toml", "rb") as f:
+        version = tomllib.load(f)["workspace"]["package"]["version"]
+    assert isinstance(version, str)
+    return version
+
+
+def run_python(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=cwd or ROOT.parent
+    )
+
+
+# --- one version -----------------------------------------------------------------------------
+
+
+def test_the_version_has_one_source_cargo_toml() -> None:
+    version = cargo_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+(?:[-.]?\w+)?", version), version
+    assert fnmesh.__version__ == version
+    assert importlib.metadata.version("fnmesh") == version
+
+
+def test_fnmesh_version_prints_the_version() -> None:
+    scripts = Path(sys.executable).parent
+    done = subprocess.run([str(scripts / "fnmesh"), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"fnmesh {cargo_version()}"
+
+
+def test_python_dash_m_fnmesh_is_the_command_line() -> None:
+    done = run_python("-m", "fnmesh", "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"fnmesh {cargo_version()}"
+
+    helped = run_python("-m", "fnmesh", "--help")
+    assert helped.returncode == 0, helped.stderr
+    for command in ("serve", "run", "queues"):
+        assert command in helped.stdout
+    # The program name is the command's, not __main__.py.
+    assert helped.stdout.startswith("usage: fnmesh ")
+
+
+def test_python_dash_m_fnmesh_without_a_command_is_a_usage_error() -> None:
+    done = run_python("-m", "fnmesh")
+    assert done.returncode == 2
+    assert "usage: fnmesh" in done.stderr
+    assert "required" in done.stderr
+
+
+def test_python_dash_m_fnmesh_reports_errors_like_the_command() -> None:
+    done = run_python("-m", "fnmesh", "run", "no_such_module_here:app")
+    assert done.returncode == 2
+    assert done.stderr.startswith("fnmesh: "), done.stderr
+    assert "no_such_module_here" in done.stderr
+
+
+# --- changelog -------------------------------------------------------------------------------
+
+
+def test_changelog_follows_keep_a_changelog() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# Changelog\n")
+    assert "keepachangelog.com" in text
+    versions = re.findall(r"^## \[([^\]]+)\](.*)$", text, re.MULTILINE)
+    assert versions, "no version sections"
+    assert versions[0][0] == "Unreleased", "the first section is Unreleased"
+    for name, rest in versions[1:]:
+        assert re.fullmatch(r"\d+\.\d+\.\d+\S*", name), name
+        assert re.fullmatch(r" - \d{4}-\d{2}-\d{2}", rest), f"{name}: a release section carries its date"
+    kinds = {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
+    for kind in re.findall(r"^### (.+)$", text, re.MULTILINE):
+        assert kind in kinds, f"### {kind} is not a Keep a Changelog kind"
+    # A released version must be the one Cargo.toml gives (the release workflow checks the tag).
+    released = [name for name, _ in versions[1:]]
+    if released:
+        assert released[0] == cargo_version()
+
+
+# --- release workflow ------------------------------------------------------------------------
+
+
+def workflow() -> dict[Any, Any]:
+    loaded = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def maturin_steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in job["steps"] if str(s.get("uses", "")).startswith("PyO3/maturin-action@")]
+
+
+def test_release_workflow_runs_on_version_tags() -> None:
+    flow = workflow()
+    # YAML 1.1 reads the bare key `on` as True.
+    triggers = flow.get("on", flow.get(True))
+    assert triggers["push"]["tags"] == ["v*"]
+    assert set(triggers) == {"push", "workflow_dispatch"}, "no release from a branch push"
+
+
+def test_release_workflow_builds_every_platform_and_the_sdist() -> None:
+    jobs = workflow()["jobs"]
+    linux = jobs["linux"]
+    assert linux["strategy"]["matrix"]["target"] == ["x86_64", "aarch64"]
+    assert linux["strategy"]["matrix"]["manylinux"] == ["2014", "musllinux_1_2"]
+    (build,) = maturin_steps(linux)
+    assert build["with"]["manylinux"] == "${{ matrix.manylinux }}"
+    assert build["with"]["target"] == "${{ matrix.target }}"
+    assert any("auditwheel show" in str(s.get("run", "")) for s in linux["steps"])
+
+    macos = jobs["macos"]["strategy"]["matrix"]["include"]
+    assert sorted(entry["target"] for entry in macos) == ["aarch64", "x86_64"]
+    assert len({entry["runner"] for entry in macos}) == 2
+    (windows_build,) = maturin_steps(jobs["windows"])
+    assert windows_build["with"]["target"] == "x64"
+
+    (sdist,) = maturin_steps(jobs["sdist"])
+    assert sdist["with"]["command"] == "sdist"
+    for name in ("linux", "macos", "windows"):
+        (step,) = maturin_steps(jobs[name])
+        assert "--release" in step["with"]["args"]
+        assert "--locked" in step["with"]["args"]
+
+
+def test_release_workflow_publishes_through_trusted_publishing_only_on_a_tag() -> None:
+    jobs = workflow()["jobs"]
+    publish = jobs["publish"]
+    assert publish["if"] == "startsWith(github.ref, 'refs/tags/')"
+    assert set(publish["needs"]) == {"linux", "macos", "windows", "sdist"}
+    assert publish["permissions"] == {"id-token": "write"}
+    assert publish["environment"]["name"] == "pypi"
+    (upload,) = [
+        s for s in publish["steps"] if str(s.get("uses", "")).startswith("pypa/gh-action-pypi-publish@")
+    ]
+    # Trusted publishing: no token or password anywhere in the workflow.
+    assert "password" not in upload.get("with", {})
+    text = (ROOT / ".github" / "workflows" / "release.yml").read_text(encoding="utf-8")
+    assert "secrets." not in text
+    # Every build job uploads under the name the publish job downloads.
+    download = next(
+        s for s in publish["steps"] if str(s.get("uses", "")).startswith("actions/download-artifact@")
+    )
+    pattern = download["with"]["pattern"]
+    assert pattern == "wheels-*"
+    for name in ("linux", "macos", "windows", "sdist"):
+        uploads = [
+            s for s in jobs[name]["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact@")
+        ]
+        assert len(uploads) == 1, name
+        assert uploads[0]["with"]["name"].startswith("wheels-"), name
+
+
+def test_release_workflow_checks_the_tag_against_the_version() -> None:
+    jobs = workflow()["jobs"]
+    steps = " ".join(str(s.get("run", "")) for s in jobs["version"]["steps"])
+    assert "Cargo.toml" in steps
+    assert "GITHUB_REF_NAME" in steps
+    for name in ("linux", "macos", "windows", "sdist"):
+        assert jobs[name]["needs"] == "version"
