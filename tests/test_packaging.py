@@ -6,12 +6,14 @@ dependencies unloaded."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 import fnmesh
@@ -183,3 +185,92 @@ def test_release_workflow_checks_the_tag_against_the_version() -> None:
     assert "GITHUB_REF_NAME" in steps
     for name in ("linux", "macos", "windows", "sdist"):
         assert jobs[name]["needs"] == "version"
+
+
+# --- import footprint ------------------------------------------------------------------------
+
+HEAVY = ("opentelemetry", "httpx", "httpcore", "redis")
+
+
+def loaded_after(code: str) -> list[str]:
+    """The heavy optional dependencies loaded in a fresh interpreter after running ``code``."""
+    probe = (
+        "import json, sys\n"
+        f"{code}\n"
+        f"heavy = {list(HEAVY)!r}\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))\n"
+    )
+    done = run_python("-c", probe)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert isinstance(loaded, list)
+    return loaded
+
+
+def test_import_fnmesh_leaves_the_heavy_optional_dependencies_out() -> None:
+    assert loaded_after("import fnmesh") == []
+    # Declaring functions, routes and jobs, and the command line's parser, need none of them.
+    app = (
+        "import fnmesh, fnmesh.cli\n"
+        "app = fnmesh.App('shop')\n"
+        "@app.http('GET', '/price')\n"
+        "@app.cron('0 * * * * *')\n"
+        "@app.function('shop::price')\n"
+        "async def price(data: dict) -> dict:\n"
+        "    return data\n"
+    )
+    assert loaded_after(app) == []
+
+
+def test_an_app_without_tracing_or_external_functions_runs_without_them() -> None:
+    app = (
+        "import asyncio, fnmesh\n"
+        "app = fnmesh.App('shop')\n"
+        "@app.function('shop::price')\n"
+        "async def price(data: dict) -> dict:\n"
+        "    return {'price': data['qty'] * 3}\n"
+        "async def main() -> None:\n"
+        "    async with app:\n"
+        "        assert await app.call('shop::price', {'qty': 2}) == {'price': 6}\n"
+        "asyncio.run(main())\n"
+    )
+    assert loaded_after(app) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "loaded"),
+    [
+        # fnmesh.external (and its httpx client) is imported on first use of the name ...
+        ("import fnmesh; fnmesh.external.Retry(attempts=2)", ["httpcore", "httpx"]),
+        ("from fnmesh import external", ["httpcore", "httpx"]),
+        # ... or when an app declares an external function.
+        (
+            "import fnmesh; fnmesh.App('x').external('billing.charge', url='https://billing.example/c')",
+            ["httpcore", "httpx"],
+        ),
+        # Tracing imports opentelemetry when a tracer may exist.
+        ("import fnmesh; fnmesh.telemetry.tracer(always=True)", ["opentelemetry"]),
+        ("import opentelemetry.trace, fnmesh; fnmesh.telemetry.tracer()", ["opentelemetry"]),
+    ],
+)
+def test_the_heavy_dependencies_load_when_used(code: str, loaded: list[str]) -> None:
+    assert loaded_after(code) == loaded
+
+
+def test_an_unknown_attribute_of_fnmesh_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        _ = fnmesh.no_such_thing  # type: ignore[attr-defined]
+
+
+def test_a_tracer_provider_named_in_the_environment_is_still_found() -> None:
+    """OTEL_PYTHON_TRACER_PROVIDER configures a provider without importing opentelemetry first:
+    the app must still look for it (and so import opentelemetry)."""
+    code = (
+        "import os\n"
+        "os.environ['OTEL_PYTHON_TRACER_PROVIDER'] = 'sdk_tracer_provider'\n"
+        "import fnmesh\n"
+        "print(fnmesh.telemetry.tracer() is not None)\n"
+    )
+    done = run_python("-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
