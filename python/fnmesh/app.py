@@ -897,7 +897,8 @@ class App:
             return await run()
         try:
             return await asyncio.wait_for(run(), timeout)
-        except TimeoutError as exc:
+        # Python 3.10's asyncio.TimeoutError is not the builtin TimeoutError yet (3.11 made it one).
+        except (TimeoutError, asyncio.TimeoutError) as exc:
             if isinstance(exc, InvocationError):
                 raise
             raise InvocationTimeout(
