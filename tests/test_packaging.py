@@ -6,6 +6,7 @@ dependencies unloaded."""
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import re
 import subprocess
@@ -274,3 +275,69 @@ def test_a_tracer_provider_named_in_the_environment_is_still_found() -> None:
     done = run_python("-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+# --- wheel platform tags ---------------------------------------------------------------------
+
+
+def check_wheels_module() -> Any:
+    spec = importlib.util.spec_from_file_location("check_wheels", ROOT / "scripts" / "check_wheels.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="auditwheel audits Linux wheels")
+def test_the_built_wheels_comply_with_their_platform_tags() -> None:
+    """auditwheel on the wheel `make test` built (and on make wheels' four, when dist/ has them):
+    the native module needs no newer glibc or musl, and links no library, beyond its tag."""
+    wheels = sorted((ROOT / "dist").glob("fnmesh-*.whl"))
+    assert wheels, "no wheel in dist/: build one first (make test does)"
+    auditwheel = Path(sys.executable).parent / "auditwheel"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "check_wheels.py"), "--auditwheel", str(auditwheel)]
+        + [str(w) for w in wheels],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    verdicts = [line.split()[0] for line in done.stdout.splitlines()]
+    assert verdicts == ["ok"] * len(wheels), done.stdout
+
+
+@pytest.mark.parametrize(
+    ("claimed", "audited", "problem"),
+    [
+        (["manylinux_2_17_x86_64", "manylinux2014_x86_64"], "manylinux_2_17_x86_64", None),
+        (["manylinux_2_34_x86_64"], "manylinux_2_17_x86_64", None),
+        (["musllinux_1_2_aarch64"], "musllinux_1_2_aarch64", None),
+        # Linked against this machine's glibc, named as manylinux2014: refused.
+        (["manylinux2014_x86_64"], "manylinux_2_34_x86_64", "the code needs manylinux_2_34_x86_64"),
+        # A glibc build named as musl, or the wrong architecture.
+        (["musllinux_1_2_x86_64"], "manylinux_2_17_x86_64", "the code is manylinux x86_64"),
+        (["manylinux2014_aarch64"], "manylinux_2_17_x86_64", "the code is manylinux x86_64"),
+        # A library outside every policy: auditwheel allows only the plain linux tag.
+        (["manylinux2014_x86_64"], "linux_x86_64", "libraries outside every policy"),
+        (["linux_x86_64"], "manylinux_2_17_x86_64", "not a manylinux or musllinux tag"),
+    ],
+)
+def test_the_wheel_check_compares_the_claimed_tag_with_auditwheels(
+    claimed: list[str], audited: str, problem: str | None
+) -> None:
+    found = check_wheels_module().problems(claimed, audited)
+    if problem is None:
+        assert found == []
+    else:
+        assert found
+        assert problem in found[0]
+
+
+def test_the_wheel_check_reads_the_tags_of_a_wheel_file_name() -> None:
+    check = check_wheels_module()
+    name = "fnmesh-0.1.0-cp310-abi3-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"
+    assert check.platform_tags(Path(name)) == ["manylinux_2_17_aarch64", "manylinux2014_aarch64"]
+    with pytest.raises(ValueError, match="not a wheel file name"):
+        check.platform_tags(Path("fnmesh.whl"))
