@@ -135,7 +135,7 @@ def test_release_workflow_builds_every_platform_and_the_sdist() -> None:
     (build,) = maturin_steps(linux)
     assert build["with"]["manylinux"] == "${{ matrix.manylinux }}"
     assert build["with"]["target"] == "${{ matrix.target }}"
-    assert any("auditwheel show" in str(s.get("run", "")) for s in linux["steps"])
+    assert any("scripts/check_wheels.py" in str(s.get("run", "")) for s in linux["steps"])
 
     macos = jobs["macos"]["strategy"]["matrix"]["include"]
     assert sorted(entry["target"] for entry in macos) == ["aarch64", "x86_64"]
@@ -341,3 +341,55 @@ def test_the_wheel_check_reads_the_tags_of_a_wheel_file_name() -> None:
     assert check.platform_tags(Path(name)) == ["manylinux_2_17_aarch64", "manylinux2014_aarch64"]
     with pytest.raises(ValueError, match="not a wheel file name"):
         check.platform_tags(Path("fnmesh.whl"))
+
+
+# --- what the README promises ----------------------------------------------------------------
+
+
+def readme_install_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"^## Install\n(.*?)^## ", text, re.MULTILINE | re.DOTALL)
+    assert m, "README.md has no Install section"
+    return m.group(1)
+
+
+def tested_python_versions() -> list[str]:
+    script = (ROOT / "scripts" / "test_pythons.sh").read_text(encoding="utf-8")
+    m = re.search(r"^VERSIONS=\(([^)]*)\)", script, re.MULTILINE)
+    assert m
+    return m.group(1).split()
+
+
+def test_the_readme_names_the_python_versions_the_tests_run_on() -> None:
+    versions = tested_python_versions()
+    assert versions == ["3.10", "3.11", "3.12", "3.13"]
+    section = readme_install_section()
+    assert "CPython " + ", ".join(versions[:-1]) + " and " + versions[-1] in section
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["requires-python"] == f">={versions[0]}"
+    classified = [
+        c.rsplit(" :: ", 1)[1] for c in project["classifiers"] if re.fullmatch(r"Programming .*:: 3\.\d+", c)
+    ]
+    assert classified == versions
+    # The abi3 floor the binding compiles against is the lowest tested version.
+    cargo = (ROOT / "Cargo.toml").read_text(encoding="utf-8")
+    assert f'"abi3-py{versions[0].replace(".", "")}"' in cargo
+
+
+def test_the_readme_names_the_platforms_the_release_builds() -> None:
+    section = readme_install_section()
+    jobs = workflow()["jobs"]
+    matrix = jobs["linux"]["strategy"]["matrix"]
+    for tag in matrix["manylinux"]:
+        assert ("manylinux" + tag if tag.isdigit() else tag) in section
+    for arch in matrix["target"]:
+        assert arch in section
+    assert "macOS" in section
+    assert "x86_64, arm64" in section  # the macOS row, as the workflow's two runners
+    assert sorted(e["target"] for e in jobs["macos"]["strategy"]["matrix"]["include"]) == [
+        "aarch64",
+        "x86_64",
+    ]
+    assert "Windows" in section
+    assert "pip install fnmesh" in section
