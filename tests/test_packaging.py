@@ -353,7 +353,7 @@ def readme_install_section() -> str:
     return m.group(1)
 
 
-def tested_python_versions() -> list[str]:
+def python_versions_tested() -> list[str]:
     script = (ROOT / "scripts" / "test_pythons.sh").read_text(encoding="utf-8")
     m = re.search(r"^VERSIONS=\(([^)]*)\)", script, re.MULTILINE)
     assert m
@@ -361,7 +361,7 @@ def tested_python_versions() -> list[str]:
 
 
 def test_the_readme_names_the_python_versions_the_tests_run_on() -> None:
-    versions = tested_python_versions()
+    versions = python_versions_tested()
     assert versions == ["3.10", "3.11", "3.12", "3.13"]
     section = readme_install_section()
     assert "CPython " + ", ".join(versions[:-1]) + " and " + versions[-1] in section
