@@ -226,7 +226,7 @@ def test_import_fnmesh_leaves_the_heavy_optional_dependencies_out() -> None:
 def test_an_app_without_tracing_or_external_functions_runs_without_them() -> None:
     app = (
         "import asyncio, fnmesh\n"
-        "app = fnmesh.App('shop')\n"
+        "app = fnmesh.App('shop', port=0, log_level='warn')\n"
         "@app.function('shop::price')\n"
         "async def price(data: dict) -> dict:\n"
         "    return {'price': data['qty'] * 3}\n"
