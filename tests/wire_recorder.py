@@ -92,8 +92,6 @@ TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
 STACK_FRAME_RE = re.compile(r'File "(?:[^"]*[/\\])?([^"/\\]*)", line \d+')
 # A frame of the interpreter's own library (contextlib's, asyncio's): its text differs by version.
 STDLIB_FRAME_RE = re.compile(r'^  File "[^"]*[/\\]lib[/\\]python3\.\d+[/\\](?!site-packages)')
-# The column markers under a frame's source line (Python 3.11+ prints them, 3.10 does not).
-MARKER_LINE_RE = re.compile(r"^\s*[\^~]+\s*$")
 
 
 class RecordingError(RuntimeError):
@@ -114,7 +112,7 @@ def normalise(frame: dict[str, Any]) -> dict[str, Any]:
     * ``reattach_token`` values (the engine's secret) by ``"<reattach-token>"``;
     * inside ``stacktrace`` strings, the directory of every ``File "..."`` and the line number
       (``File "<dir>/iii.py", line <n>``): the checkout and site-packages paths differ per machine;
-      the frames of Python's own library and the ``^^^`` column markers are left out, as they
+      the frames of Python's own library and every frame's source excerpt are left out, as they
       differ between the supported Python versions (``make test-all-pythons``);
     * in the ``engine::workers::register`` payload, the worker's ``pid`` and ``os`` (kernel
       release) telemetry.
@@ -151,21 +149,15 @@ def _normalise_value(value: Any, key: str | None) -> Any:
 
 
 def _portable_stacktrace(text: str) -> str:
-    """``text`` without the frames of Python's own library and without column markers."""
-    kept: list[str] = []
-    in_stdlib_frame = False
-    for line in text.splitlines(keepends=True):
-        if MARKER_LINE_RE.match(line):
-            continue
-        if line.startswith("  File "):
-            in_stdlib_frame = STDLIB_FRAME_RE.match(line) is not None
-            if in_stdlib_frame:
-                continue
-        elif in_stdlib_frame and line.startswith("    "):
-            continue
-        else:
-            in_stdlib_frame = False
-        kept.append(line)
+    """``text`` with each frame's header (file and function) and the exceptions, without the
+    source excerpts under the headers (their markers and elisions differ by Python version) and
+    without the frames of Python's own library."""
+    kept = [
+        line
+        for line in text.splitlines(keepends=True)
+        # a frame's source excerpt, or a frame of Python's own library
+        if not line.startswith("    ") and not STDLIB_FRAME_RE.match(line)
+    ]
     return "".join(kept)
 
 
