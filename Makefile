@@ -1,4 +1,4 @@
-.PHONY: run test lint typecheck bench bench-quick bench-rust fmt fuzz soak
+.PHONY: run test test-all-pythons wheels lint typecheck bench bench-quick bench-rust fmt fuzz soak
 
 # The Python that runs the benchmarks (with fnmesh[bench] installed); e.g. PYTHON=/work/venv/bin/python
 PYTHON ?= .venv-test/bin/python
@@ -8,6 +8,12 @@ run:  ## the main job on the embedded default
 
 test:  ## build the wheel, install it in a fresh venv, run cargo test, linters and pytest
 	bash scripts/test.sh
+
+test-all-pythons:  ## the same abi3 wheel in a fresh venv per CPython 3.10-3.13 (pyenv), pytest in each
+	bash scripts/test_pythons.sh $(ARGS)
+
+wheels:  ## manylinux2014 + musllinux_1_2 wheels, x86_64 + aarch64, into dist/ (zig linker), auditwheel-checked
+	bash scripts/wheels.sh
 
 # Time of the fuzz targets together, in seconds (`make test` runs them for 20 s in a debug build).
 FNMESH_FUZZ_SECONDS ?= 300
@@ -23,7 +29,7 @@ typecheck:  ## mypy --strict and stubtest of _native.pyi against the installed w
 
 fmt:  ## format Rust and Python
 	cargo fmt --all
-	ruff format python tests benches examples
+	ruff format python tests benches examples scripts
 
 bench:  ## the benchmark suite E1-E6: benches/results/RESULTS.md and charts (under 20 min)
 	cargo build --release -p fnmesh-benches --bins

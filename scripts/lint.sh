@@ -14,8 +14,8 @@ mode=${1:-all}
 style() {
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
-    ruff check python tests benches examples
-    ruff format --check python tests benches examples
+    ruff check python tests benches examples scripts
+    ruff format --check python tests benches examples scripts
 }
 
 types() {

@@ -68,6 +68,11 @@ if [ "$rc" -ne 0 ]; then
     exit "$rc"
 fi
 
+step "every supported Python: the same wheel, import and smoke subset (scripts/test_pythons.sh)"
+# The full suite ran above on $venv's Python; make test-all-pythons runs it on every version.
+own=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+bash scripts/test_pythons.sh --wheel "$wheel" --smoke --skip-missing --except "$own"
+
 step "benchmark smoke: make bench-quick's E1 row (the suite must not rot; no timing is asserted)"
 cargo build --release --locked -p fnmesh-benches --bins
 "$venv/bin/python" benches/suite.py --quick --only E1

@@ -90,6 +90,8 @@ ENGINE_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 STACK_FRAME_RE = re.compile(r'File "(?:[^"]*[/\\])?([^"/\\]*)", line \d+')
+# A frame of the interpreter's own library (contextlib's, asyncio's): its text differs by version.
+STDLIB_FRAME_RE = re.compile(r'^  File "[^"]*[/\\]lib[/\\]python3\.\d+[/\\](?!site-packages)')
 
 
 class RecordingError(RuntimeError):
@@ -110,6 +112,8 @@ def normalise(frame: dict[str, Any]) -> dict[str, Any]:
     * ``reattach_token`` values (the engine's secret) by ``"<reattach-token>"``;
     * inside ``stacktrace`` strings, the directory of every ``File "..."`` and the line number
       (``File "<dir>/iii.py", line <n>``): the checkout and site-packages paths differ per machine;
+      the frames of Python's own library and every frame's source excerpt are left out, as they
+      differ between the supported Python versions (``make test-all-pythons``);
     * in the ``engine::workers::register`` payload, the worker's ``pid`` and ``os`` (kernel
       release) telemetry.
 
@@ -138,10 +142,23 @@ def _normalise_value(value: Any, key: str | None) -> Any:
     if key == "traceparent" and TRACEPARENT_RE.fullmatch(value):
         return "<traceparent>"
     if key == "stacktrace":
-        return STACK_FRAME_RE.sub(r'File "<dir>/\1", line <n>', value)
+        return STACK_FRAME_RE.sub(r'File "<dir>/\1", line <n>', _portable_stacktrace(value))
     if UUID_RE.fullmatch(value):
         return "<uuid>"
     return value
+
+
+def _portable_stacktrace(text: str) -> str:
+    """``text`` with each frame's header (file and function) and the exceptions, without the
+    source excerpts under the headers (their markers and elisions differ by Python version) and
+    without the frames of Python's own library."""
+    kept = [
+        line
+        for line in text.splitlines(keepends=True)
+        # a frame's source excerpt, or a frame of Python's own library
+        if not line.startswith("    ") and not STDLIB_FRAME_RE.match(line)
+    ]
+    return "".join(kept)
 
 
 # --- the stand-in engine -----------------------------------------------------------------------

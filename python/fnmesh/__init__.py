@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fnmesh import auth, external
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from fnmesh import auth
 from fnmesh._native import FunctionInfo, FunctionsRegistry, Replica, __version__
 from fnmesh.app import App
 from fnmesh.context import Context
@@ -36,6 +40,9 @@ from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
 from fnmesh.state import State, StateChange, StateEvent
 from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
+
+if TYPE_CHECKING:
+    from fnmesh import external
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -82,3 +89,11 @@ __all__ = [
     "auth",
     "external",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``fnmesh.external`` is imported on first use: it brings httpx and httpcore, most of
+    ``import fnmesh``'s time, which an app without external functions never needs."""
+    if name == "external":
+        return importlib.import_module("fnmesh.external")
+    raise AttributeError(f"module 'fnmesh' has no attribute {name!r}")

@@ -32,10 +32,9 @@ import signal
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic_core
-from opentelemetry.trace import SpanKind, Tracer, TracerProvider
 
 from fnmesh import _native, telemetry
 from fnmesh.auth import Auth
@@ -51,12 +50,18 @@ from fnmesh.errors import (
     RemoteError,
     invocation_error,
 )
-from fnmesh.external import ExternalSpec, Retry
 from fnmesh.results import LocalOutcome
 from fnmesh.schema import HandlerSpec, inspect_handler
 from fnmesh.serving import Server, external_formats, span_attributes
 from fnmesh.state import State
 from fnmesh.triggers import TriggerType
+
+if TYPE_CHECKING:
+    # Imported when used (tracing, an external function), not by `import fnmesh`: together they
+    # are most of its import time (CHANGELOG.md, tests/test_packaging.py).
+    from opentelemetry.trace import Tracer, TracerProvider
+
+    from fnmesh.external import ExternalSpec, Retry
 
 __all__ = ["App"]
 
@@ -265,6 +270,8 @@ class App:
             )
         if isinstance(retries, bool):
             raise InvalidArgument(f"retries: expected a Retry or a number of attempts, got {retries!r}")
+        from fnmesh.external import ExternalSpec, Retry
+
         retry = Retry(attempts=retries) if isinstance(retries, int) else retries
         spec = ExternalSpec(
             url=url, method=method, timeout=timeout, headers=dict(headers or {}), auth=auth, retry=retry
@@ -777,6 +784,8 @@ class App:
         timeout: float | None,
         metadata: dict[str, Any] | None,
     ) -> Any:
+        from opentelemetry.trace import SpanKind  # loaded already: a tracer exists
+
         with tracer.start_as_current_span(
             f"call {function_id}", kind=SpanKind.CLIENT, attributes=span_attributes(self.name, function_id)
         ) as span:
@@ -826,6 +835,8 @@ class App:
         if self._tracer is None:
             self._send(function_id, data, metadata, None, None)
             return
+        from opentelemetry.trace import SpanKind  # loaded already: a tracer exists
+
         with self._tracer.start_as_current_span(
             f"call {function_id}", kind=SpanKind.PRODUCER, attributes=span_attributes(self.name, function_id)
         ):
@@ -938,7 +949,8 @@ class App:
             return await run()
         try:
             return await asyncio.wait_for(run(), timeout)
-        except TimeoutError as exc:
+        # Python 3.10's asyncio.TimeoutError is not the builtin TimeoutError yet (3.11 made it one).
+        except (TimeoutError, asyncio.TimeoutError) as exc:
             if isinstance(exc, InvocationError):
                 raise
             raise InvocationTimeout(

@@ -19,9 +19,7 @@ import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
-
-from opentelemetry.trace import Span, Tracer
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fnmesh import _native, telemetry
 from fnmesh.context import Answer, Context
@@ -33,10 +31,15 @@ from fnmesh.errors import (
     ValidationFailed,
     invocation_error,
 )
-from fnmesh.external import ExternalFunctions, ExternalSpec, PreparedExternal, Security
 from fnmesh.results import Deferred
 from fnmesh.schema import HandlerSpec
 from fnmesh.triggers import Binding, TriggerType
+
+if TYPE_CHECKING:
+    # Imported when used (tracing, external functions), not by `import fnmesh`.
+    from opentelemetry.trace import Span, Tracer
+
+    from fnmesh.external import ExternalFunctions, ExternalSpec, PreparedExternal, Security
 
 __all__ = ["Server", "span_attributes"]
 
@@ -193,6 +196,8 @@ class Server:
         ``config`` is the engine's :class:`fnmesh.EngineConfig`."""
         if not externals and not config.external_functions:
             return
+        from fnmesh.external import ExternalFunctions, Security
+
         allowlist = config.external_url_allowlist
         # The app's own functions were written by the operator: any host unless the allowlist
         # says otherwise, any environment variable.
@@ -545,6 +550,8 @@ class Server:
         if host is None:
             event.refuse("external_functions_disabled", f"app {self.name!r} serves no external functions")
             return
+        from fnmesh.external import ExternalSpec  # loaded with the host
+
         try:
             spec = ExternalSpec.from_wire(json.loads(event.invocation))
             if self._worker_security is None:

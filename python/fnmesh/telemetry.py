@@ -10,23 +10,25 @@ invocation arriving with them runs inside that context, so a chain of calls acro
 is one trace.
 
 When no tracer provider is configured as the app starts, the app skips all of this: a call pays
-one ``is None`` test.
+one ``is None`` test. ``import fnmesh`` does not import opentelemetry: this module imports it when
+a tracer is asked for and something may have configured one (opentelemetry is already imported,
+a provider is passed, or ``OTEL_PYTHON_TRACER_PROVIDER`` names one).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from importlib.metadata import entry_points
-from typing import Any
-
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from typing import TYPE_CHECKING, Any
 
 from fnmesh.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace import Span, Tracer, TracerProvider
 
 __all__ = [
     "configure_from_env",
@@ -50,6 +52,10 @@ def tracer(provider: TracerProvider | None = None, *, always: bool = False) -> T
     its spans record nothing)."""
     from fnmesh import __version__
 
+    if provider is None and not always and not _may_be_configured():
+        return None
+    from opentelemetry import trace
+
     if provider is not None:
         return provider.get_tracer("fnmesh", __version__)
     if not always and isinstance(
@@ -59,9 +65,18 @@ def tracer(provider: TracerProvider | None = None, *, always: bool = False) -> T
     return trace.get_tracer("fnmesh", __version__)
 
 
+def _may_be_configured() -> bool:
+    """Whether a global tracer provider may be set: only through opentelemetry (then imported
+    already, by whoever set it) or ``OTEL_PYTHON_TRACER_PROVIDER``, which opentelemetry reads
+    when it is first asked for the provider."""
+    return "opentelemetry.trace" in sys.modules or bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
+
+
 def outgoing() -> tuple[str | None, str | None]:
     """The ``traceparent`` and ``baggage`` values of the current context, for a call that
     leaves the process (through the configured propagators, W3C by default)."""
+    from opentelemetry import propagate
+
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get(_TRACEPARENT), carrier.get(_BAGGAGE)
@@ -69,6 +84,9 @@ def outgoing() -> tuple[str | None, str | None]:
 
 def incoming(traceparent: str | None, baggage: str | None) -> otel_context.Context:
     """The context an invocation arrived with (empty when it carried none)."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate
+
     carrier: dict[str, str] = {}
     if traceparent:
         carrier[_TRACEPARENT] = traceparent
@@ -89,6 +107,9 @@ def execute_span(
 
     ``parent`` is the context the invocation arrived with (its baggage becomes current too);
     None continues the current context (a call inside the process)."""
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace import SpanKind
+
     token = otel_context.attach(parent) if parent is not None else None
     try:
         with tracer.start_as_current_span(
@@ -102,6 +123,8 @@ def execute_span(
 
 def failed(span: Span, code: str | None, message: str) -> None:
     """Marks ``span`` as failed with an invocation error code."""
+    from opentelemetry.trace import Status, StatusCode
+
     if code is not None:
         span.set_attribute("fnmesh.error.code", code)
     span.set_status(Status(StatusCode.ERROR, f"{code}: {message}" if code else message))
@@ -122,6 +145,10 @@ def configure_from_env(service_name: str | None = None) -> bool:
     names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
     if not names or names == ["none"]:
         return False
+    from importlib.metadata import entry_points
+
+    from opentelemetry import trace
+
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         log.info("a tracer provider is already set; OTEL_TRACES_EXPORTER left to it")
         return False
@@ -157,6 +184,10 @@ def configure_from_env(service_name: str | None = None) -> bool:
 
 def shutdown() -> None:
     """Flushes and shuts down the global tracer provider, if it is an SDK one."""
+    if "opentelemetry.trace" not in sys.modules:
+        return  # nothing imported opentelemetry, so nothing set a provider
+    from opentelemetry import trace
+
     provider = trace.get_tracer_provider()
     stop = getattr(provider, "shutdown", None)
     if callable(stop):
