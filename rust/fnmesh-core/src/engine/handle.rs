@@ -203,6 +203,11 @@ impl EngineRef {
         Ok(removed)
     }
 
+    /// The data channels (docs/protocol.md 1.7): a service makes the channels it hands out here.
+    pub fn channels(&self) -> &Arc<crate::channels::ChannelHub> {
+        &self.shared.channels
+    }
+
     /// The configuration the engine started with (a service reads its settings here).
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config

@@ -4,12 +4,14 @@
 //! - [`mapping`]: a request as the function's input, and the function's result as a response;
 //! - [`trigger`]: the trigger provider that turns bindings into routes and requests into calls;
 //! - `server`: the hyper listener;
+//! - `stream`: request and response bodies streamed through data channels;
 //! - [`service`]: [`HttpService`], the trigger as an engine service.
 
 pub mod mapping;
 pub mod route;
 mod server;
 pub mod service;
+mod stream;
 pub mod trigger;
 
 pub use service::HttpService;

@@ -1,0 +1,264 @@
+//! Streaming HTTP through data channels (docs/protocol.md 6.3): every request's body is fed into
+//! its `request_body` channel as it arrives, and a handler may answer through its `response`
+//! channel (text items `set_status` / `set_headers`, then binary body chunks) instead of
+//! returning the buffered mapping.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use super::mapping::HttpReply;
+use crate::channels::{ChannelHub, ChannelReader, ChannelWriter, Direction, Item};
+use crate::function::Outcome;
+
+/// Items the engine's HTTP channels hold (iii's size for them).
+pub(crate) const HTTP_CHANNEL_ITEMS: usize = 64;
+/// Largest item the engine feeds into a `request_body` channel (the SDKs' chunk size).
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The response body hyper sends: a buffered one or a stream.
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A buffered body.
+pub(crate) fn full(body: Vec<u8>) -> ResponseBody {
+    Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Where a request's body comes from.
+pub(crate) enum BodySource {
+    /// Read already (JSON bodies, parsed into `body` too).
+    Buffered(Bytes),
+    /// Still arriving, read as the channel's reader takes it.
+    Incoming {
+        body: Incoming,
+        limit: usize,
+        idle: Duration,
+    },
+}
+
+/// A task that dies with the request it serves.
+pub(crate) struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Takes a channel's unclaimed ends out of the hub when the request is over: whoever holds a
+/// claimed end sees its end, nobody can claim one afterwards.
+pub(crate) struct Cleanup {
+    hub: Arc<ChannelHub>,
+    ids: [String; 2],
+}
+
+impl Cleanup {
+    pub(crate) fn new(hub: Arc<ChannelHub>, ids: [String; 2]) -> Cleanup {
+        Cleanup { hub, ids }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            self.hub.remove(id);
+        }
+    }
+}
+
+/// Feeds the body into the `request_body` channel; stops when its reader is gone.
+pub(crate) fn feed(source: BodySource, writer: ChannelWriter) -> Task {
+    Task(tokio::spawn(async move {
+        match source {
+            BodySource::Buffered(bytes) => {
+                let mut at = 0;
+                while at < bytes.len() {
+                    let end = (at + CHUNK_BYTES).min(bytes.len());
+                    if writer
+                        .send(Item::Binary(bytes.slice(at..end)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    at = end;
+                }
+                writer.finish();
+            }
+            BodySource::Incoming {
+                mut body,
+                limit,
+                idle,
+            } => {
+                let mut len = 0usize;
+                loop {
+                    let frame = match tokio::time::timeout(idle, body.frame()).await {
+                        Err(_) => {
+                            let ms = idle.as_millis();
+                            return writer.abort(format!("no request body bytes for {ms} ms"));
+                        }
+                        Ok(None) => return writer.finish(),
+                        Ok(Some(Err(e))) => {
+                            return writer.abort(format!("the request body failed: {e}"))
+                        }
+                        Ok(Some(Ok(frame))) => frame,
+                    };
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    len += data.len();
+                    if len > limit {
+                        return writer.abort(format!("the request body exceeds {limit} bytes"));
+                    }
+                    if !data.is_empty() && writer.send(Item::Binary(data)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// A response the handler streams: status and headers are known, the body follows.
+pub(crate) struct Streaming {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    first: Bytes,
+    reader: ChannelReader,
+    /// The request body's feeder and the channels' cleanup live as long as the body streams.
+    keep: (Option<Task>, Cleanup),
+}
+
+impl Streaming {
+    /// The body: the first chunk, then every binary item until the writer finishes; a writer
+    /// that fails cuts the response short (the client sees a broken body, never a clean end).
+    /// Text items after the first chunk are ignored.
+    pub(crate) fn into_body(self) -> ResponseBody {
+        let state = (Some(self.first), self.reader, self.keep);
+        let stream = futures_util::stream::unfold(state, |(first, mut reader, keep)| async move {
+            if let Some(first) = first {
+                return Some((Ok(Frame::data(first)), (None, reader, keep)));
+            }
+            loop {
+                match reader.recv().await {
+                    Some(Ok(Item::Binary(bytes))) => {
+                        return Some((Ok(Frame::data(bytes)), (None, reader, keep)))
+                    }
+                    Some(Ok(Item::Text(_))) => continue,
+                    None => return None,
+                    Some(Err(e)) => {
+                        debug!("streamed response cut short: {e}");
+                        let error = std::io::Error::other(e.to_string());
+                        return Some((Err(error), (None, reader, keep)));
+                    }
+                }
+            }
+        });
+        BodyExt::boxed_unsync(StreamBody::new(stream))
+    }
+}
+
+/// How a request with channels was answered.
+pub(crate) enum Reply {
+    /// The buffered mapping (docs/protocol.md 6.3).
+    Buffered(HttpReply),
+    /// Through the `response` channel.
+    Streaming(Streaming),
+}
+
+impl From<HttpReply> for Reply {
+    fn from(reply: HttpReply) -> Reply {
+        Reply::Buffered(reply)
+    }
+}
+
+/// Races the handler's call against its `response` channel: the first binary chunk commits a
+/// streamed response; a non-null result that comes first is the buffered answer; a null result
+/// leaves the answer to the channel when the handler took its write end (else it is `200 {}`,
+/// as before channels existed).
+pub(crate) async fn answer(
+    call: impl Future<Output = Outcome>,
+    mut reader: ChannelReader,
+    response_id: &str,
+    keep: (Option<Task>, Cleanup),
+    map: impl FnOnce(Outcome) -> HttpReply,
+) -> Reply {
+    let mut status = 200u16;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut returned: Option<Outcome> = None;
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            biased;
+            item = reader.recv() => match item {
+                Some(Ok(Item::Text(text))) => control(&text, &mut status, &mut headers),
+                Some(Ok(Item::Binary(first))) => {
+                    return Reply::Streaming(Streaming { status, headers, first, reader, keep });
+                }
+                end => {
+                    // The writer is done without a body chunk: the call's answer decides,
+                    // unless it is null, then the status and headers sent (empty body).
+                    let outcome = match returned {
+                        Some(outcome) => outcome,
+                        None => call.await,
+                    };
+                    let null = matches!(&outcome, Outcome::Success(r) if is_null(r.as_deref()));
+                    if null && end.is_none() {
+                        return Reply::Buffered(HttpReply { status, headers, body: Vec::new() });
+                    }
+                    return Reply::Buffered(map(outcome));
+                }
+            },
+            outcome = &mut call, if returned.is_none() => {
+                let null = matches!(&outcome, Outcome::Success(r) if is_null(r.as_deref()));
+                if null && keep.1.hub.is_claimed(response_id, Direction::Write) {
+                    returned = Some(outcome);
+                    continue;
+                }
+                return Reply::Buffered(map(outcome));
+            }
+        }
+    }
+}
+
+fn is_null(raw: Option<&serde_json::value::RawValue>) -> bool {
+    raw.is_none_or(|r| r.get().trim() == "null")
+}
+
+/// Applies one control item: `{"type":"set_status","status_code":n}` (100..=599) or
+/// `{"type":"set_headers","headers":{name: value}}`; anything else is ignored.
+fn control(text: &str, status: &mut u16, headers: &mut Vec<(String, String)>) {
+    let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    match msg.get("type").and_then(Value::as_str) {
+        Some("set_status") => {
+            if let Some(code) = msg.get("status_code").and_then(Value::as_u64) {
+                if (100..=599).contains(&code) {
+                    *status = code as u16;
+                }
+            }
+        }
+        Some("set_headers") => {
+            if let Some(Value::Object(map)) = msg.get("headers") {
+                for (name, value) in map {
+                    if let Some(value) = value.as_str() {
+                        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                        headers.push((name.clone(), value.to_owned()));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
