@@ -3,10 +3,10 @@
 The iii-sdk sdist on PyPI ships the tests its authors run against their engine (they connect to
 ``III_URL``). The ones covering what the engine does today (worker connection, register/invoke,
 void calls, discovery, not-found, trigger types provided by one worker and bound by another,
-provider reconnects, the HTTP trigger (buffered and streamed), data channels, healthcheck, middleware and external HTTP
-functions) must pass unchanged
-against fnmesh. The sdist is fetched with pip into a
-temporary directory at test time, for the iii-sdk version installed here; nothing of it is kept.
+provider reconnects, the HTTP trigger (buffered and streamed), data channels, healthcheck,
+middleware and external HTTP functions) must pass unchanged against fnmesh. The sdist is fetched
+with pip into a temporary directory at test time, for the iii-sdk version installed here; nothing
+of it is kept.
 """
 
 from __future__ import annotations

@@ -457,7 +457,9 @@ mod tests {
         writer.send(Item::Text("2".into())).await.unwrap();
         let third = writer.send(Item::Text("3".into()));
         tokio::pin!(third);
-        assert!(futures_util::future::poll_immediate(third.as_mut()).await.is_none());
+        assert!(futures_util::future::poll_immediate(third.as_mut())
+            .await
+            .is_none());
         assert!(reader.recv().await.is_some());
         third.await.unwrap();
         // Bytes bound it too: one item of the whole budget blocks the next.
@@ -468,7 +470,9 @@ mod tests {
             .unwrap();
         let next = writer.send(Item::Binary(Bytes::from_static(b"x")));
         tokio::pin!(next);
-        assert!(futures_util::future::poll_immediate(next.as_mut()).await.is_none());
+        assert!(futures_util::future::poll_immediate(next.as_mut())
+            .await
+            .is_none());
         assert!(reader.recv().await.is_some());
         next.await.unwrap();
     }
@@ -479,7 +483,9 @@ mod tests {
         writer.send(Item::Text("1".into())).await.unwrap();
         let waiting = writer.send(Item::Text("2".into()));
         tokio::pin!(waiting);
-        assert!(futures_util::future::poll_immediate(waiting.as_mut()).await.is_none());
+        assert!(futures_util::future::poll_immediate(waiting.as_mut())
+            .await
+            .is_none());
         drop(reader);
         assert_eq!(waiting.await, Err(ChannelError::ReaderGone));
     }

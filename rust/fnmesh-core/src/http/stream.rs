@@ -12,12 +12,14 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::mapping::HttpReply;
+use super::mapping::{error_reply, HttpReply};
 use crate::channels::{ChannelHub, ChannelReader, ChannelWriter, Direction, Item};
 use crate::function::Outcome;
+use crate::protocol::ErrorCode;
 
 /// Items the engine's HTTP channels hold (iii's size for them).
 pub(crate) const HTTP_CHANNEL_ITEMS: usize = 64;
@@ -46,12 +48,42 @@ pub(crate) enum BodySource {
     },
 }
 
-/// A task that dies with the request it serves.
-pub(crate) struct Task(JoinHandle<()>);
+/// How the feeding of a request body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// Every byte was handed to the channel.
+    Complete,
+    /// Nobody reads the channel any more.
+    ReaderGone,
+    /// No bytes arrived for the idle timeout (408).
+    Idle(Duration),
+    /// The body passed the limit (413).
+    TooLarge(usize),
+    /// The client's connection failed.
+    Failed,
+}
+
+/// The request body's feeder: a task that dies with the request it serves, and how it ended.
+pub(crate) struct Task {
+    task: JoinHandle<()>,
+    end: watch::Receiver<Option<BodyEnd>>,
+}
+
+impl Task {
+    /// Waits until the body is read or failed: bounded by the body limit and idle timeout
+    /// (and by the request's timeout around it).
+    async fn ended(&mut self) -> Option<BodyEnd> {
+        self.end
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| *v)
+    }
+}
 
 impl Drop for Task {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -78,55 +110,85 @@ impl Drop for Cleanup {
 
 /// Feeds the body into the `request_body` channel; stops when its reader is gone.
 pub(crate) fn feed(source: BodySource, writer: ChannelWriter) -> Task {
-    Task(tokio::spawn(async move {
-        match source {
-            BodySource::Buffered(bytes) => {
-                let mut at = 0;
-                while at < bytes.len() {
-                    let end = (at + CHUNK_BYTES).min(bytes.len());
-                    if writer
-                        .send(Item::Binary(bytes.slice(at..end)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    at = end;
+    let (report, end) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let ended = pump(source, writer).await;
+        let _ = report.send(Some(ended));
+    });
+    Task { task, end }
+}
+
+async fn pump(source: BodySource, writer: ChannelWriter) -> BodyEnd {
+    match source {
+        BodySource::Buffered(bytes) => {
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = (at + CHUNK_BYTES).min(bytes.len());
+                if writer
+                    .send(Item::Binary(bytes.slice(at..end)))
+                    .await
+                    .is_err()
+                {
+                    return BodyEnd::ReaderGone;
                 }
-                writer.finish();
+                at = end;
             }
-            BodySource::Incoming {
-                mut body,
-                limit,
-                idle,
-            } => {
-                let mut len = 0usize;
-                loop {
-                    let frame = match tokio::time::timeout(idle, body.frame()).await {
-                        Err(_) => {
-                            let ms = idle.as_millis();
-                            return writer.abort(format!("no request body bytes for {ms} ms"));
+            writer.finish();
+            BodyEnd::Complete
+        }
+        BodySource::Incoming {
+            mut body,
+            limit,
+            idle,
+        } => {
+            // Once nobody reads the channel, the rest of the body is still read (and dropped)
+            // within the same limits, so that it ends as a whole body, a stall or an overrun.
+            let mut writer = Some(writer);
+            let mut len = 0usize;
+            loop {
+                let frame = match tokio::time::timeout(idle, body.frame()).await {
+                    Err(_) => {
+                        let ms = idle.as_millis();
+                        if let Some(w) = writer {
+                            w.abort(format!("no request body bytes for {ms} ms"));
                         }
-                        Ok(None) => return writer.finish(),
-                        Ok(Some(Err(e))) => {
-                            return writer.abort(format!("the request body failed: {e}"))
-                        }
-                        Ok(Some(Ok(frame))) => frame,
-                    };
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers
-                    };
-                    len += data.len();
-                    if len > limit {
-                        return writer.abort(format!("the request body exceeds {limit} bytes"));
+                        return BodyEnd::Idle(idle);
                     }
-                    if !data.is_empty() && writer.send(Item::Binary(data)).await.is_err() {
-                        return;
+                    Ok(None) => {
+                        return match writer {
+                            Some(w) => {
+                                w.finish();
+                                BodyEnd::Complete
+                            }
+                            None => BodyEnd::ReaderGone,
+                        };
+                    }
+                    Ok(Some(Err(e))) => {
+                        if let Some(w) = writer {
+                            w.abort(format!("the request body failed: {e}"));
+                        }
+                        return BodyEnd::Failed;
+                    }
+                    Ok(Some(Ok(frame))) => frame,
+                };
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                len += data.len();
+                if len > limit {
+                    if let Some(w) = writer {
+                        w.abort(format!("the request body exceeds {limit} bytes"));
+                    }
+                    return BodyEnd::TooLarge(limit);
+                }
+                if let Some(w) = &writer {
+                    if !data.is_empty() && w.send(Item::Binary(data)).await.is_err() {
+                        writer = None;
                     }
                 }
             }
         }
-    }))
+    }
 }
 
 /// A response the handler streams: status and headers are known, the body follows.
@@ -136,7 +198,7 @@ pub(crate) struct Streaming {
     first: Bytes,
     reader: ChannelReader,
     /// The request body's feeder and the channels' cleanup live as long as the body streams.
-    keep: (Option<Task>, Cleanup),
+    keep: (Task, Cleanup),
 }
 
 impl Streaming {
@@ -188,11 +250,49 @@ impl From<HttpReply> for Reply {
 /// as before channels existed).
 pub(crate) async fn answer(
     call: impl Future<Output = Outcome>,
-    mut reader: ChannelReader,
+    reader: ChannelReader,
     response_id: &str,
-    keep: (Option<Task>, Cleanup),
+    keep: (Task, Cleanup),
     map: impl FnOnce(Outcome) -> HttpReply,
 ) -> Reply {
+    let (reply, mut feeder) = match respond(call, reader, response_id, keep, map).await {
+        Ok(streaming) => return Reply::Streaming(streaming),
+        Err(buffered) => buffered,
+    };
+    // A buffered answer goes out once the body is in (or failed): a body that stalls or runs
+    // over the limit gets its 408 or 413, as on the buffered path. Unclaimed channel ends are
+    // gone by now, so a body nobody reads is still read to its end, never held.
+    match feeder.ended().await {
+        Some(BodyEnd::Idle(idle)) => {
+            let message = format!("no request body bytes arrived for {} ms", idle.as_millis());
+            let mut reply =
+                error_reply(408, ErrorCode::RequestTimeout.as_str(), &message, None, &[]);
+            reply
+                .headers
+                .push(("connection".to_owned(), "close".to_owned()));
+            Reply::Buffered(reply)
+        }
+        Some(BodyEnd::TooLarge(limit)) => {
+            let message = format!("the request body exceeds {limit} bytes");
+            Reply::Buffered(error_reply(
+                413,
+                ErrorCode::PayloadTooLarge.as_str(),
+                &message,
+                None,
+                &[],
+            ))
+        }
+        _ => Reply::Buffered(reply),
+    }
+}
+
+async fn respond(
+    call: impl Future<Output = Outcome>,
+    mut reader: ChannelReader,
+    response_id: &str,
+    keep: (Task, Cleanup),
+    map: impl FnOnce(Outcome) -> HttpReply,
+) -> Result<Streaming, (HttpReply, Task)> {
     let mut status = 200u16;
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut returned: Option<Outcome> = None;
@@ -203,7 +303,7 @@ pub(crate) async fn answer(
             item = reader.recv() => match item {
                 Some(Ok(Item::Text(text))) => control(&text, &mut status, &mut headers),
                 Some(Ok(Item::Binary(first))) => {
-                    return Reply::Streaming(Streaming { status, headers, first, reader, keep });
+                    return Ok(Streaming { status, headers, first, reader, keep });
                 }
                 end => {
                     // The writer is done without a body chunk: the call's answer decides,
@@ -214,9 +314,9 @@ pub(crate) async fn answer(
                     };
                     let null = matches!(&outcome, Outcome::Success(r) if is_null(r.as_deref()));
                     if null && end.is_none() {
-                        return Reply::Buffered(HttpReply { status, headers, body: Vec::new() });
+                        return Err((HttpReply { status, headers, body: Vec::new() }, keep.0));
                     }
-                    return Reply::Buffered(map(outcome));
+                    return Err((map(outcome), keep.0));
                 }
             },
             outcome = &mut call, if returned.is_none() => {
@@ -225,7 +325,7 @@ pub(crate) async fn answer(
                     returned = Some(outcome);
                     continue;
                 }
-                return Reply::Buffered(map(outcome));
+                return Err((map(outcome), keep.0));
             }
         }
     }

@@ -220,7 +220,7 @@ impl HttpTrigger {
             call,
             reader,
             &response_ref.channel_id,
-            (Some(feeder), cleanup),
+            (feeder, cleanup),
             |outcome| map_outcome(&function_id, outcome),
         )
         .await
