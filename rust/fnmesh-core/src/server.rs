@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tracing::{debug, info, warn};
 
+use crate::channels::{self, ChannelError, ChannelHub, Direction};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 
 /// Settings of the worker listener.
@@ -67,6 +68,10 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]);
     /// The connection is gone; called once, after its last frame.
     fn on_disconnect(&self, conn: &Arc<Connection>);
+    /// The data channels served at `/ws/channels/{id}` (docs/protocol.md 1.7); none: 404.
+    fn channels(&self) -> Option<&ChannelHub> {
+        None
+    }
 }
 
 /// Why a frame could not be queued.
@@ -336,6 +341,42 @@ async fn accept_loop(
 enum Route {
     Worker,
     Telemetry,
+    /// A data channel's end (`None`: claimed already).
+    Channel(Option<channels::End>),
+}
+
+/// Claims the channel end a `/ws/channels/{id}?key=..&dir=..` upgrade asks for.
+#[allow(clippy::result_large_err)]
+fn claim_channel(hub: Option<&ChannelHub>, req: &Request) -> Result<Route, ErrorResponse> {
+    let not_found = || reject(404, "Channel not found");
+    let hub = hub.ok_or_else(not_found)?;
+    let id = req
+        .uri()
+        .path()
+        .strip_prefix("/ws/channels/")
+        .ok_or_else(not_found)?;
+    let (mut key, mut dir) = (None, None);
+    for (k, v) in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+    {
+        match k {
+            "key" => key = Some(percent_decode(v)),
+            "dir" => dir = Direction::parse(v),
+            _ => {}
+        }
+    }
+    let (Some(key), Some(dir)) = (key, dir) else {
+        return Err(reject(400, "a channel needs ?key=..&dir=read|write"));
+    };
+    match hub.claim(id, &key, dir) {
+        Ok(end) => Ok(Route::Channel(Some(end))),
+        Err(ChannelError::Taken) => Ok(Route::Channel(None)),
+        Err(_) => Err(not_found()),
+    }
 }
 
 fn token_ok(expected: &str, req: &Request) -> bool {
@@ -455,6 +496,9 @@ async fn serve_socket(
         match req.uri().path() {
             "/" | "" => route = Route::Worker,
             "/otel" => route = Route::Telemetry,
+            path if path.starts_with("/ws/channels/") => {
+                route = claim_channel(handler.channels(), req)?;
+            }
             _ => return Err(reject(404, "not found")),
         }
         for (name, value) in req.headers() {
@@ -476,6 +520,10 @@ async fn serve_socket(
             debug!(%peer, "handshake timed out");
             return;
         }
+    };
+    let route = match route {
+        Route::Channel(end) => return channels::socket::serve(ws, end, stop).await,
+        route => route,
     };
     let (mut sink, mut source) = ws.split();
     if let Route::Telemetry = route {

@@ -28,7 +28,7 @@ type Builtin = fn(&Arc<Shared>, Call);
 
 /// Registers the built-ins on a fresh engine.
 pub(crate) fn install(shared: &Arc<Shared>) {
-    let table: [(&str, &str, Builtin); 11] = [
+    let table: [(&str, &str, Builtin); 12] = [
         (
             "engine::workers::register",
             "Describe the calling worker (name, runtime, namespace)",
@@ -79,6 +79,11 @@ pub(crate) fn install(shared: &Arc<Shared>) {
             "engine::unregister_trigger",
             "Remove a trigger binding",
             unregister_trigger,
+        ),
+        (
+            "engine::channels::create",
+            "Create a data channel (docs/protocol.md 1.7)",
+            channels_create,
         ),
     ];
     for (id, description, f) in table {
@@ -807,4 +812,29 @@ fn unregister_trigger(shared: &Arc<Shared>, mut call: Call) {
     let removed = shared.unbind(&input.id);
     call.reply
         .send(Outcome::json(&json!({ "removed": removed })));
+}
+
+/// `engine::channels::create` `{"buffer_size"?: n}`: a channel owned by the calling worker (it
+/// goes when the worker leaves), `{"writer": ref, "reader": ref}`.
+fn channels_create(shared: &Arc<Shared>, mut call: Call) {
+    #[derive(Deserialize, Default)]
+    struct Input {
+        buffer_size: Option<usize>,
+    }
+    let input = if call.data.get() == "null" {
+        Input::default()
+    } else {
+        match call.parse::<Input>() {
+            Some(input) => input,
+            None => return,
+        }
+    };
+    let size = input
+        .buffer_size
+        .unwrap_or(crate::channels::DEFAULT_BUFFER_ITEMS);
+    let outcome = match shared.channels.create(size, call.caller_worker_id.clone()) {
+        Ok((writer, reader)) => Outcome::json(&json!({"writer": writer, "reader": reader})),
+        Err(e) => Outcome::failure(ErrorCode::InvocationFailed, e.to_string()),
+    };
+    call.reply.send(outcome);
 }

@@ -265,6 +265,7 @@ impl Shared {
     }
 
     pub(super) fn sweep(&self) {
+        self.channels.sweep();
         for (id, pending) in self.pending.expired(Instant::now()) {
             self.abandon(&id, &pending);
             let ms = pending.timeout.as_millis();

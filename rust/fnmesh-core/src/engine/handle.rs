@@ -209,6 +209,11 @@ impl EngineRef {
         self.shared.functions.is_served(namespace, function_id)
     }
 
+    /// The data channels (docs/protocol.md 1.7): a service makes the channels it hands out here.
+    pub fn channels(&self) -> &Arc<crate::channels::ChannelHub> {
+        &self.shared.channels
+    }
+
     /// The configuration the engine started with (a service reads its settings here).
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config

@@ -462,6 +462,7 @@ impl Shared {
         }
         let info = self.workers.disconnect(&id);
         drop(registering);
+        self.channels.remove_owned_by(&id);
         let name = info.as_ref().and_then(|w| w.name().map(str::to_owned));
         info!(worker = %id, name = %name.as_deref().unwrap_or(""), functions = removed.len(), "worker disconnected");
         if !removed.is_empty() {
@@ -564,6 +565,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub(super) struct Handler(pub(super) Arc<Shared>);
 
 impl ConnectionHandler for Handler {
+    fn channels(&self) -> Option<&crate::channels::ChannelHub> {
+        Some(&self.0.channels)
+    }
+
     fn on_connect(&self, conn: &Arc<Connection>) {
         self.0.connect(conn);
     }

@@ -6,6 +6,7 @@
 //! trigger bindings with their providers, [`super::events`] fires the engine's own trigger types.
 //! Each of them adds an `impl Shared` block.
 
+use crate::channels::ChannelHub;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     /// successor's registrations (a reconnect under the same name) wait until its predecessor's
     /// cleanup is over, and that cleanup never undoes them (docs/architecture.md).
     pub(super) registrations: Mutex<()>,
+    /// Data channels waiting for their ends (docs/protocol.md 1.7).
+    pub(crate) channels: Arc<ChannelHub>,
 }
 
 pub(super) fn uuid() -> String {
@@ -161,6 +164,7 @@ impl Shared {
             external: RwLock::new(None),
             external_attempts: AtomicU64::new(0),
             registrations: Mutex::new(()),
+            channels: Arc::new(ChannelHub::default()),
             config,
         })
     }

@@ -6,6 +6,7 @@
 //! - `server`: the hyper listener;
 //! - `openapi`: `/openapi.json`, the routes as an OpenAPI 3.1 document, and the `/docs` page
 //!   rendering it (assets served by the engine);
+//! - `stream`: request and response bodies streamed through data channels;
 //! - [`service`]: [`HttpService`], the trigger as an engine service.
 
 pub mod mapping;
@@ -13,6 +14,7 @@ mod openapi;
 pub mod route;
 mod server;
 pub mod service;
+mod stream;
 pub mod trigger;
 
 pub use service::HttpService;

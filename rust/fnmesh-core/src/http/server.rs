@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -22,6 +22,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::mapping::{error_reply, HttpReply};
+use super::stream::{full, BodySource, Reply, ResponseBody, Streaming};
 use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
 use crate::protocol::ErrorCode;
 
@@ -31,7 +32,7 @@ pub(crate) struct Request {
     pub(crate) path: String,
     pub(crate) query: Option<String>,
     pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
+    pub(crate) body: BodySource,
 }
 
 /// A bound listener and the task accepting on it.
@@ -175,7 +176,7 @@ async fn respond(
     trigger: Weak<HttpTrigger>,
     limits: &Limits,
     request: hyper::Request<Incoming>,
-) -> hyper::Response<Full<Bytes>> {
+) -> hyper::Response<ResponseBody> {
     let stopping = || {
         to_response(
             error_reply(
@@ -219,6 +220,29 @@ async fn respond(
     if declared.is_some_and(|n| n > limits.body_limit as u64) {
         return too_large();
     }
+    if !is_json(&parts.headers) {
+        // Not JSON: `body` is null for the function (docs/protocol.md 6.3) and the bytes stream
+        // into its `request_body` channel as they arrive, never buffered whole here; the limit
+        // and the idle timeout still apply, as the channel's feeder reads.
+        let Ok(_slot) = limits.slots.acquire().await else {
+            return stopping();
+        };
+        let request = Request {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body: BodySource::Incoming {
+                body,
+                limit: limits.body_limit,
+                idle: limits.body_read_timeout,
+            },
+        };
+        return match trigger.handle(request).await {
+            Reply::Buffered(reply) => to_response(reply, cors.allow()),
+            Reply::Streaming(streaming) => stream_response(streaming, cors.allow()),
+        };
+    }
     let (body, _budget) = match read_body(body, limits).await {
         Ok(read) => read,
         Err(BodyError::TooLarge) => return too_large(),
@@ -255,10 +279,39 @@ async fn respond(
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
-        body,
+        body: BodySource::Buffered(body),
     };
-    let reply = trigger.handle(request).await;
-    to_response(reply, cors.allow())
+    match trigger.handle(request).await {
+        Reply::Buffered(reply) => to_response(reply, cors.allow()),
+        Reply::Streaming(streaming) => stream_response(streaming, cors.allow()),
+    }
+}
+
+/// Whether the request's content-type (its last one, as the function sees it) is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .next_back()
+        .is_some_and(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .to_ascii_lowercase()
+                .contains("application/json")
+        })
+}
+
+fn stream_response(
+    streaming: Streaming,
+    extra: Option<Vec<(HeaderName, HeaderValue)>>,
+) -> hyper::Response<ResponseBody> {
+    let head = HttpReply {
+        status: streaming.status,
+        headers: streaming.headers.clone(),
+        body: Vec::new(),
+    };
+    let mut response = to_response(head, extra);
+    *response.body_mut() = streaming.into_body();
+    response
 }
 
 enum BodyError {
@@ -373,7 +426,7 @@ impl<'a> Cors<'a> {
         Some(headers)
     }
 
-    fn preflight(&self, request_headers: &HeaderMap) -> hyper::Response<Full<Bytes>> {
+    fn preflight(&self, request_headers: &HeaderMap) -> hyper::Response<ResponseBody> {
         let mut headers = self.allow().unwrap_or_default();
         if !headers.is_empty() {
             let methods = self
@@ -407,8 +460,8 @@ impl<'a> Cors<'a> {
 fn to_response(
     reply: HttpReply,
     extra: Option<Vec<(HeaderName, HeaderValue)>>,
-) -> hyper::Response<Full<Bytes>> {
-    let mut response = hyper::Response::new(Full::new(Bytes::from(reply.body)));
+) -> hyper::Response<ResponseBody> {
+    let mut response = hyper::Response::new(full(reply.body));
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();

@@ -18,6 +18,8 @@ use super::mapping::{
 };
 use super::route::{RouteError, RoutePattern, Router};
 use super::server::{self, Request};
+use super::stream::{answer, feed, BodySource, Cleanup, Reply, HTTP_CHANNEL_ITEMS};
+use crate::channels::ChannelRef;
 pub use crate::config::{CorsConfig, HttpConfig};
 use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
@@ -129,7 +131,7 @@ impl HttpTrigger {
     }
 
     /// Serves one request (body already read within the limit).
-    pub(crate) async fn handle(&self, request: Request) -> HttpReply {
+    pub(crate) async fn handle(&self, request: Request) -> Reply {
         let found = {
             let routes = read(&self.routes);
             routes
@@ -140,9 +142,13 @@ impl HttpTrigger {
             // A route of the user's wins over the engine's own pages.
             if let Some(reply) = super::openapi::answer(self, &request.method, &request.path).await
             {
-                return reply;
+                return reply.into();
             }
-            return error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[]);
+            return error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[]).into();
+        };
+        let (buffered, source) = match request.body {
+            BodySource::Buffered(bytes) => (bytes.clone(), BodySource::Buffered(bytes)),
+            streaming => (bytes::Bytes::new(), streaming),
         };
         let parts = RequestParts {
             method: &request.method,
@@ -150,16 +156,16 @@ impl HttpTrigger {
             path_params: &params,
             query: request.query.as_deref(),
             headers: &request.headers,
-            body: &request.body,
+            body: &buffered,
         };
-        let work = self.serve(&route, &parts);
+        let work = self.serve(&route, &parts, source);
         match tokio::time::timeout(self.config.timeout, work).await {
             Ok(reply) => reply,
-            Err(_) => timed_out(),
+            Err(_) => timed_out().into(),
         }
     }
 
-    async fn serve(&self, route: &Route, parts: &RequestParts<'_>) -> HttpReply {
+    async fn serve(&self, route: &Route, parts: &RequestParts<'_>, body: BodySource) -> Reply {
         let binding = &route.binding;
         if !route.middleware.is_empty() {
             let input = serde_json::json!({
@@ -171,22 +177,24 @@ impl HttpTrigger {
                 Ok(input) => input,
                 Err(e) => {
                     return failure(&binding.function_id, "serialization_error", &e.to_string())
+                        .into()
                 }
             };
             for function_id in &route.middleware {
                 match self.call(binding, function_id, input.clone()).await {
                     Outcome::Success(result) => match middleware_verdict(result.as_deref()) {
                         Ok(MiddlewareVerdict::Continue) => {}
-                        Ok(MiddlewareVerdict::Respond(reply)) => return reply,
+                        Ok(MiddlewareVerdict::Respond(reply)) => return reply.into(),
                         Err(error) => {
                             return failure(
                                 function_id,
                                 ErrorCode::InvalidMiddlewareResult.as_str(),
                                 &error.to_string(),
                             )
+                            .into()
                         }
                     },
-                    Outcome::Failure(e) => return failed(function_id, &e),
+                    Outcome::Failure(e) => return failed(function_id, &e).into(),
                 }
             }
         }
@@ -200,30 +208,57 @@ impl HttpTrigger {
                         "the trigger's condition was not met",
                         None,
                         &[("skipped", serde_json::Value::Bool(true))],
-                    );
+                    )
+                    .into();
                 }
                 Outcome::Success(_) => {}
-                Outcome::Failure(e) => return failed(condition, &e),
+                Outcome::Failure(e) => return failed(condition, &e).into(),
             }
         }
-        match self.call(binding, &binding.function_id, input).await {
-            Outcome::Success(result) => {
-                reply_from_result(result.as_deref()).unwrap_or_else(|error| {
-                    failure(
-                        &binding.function_id,
-                        ErrorCode::InvalidHttpResponse.as_str(),
-                        &error.to_string(),
-                    )
-                })
+        let Some(engine) = self.engine.upgrade() else {
+            return map_outcome(
+                &binding.function_id,
+                Outcome::failure(ErrorCode::InvocationStopped, "the engine has stopped"),
+            )
+            .into();
+        };
+        // The request's channels (docs/protocol.md 6.3): the engine keeps the body's write end
+        // and the response's read end; the function gets the other two in its input.
+        let hub = engine.channels().clone();
+        let channels = hub
+            .create_for_reading(HTTP_CHANNEL_ITEMS)
+            .and_then(|(body_ref, writer)| {
+                let (response_ref, reader) = hub.create_for_writing(HTTP_CHANNEL_ITEMS)?;
+                Ok((body_ref, writer, response_ref, reader))
+            });
+        let (body_ref, writer, response_ref, reader) = match channels {
+            Ok(made) => made,
+            Err(e) => {
+                return failure(
+                    &binding.function_id,
+                    ErrorCode::InvocationFailed.as_str(),
+                    &e.to_string(),
+                )
+                .into()
             }
-            // The route's function went away: so did the route.
-            Outcome::Failure(e) if e.code == ErrorCode::FunctionNotFound => {
-                error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[])
-            }
-            Outcome::Failure(e) => failed(&binding.function_id, &e),
-        }
+        };
+        let cleanup = Cleanup::new(
+            hub,
+            [body_ref.channel_id.clone(), response_ref.channel_id.clone()],
+        );
+        let feeder = feed(body, writer);
+        let input = with_channels(input, &body_ref, &response_ref);
+        let call = self.call(binding, &binding.function_id, input);
+        let function_id = binding.function_id.clone();
+        answer(
+            call,
+            reader,
+            &response_ref.channel_id,
+            (feeder, cleanup),
+            |outcome| map_outcome(&function_id, outcome),
+        )
+        .await
     }
-
     async fn call(&self, binding: &TriggerBinding, function_id: &str, data: RawJson) -> Outcome {
         let options = CallOptions {
             namespace: Some(binding.namespace.clone()),
@@ -367,4 +402,34 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The function's answer as a response (docs/protocol.md 6.3).
+fn map_outcome(function_id: &str, outcome: Outcome) -> HttpReply {
+    match outcome {
+        Outcome::Success(result) => reply_from_result(result.as_deref()).unwrap_or_else(|error| {
+            failure(
+                function_id,
+                ErrorCode::InvalidHttpResponse.as_str(),
+                &error.to_string(),
+            )
+        }),
+        // The route's function went away: so did the route.
+        Outcome::Failure(e) if e.code == ErrorCode::FunctionNotFound => {
+            error_reply(404, ErrorCode::NotFound.as_str(), "Not Found", None, &[])
+        }
+        Outcome::Failure(e) => failed(function_id, &e),
+    }
+}
+
+/// The input with the request's channel refs added: `request_body` and `response`.
+fn with_channels(input: RawJson, body: &ChannelRef, response: &ChannelRef) -> RawJson {
+    let refs = serde_json::json!({"request_body": body, "response": response}).to_string();
+    let text = input.get();
+    // Both are non-empty objects: splice the refs' members in before the input's closing `}`.
+    let mut spliced = String::with_capacity(text.len() + refs.len());
+    spliced.push_str(&text[..text.len() - 1]);
+    spliced.push(',');
+    spliced.push_str(&refs[1..]);
+    serde_json::value::RawValue::from_string(spliced).unwrap_or(input)
 }
