@@ -1,6 +1,6 @@
 """Where the engine listens: ``http_host`` puts the HTTP triggers on their own address, so they
 can be exposed while the worker port stays on loopback; a worker port listening beyond loopback
-with no auth token is warned about (README, "What the engine defends against")."""
+with no auth token is warned about (docs/deployment.md, "What the engine defends against")."""
 
 from __future__ import annotations
 
