@@ -9,7 +9,8 @@ at most a few words that choose the check.
   through ``FNMESH_URL``, which the test sets (``os.environ.get("FNMESH_URL", default)``).
 - ``python file=NAME.py``: written to ``NAME.py`` in the page's scratch folder for the blocks
   after it (``fnmesh run NAME.py``); checked by importing it there.
-- ``sh``: run with bash (``-e -o pipefail``) in the page's scratch folder, under a timeout.
+- ``sh``: run with bash (``-e -o pipefail``) in the page's scratch folder, under a timeout;
+  a command that installs, fetches or builds (``pip``, ``git``, ``make``, ``cargo``, ...) fails it.
 - ``sh server``: one long-running command (``fnmesh serve``, ``fnmesh run app.py``) that the test
   starts in the background on free ports (it adds ``--port`` and ``--http-port``), waits for, and
   stops at the end of the page. In the blocks after it the default ports (``49134`` for workers,

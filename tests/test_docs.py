@@ -494,6 +494,21 @@ def test_the_readme_has_the_two_set_up_commands_and_ci_runs_the_second() -> None
 # --- running the pages ----------------------------------------------------------------------
 
 
+# Commands a docs test must never run: they install, fetch or build (`sh check` checks them).
+NOT_RUN = {"pip", "pip3", "pipx", "uv", "git", "make", "cargo", "maturin", "rustup", "apt-get", "apt", "sudo"}
+
+
+def installs_or_builds(words: list[str]) -> bool:
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        words = words[1:]
+    if not words:
+        return False
+    program = Path(words[0]).name
+    return program in NOT_RUN or (
+        re.fullmatch(r"python3?(\.\d+)?", program) is not None and words[1:3] == ["-m", "pip"]
+    )
+
+
 class PageRun:
     """The scratch folder, environment and (once a `sh server` block ran) server of one page."""
 
@@ -547,6 +562,10 @@ class PageRun:
         elif block.language == "sh" and block.mode == "server":
             self.start_server(block, needs_http=any(f":{doc_blocks.HTTP_PORT}" in b.text for b in later))
         elif block.language == "sh" and block.mode == "":
+            for line in doc_blocks.command_lines(block.text):
+                for command in doc_blocks.commands_of(line):
+                    if installs_or_builds(command):
+                        self.fail(block, f"would change this machine ({line}): make it a ```sh check block")
             script = doc_blocks.with_ports(block.text, self.worker_port, self.http_port)
             self.run(block, ["bash", "-e", "-o", "pipefail", "-c", script])
 
@@ -640,6 +659,7 @@ def test_the_runner_fails_a_failing_block(tmp_path: Path) -> None:
         Block(page="x.md", line=9, info="sh", language="sh", text="fnmesh functions --quiet\n"),
         Block(page="x.md", line=13, info="sh", language="sh", text="curl -s http://127.0.0.1:3111/nope\n"),
         Block(page="x.md", line=17, info="sh", language="sh", text="fnmesh call no::such '{}'\n"),
+        Block(page="x.md", line=21, info="sh", language="sh", text="echo hi && python -m pip install x\n"),
     ]
     try:
         with pytest.raises(pytest.fail.Exception, match=r"x.md:1 \(```python\) exited with 3"):
@@ -652,5 +672,7 @@ def test_the_runner_fails_a_failing_block(tmp_path: Path) -> None:
             run.block(blocks[3], blocks[4:])
         with pytest.raises(pytest.fail.Exception, match=r"x.md:17 .* exited with 1"):
             run.block(blocks[4], [])
+        with pytest.raises(pytest.fail.Exception, match=r"x.md:21 .* would change this machine"):
+            run.block(blocks[5], [])
     finally:
         run.stop()
