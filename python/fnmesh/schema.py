@@ -193,7 +193,12 @@ class HandlerSpec:
         message = f"{self.function_id}: invalid {side}: {format_validation_error(exc)}"
         failed = ValidationFailed(message)
         if side == "input":
-            failed.errors = pydantic_core.to_jsonable_python(exc.errors(include_url=False), fallback=str)
+            errors = exc.errors(include_url=False)
+            for error in errors:
+                given = error.get("input")
+                if isinstance(given, (bytes, bytearray)):  # raw JSON that did not parse
+                    error["input"] = bytes(given).decode("utf-8", errors="replace")
+            failed.errors = pydantic_core.to_jsonable_python(errors, fallback=str)
         return failed
 
 
