@@ -47,6 +47,7 @@ BENCHES = (
     Bench("E6", "scale", "scale"),
     Bench("E7", "queue_throughput", "queues"),
     Bench("E8", "state_throughput", "state"),
+    Bench("E9", "http_streaming", "HTTP streaming"),
 )
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from fnmesh import auth
 from fnmesh._native import FunctionInfo, FunctionsRegistry, Replica, __version__
 from fnmesh.app import App
+from fnmesh.channels import Channel, ChannelReader, ChannelRef, ChannelWriter
 from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
@@ -40,6 +41,13 @@ from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
 from fnmesh.state import State, StateChange, StateEvent
 from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
+from fnmesh.triggers.http import (
+    EventSourceResponse,
+    FormData,
+    ServerSentEvent,
+    StreamingResponse,
+    UploadFile,
+)
 
 if TYPE_CHECKING:
     from fnmesh import external
@@ -49,12 +57,18 @@ __all__ = [
     "AddressInUse",
     "App",
     "Binding",
+    "Channel",
+    "ChannelReader",
+    "ChannelRef",
+    "ChannelWriter",
     "ConnectionFailed",
     "Context",
     "Deferred",
     "Engine",
     "EngineConfig",
+    "EventSourceResponse",
     "FnmeshError",
+    "FormData",
     "Frame",
     "FrameTooLarge",
     "FunctionConflict",
@@ -77,11 +91,14 @@ __all__ = [
     "RemoteError",
     "Replica",
     "SecretNotAllowed",
+    "ServerSentEvent",
     "State",
     "StateChange",
     "StateEvent",
+    "StreamingResponse",
     "TooManyCallsInFlight",
     "TriggerType",
+    "UploadFile",
     "UrlValidationFailed",
     "ValidationFailed",
     "WorkerConflict",

@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ import pydantic_core
 
 from fnmesh import _native, telemetry
 from fnmesh.auth import Auth
+from fnmesh.channels import Channels
 from fnmesh.context import Context
 from fnmesh.engine import Engine, EngineConfig
 from fnmesh.errors import (
@@ -304,6 +306,61 @@ class App:
             config["middleware_function_ids"] = list(middleware)
         return self._trigger_decorator("http", config, metadata, id)
 
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        function_id: str | None = None,
+        status_code: int = 200,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        condition: str | None = None,
+        middleware: list[str] | None = None,
+    ) -> Callable[[F], F]:
+        """Declares the decorated handler as a typed HTTP endpoint, the FastAPI way, and binds
+        it to ``method path`` (see :mod:`fnmesh.endpoint`): path and query parameters and a
+        pydantic body come from its signature, validated; a request that does not fit gets
+        ``422`` with FastAPI's ``{"detail": [...]}``. It returns the body (``status_code``), an
+        :class:`fnmesh.HttpResponse` or a :class:`fnmesh.StreamingResponse`. The function's id
+        is ``function_id``, else ``<app name>.<handler name>``."""
+        from fnmesh.endpoint import Endpoint
+
+        def register(func: F) -> F:
+            fid = function_id or f"{self.name}.{getattr(func, '__name__', 'endpoint')}"
+            endpoint = Endpoint(fid, func, path, status_code)
+            self.add_function(fid, endpoint, description=description, metadata=metadata)
+            entry = self._functions[fid]
+            entry.spec = dataclasses.replace(
+                entry.spec, request_format=endpoint.request_format, response_format=endpoint.response_format
+            )
+            if self._link is not None:
+                self._publish(fid, entry)
+            self.http(method, path, condition=condition, middleware=middleware)(endpoint)
+            return func
+
+        return register
+
+    def get(self, path: str, **options: Any) -> Callable[[F], F]:
+        """``route("GET", path, ...)``."""
+        return self.route("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[F], F]:
+        """``route("POST", path, ...)``."""
+        return self.route("POST", path, **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[F], F]:
+        """``route("PUT", path, ...)``."""
+        return self.route("PUT", path, **options)
+
+    def patch(self, path: str, **options: Any) -> Callable[[F], F]:
+        """``route("PATCH", path, ...)``."""
+        return self.route("PATCH", path, **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[F], F]:
+        """``route("DELETE", path, ...)``."""
+        return self.route("DELETE", path, **options)
+
     def cron(
         self,
         expression: str,
@@ -468,6 +525,7 @@ class App:
             await self._end()
             raise
         self._link = self._engine.link(self.namespace)
+        self._server.channels = Channels(_reachable(self._engine.url), self._engine.config.auth_token)
         self._publish_all()
         try:
             assert self._bridge is not None
@@ -511,6 +569,7 @@ class App:
                 "a connected app cannot provide them yet; serve it on its embedded engine"
             )
         self._connected_to = url
+        self._server.channels = Channels(url, auth_token)
         self._link = self._client.link()
         self._publish_all()
         for function_id, external in self._externals.items():
@@ -972,6 +1031,11 @@ def _handler_failed(exc: Exception) -> RemoteError:
     stays the cause)."""
     message = str(exc) or type(exc).__name__
     return RemoteError(message, code="invocation_failed", stacktrace=traceback.format_exc())
+
+
+def _reachable(url: str) -> str:
+    """The engine's URL as this process dials it (a wildcard listen address is the loopback)."""
+    return url.replace("ws://0.0.0.0:", "ws://127.0.0.1:").replace("ws://[::]:", "ws://[::1]:")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:

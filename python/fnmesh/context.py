@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from fnmesh.channels import Channel, ChannelReader, ChannelRef, Channels, ChannelWriter
 from fnmesh.results import Deferred, LocalOutcome
 
 #: How a deferred call is finished: ``(ok, value, (code, message) or None) -> answered``.
@@ -36,6 +37,11 @@ class Host(Protocol):
     def deferral(self, invocation_id: str, function_id: str, answer: Answer) -> Deferred:
         """A :class:`Deferred` that finishes the call through ``answer``, findable by its
         invocation id until done or expired."""
+        ...
+
+    def channel_endpoint(self) -> Channels:
+        """Where the app's data channels open (its engine's worker URL); raises
+        ``InvalidArgument`` when the app is not running."""
         ...
 
 
@@ -125,6 +131,26 @@ class Context:
     ) -> Any:
         """Calls another function on behalf of this invocation (same app, same engine)."""
         return await self._host.call(function_id, data, timeout=timeout, metadata=metadata)
+
+    async def channel(self, buffer_size: int | None = None) -> Channel:
+        """A new data channel (``engine::channels::create``, docs/protocol.md 1.7): hand its
+        ``reader`` ref to whoever reads and its ``writer`` ref to whoever writes. It holds at
+        most ``buffer_size`` items (engine default 64) and 1 MiB at once."""
+        refs = await self.call(
+            "engine::channels::create", {} if buffer_size is None else {"buffer_size": buffer_size}
+        )
+        return Channel(
+            writer=ChannelRef.model_validate(refs["writer"]), reader=ChannelRef.model_validate(refs["reader"])
+        )
+
+    def reader(self, ref: ChannelRef | dict[str, Any]) -> ChannelReader:
+        """The read end of a channel ref (a :class:`ChannelRef` or the dict from a payload):
+        ``async for item in ctx.reader(ref)``."""
+        return self._host.channel_endpoint().reader(ref)
+
+    def writer(self, ref: ChannelRef | dict[str, Any]) -> ChannelWriter:
+        """The write end of a channel ref: ``async with ctx.writer(ref) as w: await w.write(b"..")``."""
+        return self._host.channel_endpoint().writer(ref)
 
     def __repr__(self) -> str:
         return f"Context({self.function_id!r}, invocation_id={self.invocation_id!r})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from fnmesh._native import ERROR_CODES
 
@@ -230,6 +231,9 @@ class ValidationFailed(InvocationError, ValueError):
     """The input or the output did not match the function's schema; the message names the field."""
 
     code = "validation_failed"
+    #: For an input that did not validate: pydantic's errors, each ``{"type", "loc", "msg",
+    #: "input", "ctx"?}`` (an HTTP route answers them as a 422, docs/http-streaming.md).
+    errors: list[dict[str, Any]] | None = None
 
 
 class TooManyCallsInFlight(InvocationError):

@@ -36,6 +36,7 @@ import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
 from fnmesh.errors import InvalidArgument, ValidationFailed
+from fnmesh.triggers.http import HttpRequest, StreamingResponse
 
 __all__ = ["HandlerSpec", "InputKind", "OutputKind", "format_validation_error", "inspect_handler"]
 
@@ -94,6 +95,8 @@ class HandlerSpec:
     # through as they are (a field assigned a wrong type later is caught while serializing);
     # otherwise validation built the value and nothing can go wrong. "error" costs ~1 µs a dump.
     _serializer_warnings: Any = field(default=False, repr=False)
+    #: The input is an :class:`fnmesh.HttpRequest`: the app binds its channels before the call.
+    binds_request: bool = False
     _slots: tuple[_Slot, ...] = field(default=(), repr=False)
     #: The common argument lists spelled out for :meth:`invoke`: ``""`` (none), ``"i"`` (input),
     #: ``"c"`` (context), ``"ic"``, ``"ci"``; ``"*"`` for lists with defaults between them.
@@ -188,7 +191,15 @@ class HandlerSpec:
 
     def _invalid(self, side: str, exc: ValidationError) -> ValidationFailed:
         message = f"{self.function_id}: invalid {side}: {format_validation_error(exc)}"
-        return ValidationFailed(message)
+        failed = ValidationFailed(message)
+        if side == "input":
+            errors = exc.errors(include_url=False)
+            for error in errors:
+                given = error.get("input")
+                if isinstance(given, (bytes, bytearray)):  # raw JSON that did not parse
+                    error["input"] = bytes(given).decode("utf-8", errors="replace")
+            failed.errors = pydantic_core.to_jsonable_python(errors, fallback=str)
+        return failed
 
 
 def format_validation_error(exc: ValidationError, limit: int = MAX_REPORTED_ERRORS) -> str:
@@ -290,6 +301,8 @@ def inspect_handler(function_id: str, func: Callable[..., Any], *, context_type:
     returns = hints.get("return", signature.return_annotation)
     if returns is None or returns is type(None):
         output_kind = "none"
+    elif _is_streaming(returns):
+        pass  # the app streams it out (docs/http-streaming.md): nothing to validate
     elif not _is_any(returns):
         output_kind = "typed"
         output_type = returns
@@ -312,9 +325,23 @@ def inspect_handler(function_id: str, func: Callable[..., Any], *, context_type:
         _output_validator=output_adapter.validator if output_adapter is not None else None,
         _output_serializer=output_adapter.serializer if output_adapter is not None else None,
         _serializer_warnings=_warnings_for(output_adapter),
+        binds_request=input_kind == "typed" and _subclass_of(input_type, HttpRequest),
         _slots=tuple(slots),
         _shape=_shape_of(slots),
     )
+
+
+def _subclass_of(hint: Any, base: type) -> bool:
+    hint = _strip_annotated(hint)
+    return isinstance(hint, type) and issubclass(hint, base)
+
+
+def _is_streaming(hint: Any) -> bool:
+    """A :class:`fnmesh.StreamingResponse`, or a union with one."""
+    hint = _strip_annotated(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_streaming(arg) for arg in typing.get_args(hint))
+    return _subclass_of(hint, StreamingResponse)
 
 
 def _shape_of(slots: list[_Slot]) -> str:

@@ -22,11 +22,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fnmesh import _native, telemetry
+from fnmesh.channels import Channels, ChannelWriter
 from fnmesh.context import Answer, Context
 from fnmesh.errors import (
     FnmeshError,
     FunctionError,
     InvalidArgument,
+    InvocationStopped,
     UrlValidationFailed,
     ValidationFailed,
     invocation_error,
@@ -34,6 +36,7 @@ from fnmesh.errors import (
 from fnmesh.results import Deferred
 from fnmesh.schema import HandlerSpec
 from fnmesh.triggers import Binding, TriggerType
+from fnmesh.triggers.http import HttpRequest, StreamingResponse, send_streaming
 
 if TYPE_CHECKING:
     # Imported when used (tracing, external functions), not by `import fnmesh`.
@@ -138,6 +141,8 @@ class Server:
         # The policy of the functions workers register (None: refused, no allowlist is set).
         self._worker_security: Security | None = None
         self._local_ids = itertools.count(1)
+        #: Where the app's data channels open (its engine), set when it starts or connects.
+        self.channels: Channels | None = None
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -315,6 +320,12 @@ class Server:
         loop.call_soon_threadsafe(loop.call_later, self._invocation_timeout, self._forget, deferred)
         return deferred
 
+    def channel_endpoint(self) -> Channels:
+        """Where the app's data channels open (docs/protocol.md 1.7)."""
+        if self.channels is None or not self._running:
+            raise InvalidArgument(f"app {self.name!r} is not running: its channels cannot open")
+        return self.channels
+
     def deferred(self, invocation_id: str) -> Deferred | None:
         """The deferred call ``invocation_id``, while it waits."""
         return self._deferred.get(invocation_id)
@@ -462,13 +473,23 @@ class Server:
         ctx = self._invocation_context(invocation, spec, raw_data) if spec.wants_context else None
         try:
             value = spec.parse_json(raw_data)
+            if spec.binds_request:
+                value.bind_channels(self.channels)
             if spec.is_async:
                 result = await spec.invoke(value, ctx)
             else:
                 result = await self.invoke(spec, value, ctx)
+            if spec.output_kind != "typed" and isinstance(result, StreamingResponse):
+                await self._stream(invocation.function_id, result, value, raw_data)
+                result = None  # the engine waits on the response channel the body streams into
             deferred = ctx is not None and ctx.deferred is not None
             output = None if deferred else spec.dump_json(result)
         except (FunctionError, ValidationFailed) as exc:
+            if isinstance(exc, ValidationFailed) and exc.errors is not None:
+                unprocessable = _unprocessable(exc.errors, raw_data)
+                if unprocessable is not None:  # an HTTP request that does not fit: 422, not 500
+                    invocation.succeed(unprocessable)
+                    return
             message = exc.message if isinstance(exc, FunctionError) else str(exc)
             invocation.fail(exc.code, message)
             if span is not None:
@@ -510,6 +531,38 @@ class Server:
                 self._answers.append((invocation, output))
             else:
                 invocation.succeed(output)
+
+    async def _stream(
+        self, function_id: str, response: StreamingResponse, value: Any, raw_data: bytes
+    ) -> None:
+        """A handler answered an HTTP request with a :class:`StreamingResponse`: claims the
+        request's ``response`` channel now (the engine then waits on it rather than answering
+        the null result, docs/protocol.md 6.3) and streams the body from a task of its own, so
+        a long stream outlives neither the invocation's timeout nor the app."""
+        ref = value.response if isinstance(value, HttpRequest) else None
+        if ref is None:
+            try:
+                ref = json.loads(raw_data).get("response")
+            except (ValueError, AttributeError):
+                ref = None
+        if ref is None:
+            raise InvalidArgument(
+                f"{function_id}: a StreamingResponse answers an HTTP request, and this call came "
+                "without a response channel"
+            )
+        writer = self.channel_endpoint().writer(ref)
+        await writer.open()
+        self._track(asyncio.ensure_future(self._send_stream(function_id, response, writer)))
+
+    async def _send_stream(
+        self, function_id: str, response: StreamingResponse, writer: ChannelWriter
+    ) -> None:
+        try:
+            await send_streaming(response, writer)
+        except InvocationStopped as exc:  # the client hung up: the body's iteration was closed
+            log.debug("streamed response of %s stopped: %s", function_id, exc)
+        except Exception:
+            log.exception("streamed response of %s failed; the client sees a cut body", function_id)
 
     def _invocation_context(
         self, invocation: _native.Invocation, spec: HandlerSpec, raw_data: bytes
@@ -590,6 +643,27 @@ class Server:
             invocation.fail("invocation_failed", f"{type(exc).__name__}: {exc}")
         else:
             invocation.succeed(result)
+
+
+_HTTP_LOC = {"path_params": "path", "query_params": "query", "headers": "header"}
+
+
+def _unprocessable(errors: list[dict[str, Any]], raw_data: bytes) -> bytes | None:
+    """The 422 answer (FastAPI's ``{"detail": [...]}``) to an HTTP trigger's request whose input
+    did not validate; ``None`` when the call did not come from an HTTP route."""
+    try:
+        data = json.loads(raw_data)
+        if data.get("trigger", {}).get("type") != "http":
+            return None
+    except (ValueError, AttributeError):
+        return None
+    detail = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        if loc and loc[0] in _HTTP_LOC:
+            loc[0] = _HTTP_LOC[loc[0]]
+        detail.append({**error, "loc": loc})
+    return json.dumps({"status_code": 422, "body": {"detail": detail}}).encode()
 
 
 def record_result(span: Span, result: Any, ctx: Context | None) -> None:

@@ -148,6 +148,16 @@ impl EngineHandle {
             .unwrap_or(0)
     }
 
+    /// Data channels the engine holds (docs/protocol.md 1.7).
+    #[getter]
+    fn channel_count(&self) -> usize {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(_, e)| e.channel_count()))
+            .unwrap_or(0)
+    }
+
     /// Closes every connection and stops the engine. Idempotent.
     fn stop(&self, py: Python<'_>) {
         self.opened.close();

@@ -234,6 +234,12 @@ impl Engine {
         self.shared.pending.len()
     }
 
+    /// Number of data channels with an end nobody claimed yet (docs/protocol.md 1.7): a request
+    /// in flight holds its own until it is over; swept ones and spent ones are not counted.
+    pub fn channel_count(&self) -> usize {
+        self.shared.channels.len()
+    }
+
     /// Shuts the services down (in reverse order), stops accepting, closes every connection
     /// (their pending calls fail with `invocation_stopped`) and waits for the cleanup.
     pub async fn shutdown(self) {
