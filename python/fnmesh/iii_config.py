@@ -277,11 +277,11 @@ def _http_functions(w: _Worker) -> None:
 
 
 def _known_settings() -> set[str]:
-    import dataclasses
+    # The engine's own settings, from the Rust side (importing fnmesh.engine here would be a
+    # circle: it reads YAML through this module).
+    from . import _native
 
-    from .engine import EngineConfig
-
-    return {f.name for f in dataclasses.fields(EngineConfig)}
+    return set(_native.engine_defaults())
 
 
 def _stream(w: _Worker) -> None:
