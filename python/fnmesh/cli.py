@@ -41,6 +41,9 @@ given. Exit codes: 0 success; 1 the call failed (its error code and message are 
 usage or input (malformed JSON, a missing file); 3 the engine is unreachable or refused the
 connection (a wrong token).
 
+``fnmesh config check FILE`` prints what a TOML file or an iii YAML config (docs/iii-config.md)
+sets, and every worker or key in it fnmesh does not support (exit 2 when there is one).
+
 ``OTEL_TRACES_EXPORTER`` (with the other ``OTEL_*`` variables) turns tracing on; see
 :func:`fnmesh.telemetry.configure_from_env`.
 """
@@ -50,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import importlib
 import importlib.util
@@ -91,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fnmesh {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run an engine until interrupted")
-    serve.add_argument("--config", help="TOML file with engine settings (see fnmesh.EngineConfig)")
+    serve.add_argument(
+        "--config", help="TOML file with engine settings (see fnmesh.EngineConfig), or iii's YAML config"
+    )
     serve.add_argument("--host", help="worker WebSocket address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="worker WebSocket port (default 49134; 0 = any free)")
     serve.add_argument("--http-host", help="HTTP trigger address (default: the --host address)")
@@ -185,7 +191,50 @@ def _parser() -> argparse.ArgumentParser:
     get = reads.add_parser("get", help="one value")
     get.add_argument("scope")
     get.add_argument("key")
+    config = commands.add_parser("config", help="check a configuration file")
+    checks = config.add_subparsers(dest="action", required=True)
+    check = checks.add_parser(
+        "check", help="print what a TOML or iii YAML file means and what is not supported"
+    )
+    check.add_argument("file")
     return parser
+
+
+def config_check(args: argparse.Namespace, out: Output) -> int:
+    """``fnmesh config check FILE``: the settings a file sets, and every problem in it (exit 1)."""
+    path = Path(args.file)
+    if path.suffix in (".yaml", ".yml"):
+        from . import iii_config
+
+        mapped = iii_config.read(path.read_text(encoding="utf-8"), str(path))
+        for line in mapped.meaning:
+            out.line(line)
+        for line in mapped.pending:
+            out.line(f"accepted, not applied by this build: {line}")
+        problems = list(mapped.problems)
+        if not problems:
+            try:
+                EngineConfig.from_mapping(mapped.settings)
+            except FnmeshError as exc:
+                problems.append(str(exc))
+    else:
+        problems = []
+        try:
+            config = EngineConfig.from_file(path)
+        except FnmeshError as exc:
+            problems.append(str(exc))
+        else:
+            defaults = EngineConfig()
+            for f in dataclasses.fields(config):
+                if getattr(config, f.name) != getattr(defaults, f.name):
+                    out.line(f"{f.name} = {getattr(config, f.name)!r}")
+    for problem in problems:
+        out.line(f"not supported: {problem}")
+    if problems:
+        out.error(f"{path}: {len(problems)} problem(s)")
+        return EXIT_USAGE
+    out.line(f"{path}: OK")
+    return 0
 
 
 def _remote_options(
@@ -248,6 +297,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def _announce(engine: Engine) -> None:
     _say(f"fnmesh {__version__}: workers connect to {engine.url}")
+    for url in engine.listener_urls:
+        _say(f"fnmesh {__version__}: workers also connect to {url} (listener with its own access control)")
     if engine.http_url is not None:
         _say(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}")
 
@@ -592,6 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return call(args, out)
         if args.command in ("functions", "workers", "triggers"):
             return listing(args, out)
+        if args.command == "config":
+            return config_check(args, out)
         if args.command == "completion":
             out.line(completion_script(args.shell, parser).rstrip("\n"))
             return 0

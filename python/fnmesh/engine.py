@@ -132,6 +132,18 @@ class EngineConfig:
         type = "fifo"            # or "standard"
         message_group_field = "customer_id"
     """
+    listeners: list[dict[str, Any]] = dataclasses.field(default_factory=lambda: list(_DEFAULTS["listeners"]))
+    """Further worker listeners, each with its own address, token and access control
+    (docs/access-control.md), in the shape of iii's ``iii-worker-manager`` config, e.g. in TOML::
+
+        [[listeners]]
+        host = "127.0.0.1"
+        port = 49135
+        middleware_function_id = "auth::middleware"
+        [listeners.rbac]
+        auth_function_id = "auth::check"
+        expose_functions = ['match("api::*")', { metadata = { public = true } }]
+    """
     queue_poll_interval_ms: int = _DEFAULTS["queue_poll_interval_ms"]
     """How often an idle queue consumer looks for due retries and other engines' messages."""
     state_backend: str = _DEFAULTS["state_backend"]
@@ -239,6 +251,8 @@ class EngineConfig:
             isinstance(k, str) and isinstance(v, dict) for k, v in self.queues.items()
         ):
             raise InvalidArgument(f"queues must be a table of queue tables, not {self.queues!r}")
+        if not isinstance(self.listeners, list) or not all(isinstance(v, dict) for v in self.listeners):
+            raise InvalidArgument(f"listeners must be a list of listener tables, not {self.listeners!r}")
         if self.queue_poll_interval_ms == 0:
             raise InvalidArgument("queue_poll_interval_ms must be positive")
         if self.max_calls_in_flight_per_connection == 0 or self.max_buffered_registrations == 0:
@@ -275,12 +289,18 @@ class EngineConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> EngineConfig:
-        """Reads a TOML file whose top-level keys are the field names, e.g.::
+        """Reads a TOML file whose top-level keys are the field names (or, for a ``.yaml`` or
+        ``.yml`` file, iii's YAML configuration, docs/iii-config.md), e.g.::
 
         host = "0.0.0.0"
         port = 49134
         function_conflict = "reject"
         """
+        if str(path).endswith((".yaml", ".yml")):
+            # iii's format (docs/iii-config.md): its worker list mapped onto these settings.
+            from . import iii_config
+
+            return cls.from_mapping(iii_config.load(path))
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
@@ -356,6 +376,15 @@ class Engine:
         """``http://host:port`` of the HTTP trigger server, once a route has opened it."""
         addr = self._require().http_addr
         return f"http://{addr}" if addr is not None else None
+
+    @property
+    def listener_urls(self) -> list[str]:
+        """``ws://host:port`` of each further listener (setting ``listeners``), in their order."""
+        urls = []
+        for addr in self._require().listener_addrs:
+            host, _, port = addr.rpartition(":")
+            urls.append(f"ws://{host}:{port}")
+        return urls
 
     @property
     def worker_count(self) -> int:

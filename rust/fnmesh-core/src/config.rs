@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::AccessConfig;
 use crate::invocation::DEFAULT_INVOCATION_TIMEOUT;
 use crate::registry::ConflictPolicy;
 use crate::server::ServerConfig;
@@ -58,6 +59,9 @@ pub struct EngineConfig {
     pub max_buffered_registrations: usize,
     /// Bytes of the frames of those waiting registrations; past it, the same.
     pub max_buffered_registration_bytes: usize,
+    /// Further worker listeners beside [`EngineConfig::server`], each with its own address,
+    /// token and access control (docs/access-control.md). Empty by default.
+    pub listeners: Vec<ListenerConfig>,
     /// Test hook: how long a closed connection's cleanup is put off, as on a loaded machine
     /// where the old connection of a reconnecting worker is torn down late. Zero (the default):
     /// at once.
@@ -82,9 +86,103 @@ impl Default for EngineConfig {
             max_calls_in_flight_per_connection: 10_000,
             max_buffered_registrations: 10_000,
             max_buffered_registration_bytes: 128 * 1024 * 1024,
+            listeners: Vec::new(),
             cleanup_delay: Duration::ZERO,
         }
     }
+}
+
+/// One more worker listener (docs/access-control.md): its socket settings, and the access
+/// control of the connections it accepts (`None`: the default listener's behaviour, anything
+/// goes).
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Address, token, frame limit and the rest, as for the default listener.
+    pub server: ServerConfig,
+    /// Auth function, `expose_functions`, hooks and middleware.
+    pub access: Option<AccessConfig>,
+}
+
+/// One listener as written in settings (the shape of iii's `iii-worker-manager` config, plus
+/// fnmesh's `auth_token` and `hook_timeout_ms`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerSpec {
+    host: Option<String>,
+    port: u16,
+    auth_token: Option<String>,
+    middleware_function_id: Option<String>,
+    hook_timeout_ms: Option<u64>,
+    rbac: Option<RbacSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RbacSpec {
+    auth_function_id: Option<String>,
+    #[serde(default)]
+    expose_functions: Vec<crate::access::FunctionFilter>,
+    on_function_registration_function_id: Option<String>,
+    on_trigger_registration_function_id: Option<String>,
+    on_trigger_type_registration_function_id: Option<String>,
+}
+
+/// Reads further listeners from JSON: a list of `{host?, port, auth_token?,
+/// middleware_function_id?, hook_timeout_ms?, rbac?: {auth_function_id?, expose_functions?,
+/// on_function_registration_function_id?, on_trigger_registration_function_id?,
+/// on_trigger_type_registration_function_id?}}` (docs/access-control.md). Each starts from
+/// `base` (the default listener's settings); one with neither `rbac` nor a middleware is
+/// unrestricted. Unknown keys are refused.
+pub fn listeners_from_json(json: &str, base: &ServerConfig) -> Result<Vec<ListenerConfig>, String> {
+    let specs: Vec<ListenerSpec> =
+        serde_json::from_str(json).map_err(|e| format!("listeners: {e}"))?;
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let ip = match &spec.host {
+            Some(host) => {
+                let host = if host == "localhost" {
+                    "127.0.0.1"
+                } else {
+                    host.as_str()
+                };
+                host.parse()
+                    .map_err(|_| format!("listeners: host {host:?} is not an IP address"))?
+            }
+            None => base.addr.ip(),
+        };
+        let mut server = base.clone();
+        server.addr = SocketAddr::new(ip, spec.port);
+        server.auth_token = spec.auth_token.filter(|t| !t.is_empty());
+        let access = match (spec.rbac, spec.middleware_function_id) {
+            (None, None) => None,
+            (rbac, middleware) => {
+                let mut access = AccessConfig::new();
+                if let Some(ms) = spec.hook_timeout_ms {
+                    access.hook_timeout = Duration::from_millis(ms.max(1));
+                }
+                access.middleware_function_id = middleware;
+                if let Some(r) = rbac {
+                    access.auth_function_id = r.auth_function_id;
+                    access.expose_functions = r.expose_functions;
+                    access.on_function_registration_function_id =
+                        r.on_function_registration_function_id;
+                    access.on_trigger_registration_function_id =
+                        r.on_trigger_registration_function_id;
+                    access.on_trigger_type_registration_function_id =
+                        r.on_trigger_type_registration_function_id;
+                } else {
+                    // A middleware alone: every function may be called, through it.
+                    access.expose_functions = vec![crate::access::FunctionFilter::Id {
+                        glob: "*".into(),
+                        namespace: None,
+                    }];
+                }
+                Some(access)
+            }
+        };
+        out.push(ListenerConfig { server, access });
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -72,7 +72,18 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     fn channels(&self) -> Option<&ChannelHub> {
         None
     }
+    /// Whether to accept a worker connection whose upgrade succeeded, decided before
+    /// [`ConnectionHandler::on_connect`] and before any of its frames is read (an auth function,
+    /// docs/access-control.md). `false` closes it with 1008 and nothing of it is seen. The
+    /// default accepts at once.
+    fn admit(&self, conn: &Arc<Connection>) -> BoxFuture<'static, bool> {
+        let _ = conn;
+        Box::pin(std::future::ready(true))
+    }
 }
+
+/// A boxed future that can move between threads.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +108,10 @@ pub struct Connection {
     remote_addr: SocketAddr,
     connected_at_ms: u64,
     headers: HashMap<String, String>,
+    query: String,
+    /// Set by the engine for a connection whose function ids are registered under a prefix
+    /// (docs/access-control.md): the frames sent to it carry the ids it registered.
+    registration_prefix: std::sync::OnceLock<String>,
     tx: mpsc::Sender<Outbound>,
     /// Bytes of the frames queued and not yet handed to the socket.
     queued_bytes: AtomicUsize,
@@ -133,6 +148,32 @@ impl Connection {
     /// A header of the upgrade request (name case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// Every header of the upgrade request, names in lower case.
+    pub fn headers(&self) -> &HashMap<String, String> {
+        &self.headers
+    }
+
+    /// The query string of the upgrade request (`""` when none), still percent-encoded.
+    pub fn query(&self) -> &str {
+        &self.query
+    }
+
+    /// Puts every function id this connection registers under `prefix::` (once; later calls
+    /// change nothing).
+    pub fn set_registration_prefix(&self, prefix: &str) {
+        let _ = self.registration_prefix.set(format!("{prefix}::"));
+    }
+
+    /// The id this connection knows `function_id` by: without its registration prefix.
+    pub fn local_function_id<'a>(&self, function_id: &'a str) -> &'a str {
+        match self.registration_prefix.get() {
+            Some(prefix) => function_id
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(function_id),
+            None => function_id,
+        }
     }
 
     /// Queues a text frame (UTF-8 JSON). Never blocks.
@@ -404,7 +445,8 @@ fn token_ok(expected: &str, req: &Request) -> bool {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%xx` escapes and `+` (as a space) of a query string's key or value.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -482,6 +524,7 @@ async fn serve_socket(
 ) {
     let mut route = Route::Worker;
     let mut headers = HashMap::new();
+    let mut query = String::new();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(config.max_frame_bytes))
@@ -501,6 +544,7 @@ async fn serve_socket(
             }
             _ => return Err(reject(404, "not found")),
         }
+        query = req.uri().query().unwrap_or("").to_owned();
         for (name, value) in req.headers() {
             if let Ok(v) = value.to_str() {
                 headers.insert(name.as_str().to_ascii_lowercase(), v.to_owned());
@@ -540,12 +584,39 @@ async fn serve_socket(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         headers,
+        query,
+        registration_prefix: std::sync::OnceLock::new(),
         tx,
         queued_bytes: AtomicUsize::new(0),
         max_queued_bytes: config.outbound_bytes.max(config.max_frame_bytes),
         closed: AtomicBool::new(false),
         gone,
     });
+    let admitted = tokio::select! {
+        admitted = handler.admit(&conn) => admitted,
+        _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => false,
+    };
+    if !admitted {
+        // Nothing of the connection was read or seen by the engine: refuse it outright.
+        debug!(%peer, "connection refused by the listener's access control");
+        let close = CloseFrame {
+            code: CloseCode::Policy,
+            reason: "refused by the listener's access control".into(),
+        };
+        // Then the closing handshake: what the peer sent meanwhile is read and dropped, so that
+        // unread bytes do not turn the close into a reset the peer never sees the code of.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if sink.send(WsMessage::Close(Some(close))).await.is_ok() {
+                while let Some(Ok(message)) = source.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        return;
+    }
     if let Ok(mut conns) = live.conns.lock() {
         conns.insert(conn.id.clone(), conn.clone());
     }

@@ -71,6 +71,10 @@ pub(crate) struct EngineSettings {
     /// Named queues, as JSON text here (a dict of dicts in Python).
     #[pyo3(from_py_with = queues_to_json, into_py_with = queues_from_json)]
     pub(crate) queues: String,
+    /// Further worker listeners, as JSON text here (a list of dicts in Python;
+    /// docs/access-control.md).
+    #[pyo3(from_py_with = queues_to_json, into_py_with = queues_from_json)]
+    pub(crate) listeners: String,
     pub(crate) queue_poll_interval_ms: u64,
     /// `sqlite`, `memory`, `redis` or `off` (`StateBackend`).
     pub(crate) state_backend: String,
@@ -165,6 +169,8 @@ impl Default for EngineSettings {
             queue_sqlite_synchronous: queues.sqlite_synchronous.as_str().to_owned(),
             // The core's default has no named queues (a `default` queue always exists).
             queues: String::from("{}"),
+            // The core's default has no further listeners.
+            listeners: String::from("[]"),
             queue_poll_interval_ms: millis(queues.poll_interval),
             state_backend: state_backend.to_owned(),
             state_path,
@@ -320,6 +326,9 @@ impl EngineSettings {
         config.server.outbound_bytes = self.outbound_bytes;
         config.server.ping_interval = ms(self.ping_interval_ms);
         config.server.peer_timeout = ms(self.peer_timeout_ms);
+        config.listeners =
+            fnmesh_core::config::listeners_from_json(&self.listeners, &config.server)
+                .map_err(invalid)?;
         Ok((config, self.worker_threads.max(1)))
     }
 }

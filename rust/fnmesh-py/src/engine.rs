@@ -122,6 +122,21 @@ impl EngineHandle {
         engine.http_addr().map(|a| a.to_string())
     }
 
+    /// `host:port` of each further listener (setting `listeners`), in their order.
+    #[getter]
+    fn listener_addrs(&self) -> Vec<String> {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        state.as_ref().map_or_else(Vec::new, |(_, engine)| {
+            engine
+                .listener_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        })
+    }
+
     /// True until `stop()`.
     #[getter]
     fn running(&self) -> bool {

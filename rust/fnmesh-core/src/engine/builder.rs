@@ -106,6 +106,7 @@ impl EngineBuilder {
     pub async fn start(self) -> std::io::Result<Engine> {
         let shared = Shared::new(self.config);
         super::builtins::install(&shared);
+        super::access::install_log_builtins(&shared);
         for (ns, id, def, f) in self.natives {
             shared
                 .register_native(&ns, &id, HOST_OWNER, def, f)
@@ -125,7 +126,7 @@ impl EngineBuilder {
         }
         let server = match Server::bind(
             shared.config.server.clone(),
-            Arc::new(Handler(shared.clone())),
+            Arc::new(Handler::new(shared.clone(), None)),
         )
         .await
         {
@@ -135,6 +136,25 @@ impl EngineBuilder {
                 return Err(e);
             }
         };
+        // Further listeners, each with its own access control (docs/access-control.md).
+        let mut listeners = Vec::with_capacity(shared.config.listeners.len());
+        for listener in shared.config.listeners.clone() {
+            let handler = Arc::new(Handler::new(shared.clone(), listener.access));
+            match Server::bind(listener.server, handler).await {
+                Ok(bound) => {
+                    info!(addr = %bound.local_addr(), "fnmesh engine listening for workers (extra listener)");
+                    listeners.push(bound);
+                }
+                Err(e) => {
+                    for bound in listeners {
+                        bound.shutdown().await;
+                    }
+                    server.shutdown().await;
+                    shutdown_all(&services).await;
+                    return Err(e);
+                }
+            }
+        }
         let weak = Arc::downgrade(&shared);
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -151,6 +171,7 @@ impl EngineBuilder {
         Ok(Engine {
             shared,
             server,
+            listeners,
             sweeper,
             services,
         })
@@ -161,6 +182,7 @@ impl EngineBuilder {
 pub struct Engine {
     shared: Arc<Shared>,
     server: Server,
+    listeners: Vec<Server>,
     sweeper: tokio::task::JoinHandle<()>,
     services: Vec<ServiceEntry>,
 }
@@ -169,6 +191,11 @@ impl Engine {
     /// Where workers connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where each of [`EngineConfig::listeners`] listens, in their order.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(Server::local_addr).collect()
     }
 
     /// `ws://host:port` for workers.
@@ -245,6 +272,9 @@ impl Engine {
     pub async fn shutdown(self) {
         self.shared.stopped.store(true, Ordering::Release);
         shutdown_all(&self.services).await;
+        for listener in self.listeners {
+            listener.shutdown().await;
+        }
         self.server.shutdown().await;
         self.sweeper.abort();
         for (id, pending) in self.shared.pending.drain_where(|_| true) {

@@ -371,6 +371,8 @@ fn functions_list(shared: &Arc<Shared>, mut call: Call) {
     };
     let mut wanted: Vec<String> = input.workers.unwrap_or_default();
     wanted.extend(input.worker);
+    // A restricted connection sees what it may call, nothing more (docs/access-control.md).
+    let viewer = shared.session_of(call.caller_worker_id.as_deref());
     let rows: Vec<Value> = shared
         .functions
         .list(ListFilter {
@@ -381,6 +383,7 @@ fn functions_list(shared: &Arc<Shared>, mut call: Call) {
         .iter()
         .filter(|f| input.include_internal || !hidden_function(f))
         .filter(|f| wanted.is_empty() || matches_worker(shared, f, &wanted))
+        .filter(|f| viewer.as_ref().is_none_or(|s| shared.may_see(s, f)))
         .map(|f| summary(shared, f))
         .collect();
     call.reply
@@ -399,15 +402,23 @@ fn functions_info(shared: &Arc<Shared>, mut call: Call) {
         return;
     };
     let ns = input.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let viewer = shared.session_of(call.caller_worker_id.as_deref());
+    // A function a restricted connection may not call is, to it, not there.
+    let lookup = |id: &str| {
+        shared
+            .functions
+            .lookup(ns, id)
+            .filter(|f| viewer.as_ref().is_none_or(|s| shared.may_see(s, f)))
+    };
     match (input.function_id, input.function_ids) {
-        (Some(id), None) => match shared.functions.lookup(ns, &id) {
+        (Some(id), None) => match lookup(&id) {
             Some(f) => call.reply.send(Outcome::json(&function_detail(shared, &f))),
             None => not_found(call, format!("function {id} not found in namespace {ns}")),
         },
         (None, Some(ids)) if !ids.is_empty() && ids.len() <= 32 => {
             let rows: Vec<Value> = ids
                 .iter()
-                .map(|id| match shared.functions.lookup(ns, id) {
+                .map(|id| match lookup(id) {
                     Some(f) => function_detail(shared, &f),
                     None => json!({"function_id": id, "error": "not_found"}),
                 })

@@ -136,6 +136,14 @@ impl Shared {
         }
         match target {
             Target::Worker(conn) => {
+                // A worker registered under a prefix (docs/access-control.md) is called by the
+                // id it registered; no copy otherwise.
+                let local = conn.local_function_id(&function_id).len();
+                let function_id = if local == function_id.len() {
+                    function_id
+                } else {
+                    function_id[function_id.len() - local..].to_owned()
+                };
                 let frame = Message::InvokeFunction(InvokeFunction {
                     invocation_id: Some(id.to_string()),
                     function_id,

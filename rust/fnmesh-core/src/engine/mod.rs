@@ -58,6 +58,7 @@
 
 pub mod builtins;
 
+mod access;
 mod bindings;
 mod builder;
 mod dispatch;

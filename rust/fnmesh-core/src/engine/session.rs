@@ -16,6 +16,7 @@ use super::state::{
     lock, raw_null, send_msg, uuid, InFlightSlot, NsState, Provider, Shared, Target, WorkerState,
 };
 use super::{is_in_process_owner, ENGINE_OWNER, ENQUEUE_FUNCTION};
+use crate::access::{AccessConfig, Grants};
 use crate::error::Error;
 use crate::external::ExternalRegistration;
 use crate::function::{CallOptions, Outcome};
@@ -26,7 +27,7 @@ use crate::protocol::{
     WorkerRegistered,
 };
 use crate::registry::{check_namespace, FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
-use crate::server::{Connection, ConnectionHandler};
+use crate::server::{BoxFuture, Connection, ConnectionHandler};
 use crate::triggers::TriggerType;
 
 impl Shared {
@@ -82,6 +83,10 @@ impl Shared {
                     NsState::Known(ns) => {
                         let ns = ns.clone();
                         drop(state);
+                        if let Some(session) = &ws.access {
+                            self.queue_gated(ws, session, &ns, m);
+                            return;
+                        }
                         let _registering = lock(&self.registrations);
                         self.apply_registration(ws, &ns, m);
                     }
@@ -132,6 +137,24 @@ impl Shared {
         };
         let in_flight = Some(in_flight);
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        // A restricted listener's gate (docs/access-control.md): the call as sent, the
+        // middleware's call instead, or FORBIDDEN.
+        let (function_id, data, action, namespace) = match &ws.access {
+            None => (function_id, data, action, namespace),
+            Some(session) => match self.gate_call(session, function_id, namespace, data, action) {
+                Ok(g) => (g.function_id, g.data, g.action, g.namespace),
+                Err((function_id, message)) => {
+                    self.fail(
+                        caller,
+                        invocation_id.as_deref(),
+                        &function_id,
+                        ErrorCode::Forbidden,
+                        message,
+                    );
+                    return;
+                }
+            },
+        };
         if let Some(TriggerAction::Enqueue { queue }) = action {
             // As iii does (4.4): a call of `engine::queue::enqueue` with the call inside, served
             // by the queue service when the engine runs one.
@@ -225,13 +248,19 @@ impl Shared {
                 }
             }
         };
+        if let Some(session) = &ws.access {
+            for message in queued {
+                self.queue_gated(ws, session, namespace, message);
+            }
+            return;
+        }
         let _registering = lock(&self.registrations);
         for message in queued {
             self.apply_registration(ws, namespace, message);
         }
     }
 
-    fn apply_registration(&self, ws: &Arc<WorkerState>, ns: &str, message: Message) {
+    pub(super) fn apply_registration(&self, ws: &Arc<WorkerState>, ns: &str, message: Message) {
         let conn = &ws.conn;
         match message {
             Message::RegisterFunction(f) => {
@@ -385,8 +414,15 @@ impl Shared {
         self.cleanup(&old);
     }
 
-    fn connect(&self, conn: &Arc<Connection>) {
+    fn connect(&self, conn: &Arc<Connection>, admitted: Option<(Grants, Arc<AccessConfig>)>) {
         let token = uuid();
+        let (access, gate) = match admitted {
+            Some((grants, config)) => {
+                let (session, rx) = self.open_session(conn, grants, config);
+                (Some(session), Some(rx))
+            }
+            None => (None, None),
+        };
         let ws = Arc::new(WorkerState {
             conn: conn.clone(),
             reattach_token: token.clone(),
@@ -394,7 +430,15 @@ impl Shared {
             cleaned: AtomicBool::new(false),
             calls_in_flight: Arc::default(),
             external_pending: Mutex::new(HashMap::new()),
+            access,
         });
+        if let Some(rx) = gate {
+            tokio::spawn(Shared::run_registrations(
+                self.me.clone(),
+                Arc::downgrade(&ws),
+                rx,
+            ));
+        }
         self.conns.insert(conn.id().clone(), ws.clone());
         self.workers.connect(
             conn.id().clone(),
@@ -561,35 +605,79 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The engine's side of the worker WebSocket server: one call per connection event.
-pub(super) struct Handler(pub(super) Arc<Shared>);
+/// The engine's side of one worker listener: one call per connection event. A restricted
+/// listener (`access`) admits each connection through its auth function first.
+pub(super) struct Handler {
+    shared: Arc<Shared>,
+    access: Option<Arc<AccessConfig>>,
+    // Grants of connections admitted and not connected yet, by connection id.
+    admitted: Arc<Mutex<HashMap<Arc<str>, Grants>>>,
+}
+
+impl Handler {
+    pub(super) fn new(shared: Arc<Shared>, access: Option<AccessConfig>) -> Handler {
+        Handler {
+            shared,
+            access: access.map(Arc::new),
+            admitted: Arc::default(),
+        }
+    }
+}
 
 impl ConnectionHandler for Handler {
     fn channels(&self) -> Option<&crate::channels::ChannelHub> {
-        Some(&self.0.channels)
+        Some(&self.shared.channels)
+    }
+
+    fn admit(&self, conn: &Arc<Connection>) -> BoxFuture<'static, bool> {
+        let Some(config) = self.access.clone() else {
+            return Box::pin(std::future::ready(true));
+        };
+        let (shared, conn) = (self.shared.clone(), conn.clone());
+        let admitted = self.admitted.clone();
+        Box::pin(async move {
+            match shared.authenticate(&config, &conn).await {
+                Some(grants) => {
+                    lock(&admitted).insert(conn.id().clone(), grants);
+                    true
+                }
+                None => false,
+            }
+        })
     }
 
     fn on_connect(&self, conn: &Arc<Connection>) {
-        self.0.connect(conn);
+        let admitted = match &self.access {
+            Some(config) => {
+                let Some(grants) = lock(&self.admitted).remove(conn.id()) else {
+                    // Admission always records the grants first; never accept without them.
+                    conn.close(1008, "refused by the listener's access control");
+                    return;
+                };
+                Some((grants, config.clone()))
+            }
+            None => None,
+        };
+        self.shared.connect(conn, admitted);
     }
 
     fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]) {
-        let Some(ws) = self.0.conns.get(conn.id()).map(|w| w.clone()) else {
+        let Some(ws) = self.shared.conns.get(conn.id()).map(|w| w.clone()) else {
             return; // retired by a reattach; its frames no longer count
         };
-        self.0.on_frame(&ws, frame);
+        self.shared.on_frame(&ws, frame);
     }
 
     fn on_disconnect(&self, conn: &Arc<Connection>) {
-        let Some(ws) = self.0.conns.get(conn.id()).map(|w| w.clone()) else {
+        let Some(ws) = self.shared.conns.get(conn.id()).map(|w| w.clone()) else {
             return;
         };
-        let delay = self.0.config.cleanup_delay;
+        let delay = self.shared.config.cleanup_delay;
         if delay.is_zero() {
-            self.0.cleanup(&ws);
+            self.shared.cleanup(&ws);
         } else {
             // The test hook (`EngineConfig::cleanup_delay`): a late teardown.
-            let shared = self.0.clone();
+            let shared = self.shared.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 shared.cleanup(&ws);

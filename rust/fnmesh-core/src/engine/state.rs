@@ -102,6 +102,9 @@ pub(crate) struct WorkerState {
     // unregistration or a newer registration of the same id makes the answer stale. Held while
     // an answer registers, and by cleanup, so nothing registers after the worker left.
     pub(super) external_pending: Mutex<HashMap<(String, String), u64>>,
+    /// Set for a connection of a restricted listener: its grants and its listener's access
+    /// control (docs/access-control.md).
+    pub(super) access: Option<Arc<super::access::Session>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -100,6 +100,10 @@ error_codes! {
     /// The calling connection already has `max_calls_in_flight_per_connection` calls in flight
     /// (made by it, not answered yet): the call fails at once.
     TooManyCallsInFlight = "too_many_calls_in_flight",
+    /// The calling connection's listener does not let it call this function (its access
+    /// control, docs/access-control.md): not exposed, not granted, or forbidden. iii's spelling,
+    /// which the iii SDKs map to their typed `FORBIDDEN` error.
+    Forbidden = "FORBIDDEN",
     /// A frame exceeds the configured size limit ([`crate::Error::FrameTooLarge`]); the engine
     /// closes such a connection with WebSocket code 1009.
     FrameTooLarge = "frame_too_large",
@@ -120,6 +124,9 @@ error_codes! {
     /// A trigger binding was refused: unknown trigger type, a provider's refusal, an invalid
     /// config (a bad cron expression, for instance), or the binding was replaced meanwhile.
     TriggerRegistrationFailed = "trigger_registration_failed",
+    /// A trigger or trigger type registration was refused by the connection's access control
+    /// (its grants, or a registration hook that failed, timed out or answered garbage).
+    RegistrationDenied = "REGISTRATION_DENIED",
 
     // ---- the worker client's local codes (never sent by the engine) ----
 
