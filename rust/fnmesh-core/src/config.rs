@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub max_buffered_registrations: usize,
     /// Bytes of the frames of those waiting registrations; past it, the same.
     pub max_buffered_registration_bytes: usize,
+    /// Where the Prometheus `/metrics` endpoint listens (docs/observability.md); `None` (the
+    /// default of an embedded engine) turns metrics off: no endpoint, and calls record nothing.
+    pub metrics_addr: Option<SocketAddr>,
     /// Test hook: how long a closed connection's cleanup is put off, as on a loaded machine
     /// where the old connection of a reconnecting worker is torn down late. Zero (the default):
     /// at once.
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
             max_calls_in_flight_per_connection: 10_000,
             max_buffered_registrations: 10_000,
             max_buffered_registration_bytes: 128 * 1024 * 1024,
+            metrics_addr: None,
             cleanup_delay: Duration::ZERO,
         }
     }

@@ -58,7 +58,8 @@ impl EngineHandle {
     #[staticmethod]
     fn start(py: Python<'_>, config: EngineSettings) -> PyResult<EngineHandle> {
         let (config, worker_threads) = config.into_core()?;
-        let (worker_addr, http_addr) = (config.server.addr, config.http.addr);
+        let (worker_addr, http_addr, metrics_addr) =
+            (config.server.addr, config.http.addr, config.metrics_addr);
         py.detach(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(worker_threads)
@@ -83,14 +84,16 @@ impl EngineHandle {
                 return PyErr::from(e);
             }
             // Name the setting whose port is taken: the worker listener's message names its
-            // address; anything else that binds at start is the HTTP listener.
+            // address, the metrics listener's too; anything else that binds at start is the HTTP
+            // listener.
             let text = e.to_string();
-            let (addr, setting) =
-                if worker_addr.port() != 0 && text.contains(&worker_addr.to_string()) {
+            let (addr, setting) = match metrics_addr {
+                _ if worker_addr.port() != 0 && text.contains(&worker_addr.to_string()) => {
                     (worker_addr, "port")
-                } else {
-                    (http_addr, "http_port")
-                };
+                }
+                Some(m) if text.contains("/metrics") => (m, "metrics_port"),
+                _ => (http_addr, "http_port"),
+            };
             crate::errors::address_in_use(&e, &addr.ip().to_string(), addr.port(), setting)
         })
     }
@@ -120,6 +123,14 @@ impl EngineHandle {
         let state = self.state.lock().ok()?;
         let (_, engine) = state.as_ref()?;
         engine.http_addr().map(|a| a.to_string())
+    }
+
+    /// `host:port` of the `/metrics` endpoint, when metrics are on.
+    #[getter]
+    fn metrics_addr(&self) -> Option<String> {
+        let state = self.state.lock().ok()?;
+        let (_, engine) = state.as_ref()?;
+        engine.metrics_addr().map(|a| a.to_string())
     }
 
     /// True until `stop()`.

@@ -14,6 +14,7 @@ use tracing::debug;
 
 use super::state::{send_msg, uuid, InFlightSlot, Shared, Target, WorkerState};
 use crate::function::{Call, CallOptions, Completer, Outcome, Reply};
+use crate::meter::{CallOutcome, FunctionStats};
 use crate::protocol::ErrorCode;
 use crate::protocol::{InvocationResult, InvokeFunction, Message, RawJson};
 use crate::registry::{check_namespace, Lease, DEFAULT_NAMESPACE};
@@ -37,6 +38,36 @@ pub(super) struct Pending {
     lease: Lease<Target>,
     // The calling connection's slot, given back when the call leaves the table.
     _in_flight: Option<InFlightSlot>,
+    // The function's meters when metrics are on; a call dropped unanswered counts as cancelled.
+    pub(super) metered: Metered,
+}
+
+/// A call's meters and the moment it was routed (metrics on), recorded once: by
+/// [`Metered::finish`] with the outcome, or when dropped unfinished as
+/// [`CallOutcome::Cancelled`].
+pub(super) struct Metered(Option<(Arc<FunctionStats>, Instant)>);
+
+impl Metered {
+    pub(super) fn finish(&mut self, outcome: CallOutcome) {
+        if let Some((stats, started)) = self.0.take() {
+            stats.record(outcome, started.elapsed());
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.finish(CallOutcome::Cancelled);
+    }
+}
+
+/// The outcome label of a call's outcome.
+fn outcome_label(outcome: &Outcome) -> CallOutcome {
+    match outcome {
+        Outcome::Success(_) => CallOutcome::Success,
+        Outcome::Failure(e) if e.code == ErrorCode::InvocationTimeout => CallOutcome::Timeout,
+        Outcome::Failure(_) => CallOutcome::Error,
+    }
 }
 
 /// One call to route.
@@ -99,7 +130,12 @@ impl Shared {
             baggage,
         } = options;
         let ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-        let Some(lease) = self.functions.select(ns, &function_id) else {
+        // NOTE: metrics cost two atomic adds (outcome, histogram bucket; plus the sum) and one
+        // `Instant::now()` pair per call, and nothing when off (`metered` false).
+        let Some((lease, stats)) = self
+            .functions
+            .select_metered(ns, &function_id, self.metered)
+        else {
             let message = self.not_found_message(ns, &function_id);
             self.fail(
                 caller,
@@ -123,6 +159,7 @@ impl Shared {
             timeout,
             lease,
             _in_flight: in_flight,
+            metered: Metered(stats.map(|stats| (stats, Instant::now()))),
         };
         if let Err(pending) = self.pending.insert(&id, pending, timeout) {
             self.fail(
@@ -197,6 +234,9 @@ impl Shared {
         message: String,
     ) {
         debug!(function_id, code = code.as_str(), %message, "call failed before dispatch");
+        if self.metered {
+            self.unrouted.record_unrouted(CallOutcome::Error);
+        }
         let outcome = Outcome::failure(code, message);
         match (caller, invocation_id) {
             (Caller::Worker { conn, reply: true }, Some(id)) => {
@@ -209,7 +249,8 @@ impl Shared {
         }
     }
 
-    pub(super) fn deliver(&self, id: &str, pending: Pending, outcome: Outcome) {
+    pub(super) fn deliver(&self, id: &str, mut pending: Pending, outcome: Outcome) {
+        pending.metered.finish(outcome_label(&outcome));
         match pending.caller {
             Caller::Worker { conn, reply: true } => {
                 reply_to(&conn, id, &pending.function_id, outcome)
@@ -233,12 +274,17 @@ impl Shared {
         frame: &[u8],
     ) {
         let from_id = from.conn.id();
-        let Some(pending) = self.pending.take_if(&result.invocation_id, |p| {
+        let Some(mut pending) = self.pending.take_if(&result.invocation_id, |p| {
             p.target.as_ref() == Some(from_id)
         }) else {
             debug!(invocation_id = %result.invocation_id, "result for an unknown or finished call dropped");
             return;
         };
+        pending.metered.finish(match &result.error {
+            None => CallOutcome::Success,
+            Some(e) if e.code == ErrorCode::InvocationTimeout => CallOutcome::Timeout,
+            Some(_) => CallOutcome::Error,
+        });
         match &pending.caller {
             // The reply frame is already what the caller needs (same id on both hops): forward
             // the worker's bytes untouched.

@@ -573,6 +573,10 @@ impl ConnectionHandler for Handler {
         self.0.connect(conn);
     }
 
+    fn on_close_reason(&self, reason: crate::meter::CloseReason) {
+        self.0.connection_closed(reason);
+    }
+
     fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]) {
         let Some(ws) = self.0.conns.get(conn.id()).map(|w| w.clone()) else {
             return; // retired by a reattach; its frames no longer count
