@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,11 @@ from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
 from fnmesh.state import State, StateChange, StateEvent
 from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
+
+# A library's loggers are quiet until the application configures logging: the engine's lines
+# (under ``fnmesh.core``) and the SDK's reach the application's handlers, never stderr on their
+# own (docs/observability.md, "Logs").
+logging.getLogger("fnmesh").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from fnmesh import external

@@ -65,7 +65,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from fnmesh import __version__, telemetry
+from fnmesh import __version__, _native, telemetry
 from fnmesh.app import App, run_loop
 from fnmesh.completion import SHELLS
 from fnmesh.completion import script as completion_script
@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         "--function-conflict", choices=["replicate", "reject"], help="second owner of a function"
     )
     serve.add_argument("--log-level", help="log filter, e.g. info or fnmesh_core=debug")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="engine log lines on stderr: readable text (default) or one JSON object per line",
+    )
     run = commands.add_parser("run", help="serve an fnmesh.App until interrupted")
     run.add_argument("target", metavar="MODULE[:APP]", help="module or .py file, and the app's name (app)")
     run.add_argument(
@@ -245,6 +251,18 @@ def serve(args: argparse.Namespace) -> int:
         # A standalone engine serves /metrics unless told otherwise (docs/observability.md).
         config = config.replace(metrics_port=DEFAULT_METRICS_PORT)
         defaulted_metrics = True
+    # The engine's lines go to stderr, as text or JSON, not through Python logging as an embedded
+    # engine's do: installed before the engine starts, which then keeps it.
+    _native.init_logging(config.log_level, args.log_format)
+    # The SDK's own Python lines (external functions, ...) on stderr too, in the same format;
+    # fnmesh's loggers are otherwise quiet until configured.
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.WARNING)
     if config.external_functions:
         # External functions are called from Python (httpx): that needs the app loop.
         return _serve_app(config)
@@ -271,6 +289,21 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         engine.stop()
     return 0
+
+
+class _JsonFormatter(logging.Formatter):
+    """``fnmesh serve --log-format json`` for Python's lines: the engine's JSON shape."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.replace("WARNING", "WARN"),
+            "target": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
 
 
 def _announce(engine: Engine) -> None:

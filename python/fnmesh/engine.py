@@ -187,7 +187,9 @@ class EngineConfig:
     (cloud metadata included), multicast or reserved address; checked at registration and
     before every call."""
     log_level: str = "info"
-    """Log filter for the engine's lines on stderr (``info``, ``debug``, ``fnmesh_core=debug``)."""
+    """Filter for the engine's log lines (``info``, ``debug``, ``fnmesh_core=debug``), applied in the
+    engine before a line is formatted. An embedded engine hands the lines that pass to Python
+    ``logging`` (loggers under ``fnmesh.core``); ``fnmesh serve`` writes them to stderr."""
 
     def __post_init__(self) -> None:
         if self.function_conflict not in CONFLICT_POLICIES:
@@ -319,7 +321,8 @@ class Engine:
         """Binds the listener and starts serving; returns self."""
         if self._handle is not None:
             raise InvalidArgument("engine already started")
-        _native.init_logging(self.config.log_level)
+        # Through Python logging, unless the process installed another way first (fnmesh serve).
+        _native.init_logging(self.config.log_level, "python")
         # The binding reads the settings it knows off the dataclass (rust/fnmesh-py/src/config.rs).
         self._handle = _native.EngineHandle.start(self.config)
         return self

@@ -17,28 +17,7 @@ use crate::link::{Opened, PyLink};
 /// Registers the classes and functions on the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EngineHandle>()?;
-    m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     Ok(())
-}
-
-/// Sends the engine's log lines (Rust `tracing`) to stderr, filtered by `level` (an
-/// `env_logger`-style filter such as `"info"` or `"fnmesh_core=debug"`). Only the first call
-/// installs the logger; later calls return False.
-#[pyfunction]
-#[pyo3(signature = (level = "info"))]
-fn init_logging(level: &str) -> PyResult<bool> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
-        crate::errors::InvalidArgument::new_err(format!("bad log filter {level:?}: {e}"))
-    })?;
-    // Colours only on a terminal: piped into a file or a log collector, lines stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    Ok(tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init()
-        .is_ok())
 }
 
 /// A running engine and the tokio runtime it runs on.

@@ -69,6 +69,7 @@ mod session;
 mod state;
 
 pub use builder::{Engine, EngineBuilder};
+pub use dispatch::trace_id;
 pub use handle::{EngineRef, WeakEngineRef};
 pub use service::{EngineService, ServiceError};
 pub use state::Target;

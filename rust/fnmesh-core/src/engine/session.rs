@@ -121,6 +121,7 @@ impl Shared {
             self.fail(
                 caller,
                 invocation_id.as_deref(),
+                traceparent.as_deref(),
                 &function_id,
                 ErrorCode::TooManyCallsInFlight,
                 format!(
@@ -156,6 +157,7 @@ impl Shared {
                 Some(Err(e)) => self.fail(
                     caller,
                     invocation_id.as_deref(),
+                    traceparent.as_deref(),
                     &function_id,
                     ErrorCode::EnqueueError,
                     e.to_string(),
@@ -163,6 +165,7 @@ impl Shared {
                 None => self.fail(
                     caller,
                     invocation_id.as_deref(),
+                    traceparent.as_deref(),
                     &function_id,
                     ErrorCode::EnqueueError,
                     "queues are turned off in this engine (setting queue_backend)".to_owned(),
@@ -174,6 +177,7 @@ impl Shared {
             self.fail(
                 caller,
                 invocation_id.as_deref(),
+                traceparent.as_deref(),
                 &function_id,
                 e.error_code(),
                 e.to_string(),

@@ -356,10 +356,10 @@ pub(super) async fn settle_nack(
     }
     match &how {
         Nack::Dead => {
-            warn!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempts = delivery.attempt, code = %error.code, "message dead-lettered: {}", error.message)
+            warn!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, trace_id = crate::engine::trace_id(delivery.traceparent.as_deref()), attempts = delivery.attempt, code = %error.code, "message dead-lettered: {}", error.message)
         }
         Nack::Retry(delay) => {
-            info!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempt = delivery.attempt, code = %error.code, retry_in_ms = delay.as_millis() as u64, "queued call failed; will retry")
+            info!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, trace_id = crate::engine::trace_id(delivery.traceparent.as_deref()), attempt = delivery.attempt, code = %error.code, retry_in_ms = delay.as_millis() as u64, "queued call failed; will retry")
         }
         Nack::Release(delay) => {
             debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, code = %error.code, "the call did not run; the message waits without using an attempt")
