@@ -53,6 +53,9 @@ ENGINES: dict[str, list[str]] = {
         "0",
         "--http-port",
         "0",
+        # Metrics on, as `fnmesh serve` has them by default, on any free port.
+        "--metrics-port",
+        "0",
         "--log-level",
         "warn",
     ],

@@ -10,8 +10,10 @@ free loopback port, ``fnmesh-loadgen worker`` registers ``bench.echo`` on one co
 ``fnmesh-loadgen call`` drives it at each concurrency over four caller connections: caller ->
 engine -> worker -> engine -> caller. The floor is ``fnmesh-loadgen echo``, a WebSocket server that
 answers every ``invokefunction`` itself: caller -> echo -> caller, one hop and no routing, the
-latency no engine can beat. A round measures all three; the full run repeats rounds and reports
-the median of each number. Every subprocess is stopped on exit, Ctrl-C and errors included.
+latency no engine can beat. A round measures all three, plus ``fnmesh serve --no-metrics`` at 64
+in flight: the cost of the engine's metrics (on in ``fnmesh serve`` by default) against none, in
+the same run. The full run repeats rounds and reports the median of each number. Every
+subprocess is stopped on exit, Ctrl-C and errors included.
 
 Prints a Markdown table and writes ``benches/results/routing[.quick].json``.
 """
@@ -32,8 +34,19 @@ FUNCTION = "bench.echo"
 CONNECTIONS = 4
 WARMUP = "1s"
 CONCURRENCIES = (1, 64, 256)
-TARGETS = ("fnmesh", "reference", "echo")
-LABELS = {"fnmesh": "fnmesh", "reference": "reference engine", "echo": "echo floor"}
+MAIN_TARGETS = ("fnmesh", "reference", "echo")
+# fnmesh with its observability turned off, measured at OBSERVABILITY_CONCURRENCY only.
+BARE = "fnmesh-bare"
+# The bare engine runs right after fnmesh in each round, so drift on the machine hits the pair alike.
+TARGETS = ("fnmesh", BARE, "reference", "echo")
+OBSERVABILITY_CONCURRENCY = 64
+METRICS_COST_TARGET = 0.05
+LABELS = {
+    "fnmesh": "fnmesh",
+    "reference": "reference engine",
+    "echo": "echo floor",
+    BARE: "fnmesh, no metrics",
+}
 THROUGHPUT_TARGET = 10.0
 P50_TARGET = 2.5
 ECHO_LINE = re.compile(r"listening (ws://\S+)")
@@ -90,15 +103,19 @@ def measure(procs: Processes, target: str, plan: Plan, logs: Path, round_index: 
     started: list[subprocess.Popen[Any]] = []
     runs: dict[str, Any] = {}
     try:
+        concurrencies: tuple[int, ...] = CONCURRENCIES
         if target == "echo":
             server, url = start_echo(procs, logs / f"{tag}.log")
             started.append(server)
         else:
-            server, url = benchkit.start_engine(procs, logs / f"{tag}.log", target)
+            kind, extra = (target, []) if target != BARE else ("fnmesh", ["--no-metrics"])
+            if target == BARE:
+                concurrencies = (OBSERVABILITY_CONCURRENCY,)
+            server, url = benchkit.start_engine(procs, logs / f"{tag}.log", kind, extra)
             started.append(server)
             worker, _ = benchkit.start_loadgen_worker(procs, url, logs / f"worker-{tag}.log")
             started.append(worker)
-        for concurrency in CONCURRENCIES:
+        for concurrency in concurrencies:
             runs[str(concurrency)] = call(procs, url, concurrency, plan.duration_s)
             for proc in started:
                 if proc.poll() is not None:
@@ -111,7 +128,7 @@ def measure(procs: Processes, target: str, plan: Plan, logs: Path, round_index: 
 
 def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
     env = benchkit.environment()
-    by_target = {t: [r for r in results if r["target"] == t] for t in TARGETS}
+    by_target = {t: [r for r in results if r["target"] == t] for t in MAIN_TARGETS}
     summary: dict[str, Any] = {}
     rows = []
     for c in CONCURRENCIES:
@@ -212,8 +229,10 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
             e["p50_over_floor"] <= P50_TARGET,
         )
     )
+    observability = observability_row(results)
     payload = {
         "benchmark": "E1 routing",
+        "observability": observability,
         "headline": headline,
         "environment": env,
         "plan": plan.__dict__,
@@ -226,6 +245,45 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
     }
     path = benchkit.write_results("routing", quick, payload)
     print(f"\nraw numbers: {benchkit.relative(path)}")
+
+
+def observability_row(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Prints and returns the cost of metrics: fnmesh (``fnmesh serve``, metrics on) against
+    ``fnmesh serve --no-metrics`` at 64 in flight, each round's pair measured back to back."""
+    c = str(OBSERVABILITY_CONCURRENCY)
+    on = [r for r in results if r["target"] == "fnmesh"]
+    off = [r for r in results if r["target"] == BARE]
+    per_round = [
+        benchkit.ratio(float(a["loadgen"][c]["throughput_per_s"]), float(b["loadgen"][c]["throughput_per_s"]))
+        for a, b in zip(on, off, strict=True)
+    ]
+    on_rate = median_of(on, OBSERVABILITY_CONCURRENCY, "throughput_per_s")
+    off_rate = median_of(off, OBSERVABILITY_CONCURRENCY, "throughput_per_s")
+    cost = 1.0 - benchkit.ratio(on_rate, off_rate)
+    verdict = "met" if cost <= METRICS_COST_TARGET else "MISSED"
+    print()
+    print(f"E1 observability, C={c}: metrics on (tracing off) vs both off, same run")
+    print(
+        benchkit.table(
+            [
+                "C",
+                "metrics on calls/s",
+                "both off calls/s",
+                "on / off",
+                f"cost (≤ {METRICS_COST_TARGET:.0%})",
+            ],
+            [[c, f"{on_rate:,.0f}", f"{off_rate:,.0f}", f"{1.0 - cost:.3f}", f"{cost:+.1%} ({verdict})"]],
+        )
+    )
+    print("on / off per round: " + ", ".join(f"{x:.3f}" for x in per_round))
+    return {
+        "concurrency": OBSERVABILITY_CONCURRENCY,
+        "metrics_on_calls_per_s": on_rate,
+        "both_off_calls_per_s": off_rate,
+        "cost": cost,
+        "cost_max": METRICS_COST_TARGET,
+        "on_over_off_per_round": per_round,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,11 @@ from fnmesh.triggers.http import (
     StreamingResponse,
     UploadFile,
 )
+
+# A library's loggers are quiet until the application configures logging: the engine's lines
+# (under ``fnmesh.core``) and the SDK's reach the application's handlers, never stderr on their
+# own (docs/observability.md, "Logs").
+logging.getLogger("fnmesh").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from fnmesh import external

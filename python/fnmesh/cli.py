@@ -69,12 +69,12 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from fnmesh import __version__, telemetry
+from fnmesh import __version__, _native, telemetry
 from fnmesh.app import App, run_loop
 from fnmesh.completion import SHELLS
 from fnmesh.completion import script as completion_script
 from fnmesh.engine import Engine, EngineConfig
-from fnmesh.errors import FnmeshError, InvalidArgument, InvocationError
+from fnmesh.errors import AddressInUse, FnmeshError, InvalidArgument, InvocationError
 from fnmesh.output import Output
 from fnmesh.remote import (
     DEFAULT_URL,
@@ -89,6 +89,10 @@ from fnmesh.remote import (
 
 __all__ = ["main"]
 
+# Where ``fnmesh serve`` serves /metrics unless configured: the port OpenTelemetry's Prometheus
+# exporter uses by default.
+DEFAULT_METRICS_PORT = 9464
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fnmesh", description="fnmesh function engine")
@@ -102,11 +106,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="worker WebSocket port (default 49134; 0 = any free)")
     serve.add_argument("--http-host", help="HTTP trigger address (default: the --host address)")
     serve.add_argument("--http-port", type=int, help="HTTP trigger port (default 3111)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help=f"Prometheus /metrics port, on loopback unless metrics_host says otherwise "
+        f"(default {DEFAULT_METRICS_PORT}; 0 = any free)",
+    )
+    serve.add_argument("--no-metrics", action="store_true", help="serve no /metrics and count nothing")
     serve.add_argument("--auth-token", help="require workers to present this token")
     serve.add_argument(
         "--function-conflict", choices=["replicate", "reject"], help="second owner of a function"
     )
     serve.add_argument("--log-level", help="log filter, e.g. info or fnmesh_core=debug")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="engine log lines on stderr: readable text (default) or one JSON object per line",
+    )
     run = commands.add_parser("run", help="serve an fnmesh.App until interrupted")
     run.add_argument("target", metavar="MODULE[:APP]", help="module or .py file, and the app's name (app)")
     run.add_argument(
@@ -267,6 +284,7 @@ def serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "http_host": args.http_host,
         "http_port": args.http_port,
+        "metrics_port": args.metrics_port,
         "auth_token": args.auth_token,
         "function_conflict": args.function_conflict,
         "log_level": args.log_level,
@@ -275,6 +293,25 @@ def serve(args: argparse.Namespace) -> int:
     if config.http_listen_at_start is None:
         # A standalone engine answers HTTP from the start, as iii does.
         config = config.replace(http_listen_at_start=True)
+    defaulted_metrics = False
+    if args.no_metrics:
+        config = config.replace(metrics_port=None)
+    elif config.metrics_port is None:
+        # A standalone engine serves /metrics unless told otherwise (docs/observability.md).
+        config = config.replace(metrics_port=DEFAULT_METRICS_PORT)
+        defaulted_metrics = True
+    # The engine's lines go to stderr, as text or JSON, not through Python logging as an embedded
+    # engine's do: installed before the engine starts, which then keeps it.
+    _native.init_logging(config.log_level, args.log_format)
+    # The SDK's own Python lines (external functions, ...) on stderr too, in the same format;
+    # fnmesh's loggers are otherwise quiet until configured.
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.WARNING)
     if config.external_functions:
         # External functions are called from Python (httpx): that needs the app loop.
         return _serve_app(config)
@@ -285,7 +322,15 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    engine = Engine(config).start()
+    try:
+        engine = Engine(config).start()
+    except AddressInUse as e:
+        if not (defaulted_metrics and e.setting == "metrics_port"):
+            raise
+        # The default metrics port is taken (another engine on this host): serve without it
+        # rather than refuse to start.
+        _say(f"fnmesh: port {DEFAULT_METRICS_PORT} is taken; serving no /metrics (set --metrics-port)")
+        engine = Engine(config.replace(metrics_port=None)).start()
     _announce(engine)
     try:
         while not stop.wait(0.5):
@@ -295,12 +340,29 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _JsonFormatter(logging.Formatter):
+    """``fnmesh serve --log-format json`` for Python's lines: the engine's JSON shape."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.replace("WARNING", "WARN"),
+            "target": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
 def _announce(engine: Engine) -> None:
     _say(f"fnmesh {__version__}: workers connect to {engine.url}")
     for url in engine.listener_urls:
         _say(f"fnmesh {__version__}: workers also connect to {url} (listener with its own access control)")
     if engine.http_url is not None:
         _say(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}")
+    if engine.metrics_url is not None:
+        _say(f"fnmesh {__version__}: metrics at {engine.metrics_url}")
 
 
 def _say(line: str) -> None:

@@ -59,6 +59,12 @@ class EngineConfig:
     leave ``host`` on loopback) to expose the HTTP triggers without exposing the worker port."""
     http_port: int = _DEFAULTS["http_port"]
     """Port of the HTTP trigger server (on ``http_host``), opened when the first route is bound."""
+    metrics_host: str = _DEFAULTS["metrics_host"]
+    """Address of the Prometheus ``/metrics`` endpoint (an IP address), when ``metrics_port`` is set."""
+    metrics_port: int | None = _DEFAULTS["metrics_port"]
+    """Port of the Prometheus ``/metrics`` endpoint (0 picks a free one); ``None``, the default of an
+    embedded engine, turns metrics off (no endpoint, no counting). ``fnmesh serve`` sets 9464 unless
+    configured (docs/observability.md)."""
     http_body_limit_bytes: int = _DEFAULTS["http_body_limit_bytes"]
     """Largest HTTP request body a route accepts; a larger one gets 413."""
     http_timeout_ms: int = _DEFAULTS["http_timeout_ms"]
@@ -193,7 +199,9 @@ class EngineConfig:
     (cloud metadata included), multicast or reserved address; checked at registration and
     before every call."""
     log_level: str = "info"
-    """Log filter for the engine's lines on stderr (``info``, ``debug``, ``fnmesh_core=debug``)."""
+    """Filter for the engine's log lines (``info``, ``debug``, ``fnmesh_core=debug``), applied in the
+    engine before a line is formatted. An embedded engine hands the lines that pass to Python
+    ``logging`` (loggers under ``fnmesh.core``); ``fnmesh serve`` writes them to stderr."""
 
     def __post_init__(self) -> None:
         if self.function_conflict not in CONFLICT_POLICIES:
@@ -206,6 +214,12 @@ class EngineConfig:
                 raise InvalidArgument(f"{field.name} must be a non-negative integer, not {value!r}")
         if not 0 <= self.port <= 65535 or not 0 <= self.http_port <= 65535:
             raise InvalidArgument("ports must be between 0 and 65535")
+        if self.metrics_port is not None and (
+            not isinstance(self.metrics_port, int)
+            or isinstance(self.metrics_port, bool)
+            or not 0 <= self.metrics_port <= 65535
+        ):
+            raise InvalidArgument(f"metrics_port must be a port (0-65535) or None, not {self.metrics_port!r}")
         if self.max_frame_bytes == 0 or self.outbound_queue == 0 or self.worker_threads == 0:
             raise InvalidArgument("max_frame_bytes, outbound_queue and worker_threads must be positive")
         if self.ping_interval_ms == 0 or self.peer_timeout_ms <= self.ping_interval_ms:
@@ -327,7 +341,8 @@ class Engine:
         """Binds the listener and starts serving; returns self."""
         if self._handle is not None:
             raise InvalidArgument("engine already started")
-        _native.init_logging(self.config.log_level)
+        # Through Python logging, unless the process installed another way first (fnmesh serve).
+        _native.init_logging(self.config.log_level, "python")
         # The binding reads the settings it knows off the dataclass (rust/fnmesh-py/src/config.rs).
         self._handle = _native.EngineHandle.start(self.config)
         return self
@@ -385,6 +400,13 @@ class Engine:
             host, _, port = addr.rpartition(":")
             urls.append(f"ws://{host}:{port}")
         return urls
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` of the Prometheus endpoint, when metrics are on
+        (``metrics_port``)."""
+        addr = self._require().metrics_addr
+        return f"http://{addr}/metrics" if addr is not None else None
 
     @property
     def worker_count(self) -> int:

@@ -62,6 +62,9 @@ pub struct EngineConfig {
     /// Further worker listeners beside [`EngineConfig::server`], each with its own address,
     /// token and access control (docs/access-control.md). Empty by default.
     pub listeners: Vec<ListenerConfig>,
+    /// Where the Prometheus `/metrics` endpoint listens (docs/observability.md); `None` (the
+    /// default of an embedded engine) turns metrics off: no endpoint, and calls record nothing.
+    pub metrics_addr: Option<SocketAddr>,
     /// Test hook: how long a closed connection's cleanup is put off, as on a loaded machine
     /// where the old connection of a reconnecting worker is torn down late. Zero (the default):
     /// at once.
@@ -87,6 +90,7 @@ impl Default for EngineConfig {
             max_buffered_registrations: 10_000,
             max_buffered_registration_bytes: 128 * 1024 * 1024,
             listeners: Vec::new(),
+            metrics_addr: None,
             cleanup_delay: Duration::ZERO,
         }
     }

@@ -31,6 +31,8 @@ pub mod function;
 pub mod http;
 pub mod invocation;
 pub mod link;
+pub mod meter;
+pub mod metrics;
 pub mod protocol;
 pub mod pubsub;
 pub mod queue;

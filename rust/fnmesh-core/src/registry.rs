@@ -31,6 +31,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::error::{Error, Result};
+use crate::meter::FunctionStats;
 use crate::protocol::RawJson;
 
 // NOTE: foldhash instead of the default SipHash: probing a (namespace, id) key of ~30 bytes
@@ -258,6 +259,8 @@ struct Entry<H> {
     replicas: Vec<Replica<H>>,
     // Where the next round-robin scan starts.
     cursor: AtomicUsize,
+    // The function's meters, kept while the key is registered (docs/observability.md).
+    stats: Arc<FunctionStats>,
 }
 
 /// How a registration changed the registry.
@@ -445,6 +448,7 @@ impl<H> FunctionsRegistry<H> {
                         in_flight: Arc::default(),
                     }],
                     cursor: AtomicUsize::new(0),
+                    stats: Arc::default(),
                 });
                 Registered::Created
             }
@@ -538,6 +542,14 @@ impl<H> FunctionsRegistry<H> {
         self.functions.get(view).map(|entry| entry.def.clone())
     }
 
+    /// Every registered function's meters, as `(key, meters)`, in no particular order.
+    pub fn stats(&self) -> Vec<(FunctionKey, Arc<FunctionStats>)> {
+        self.functions
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.stats.clone()))
+            .collect()
+    }
+
     /// Functions matching `filter`, sorted by `(namespace, function_id)`.
     pub fn list(&self, filter: ListFilter<'_>) -> Vec<FunctionInfo> {
         let needle = filter.search.map(str::to_lowercase);
@@ -578,6 +590,18 @@ impl<H: Clone> FunctionsRegistry<H> {
     // costs 40 / 53 / 75 ns at 1 / 10k / 1M functions against 49 / 63 / 98 ns for a HashMap
     // probed with a freshly built owned key; select + release adds ~20 ns (three atomics).
     pub fn select(&self, namespace: &str, function_id: &str) -> Option<Lease<H>> {
+        self.select_metered(namespace, function_id, false)
+            .map(|(lease, _)| lease)
+    }
+
+    /// [`Self::select`], also handing back the function's meters when `metered` (one `Arc`
+    /// clone, from the same lookup).
+    pub fn select_metered(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        metered: bool,
+    ) -> Option<(Lease<H>, Option<Arc<FunctionStats>>)> {
         let view: &dyn KeyView = &(namespace, function_id);
         let entry = self.functions.get(view)?;
         let replicas = &entry.replicas;
@@ -605,12 +629,13 @@ impl<H: Clone> FunctionsRegistry<H> {
             }
         };
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Lease {
+        let lease = Lease {
             handler: chosen.handler.clone(),
             owner: chosen.owner.clone(),
             in_flight: chosen.in_flight.clone(),
             released: false,
-        })
+        };
+        Some((lease, metered.then(|| entry.stats.clone())))
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tracing::{debug, info, warn};
 
 use crate::channels::{self, ChannelError, ChannelHub, Direction};
+pub use crate::meter::CloseReason;
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 
 /// Settings of the worker listener.
@@ -80,6 +81,12 @@ pub trait ConnectionHandler: Send + Sync + 'static {
         let _ = conn;
         Box::pin(std::future::ready(true))
     }
+
+    /// The listener closed or refused a connection for `reason` (for the
+    /// `fnmesh_connection_closes_total` metric); a close the peer asked for is not reported.
+    fn on_close_reason(&self, reason: CloseReason) {
+        let _ = reason;
+    }
 }
 
 /// A boxed future that can move between threads.
@@ -117,6 +124,8 @@ pub struct Connection {
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
     closed: AtomicBool,
+    // Set when the connection is closed because its peer reads too slowly.
+    slow: AtomicBool,
     gone: watch::Sender<bool>,
 }
 
@@ -228,6 +237,7 @@ impl Connection {
     }
 
     fn force_close(&self) {
+        self.slow.store(true, Ordering::Release);
         self.closed.store(true, Ordering::Release);
         let _ = self.gone.send(true);
     }
@@ -525,6 +535,7 @@ async fn serve_socket(
     let mut route = Route::Worker;
     let mut headers = HashMap::new();
     let mut query = String::new();
+    let mut refused_token = false;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(config.max_frame_bytes))
@@ -533,6 +544,7 @@ async fn serve_socket(
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if let Some(token) = &config.auth_token {
             if !token_ok(token, req) {
+                refused_token = true;
                 return Err(reject(401, "missing or invalid token"));
             }
         }
@@ -558,10 +570,16 @@ async fn serve_socket(
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             debug!(%peer, "handshake refused or failed: {e}");
+            handler.on_close_reason(if refused_token {
+                CloseReason::Auth
+            } else {
+                CloseReason::ProtocolError
+            });
             return;
         }
         Err(_) => {
             debug!(%peer, "handshake timed out");
+            handler.on_close_reason(CloseReason::Timeout);
             return;
         }
     };
@@ -590,6 +608,7 @@ async fn serve_socket(
         queued_bytes: AtomicUsize::new(0),
         max_queued_bytes: config.outbound_bytes.max(config.max_frame_bytes),
         closed: AtomicBool::new(false),
+        slow: AtomicBool::new(false),
         gone,
     });
     let admitted = tokio::select! {
@@ -697,6 +716,7 @@ async fn serve_socket(
                         silent_ms = silent.as_millis() as u64,
                         "peer silent past peer_timeout: dropping the connection"
                     );
+                    handler.on_close_reason(CloseReason::Timeout);
                     break;
                 }
                 if silent >= config.ping_interval && conn.tx.try_send(Outbound::Ping).is_err() {
@@ -721,16 +741,23 @@ async fn serve_socket(
                 Some(Err(WsError::Capacity(e))) => {
                     warn!(worker = %conn.id, "frame over the limit ({e}): closing with 1009");
                     conn.close(1009, "frame too large");
+                    handler.on_close_reason(CloseReason::Oversize);
                     // Let the writer deliver the close frame before we drop the socket.
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                     break;
                 }
                 Some(Err(e)) => {
                     debug!(worker = %conn.id, "connection error: {e}");
+                    handler.on_close_reason(CloseReason::ProtocolError);
                     break;
                 }
             },
-            _ = async { let _ = gone_rx.wait_for(|g| *g).await.map(|_| ()); } => break,
+            _ = async { let _ = gone_rx.wait_for(|g| *g).await.map(|_| ()); } => {
+                if conn.slow.load(Ordering::Acquire) {
+                    handler.on_close_reason(CloseReason::SlowReader);
+                }
+                break;
+            }
             _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => {
                 conn.close(1001, "engine shutting down");
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;

@@ -4,7 +4,7 @@
 //! The engine core ([`crate::engine`]) names no service; each service lives in its own folder on
 //! top of it and implements [`EngineService`]. This module, above both, is the one place that
 //! lists them: [`Engine::builder`] starts an engine with [`standard`] (the HTTP trigger, cron,
-//! the durable queues, state, pubsub, in that order; shut down in reverse order).
+//! the durable queues, state, pubsub, the `/metrics` endpoint, in that order; shut down in reverse order).
 //!
 //! Adding a service to every engine: implement [`EngineService`] in its own folder, then add one
 //! line to [`standard`].
@@ -16,6 +16,7 @@ use crate::cron::CronService;
 use crate::engine::EngineService;
 use crate::engine::{Engine, EngineBuilder};
 use crate::http::HttpService;
+use crate::metrics::MetricsService;
 use crate::pubsub::PubsubService;
 use crate::queue::QueuesService;
 use crate::state::StateService;
@@ -28,6 +29,7 @@ pub fn standard(builder: EngineBuilder) -> EngineBuilder {
         .service(QueuesService::default())
         .service(StateService::default())
         .service(PubsubService::default())
+        .service(MetricsService::default())
 }
 
 impl Engine {
@@ -42,5 +44,11 @@ impl Engine {
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.service::<HttpService>()
             .and_then(HttpService::local_addr)
+    }
+
+    /// Where `/metrics` is served (`None` when metrics are off, setting `metrics_addr`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.service::<MetricsService>()
+            .and_then(MetricsService::local_addr)
     }
 }

@@ -88,6 +88,9 @@ pub(crate) struct EngineSettings {
     pub(crate) max_calls_in_flight_per_connection: usize,
     pub(crate) max_buffered_registrations: usize,
     pub(crate) max_buffered_registration_bytes: usize,
+    /// Where `/metrics` listens; `None` (`metrics_port`): metrics off.
+    pub(crate) metrics_host: String,
+    pub(crate) metrics_port: Option<u16>,
 }
 
 /// Test hook, not a setting: milliseconds by which a closed worker connection's cleanup is put
@@ -136,6 +139,10 @@ impl Default for EngineSettings {
             port: core.server.addr.port(),
             http_host: None,
             http_port: core.http.addr.port(),
+            metrics_host: core
+                .metrics_addr
+                .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
+            metrics_port: core.metrics_addr.map(|a| a.port()),
             http_body_limit_bytes: core.http.body_limit,
             http_timeout_ms: millis(core.http.timeout),
             http_header_read_timeout_ms: millis(core.http.header_read_timeout),
@@ -282,6 +289,16 @@ impl EngineSettings {
                 .parse()
                 .map_err(|_| invalid(format!("http_host must be an IP address, not {host:?}")))?,
         };
+        let metrics_addr = match self.metrics_port {
+            None => None,
+            Some(port) => {
+                let host = &self.metrics_host;
+                let ip: IpAddr = host.parse().map_err(|_| {
+                    invalid(format!("metrics_host must be an IP address, not {host:?}"))
+                })?;
+                Some(SocketAddr::new(ip, port))
+            }
+        };
         let policy: ConflictPolicy = self.function_conflict.parse().into_py_result()?;
         let http = HttpConfig {
             addr: SocketAddr::new(http_ip, self.http_port),
@@ -312,6 +329,7 @@ impl EngineSettings {
             max_calls_in_flight_per_connection: self.max_calls_in_flight_per_connection,
             max_buffered_registrations: self.max_buffered_registrations,
             max_buffered_registration_bytes: self.max_buffered_registration_bytes,
+            metrics_addr,
             cleanup_delay: std::env::var(CLEANUP_DELAY_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok())

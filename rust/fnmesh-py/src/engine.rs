@@ -17,28 +17,7 @@ use crate::link::{Opened, PyLink};
 /// Registers the classes and functions on the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EngineHandle>()?;
-    m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     Ok(())
-}
-
-/// Sends the engine's log lines (Rust `tracing`) to stderr, filtered by `level` (an
-/// `env_logger`-style filter such as `"info"` or `"fnmesh_core=debug"`). Only the first call
-/// installs the logger; later calls return False.
-#[pyfunction]
-#[pyo3(signature = (level = "info"))]
-fn init_logging(level: &str) -> PyResult<bool> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
-        crate::errors::InvalidArgument::new_err(format!("bad log filter {level:?}: {e}"))
-    })?;
-    // Colours only on a terminal: piped into a file or a log collector, lines stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    Ok(tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init()
-        .is_ok())
 }
 
 /// A running engine and the tokio runtime it runs on.
@@ -58,7 +37,8 @@ impl EngineHandle {
     #[staticmethod]
     fn start(py: Python<'_>, config: EngineSettings) -> PyResult<EngineHandle> {
         let (config, worker_threads) = config.into_core()?;
-        let (worker_addr, http_addr) = (config.server.addr, config.http.addr);
+        let (worker_addr, http_addr, metrics_addr) =
+            (config.server.addr, config.http.addr, config.metrics_addr);
         py.detach(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(worker_threads)
@@ -83,14 +63,16 @@ impl EngineHandle {
                 return PyErr::from(e);
             }
             // Name the setting whose port is taken: the worker listener's message names its
-            // address; anything else that binds at start is the HTTP listener.
+            // address, the metrics listener's too; anything else that binds at start is the HTTP
+            // listener.
             let text = e.to_string();
-            let (addr, setting) =
-                if worker_addr.port() != 0 && text.contains(&worker_addr.to_string()) {
+            let (addr, setting) = match metrics_addr {
+                _ if worker_addr.port() != 0 && text.contains(&worker_addr.to_string()) => {
                     (worker_addr, "port")
-                } else {
-                    (http_addr, "http_port")
-                };
+                }
+                Some(m) if text.contains("/metrics") => (m, "metrics_port"),
+                _ => (http_addr, "http_port"),
+            };
             crate::errors::address_in_use(&e, &addr.ip().to_string(), addr.port(), setting)
         })
     }
@@ -135,6 +117,14 @@ impl EngineHandle {
                 .map(|a| a.to_string())
                 .collect()
         })
+    }
+
+    /// `host:port` of the `/metrics` endpoint, when metrics are on.
+    #[getter]
+    fn metrics_addr(&self) -> Option<String> {
+        let state = self.state.lock().ok()?;
+        let (_, engine) = state.as_ref()?;
+        engine.metrics_addr().map(|a| a.to_string())
     }
 
     /// True until `stop()`.

@@ -10,6 +10,7 @@ mod engine;
 mod errors;
 mod external;
 mod link;
+mod logs;
 mod protocol;
 mod registry;
 mod triggers;
@@ -21,6 +22,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     protocol::register(m)?;
     registry::register(m)?;
     engine::register(m)?;
+    logs::register(m)?;
     bridge::register(m)?;
     client::register(m)?;
     link::register(m)?;

@@ -64,11 +64,13 @@ mod builder;
 mod dispatch;
 mod events;
 mod handle;
+mod meters;
 mod service;
 mod session;
 mod state;
 
 pub use builder::{Engine, EngineBuilder};
+pub use dispatch::trace_id;
 pub use handle::{EngineRef, WeakEngineRef};
 pub use service::{EngineService, ServiceError};
 pub use state::Target;

@@ -126,6 +126,7 @@ impl Shared {
             self.fail(
                 caller,
                 invocation_id.as_deref(),
+                traceparent.as_deref(),
                 &function_id,
                 ErrorCode::TooManyCallsInFlight,
                 format!(
@@ -179,6 +180,7 @@ impl Shared {
                 Some(Err(e)) => self.fail(
                     caller,
                     invocation_id.as_deref(),
+                    traceparent.as_deref(),
                     &function_id,
                     ErrorCode::EnqueueError,
                     e.to_string(),
@@ -186,6 +188,7 @@ impl Shared {
                 None => self.fail(
                     caller,
                     invocation_id.as_deref(),
+                    traceparent.as_deref(),
                     &function_id,
                     ErrorCode::EnqueueError,
                     "queues are turned off in this engine (setting queue_backend)".to_owned(),
@@ -197,6 +200,7 @@ impl Shared {
             self.fail(
                 caller,
                 invocation_id.as_deref(),
+                traceparent.as_deref(),
                 &function_id,
                 e.error_code(),
                 e.to_string(),
@@ -659,6 +663,10 @@ impl ConnectionHandler for Handler {
             None => None,
         };
         self.shared.connect(conn, admitted);
+    }
+
+    fn on_close_reason(&self, reason: crate::meter::CloseReason) {
+        self.0.connection_closed(reason);
     }
 
     fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]) {

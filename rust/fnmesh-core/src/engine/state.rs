@@ -21,6 +21,7 @@ use crate::config::EngineConfig;
 use crate::external::ExternalFunctions;
 use crate::function::{Completer, NativeFunction};
 use crate::invocation::PendingTable;
+use crate::meter::{CloseCounts, FunctionStats, MetricsSource};
 use crate::protocol::{ErrorBody, Message, RawJson};
 use crate::registry::{FunctionDef, FunctionsRegistry};
 use crate::server::Connection;
@@ -136,6 +137,15 @@ pub(crate) struct Shared {
     pub(super) registrations: Mutex<()>,
     /// Data channels waiting for their ends (docs/protocol.md 1.7).
     pub(crate) channels: Arc<ChannelHub>,
+    /// Metrics are on (setting `metrics_port`): calls record into their function's meters.
+    pub(super) metered: bool,
+    /// Calls that failed before they were routed (unknown function, ...), under one label.
+    pub(super) unrouted: FunctionStats,
+    /// Worker connections closed or refused, by reason (counted whether metrics are on or not:
+    /// they are rare).
+    pub(super) closes: CloseCounts,
+    /// The services' meters, written after the engine's own when `/metrics` is scraped.
+    pub(super) metric_sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
 }
 
 pub(super) fn uuid() -> String {
@@ -168,6 +178,10 @@ impl Shared {
             external_attempts: AtomicU64::new(0),
             registrations: Mutex::new(()),
             channels: Arc::new(ChannelHub::default()),
+            metered: config.metrics_addr.is_some(),
+            unrouted: FunctionStats::default(),
+            closes: CloseCounts::default(),
+            metric_sources: Mutex::new(Vec::new()),
             config,
         })
     }

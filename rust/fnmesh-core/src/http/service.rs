@@ -34,7 +34,11 @@ impl EngineService for HttpService {
         Box::pin(async move {
             let config = engine.config().http.clone();
             let listen_at_start = config.listen_at_start;
-            let http = HttpTrigger::new(engine.downgrade(), config);
+            let metered = engine.metrics_enabled();
+            let http = HttpTrigger::new(engine.downgrade(), config, metered);
+            if metered {
+                engine.add_metrics_source(http.clone());
+            }
             engine.register_engine_trigger_type(
                 DEFAULT_NAMESPACE,
                 "http",

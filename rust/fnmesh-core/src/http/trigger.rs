@@ -23,6 +23,7 @@ use crate::channels::ChannelRef;
 pub use crate::config::{CorsConfig, HttpConfig};
 use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
+use crate::meter::{self, Exposition, MetricsSource, RouteStats, OTHER};
 use crate::protocol::{ErrorCode, RawJson};
 use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
 
@@ -42,7 +43,12 @@ pub(crate) struct Route {
     binding: Arc<TriggerBinding>,
     condition: Option<String>,
     middleware: Vec<String>,
+    // The route's meters when metrics are on (docs/observability.md).
+    stats: Option<Arc<RouteStats>>,
 }
+
+/// A request's route, with its template and the path parameters it captured.
+type Found = (Route, String, Vec<(String, String)>);
 
 /// One route as listed by [`HttpTrigger::served_routes`].
 pub(crate) struct ServedRoute {
@@ -60,15 +66,22 @@ pub struct HttpTrigger {
     config: HttpConfig,
     routes: RwLock<Router<Route>>,
     listener: Mutex<Option<server::Listening>>,
+    // Requests no route matched, under one label; `Some` when metrics are on.
+    unmatched: Option<Arc<RouteStats>>,
 }
 
 impl HttpTrigger {
-    pub(crate) fn new(engine: WeakEngineRef, config: HttpConfig) -> Arc<HttpTrigger> {
+    pub(crate) fn new(
+        engine: WeakEngineRef,
+        config: HttpConfig,
+        metered: bool,
+    ) -> Arc<HttpTrigger> {
         Arc::new(HttpTrigger {
             engine,
             config,
             routes: RwLock::new(Router::new()),
             listener: Mutex::new(None),
+            unmatched: metered.then(|| Arc::new(RouteStats::new())),
         })
     }
 
@@ -130,7 +143,8 @@ impl HttpTrigger {
         self.engine.upgrade()
     }
 
-    /// Serves one request (body already read within the limit).
+    /// Serves one request (body already read within the limit), recording it in its route's
+    /// meters when metrics are on.
     pub(crate) async fn handle(&self, request: Request) -> Reply {
         let found = {
             let routes = read(&self.routes);
@@ -138,6 +152,24 @@ impl HttpTrigger {
                 .find(&request.method, &request.path)
                 .map(|m| (m.value.clone(), m.template.to_owned(), m.params.clone()))
         };
+        let stats = match &found {
+            Some((route, _, _)) => route.stats.clone(),
+            None => self.unmatched.clone(),
+        };
+        let Some(stats) = stats else {
+            return self.route(request, found).await;
+        };
+        let started = std::time::Instant::now();
+        let reply = self.route(request, found).await;
+        let status = match &reply {
+            Reply::Buffered(reply) => reply.status,
+            Reply::Streaming(streaming) => streaming.status,
+        };
+        stats.record(status, started.elapsed());
+        reply
+    }
+
+    async fn route(&self, request: Request, found: Option<Found>) -> Reply {
         let Some((route, template, params)) = found else {
             // A route of the user's wins over the engine's own pages.
             if let Some(reply) = super::openapi::answer(self, &request.method, &request.path).await
@@ -330,6 +362,10 @@ impl HttpTrigger {
             condition: config.condition_function_id,
             middleware: config.middleware_function_ids,
             binding: binding.clone(),
+            stats: self
+                .unmatched
+                .is_some()
+                .then(|| Arc::new(RouteStats::new())),
         };
         // The same method and path served for another binding: taken over only from an earlier
         // binding of the same worker (or of a connection that is gone), never from another live
@@ -379,6 +415,30 @@ enum RouteRefusal {
 pub(crate) struct ListenError {
     addr: SocketAddr,
     source: std::io::Error,
+}
+
+/// `fnmesh_http_requests_total` and its duration histogram: one row per route served now
+/// (`METHOD /template`) and one for requests no route matched.
+impl MetricsSource for HttpTrigger {
+    fn collect<'a>(&'a self, out: &'a mut Exposition) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut rows: Vec<(String, Arc<RouteStats>)> = read(&self.routes)
+                .entries()
+                .into_iter()
+                .filter_map(|e| {
+                    let stats = e.value.stats.clone()?;
+                    Some((format!("{} /{}", e.method, e.template), stats))
+                })
+                .collect();
+            if let Some(unmatched) = &self.unmatched {
+                rows.push((OTHER.to_owned(), unmatched.clone()));
+            }
+            meter::write_http(
+                out,
+                rows.iter().map(|(route, stats)| (route.as_str(), &**stats)),
+            );
+        })
+    }
 }
 
 fn parse_config(config: &RawJson) -> Result<(RoutePattern, RouteConfig), RouteRefusal> {

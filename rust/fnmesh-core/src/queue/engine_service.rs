@@ -33,7 +33,11 @@ impl EngineService for QueuesService {
             settings
                 .validate()
                 .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
-            let service = QueueService::new(settings.clone(), engine.downgrade());
+            let metered = engine.metrics_enabled();
+            let service = QueueService::new(settings.clone(), engine.downgrade(), metered);
+            if metered {
+                engine.add_metrics_source(service.clone());
+            }
             for (id, description, handler) in functions() {
                 let s = service.clone();
                 let native = move |call: Call| {

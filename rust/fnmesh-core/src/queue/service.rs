@@ -46,6 +46,7 @@ use super::{
 pub use crate::config::{QueueBackend, QueueConfigError, QueueSettings};
 use crate::engine::WeakEngineRef;
 use crate::function::{Call, Outcome};
+use crate::meter::{DeliveryCounts, Exposition, MetricsSource};
 use crate::protocol::{ErrorBody, ErrorCode, RawJson};
 use crate::registry::DEFAULT_NAMESPACE;
 use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
@@ -156,6 +157,9 @@ pub(crate) struct QueueService {
     /// Deliveries whose call is in flight, by lease, with their queue's settings: released at
     /// shutdown.
     running: Mutex<HashMap<String, (Delivery, QueueConfig)>>,
+    /// Each queue's delivery meters, by queue name (one per consumer, so bounded by the
+    /// queues); `None` when metrics are off.
+    deliveries: Option<Mutex<BTreeMap<String, Arc<DeliveryCounts>>>>,
     /// When opening the SQLite store last failed, and why.
     open_failed: Mutex<Option<(std::time::Instant, StoreError)>>,
     stopped: std::sync::atomic::AtomicBool,
@@ -267,7 +271,11 @@ fn raw(text: String) -> RawJson {
 }
 
 impl QueueService {
-    pub(crate) fn new(settings: QueueSettings, engine: WeakEngineRef) -> Arc<QueueService> {
+    pub(crate) fn new(
+        settings: QueueSettings,
+        engine: WeakEngineRef,
+        metered: bool,
+    ) -> Arc<QueueService> {
         let mut configs: HashMap<String, QueueConfig> = settings
             .queues
             .iter()
@@ -285,11 +293,23 @@ impl QueueService {
             subscriptions: Mutex::new(BTreeMap::new()),
             conditions: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            deliveries: metered.then(|| Mutex::new(BTreeMap::new())),
             open_failed: Mutex::new(None),
             stopped: std::sync::atomic::AtomicBool::new(false),
             consumers_stale: std::sync::atomic::AtomicBool::new(true),
             consumer_name: format!("fnmesh-{}", uuid::Uuid::new_v4()),
         })
+    }
+
+    /// The delivery meters of `queue`, made at its first use; `None` when metrics are off.
+    fn delivery_counts(&self, queue: &str) -> Option<Arc<DeliveryCounts>> {
+        let deliveries = self.deliveries.as_ref()?;
+        Some(
+            lock(deliveries)
+                .entry(queue.to_owned())
+                .or_default()
+                .clone(),
+        )
     }
 
     /// The backend's name, for discovery.
@@ -335,9 +355,11 @@ impl QueueService {
             lock(&self.running).drain().map(|(_, r)| r).collect();
         let error = ErrorBody::new(ErrorCode::InvocationStopped, "engine shutting down");
         for (delivery, config) in running {
+            let counts = self.delivery_counts(&config.name);
             settle_nack(
                 store,
                 &config,
+                counts.as_deref(),
                 &delivery,
                 &error,
                 Nack::Release(Duration::ZERO),
@@ -851,6 +873,56 @@ fn group_of(data: &str, field: &str) -> Option<String> {
 }
 
 mod consumer;
+
+/// `fnmesh_queue_messages{queue,state}` (read from the store at each scrape, for every queue
+/// this engine knows: configured or subscribed) and `fnmesh_queue_deliveries_total{queue,outcome}`.
+impl MetricsSource for QueueService {
+    fn collect<'a>(&'a self, out: &'a mut Exposition) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut names: Vec<String> = lock(&self.configs).keys().cloned().collect();
+            names.sort();
+            out.family(
+                "fnmesh_queue_messages",
+                "gauge",
+                "Messages in each queue, by state (ready, delayed, in_flight, dead).",
+            );
+            if let Some(store) = self.store.get() {
+                for name in &names {
+                    let Ok(stats) = store.stats(name).await else {
+                        continue;
+                    };
+                    for (state, n) in [
+                        ("ready", stats.ready),
+                        ("delayed", stats.delayed),
+                        ("in_flight", stats.in_flight),
+                        ("dead", stats.dead),
+                    ] {
+                        out.sample(
+                            "fnmesh_queue_messages",
+                            &[("queue", name), ("state", state)],
+                            n as f64,
+                        );
+                    }
+                }
+            }
+            out.family(
+                "fnmesh_queue_deliveries_total",
+                "counter",
+                "Queue deliveries settled by this engine, by queue and outcome.",
+            );
+            let deliveries: Vec<(String, Arc<DeliveryCounts>)> = match &self.deliveries {
+                Some(map) => lock(map)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            for (queue, counts) in deliveries {
+                counts.write(out, &queue);
+            }
+        })
+    }
+}
 
 use consumer::{consume, settle_nack};
 

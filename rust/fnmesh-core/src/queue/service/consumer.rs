@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::{lock, raw, QueueService};
 use crate::function::{CallOptions, Outcome};
+use crate::meter::{DeliveryCounts, DeliveryOutcome};
 use crate::protocol::{ErrorBody, ErrorCode};
 use crate::queue::{Delivery, Nack, QueueConfig, QueueStore};
 use crate::triggers::condition_skips;
@@ -25,6 +26,8 @@ pub(super) async fn consume(
     let poll = service.settings.poll_interval;
     // Functions found unserved in a row, by (namespace, function id): their messages' park delay.
     let mut away: HashMap<(String, String), u32> = HashMap::new();
+    // This queue's delivery meters (metrics on), resolved once for the consumer's life.
+    let counts = service.delivery_counts(&config.name);
     debug!(queue = %config.name, "queue consumer started");
     loop {
         if service.stopped.load(std::sync::atomic::Ordering::Acquire) {
@@ -44,7 +47,15 @@ pub(super) async fn consume(
                 let claimed = batch.len();
                 let mut parked = 0;
                 for delivery in batch {
-                    if park_if_unserved(&service, &store, &config, &mut away, &delivery).await {
+                    let parked_now = park_if_unserved(
+                        &service,
+                        &store,
+                        &config,
+                        counts.as_deref(),
+                        &mut away,
+                        &delivery,
+                    );
+                    if parked_now.await {
                         parked += 1;
                         continue;
                     }
@@ -55,8 +66,9 @@ pub(super) async fn consume(
                     let store = store.clone();
                     let config = config.clone();
                     let wake = wake.clone();
+                    let counts = counts.clone();
                     tokio::spawn(async move {
-                        deliver(&service, &store, &config, delivery).await;
+                        deliver(&service, &store, &config, counts.as_deref(), delivery).await;
                         drop(permit);
                         // A slot is free: look again at once rather than after the poll.
                         wake.notify_one();
@@ -105,6 +117,7 @@ async fn park_if_unserved(
     service: &Arc<QueueService>,
     store: &Arc<dyn QueueStore>,
     config: &QueueConfig,
+    counts: Option<&DeliveryCounts>,
     away: &mut HashMap<(String, String), u32>,
     delivery: &Delivery,
 ) -> bool {
@@ -132,7 +145,7 @@ async fn park_if_unserved(
             delivery.function_id
         ),
     );
-    settle_nack(store, config, delivery, &error, Nack::Park(delay)).await;
+    settle_nack(store, config, counts, delivery, &error, Nack::Park(delay)).await;
     true
 }
 
@@ -142,10 +155,11 @@ async fn deliver(
     service: &Arc<QueueService>,
     store: &Arc<dyn QueueStore>,
     config: &QueueConfig,
+    counts: Option<&DeliveryCounts>,
     delivery: Delivery,
 ) {
     lock(&service.running).insert(delivery.lease.clone(), (delivery.clone(), config.clone()));
-    let call = deliver_inner(service, store, config, &delivery);
+    let call = deliver_inner(service, store, config, counts, &delivery);
     with_heartbeat(store, config, &delivery, call).await;
     lock(&service.running).remove(&delivery.lease);
 }
@@ -181,6 +195,7 @@ async fn deliver_inner(
     service: &Arc<QueueService>,
     store: &Arc<dyn QueueStore>,
     config: &QueueConfig,
+    counts: Option<&DeliveryCounts>,
     delivery: &Delivery,
 ) {
     let Some(engine) = service.engine.upgrade() else {
@@ -197,7 +212,7 @@ async fn deliver_inner(
                 delivery.attempt
             ),
         );
-        settle_nack(store, config, delivery, &error, Nack::Dead).await;
+        settle_nack(store, config, counts, delivery, &error, Nack::Dead).await;
         return;
     }
     // The heartbeat keeps the claim while the call runs; the call's own bound is the larger of
@@ -221,7 +236,7 @@ async fn deliver_inner(
         match verdict {
             Outcome::Success(result) if condition_skips(result.as_deref()) => {
                 debug!(queue = %config.name, id = %delivery.id, "condition skipped the message");
-                settle_ack(store, config, delivery).await;
+                settle_ack(store, config, counts, delivery).await;
                 return;
             }
             Outcome::Success(_) => {}
@@ -229,7 +244,7 @@ async fn deliver_inner(
                 // A condition that could not be evaluated (it failed, timed out, or nobody
                 // serves it right now) decides nothing: the message is not dropped but settles
                 // like a failed call (docs/protocol.md 6.5).
-                settle_failure(service, store, config, delivery, error).await;
+                settle_failure(service, store, config, counts, delivery, error).await;
                 return;
             }
         }
@@ -248,8 +263,10 @@ async fn deliver_inner(
         )
         .await;
     match outcome {
-        Outcome::Success(_) => settle_ack(store, config, delivery).await,
-        Outcome::Failure(error) => settle_failure(service, store, config, delivery, error).await,
+        Outcome::Success(_) => settle_ack(store, config, counts, delivery).await,
+        Outcome::Failure(error) => {
+            settle_failure(service, store, config, counts, delivery, error).await
+        }
     }
 }
 
@@ -261,6 +278,7 @@ async fn settle_failure(
     service: &Arc<QueueService>,
     store: &Arc<dyn QueueStore>,
     config: &QueueConfig,
+    counts: Option<&DeliveryCounts>,
     delivery: &Delivery,
     error: ErrorBody,
 ) {
@@ -271,6 +289,7 @@ async fn settle_failure(
         settle_nack(
             store,
             config,
+            counts,
             delivery,
             &error,
             Nack::Release(Duration::ZERO),
@@ -280,7 +299,15 @@ async fn settle_failure(
     }
     if not_run && delivery.releases < config.max_releases {
         let delay = config.release_delay(delivery.releases);
-        settle_nack(store, config, delivery, &error, Nack::Release(delay)).await;
+        settle_nack(
+            store,
+            config,
+            counts,
+            delivery,
+            &error,
+            Nack::Release(delay),
+        )
+        .await;
         return;
     }
     let how = if delivery.attempt > config.max_retries {
@@ -288,10 +315,18 @@ async fn settle_failure(
     } else {
         Nack::Retry(config.retry_delay(delivery.attempt))
     };
-    settle_nack(store, config, delivery, &error, how).await;
+    settle_nack(store, config, counts, delivery, &error, how).await;
 }
 
-async fn settle_ack(store: &Arc<dyn QueueStore>, config: &QueueConfig, delivery: &Delivery) {
+async fn settle_ack(
+    store: &Arc<dyn QueueStore>,
+    config: &QueueConfig,
+    counts: Option<&DeliveryCounts>,
+    delivery: &Delivery,
+) {
+    if let Some(counts) = counts {
+        counts.record(DeliveryOutcome::Acked);
+    }
     match store.ack(delivery).await {
         Ok(true) => {}
         Ok(false) => {
@@ -306,16 +341,25 @@ async fn settle_ack(store: &Arc<dyn QueueStore>, config: &QueueConfig, delivery:
 pub(super) async fn settle_nack(
     store: &Arc<dyn QueueStore>,
     config: &QueueConfig,
+    counts: Option<&DeliveryCounts>,
     delivery: &Delivery,
     error: &ErrorBody,
     how: Nack,
 ) {
+    if let Some(counts) = counts {
+        counts.record(match &how {
+            Nack::Dead => DeliveryOutcome::Dead,
+            Nack::Retry(_) => DeliveryOutcome::Retried,
+            Nack::Release(_) => DeliveryOutcome::Released,
+            Nack::Park(_) => DeliveryOutcome::Parked,
+        });
+    }
     match &how {
         Nack::Dead => {
-            warn!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempts = delivery.attempt, code = %error.code, "message dead-lettered: {}", error.message)
+            warn!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, trace_id = crate::engine::trace_id(delivery.traceparent.as_deref()), attempts = delivery.attempt, code = %error.code, "message dead-lettered: {}", error.message)
         }
         Nack::Retry(delay) => {
-            info!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, attempt = delivery.attempt, code = %error.code, retry_in_ms = delay.as_millis() as u64, "queued call failed; will retry")
+            info!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, trace_id = crate::engine::trace_id(delivery.traceparent.as_deref()), attempt = delivery.attempt, code = %error.code, retry_in_ms = delay.as_millis() as u64, "queued call failed; will retry")
         }
         Nack::Release(delay) => {
             debug!(queue = %config.name, id = %delivery.id, function_id = %delivery.function_id, retry_in_ms = delay.as_millis() as u64, code = %error.code, "the call did not run; the message waits without using an attempt")
