@@ -148,6 +148,7 @@ impl Shared {
                     self.fail(
                         caller,
                         invocation_id.as_deref(),
+                        traceparent.as_deref(),
                         &function_id,
                         ErrorCode::Forbidden,
                         message,
@@ -666,7 +667,7 @@ impl ConnectionHandler for Handler {
     }
 
     fn on_close_reason(&self, reason: crate::meter::CloseReason) {
-        self.0.connection_closed(reason);
+        self.shared.connection_closed(reason);
     }
 
     fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]) {
