@@ -37,6 +37,8 @@ pub(super) struct Pending {
     lease: Lease<Target>,
     // The calling connection's slot, given back when the call leaves the table.
     _in_flight: Option<InFlightSlot>,
+    // When it was dispatched and its namespace, while the console watches (engine/recent.rs).
+    recent: Option<(Instant, String)>,
 }
 
 /// One call to route.
@@ -123,6 +125,10 @@ impl Shared {
             timeout,
             lease,
             _in_flight: in_flight,
+            recent: self
+                .recent
+                .start(&function_id)
+                .map(|at| (at, ns.to_owned())),
         };
         if let Err(pending) = self.pending.insert(&id, pending, timeout) {
             self.fail(
@@ -210,6 +216,14 @@ impl Shared {
     }
 
     pub(super) fn deliver(&self, id: &str, pending: Pending, outcome: Outcome) {
+        if let Some((started, ns)) = &pending.recent {
+            let code = match &outcome {
+                Outcome::Success(_) => None,
+                Outcome::Failure(e) => Some(e.code.as_str()),
+            };
+            self.recent
+                .finish(Some(*started), &pending.function_id, ns, code);
+        }
         match pending.caller {
             Caller::Worker { conn, reply: true } => {
                 reply_to(&conn, id, &pending.function_id, outcome)
@@ -243,6 +257,11 @@ impl Shared {
             // The reply frame is already what the caller needs (same id on both hops): forward
             // the worker's bytes untouched.
             Caller::Worker { conn, reply: true } if result.function_id == pending.function_id => {
+                if let Some((started, ns)) = &pending.recent {
+                    let code = result.error.as_ref().map(|e| e.code.as_str());
+                    self.recent
+                        .finish(Some(*started), &pending.function_id, ns, code);
+                }
                 let _ = conn.send(frame.to_vec());
             }
             _ => {
@@ -266,6 +285,7 @@ impl Shared {
 
     pub(super) fn sweep(&self) {
         self.channels.sweep();
+        self.recent.sweep(Instant::now());
         for (id, pending) in self.pending.expired(Instant::now()) {
             self.abandon(&id, &pending);
             let ms = pending.timeout.as_millis();

@@ -63,6 +63,7 @@ mod builder;
 mod dispatch;
 mod events;
 mod handle;
+pub mod recent;
 mod service;
 mod session;
 mod state;

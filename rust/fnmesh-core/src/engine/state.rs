@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     pub(super) registrations: Mutex<()>,
     /// Data channels waiting for their ends (docs/protocol.md 1.7).
     pub(crate) channels: Arc<ChannelHub>,
+    /// The last calls, recorded while the console watches (`engine/recent.rs`).
+    pub(crate) recent: super::recent::Recent,
 }
 
 pub(super) fn uuid() -> String {
@@ -165,6 +167,7 @@ impl Shared {
             external_attempts: AtomicU64::new(0),
             registrations: Mutex::new(()),
             channels: Arc::new(ChannelHub::default()),
+            recent: super::recent::Recent::default(),
             config,
         })
     }
