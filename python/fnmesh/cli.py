@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP trigger port (default 3111)")
     serve.add_argument("--auth-token", help="require workers to present this token")
     serve.add_argument(
+        "--console-token",
+        help="require this token in the console (also $FNMESH_CONSOLE_TOKEN; needed beyond loopback)",
+    )
+    serve.add_argument(
         "--function-conflict", choices=["replicate", "reject"], help="second owner of a function"
     )
     serve.add_argument("--log-level", help="log filter, e.g. info or fnmesh_core=debug")
@@ -219,6 +223,7 @@ def serve(args: argparse.Namespace) -> int:
         "http_host": args.http_host,
         "http_port": args.http_port,
         "auth_token": args.auth_token,
+        "console_token": args.console_token or os.environ.get("FNMESH_CONSOLE_TOKEN") or None,
         "function_conflict": args.function_conflict,
         "log_level": args.log_level,
     }
@@ -250,6 +255,8 @@ def _announce(engine: Engine) -> None:
     _say(f"fnmesh {__version__}: workers connect to {engine.url}")
     if engine.http_url is not None:
         _say(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}")
+    if engine.console_url is not None:
+        _say(f"fnmesh {__version__}: console at {engine.console_url}")
 
 
 def _say(line: str) -> None:
