@@ -32,6 +32,26 @@ else
         "brew install redis)" >&2
 fi
 
+step "chromium and chromium-driver (the console tests drive a headless browser: tests/test_console.py)"
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    chromium --version
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    apt_log=$(mktemp)
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+        >"$apt_log" 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        cat "$apt_log" >&2
+        echo "could not install chromium with apt-get (see above); install it and run again" >&2
+        rm -f "$apt_log"
+        exit 1
+    fi
+    rm -f "$apt_log"
+    chromium --version
+else
+    echo "warning: chromium and chromedriver are not on PATH and cannot be installed here (needs" \
+        "root and apt-get): the console tests will fail; install them (apt-get install chromium" \
+        "chromium-driver)" >&2
+fi
+
 step "fresh virtual environment in $venv"
 rm -rf "$venv" dist
 "$python" -m venv "$venv"

@@ -218,6 +218,17 @@ def test_a_wrong_or_missing_token_exits_3() -> None:
         assert "engine::queue::enqueue" in {f["function_id"] for f in listed}
 
 
+def test_a_refused_token_fails_at_once_not_after_the_connect_timeout() -> None:
+    # With a connect timeout of ten minutes, a client that retried a refusal until the timeout
+    # would outlive `fnmesh()`'s own 60 s bound on the process and fail this test.
+    with serve(["--auth-token", "s3cret", "--log-level", "error"]) as engine:
+        for command in (["call", "shop::price", "{}"], ["functions"], ["workers"], ["triggers"]):
+            stderr = fails(3, *command, "--auth-token", "guess", "--connect-timeout", "600", url=engine.url)
+            assert stderr == (
+                f"fnmesh: the engine at {engine.url} refused the connection: wrong token (HTTP 401)\n"
+            ), stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # fnmesh functions / workers / triggers
 # ----------------------------------------------------------------------------------------------

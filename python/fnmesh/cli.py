@@ -115,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-metrics", action="store_true", help="serve no /metrics and count nothing")
     serve.add_argument("--auth-token", help="require workers to present this token")
     serve.add_argument(
+        "--console-token",
+        help="require this token in the console (also $FNMESH_CONSOLE_TOKEN; needed beyond loopback)",
+    )
+    serve.add_argument(
         "--function-conflict", choices=["replicate", "reject"], help="second owner of a function"
     )
     serve.add_argument("--log-level", help="log filter, e.g. info or fnmesh_core=debug")
@@ -286,6 +290,7 @@ def serve(args: argparse.Namespace) -> int:
         "http_port": args.http_port,
         "metrics_port": args.metrics_port,
         "auth_token": args.auth_token,
+        "console_token": args.console_token or os.environ.get("FNMESH_CONSOLE_TOKEN") or None,
         "function_conflict": args.function_conflict,
         "log_level": args.log_level,
     }
@@ -363,6 +368,8 @@ def _announce(engine: Engine) -> None:
         _say(f"fnmesh {__version__}: HTTP triggers at {engine.http_url}")
     if engine.metrics_url is not None:
         _say(f"fnmesh {__version__}: metrics at {engine.metrics_url}")
+    if engine.console_url is not None:
+        _say(f"fnmesh {__version__}: console at {engine.console_url}")
 
 
 def _say(line: str) -> None:

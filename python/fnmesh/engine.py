@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -82,6 +83,14 @@ class EngineConfig:
     http_listen_at_start: bool | None = _DEFAULTS["http_listen_at_start"]
     """Open the HTTP port when the engine starts (unknown routes answer 404 from then on) rather
     than with the first route. ``None``: yes for ``fnmesh serve``, no for an embedded engine."""
+    console_enabled: bool = _DEFAULTS["console_enabled"]
+    """Serve the console (docs/cli-and-console.md) on the HTTP port under ``console_path``: on a
+    loopback ``http_host`` only, unless ``console_token`` is set."""
+    console_path: str = _DEFAULTS["console_path"]
+    """Where the console is served on the HTTP port (starts with ``/``)."""
+    console_token: str | None = _DEFAULTS["console_token"]
+    """The token the console asks for (its login form keeps it in a cookie); required whenever
+    set, and the only way to serve the console on an address beyond loopback."""
     auth_token: str | None = _DEFAULTS["auth_token"]
     """When set, workers must send ``Authorization: Bearer <token>`` (or ``?token=``)."""
     function_conflict: str = _DEFAULTS["function_conflict"]
@@ -231,6 +240,10 @@ class EngineConfig:
             raise InvalidArgument("http_max_connections and http_header_read_timeout_ms must be positive")
         if self.http_body_read_timeout_ms == 0:
             raise InvalidArgument("http_body_read_timeout_ms must be positive")
+        if not isinstance(self.console_path, str) or not self.console_path.startswith("/"):
+            raise InvalidArgument(f"console_path must start with '/', not {self.console_path!r}")
+        if self.console_token is not None and not self.console_token:
+            raise InvalidArgument("console_token must not be empty (leave it None for no token)")
         if self.http_cors_origins is not None:
             if isinstance(self.http_cors_origins, str) or not all(
                 isinstance(o, str) for o in self.http_cors_origins
@@ -407,6 +420,24 @@ class Engine:
         (``metrics_port``)."""
         addr = self._require().metrics_addr
         return f"http://{addr}/metrics" if addr is not None else None
+
+    @property
+    def console_url(self) -> str | None:
+        """The console's page (docs/cli-and-console.md), when the HTTP port is open and the
+        console is served there: ``console_enabled``, on a loopback address or with a
+        ``console_token``."""
+        addr = self._require().http_addr
+        config = self.config
+        if addr is None or not config.console_enabled:
+            return None
+        host = addr.rsplit(":", 1)[0].strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and config.console_token is None:
+            return None
+        return f"http://{addr}{config.console_path.rstrip('/')}/"
 
     @property
     def worker_count(self) -> int:

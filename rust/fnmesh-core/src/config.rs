@@ -222,6 +222,15 @@ pub struct HttpConfig {
     /// Request body bytes buffered at once over all connections (at least `body_limit`);
     /// readers wait for room, so many large uploads at once cannot exhaust memory.
     pub body_buffer_bytes: usize,
+    /// Serve the console (a page showing functions, workers, triggers, queues and recent calls)
+    /// on this port under `console_path`. It is served only when the listener is on a loopback
+    /// address, or when `console_token` is set (docs/cli-and-console.md).
+    pub console_enabled: bool,
+    /// Where the console is served (a path starting with `/`).
+    pub console_path: String,
+    /// The token the console asks for (a login form sets it as a cookie); required whenever
+    /// set, and the only way to serve the console beyond loopback.
+    pub console_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -237,6 +246,9 @@ impl Default for HttpConfig {
             body_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             body_buffer_bytes: 256 * 1024 * 1024,
+            console_enabled: true,
+            console_path: "/_console".to_owned(),
+            console_token: None,
         }
     }
 }

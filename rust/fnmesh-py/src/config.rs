@@ -49,6 +49,9 @@ pub(crate) struct EngineSettings {
     pub(crate) http_body_buffer_bytes: usize,
     /// `None`: the host decides (`fnmesh serve` listens at start, an embedded engine does not).
     pub(crate) http_listen_at_start: Option<bool>,
+    pub(crate) console_enabled: bool,
+    pub(crate) console_path: String,
+    pub(crate) console_token: Option<String>,
     pub(crate) auth_token: Option<String>,
     pub(crate) function_conflict: String,
     pub(crate) invocation_timeout_ms: u64,
@@ -151,6 +154,9 @@ impl Default for EngineSettings {
             http_body_buffer_bytes: core.http.body_buffer_bytes,
             http_cors_origins: core.http.cors.map(|cors| cors.allowed_origins),
             http_listen_at_start: None,
+            console_enabled: core.http.console_enabled,
+            console_path: core.http.console_path,
+            console_token: core.http.console_token,
             auth_token: core.server.auth_token,
             function_conflict: core.function_conflict.as_str().to_owned(),
             invocation_timeout_ms: millis(core.invocation_timeout),
@@ -313,6 +319,9 @@ impl EngineSettings {
                 allowed_origins: origins,
                 ..CorsConfig::default()
             }),
+            console_enabled: self.console_enabled,
+            console_path: self.console_path,
+            console_token: self.console_token,
             ..HttpConfig::default()
         };
         let mut config = EngineConfig {

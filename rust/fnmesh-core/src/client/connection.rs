@@ -26,6 +26,7 @@ type Socket = WebSocketStream<TcpStream>;
 /// Connects, serves, and reconnects with backoff until told to stop.
 pub(super) async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let mut attempt: u32 = 0;
+    let mut ever_connected = false;
     loop {
         if *stop.borrow() {
             break;
@@ -37,6 +38,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<bool>
         match connected {
             Ok(socket) => {
                 attempt = 0;
+                ever_connected = true;
                 let (tx, rx) = mpsc::unbounded_channel();
                 replay(&inner, tx);
                 inner.state.send_replace(ClientState::Connected);
@@ -56,7 +58,20 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<bool>
             }
             Err(reason) => {
                 debug!(url = %inner.settings.url, attempt, "connection attempt failed: {reason}");
-                *lock(&inner.last_error) = Some(reason.to_string());
+                let refused = reason.refused_status();
+                *lock(&inner.last_error) = Some(match refused {
+                    Some(status) => format!(
+                        "the engine refused the connection (HTTP {status}): wrong or missing auth token"
+                    ),
+                    None => reason.to_string(),
+                });
+                // A first connection the engine refuses (a wrong token) fails at once instead of
+                // retrying until the connect timeout: retrying cannot change the answer. Once
+                // connected, a refusal on reconnect (an engine restarted with another token)
+                // keeps retrying with backoff, as any other failure.
+                if refused.is_some() && !ever_connected {
+                    break;
+                }
             }
         }
         if *inner.state.borrow() != ClientState::Connecting {
@@ -88,6 +103,20 @@ enum ConnectError {
     /// Nothing within the connect timeout.
     #[error("connection attempt timed out")]
     TimedOut,
+}
+
+impl ConnectError {
+    /// The status of an upgrade the engine answered with 401 or 403.
+    fn refused_status(&self) -> Option<u16> {
+        match self {
+            ConnectError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(response))
+                if matches!(response.status().as_u16(), 401 | 403) =>
+            {
+                Some(response.status().as_u16())
+            }
+            _ => None,
+        }
+    }
 }
 
 async fn connect_once(inner: &Inner) -> Result<Socket, ConnectError> {

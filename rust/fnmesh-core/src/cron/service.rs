@@ -4,10 +4,58 @@ use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
 
-use super::{CronLock, CronTrigger, LocalLock, RedisLock};
+use super::{CronLock, CronSchedule, CronTrigger, LocalLock, RedisLock};
 use crate::engine::{EngineRef, EngineService, ServiceError};
 use crate::error::Error;
-use crate::registry::DEFAULT_NAMESPACE;
+use crate::function::{Call, Outcome};
+use crate::protocol::ErrorCode;
+use crate::registry::{FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
+
+/// The function answering the next fire time of schedules.
+pub const NEXT_RUNS: &str = "engine::cron::next_runs";
+/// Schedules per `engine::cron::next_runs` call.
+const NEXT_RUNS_LIMIT: usize = 1000;
+
+#[derive(serde::Deserialize)]
+struct NextRunsInput {
+    schedules: Vec<ScheduleInput>,
+}
+
+#[derive(serde::Deserialize)]
+struct ScheduleInput {
+    expression: String,
+    timezone: Option<String>,
+}
+
+/// `engine::cron::next_runs`: each schedule's next fire time after now, in ms since the epoch;
+/// `null` for one that never fires again or does not parse.
+fn next_runs(call: Call) {
+    let outcome = match serde_json::from_str::<NextRunsInput>(call.data.get()) {
+        Err(e) => Outcome::failure(
+            ErrorCode::DeserializationError,
+            format!("invalid input for {NEXT_RUNS}: {e}"),
+        ),
+        Ok(input) if input.schedules.len() > NEXT_RUNS_LIMIT => Outcome::failure(
+            ErrorCode::InvalidArgument,
+            format!("{NEXT_RUNS} takes at most {NEXT_RUNS_LIMIT} schedules"),
+        ),
+        Ok(input) => {
+            let now = chrono::Utc::now();
+            let runs: Vec<Option<i64>> = input
+                .schedules
+                .iter()
+                .map(|s| {
+                    CronSchedule::parse(&s.expression, s.timezone.as_deref())
+                        .ok()
+                        .and_then(|schedule| schedule.next_after(now))
+                        .map(|t| t.timestamp_millis())
+                })
+                .collect();
+            Outcome::json(&serde_json::json!({ "next_runs": runs }))
+        }
+    };
+    call.reply.send(outcome);
+}
 
 /// The `cron` trigger type (docs/protocol.md 6.4) as an engine service: installs a [`CronTrigger`]
 /// taking each tick's lock in the engine's `cron_redis_url` ([`RedisLock`]) or, without one, in
@@ -41,6 +89,16 @@ impl EngineService for CronService {
                 "Runs a function on a cron schedule (docs/protocol.md 6.4)",
                 cron.clone(),
             )?;
+            let def = FunctionDef {
+                kind: FunctionKind::Local,
+                description: Some(
+                    "Next fire times of cron schedules: {schedules: [{expression, timezone}]} \
+                     answers {next_runs: [ms since the epoch or null]} (the console's column)"
+                        .to_owned(),
+                ),
+                ..FunctionDef::default()
+            };
+            engine.register_engine_function(DEFAULT_NAMESPACE, NEXT_RUNS, def, next_runs)?;
             let _ = self.trigger.set(cron);
             Ok(())
         })

@@ -43,6 +43,8 @@ pub(super) struct Pending {
     // The caller's trace id, for the log lines about the call; kept only when debug lines are
     // on (the lines about a routed call are debug lines), so it costs nothing otherwise.
     trace_id: Option<u128>,
+    // When it was dispatched and its namespace, while the console watches (engine/recent.rs).
+    recent: Option<(Instant, String)>,
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), as its text, or `""`.
@@ -193,6 +195,10 @@ impl Shared {
             } else {
                 None
             },
+            recent: self
+                .recent
+                .start(&function_id)
+                .map(|at| (at, ns.to_owned())),
         };
         if let Err(pending) = self.pending.insert(&id, pending, timeout) {
             self.fail(
@@ -301,6 +307,14 @@ impl Shared {
 
     pub(super) fn deliver(&self, id: &str, mut pending: Pending, outcome: Outcome) {
         pending.metered.finish(outcome_label(&outcome));
+        if let Some((started, ns)) = &pending.recent {
+            let code = match &outcome {
+                Outcome::Success(_) => None,
+                Outcome::Failure(e) => Some(e.code.as_str()),
+            };
+            self.recent
+                .finish(Some(*started), &pending.function_id, ns, code);
+        }
         match pending.caller {
             Caller::Worker { conn, reply: true } => {
                 reply_to(&conn, id, &pending.function_id, outcome)
@@ -339,6 +353,11 @@ impl Shared {
             // The reply frame is already what the caller needs (same id on both hops): forward
             // the worker's bytes untouched.
             Caller::Worker { conn, reply: true } if result.function_id == pending.function_id => {
+                if let Some((started, ns)) = &pending.recent {
+                    let code = result.error.as_ref().map(|e| e.code.as_str());
+                    self.recent
+                        .finish(Some(*started), &pending.function_id, ns, code);
+                }
                 let _ = conn.send(frame.to_vec());
             }
             _ => {
@@ -362,6 +381,7 @@ impl Shared {
 
     pub(super) fn sweep(&self) {
         self.channels.sweep();
+        self.recent.sweep(Instant::now());
         for (id, pending) in self.pending.expired(Instant::now()) {
             self.abandon(&id, &pending);
             let ms = pending.timeout.as_millis();

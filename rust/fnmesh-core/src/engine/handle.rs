@@ -53,6 +53,18 @@ impl EngineRef {
         self.shared.call(function_id, data, options).await
     }
 
+    /// The last calls, newest first (at most [`super::recent::RECENT_CAPACITY`]), recorded only
+    /// while someone watches: see [`EngineRef::watch_invocations`].
+    pub fn recent_invocations(&self) -> Vec<super::recent::RecentInvocation> {
+        self.shared.recent.snapshot()
+    }
+
+    /// Records the calls that finish during the next [`super::recent::WATCH_WINDOW`] (the
+    /// console calls it on each look; recording costs the hot path nothing while off).
+    pub fn watch_invocations(&self) {
+        self.shared.recent.watch();
+    }
+
     /// Invokes a function without waiting for (or receiving) its outcome.
     pub fn send(
         &self,

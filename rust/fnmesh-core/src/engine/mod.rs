@@ -65,6 +65,7 @@ mod dispatch;
 mod events;
 mod handle;
 mod meters;
+pub mod recent;
 mod service;
 mod session;
 mod state;

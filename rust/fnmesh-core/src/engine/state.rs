@@ -146,6 +146,8 @@ pub(crate) struct Shared {
     pub(super) closes: CloseCounts,
     /// The services' meters, written after the engine's own when `/metrics` is scraped.
     pub(super) metric_sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
+    /// The last calls, recorded while the console watches (`engine/recent.rs`).
+    pub(crate) recent: super::recent::Recent,
 }
 
 pub(super) fn uuid() -> String {
@@ -182,6 +184,7 @@ impl Shared {
             unrouted: FunctionStats::default(),
             closes: CloseCounts::default(),
             metric_sources: Mutex::new(Vec::new()),
+            recent: super::recent::Recent::default(),
             config,
         })
     }

@@ -186,6 +186,9 @@ error_codes! {
     RequestTimeout = "REQUEST_TIMEOUT",
     /// The engine is stopping (HTTP 503).
     Stopped = "STOPPED",
+    /// The console's API refused a request: no token or a wrong one (HTTP 401), another
+    /// site's page or a host name that is not loopback without a token (HTTP 403).
+    Unauthorized = "UNAUTHORIZED",
 
     // ---- sent by the Python SDK through the binding ----
 

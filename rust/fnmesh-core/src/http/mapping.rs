@@ -228,7 +228,7 @@ pub struct HttpReply {
 }
 
 impl HttpReply {
-    fn json(status: u16, body: Vec<u8>) -> HttpReply {
+    pub(crate) fn json(status: u16, body: Vec<u8>) -> HttpReply {
         HttpReply {
             status,
             headers: vec![(

@@ -6,9 +6,11 @@
 //! - `server`: the hyper listener;
 //! - `openapi`: `/openapi.json`, the routes as an OpenAPI 3.1 document, and the `/docs` page
 //!   rendering it (assets served by the engine);
+//! - `console`: the console page under `console_path` and its JSON API (assets in `console/`);
 //! - `stream`: request and response bodies streamed through data channels;
 //! - [`service`]: [`HttpService`], the trigger as an engine service.
 
+mod console;
 pub mod mapping;
 mod openapi;
 pub mod route;

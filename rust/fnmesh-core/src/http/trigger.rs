@@ -172,6 +172,9 @@ impl HttpTrigger {
     async fn route(&self, request: Request, found: Option<Found>) -> Reply {
         let Some((route, template, params)) = found else {
             // A route of the user's wins over the engine's own pages.
+            if let Some(reply) = super::console::answer(self, &request).await {
+                return reply.into();
+            }
             if let Some(reply) = super::openapi::answer(self, &request.method, &request.path).await
             {
                 return reply.into();
