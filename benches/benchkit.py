@@ -53,6 +53,8 @@ ENGINES: dict[str, list[str]] = {
         "0",
         "--http-port",
         "0",
+        "--streams-port",
+        "0",
         "--log-level",
         "warn",
     ],

@@ -4,7 +4,7 @@ The iii-sdk sdist on PyPI ships the tests its authors run against their engine (
 ``III_URL``). The ones covering what the engine does today (worker connection, register/invoke,
 void calls, discovery, not-found, trigger types provided by one worker and bound by another,
 provider reconnects, the HTTP trigger (buffered and streamed), data channels, healthcheck,
-middleware, external HTTP functions, state and pubsub) must pass unchanged against fnmesh. The
+middleware, external HTTP functions, state, pubsub and streams) must pass unchanged against fnmesh. The
 sdist is fetched with pip into a temporary directory at test time, for the iii-sdk version
 installed here; nothing of it is kept.
 """
@@ -35,6 +35,7 @@ SUITE = {
     "test_http_external_functions_integration.py": 9,
     "test_state.py": 11,
     "test_pubsub.py": 2,
+    "test_streams.py": 11,
 }
 # Of test_api_triggers.py, the cases iii's engine passes: the other three (PDF download and
 # upload, multipart) skip for want of a fixture file the sdist does not ship; tests/test_http_streaming.py

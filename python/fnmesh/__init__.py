@@ -39,6 +39,7 @@ from fnmesh.errors import (
 from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
 from fnmesh.state import State, StateChange, StateEvent
+from fnmesh.streams import StreamEvent, Streams
 from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ __all__ = [
     "State",
     "StateChange",
     "StateEvent",
+    "StreamEvent",
+    "Streams",
     "TooManyCallsInFlight",
     "TriggerType",
     "UrlValidationFailed",

@@ -59,6 +59,7 @@ impl EngineHandle {
     fn start(py: Python<'_>, config: EngineSettings) -> PyResult<EngineHandle> {
         let (config, worker_threads) = config.into_core()?;
         let (worker_addr, http_addr) = (config.server.addr, config.http.addr);
+        let streams_addr = config.streams.as_ref().map(|s| s.addr);
         py.detach(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(worker_threads)
@@ -88,6 +89,8 @@ impl EngineHandle {
             let (addr, setting) =
                 if worker_addr.port() != 0 && text.contains(&worker_addr.to_string()) {
                     (worker_addr, "port")
+                } else if let Some(addr) = streams_addr.filter(|_| text.contains("streams_port")) {
+                    (addr, "streams_port")
                 } else {
                     (http_addr, "http_port")
                 };
@@ -120,6 +123,14 @@ impl EngineHandle {
         let state = self.state.lock().ok()?;
         let (_, engine) = state.as_ref()?;
         engine.http_addr().map(|a| a.to_string())
+    }
+
+    /// `host:port` of the client stream WebSocket (`None` when streams are off).
+    #[getter]
+    fn streams_addr(&self) -> Option<String> {
+        let state = self.state.lock().ok()?;
+        let (_, engine) = state.as_ref()?;
+        engine.streams_addr().map(|a| a.to_string())
     }
 
     /// True until `stop()`.
