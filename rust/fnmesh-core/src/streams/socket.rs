@@ -65,7 +65,8 @@ struct Subscription {
 /// Frames queued to one client, with their bytes counted against the budget.
 struct Outbox {
     frames: mpsc::UnboundedSender<Message>,
-    queued: AtomicUsize,
+    /// Shared with the writer task, which holds no sender (so it ends when the outbox goes).
+    queued: Arc<AtomicUsize>,
     budget: usize,
     overflowed: AtomicBool,
     dropped: Notify,
@@ -292,20 +293,20 @@ async fn serve(
     let (frames, mut queued) = mpsc::unbounded_channel();
     let outbox = Arc::new(Outbox {
         frames,
-        queued: AtomicUsize::new(0),
+        queued: Arc::new(AtomicUsize::new(0)),
         budget: config.outbound_bytes,
         overflowed: AtomicBool::new(false),
         dropped: Notify::new(),
     });
     let conn = hub.next_id.fetch_add(1, Ordering::Relaxed);
     hub.lock().outboxes.insert(conn, outbox.clone());
-    let writing = outbox.clone();
+    let writing = outbox.queued.clone();
     let mut writer = tokio::spawn(async move {
         while let Some(frame) = queued.recv().await {
             let size = frame.len();
             let closing = matches!(frame, Message::Close(_));
             let sent = sink.send(frame).await;
-            writing.queued.fetch_sub(size, Ordering::AcqRel);
+            writing.fetch_sub(size, Ordering::AcqRel);
             if sent.is_err() || closing {
                 break;
             }
@@ -378,8 +379,9 @@ async fn serve(
         }
     }
     hub.disconnect(conn);
+    // The last sender: the writer ends once it has written what is queued. A close frame
+    // queued above goes out unless the client is not reading either.
     drop(outbox);
-    // A close frame queued above goes out unless the client is not reading either.
     if tokio::time::timeout(std::time::Duration::from_secs(1), &mut writer)
         .await
         .is_err()
