@@ -56,6 +56,8 @@ ENGINES: dict[str, list[str]] = {
         # Metrics on, as `fnmesh serve` has them by default, on any free port.
         "--metrics-port",
         "0",
+        "--streams-port",
+        "0",
         "--log-level",
         "warn",
     ],

@@ -64,6 +64,8 @@ def engine_argv(out: Path, config: Path) -> list[str]:
         "0",
         "--http-port",
         "0",
+        "--streams-port",
+        "0",
         "--log-level",
         "warn",
     ]

@@ -1,7 +1,9 @@
 """E8 state throughput: ``state::set`` + ``state::get`` round trips per second through the engine,
 from the Rust load generator, on the SQLite store (the default) and on the Redis store, against the
 same two operations (``HSET`` and ``HGET`` of one hash field) issued to Redis directly by
-``redis-benchmark``, a pipelining client, in the same run.
+``redis-benchmark``, a pipelining client, in the same run. One more row: ``stream::set`` +
+``stream::get`` of one item on the streams' default SQLite store (the same store code with the
+change fanned out to the stream trigger and WebSocket hub, no client connected).
 
     python benches/state_throughput.py [--quick]
 
@@ -92,10 +94,14 @@ def start_redis(procs: Processes, workdir: Path) -> tuple[subprocess.Popen[Any],
 def start_engine(
     procs: Processes, workdir: Path, store: str, redis_port: int
 ) -> tuple[subprocess.Popen[Any], str]:
-    """``fnmesh serve`` with its state on ``store``; returns it with its worker URL."""
+    """``fnmesh serve`` with its state on ``store`` (``stream-sqlite``: its streams on a SQLite
+    file); returns it with its worker URL."""
     config = workdir / f"engine-{store}.toml"
     lines = ['queue_backend = "memory"', f'state_backend = "{store}"']
-    if store == "sqlite":
+    if store == "stream-sqlite":
+        lines = ['queue_backend = "memory"', 'state_backend = "memory"', 'streams_backend = "sqlite"']
+        lines.append(f'streams_path = "{workdir / f"streams-{time.monotonic_ns()}.sqlite3"}"')
+    elif store == "sqlite":
         state_file = workdir / f"state-{time.monotonic_ns()}.sqlite3"
         lines.append(f'state_path = "{state_file}"')
     else:
@@ -150,9 +156,14 @@ def measure_engine(
 ) -> dict[str, float]:
     engine, url = start_engine(procs, workdir, store, redis_port)
     try:
-        key = {"scope": "bench", "key": "k"}
-        sets = loadgen(procs, url, "state::set", {**key, "value": VALUE}, plan.duration_s)
-        gets = loadgen(procs, url, "state::get", key, plan.duration_s)
+        if store == "stream-sqlite":
+            item = {"stream_name": "bench", "group_id": "g", "item_id": "k"}
+            sets = loadgen(procs, url, "stream::set", {**item, "data": VALUE}, plan.duration_s)
+            gets = loadgen(procs, url, "stream::get", item, plan.duration_s)
+        else:
+            key = {"scope": "bench", "key": "k"}
+            sets = loadgen(procs, url, "state::set", {**key, "value": VALUE}, plan.duration_s)
+            gets = loadgen(procs, url, "state::get", key, plan.duration_s)
     finally:
         procs.stop(engine)
     return {"set_per_s": float(sets["throughput_per_s"]), "get_per_s": float(gets["throughput_per_s"])}
@@ -195,7 +206,7 @@ def pair_rate(rates: dict[str, float]) -> float:
     return 1.0 / (1.0 / rates["set_per_s"] + 1.0 / rates["get_per_s"])
 
 
-VARIANTS = ("fnmesh-sqlite", "fnmesh-redis", "redis-direct")
+VARIANTS = ("fnmesh-sqlite", "fnmesh-redis", "redis-direct", "fnmesh-stream-sqlite")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         _, redis_port = start_redis(procs, workdir)
         for round_index in range(plan.rounds):
-            for variant in VARIANTS[round_index % 3 :] + VARIANTS[: round_index % 3]:
+            shift = round_index % len(VARIANTS)
+            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
                 if variant == "redis-direct":
                     rates = measure_redis(procs, redis_port, plan)
                 else:
-                    rates = measure_engine(procs, workdir, variant.split("-")[1], redis_port, plan)
+                    rates = measure_engine(procs, workdir, variant.removeprefix("fnmesh-"), redis_port, plan)
                 runs.append(
                     {"variant": variant, "round": round_index, **rates, "pair_per_s": pair_rate(rates)}
                 )
@@ -259,6 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         for store in ("sqlite", "redis")
     ]
+    headline.append(
+        benchkit.headline(
+            "E8 stream::set + stream::get, sqlite store",
+            f"{summary['fnmesh-stream-sqlite']['pair_per_s']:,.0f} round trips/s (through the engine)",
+            f"{direct:,.0f} round trips/s (HSET + HGET, Redis direct, pipelined)",
+            benchkit.ratio(summary["fnmesh-stream-sqlite"]["pair_per_s"], direct),
+            "—",
+            None,
+        )
+    )
     path = benchkit.write_results(
         "state_throughput",
         quick,

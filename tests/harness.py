@@ -140,7 +140,7 @@ def serve(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterat
     """``fnmesh serve --port 0 --http-port 0 ARGS`` in a subprocess. Checks that SIGTERM stops it
     cleanly."""
     # Any free HTTP port too (args may name one: the last --http-port wins).
-    command = ["serve", "--port", "0", "--http-port", "0", *args]
+    command = ["serve", "--port", "0", "--http-port", "0", "--streams-port", "0", *args]
     with _fnmesh(command, r"workers connect to (ws://\S+)", env) as served:
         yield served
 
@@ -345,7 +345,11 @@ def redis_server(port: int | None = None) -> Iterator[str]:
 
 def spawn_engine(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Spawned:
     """``fnmesh serve --port 0 --http-port 0 ARGS``, to be killed by the test."""
-    return Spawned(["serve", "--port", "0", "--http-port", "0", *args], r"workers connect to (ws://\S+)", env)
+    return Spawned(
+        ["serve", "--port", "0", "--http-port", "0", "--streams-port", "0", *args],
+        r"workers connect to (ws://\S+)",
+        env,
+    )
 
 
 def spawn_app(args: Sequence[str], env: dict[str, str] | None = None) -> Spawned:

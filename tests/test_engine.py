@@ -303,7 +303,19 @@ def test_fnmesh_serve_refuses_bad_settings(tmp_path: Path) -> None:
             (["--http-port", busy], f"cannot serve HTTP triggers on 127.0.0.1:{busy}"),
         ):
             done = subprocess.run(
-                [sys.executable, "-m", "fnmesh.cli", "serve", "--port", "0", "--http-port", "0", *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "fnmesh.cli",
+                    "serve",
+                    "--port",
+                    "0",
+                    "--http-port",
+                    "0",
+                    "--streams-port",
+                    "0",
+                    *args,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=30,

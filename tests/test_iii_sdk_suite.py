@@ -30,7 +30,6 @@ MUST_PASS = Path(__file__).parent / "fixtures" / "iii-sdk-0.25-python-passing-on
 CONFIG = Path(__file__).parent / "fixtures" / "iii-config-test.yaml"
 # Tests of MUST_PASS that need not pass here, each with its reason: a whole module, or one test id.
 EXCLUDED: dict[str, str] = {
-    "tests/test_streams.py": "pending: streams (stream::*, their WebSocket) are being built in h18-streams",
 }
 
 

@@ -295,14 +295,14 @@ async def test_redis_pubsub_reaches_the_subscribers_of_every_engine(redis_url: s
 
 
 async def test_a_binding_to_a_builtin_type_nobody_serves_is_refused(tmp_path: Path) -> None:
-    app = app_on("off", tmp_path)
+    app = app_on("off", tmp_path, streams_enabled=False)
 
     @app.function("target")
     async def target(data: Any) -> None:
         return None
 
     async with app:
-        for trigger_type in ("stream", "state"):  # state: turned off in this engine
+        for trigger_type in ("stream", "state"):  # both turned off in this engine
             with pytest.raises(InvocationError) as refused:
                 await app.call(
                     "engine::register_trigger",

@@ -41,6 +41,7 @@ from fnmesh.errors import (
 from fnmesh.protocol import DEFAULT_MAX_FRAME_BYTES, Frame
 from fnmesh.results import Deferred
 from fnmesh.state import State, StateChange, StateEvent
+from fnmesh.streams import StreamEvent, Streams
 from fnmesh.triggers import Binding, HttpRequest, HttpResponse, TriggerType
 from fnmesh.triggers.http import (
     EventSourceResponse,
@@ -102,6 +103,8 @@ __all__ = [
     "StateChange",
     "StateEvent",
     "StreamingResponse",
+    "StreamEvent",
+    "Streams",
     "TooManyCallsInFlight",
     "TriggerType",
     "UploadFile",

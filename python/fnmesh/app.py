@@ -56,6 +56,7 @@ from fnmesh.results import LocalOutcome
 from fnmesh.schema import HandlerSpec, inspect_handler
 from fnmesh.serving import Server, external_formats, span_attributes
 from fnmesh.state import State
+from fnmesh.streams import Streams
 from fnmesh.triggers import TriggerType
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ class App:
         self._local_context = self._server.local_context
         #: The engine's state store (``state::*``), typed: see :class:`fnmesh.State`.
         self.state = State(self.call)
+        #: The engine's streams (``stream::*``), typed: see :class:`fnmesh.Streams`.
+        self.streams = Streams(self.call, self._streams_url)
 
     # ------------------------------------------------------------------------------------------
     # Declaring functions
@@ -438,6 +441,31 @@ class App:
         if condition is not None:
             config["condition_function_id"] = condition
         return self._trigger_decorator("state", config, metadata, id)
+
+    def on_stream(
+        self,
+        stream: str,
+        *,
+        group: str | None = None,
+        item: str | None = None,
+        condition: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Callable[[F], F]:
+        """Runs the decorated function (declared with ``@app.function``) on every change of an
+        item of ``stream`` (``app.streams``), only of ``group`` and ``item`` when given. It
+        receives a :class:`fnmesh.StreamEvent`; the changes of one item arrive in the order they
+        happened. ``condition``: a function whose JSON ``false`` skips an event."""
+        if not stream.strip():
+            raise InvalidArgument("on_stream needs a stream name")
+        config: dict[str, Any] = {"stream_name": stream}
+        if group is not None:
+            config["group_id"] = group
+        if item is not None:
+            config["item_id"] = item
+        if condition is not None:
+            config["condition_function_id"] = condition
+        return self._trigger_decorator("stream", config, metadata, id)
 
     def on_message(
         self,
@@ -708,6 +736,11 @@ class App:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    def _streams_url(self) -> str | None:
+        if self._connected_to is not None or not self._engine.running:
+            return None
+        return self._engine.streams_url
 
     async def __aenter__(self) -> App:
         return await self.start()

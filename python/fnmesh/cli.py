@@ -26,6 +26,13 @@ a worker of another engine (fnmesh or iii)::
     fnmesh state list carts                        # every value of a scope
     fnmesh state get carts u1                      # one value (null when there is none)
 
+``fnmesh streams`` reads a running engine's streams (``stream::*``) the same way::
+
+    fnmesh streams names                           # every stream holding items
+    fnmesh streams groups chat                     # the groups of a stream
+    fnmesh streams list chat room-1                # every item of a group
+    fnmesh streams get chat room-1 m1              # one item (null when there is none)
+
 ``fnmesh call``, ``fnmesh functions``, ``fnmesh workers`` and ``fnmesh triggers`` reach any
 running iii-compatible engine (fnmesh or iii) as a short-lived worker (see :mod:`fnmesh.remote`)::
 
@@ -73,7 +80,7 @@ from fnmesh import __version__, _native, telemetry
 from fnmesh.app import App, run_loop
 from fnmesh.completion import SHELLS
 from fnmesh.completion import script as completion_script
-from fnmesh.engine import Engine, EngineConfig
+from fnmesh.engine import STREAMS_SERVE_PORT, Engine, EngineConfig
 from fnmesh.errors import AddressInUse, FnmeshError, InvalidArgument, InvocationError
 from fnmesh.output import Output
 from fnmesh.remote import (
@@ -113,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_METRICS_PORT}; 0 = any free)",
     )
     serve.add_argument("--no-metrics", action="store_true", help="serve no /metrics and count nothing")
+    serve.add_argument(
+        "--streams-port", type=int, help="client stream WebSocket port (default 3112; 0 = any free)"
+    )
     serve.add_argument("--auth-token", help="require workers to present this token")
     serve.add_argument(
         "--console-token",
@@ -218,6 +228,19 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="print what a TOML or iii YAML file means and what is not supported"
     )
     check.add_argument("file")
+    streams = commands.add_parser("streams", help="read the streams of a running engine")
+    _remote_options(streams, connect_timeout=10.0)
+    stream_reads = streams.add_subparsers(dest="action", required=True)
+    stream_reads.add_parser("names", help="every stream holding items")
+    stream_groups = stream_reads.add_parser("groups", help="the groups of a stream")
+    stream_groups.add_argument("stream")
+    stream_list = stream_reads.add_parser("list", help="every item of a group, in item id order")
+    stream_list.add_argument("stream")
+    stream_list.add_argument("group")
+    stream_get = stream_reads.add_parser("get", help="one item")
+    stream_get.add_argument("stream")
+    stream_get.add_argument("group")
+    stream_get.add_argument("item")
     return parser
 
 
@@ -289,6 +312,7 @@ def serve(args: argparse.Namespace) -> int:
         "http_host": args.http_host,
         "http_port": args.http_port,
         "metrics_port": args.metrics_port,
+        "streams_port": args.streams_port,
         "auth_token": args.auth_token,
         "console_token": args.console_token or os.environ.get("FNMESH_CONSOLE_TOKEN") or None,
         "function_conflict": args.function_conflict,
@@ -317,6 +341,9 @@ def serve(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.WARNING)
+    if config.streams_port is None:
+        # A standalone engine serves stream clients on iii's port.
+        config = config.replace(streams_port=STREAMS_SERVE_PORT)
     if config.external_functions:
         # External functions are called from Python (httpx): that needs the app loop.
         return _serve_app(config)
@@ -370,6 +397,8 @@ def _announce(engine: Engine) -> None:
         _say(f"fnmesh {__version__}: metrics at {engine.metrics_url}")
     if engine.console_url is not None:
         _say(f"fnmesh {__version__}: console at {engine.console_url}")
+    if engine.streams_url is not None:
+        _say(f"fnmesh {__version__}: stream clients connect to {engine.streams_url}")
 
 
 def _say(line: str) -> None:
@@ -557,6 +586,29 @@ def state(args: argparse.Namespace) -> int:
     return 0
 
 
+def streams(args: argparse.Namespace) -> int:
+    """``fnmesh streams ...``: reads the engine's streams through ``app.streams`` as a
+    short-lived worker and prints JSON, one value per line."""
+
+    async def ask() -> list[Any]:
+        app = App("fnmesh-streams-cli")
+        await app.connect(args.url, auth_token=args.auth_token, timeout=args.connect_timeout)
+        try:
+            if args.action == "names":
+                return sorted(await app.streams.streams())
+            if args.action == "groups":
+                return list(await app.streams.groups(args.stream))
+            if args.action == "list":
+                return list(await app.streams.list(args.stream, args.group))
+            return [await app.streams.get(args.stream, args.group, args.item)]
+        finally:
+            await app.stop()
+
+    for value in run_loop(ask()):
+        print(json.dumps(value))
+    return 0
+
+
 def call(args: argparse.Namespace, out: Output) -> int:
     """``fnmesh call``: 0 with the result printed, 1 with the call's error printed."""
     data = read_data(args.data)
@@ -688,7 +740,7 @@ EXIT_CALL_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 # The commands that reach a running engine (they take --url and read FNMESH_URL).
-REMOTE_COMMANDS = ("call", "functions", "workers", "triggers", "queues", "state")
+REMOTE_COMMANDS = ("call", "functions", "workers", "triggers", "queues", "state", "streams")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -708,6 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return queues(args)
         if args.command == "state":
             return state(args)
+        if args.command == "streams":
+            return streams(args)
         if args.command == "call":
             return call(args, out)
         if args.command in ("functions", "workers", "triggers"):

@@ -33,6 +33,11 @@ CONFLICT_POLICIES = ("replicate", "reject")
 QUEUE_BACKENDS = ("sqlite", "memory", "redis", "off")
 STATE_BACKENDS = ("sqlite", "memory", "redis", "off")
 PUBSUB_BACKENDS = ("local", "redis")
+STREAMS_BACKENDS = ("sqlite", "memory", "redis")
+
+#: The port of the client stream WebSocket under ``fnmesh serve`` (iii's); an embedded engine
+#: takes any free port unless ``streams_port`` says otherwise.
+STREAMS_SERVE_PORT: int = _native.STREAMS_SERVE_PORT
 
 #: The Rust side's default of every setting it reads (``_native.engine_defaults()``, made from
 #: the core's ``Default``s): the one place those defaults live. Settings served in Python only
@@ -175,6 +180,33 @@ class EngineConfig:
     (through ``pubsub_redis_url``, the bindings of every engine sharing it)."""
     pubsub_redis_url: str | None = _DEFAULTS["pubsub_redis_url"]
     """The Redis of ``pubsub_backend = "redis"``; ``None``: ``queue_redis_url``."""
+    streams_enabled: bool = _DEFAULTS["streams_enabled"]
+    """Serve streams: ``stream::*``, the ``stream`` trigger type and the client stream WebSocket
+    (docs/state-and-streams.md). ``False`` turns all three off."""
+    streams_backend: str = _DEFAULTS["streams_backend"]
+    """Where stream items live: ``sqlite`` (a file at ``streams_path``, created at the first
+    stream call), ``memory`` (this process only) or ``redis`` (at ``streams_redis_url``, shared by
+    engines: a change made through one reaches the triggers and WebSocket clients of all)."""
+    streams_path: str = _DEFAULTS["streams_path"]
+    """The SQLite file of ``streams_backend = "sqlite"`` (relative to the working directory)."""
+    streams_redis_url: str | None = _DEFAULTS["streams_redis_url"]
+    """The Redis of ``streams_backend = "redis"``; ``None``: ``queue_redis_url``."""
+    streams_host: str | None = _DEFAULTS["streams_host"]
+    """Address of the client stream WebSocket (an IP address); ``None`` is ``host``."""
+    streams_port: int | None = _DEFAULTS["streams_port"]
+    """Port of the client stream WebSocket; 0 picks a free one (:attr:`Engine.streams_url` tells
+    which). ``None``: 3112 for ``fnmesh serve`` (iii's port), any free port for an embedded engine."""
+    streams_max_connections: int = _DEFAULTS["streams_max_connections"]
+    """Stream WebSocket clients at once; one more is closed as it connects."""
+    streams_max_subscriptions: int = _DEFAULTS["streams_max_subscriptions"]
+    """Subscriptions (``join``) one stream client may hold; one more closes it with 1008."""
+    streams_outbound_bytes: int = _DEFAULTS["streams_outbound_bytes"]
+    """Bytes queued to one stream client and not yet written; past it the client is too slow
+    and is dropped (never buffered without bound)."""
+    streams_max_frame_bytes: int = _DEFAULTS["streams_max_frame_bytes"]
+    """Largest frame a stream client may send; a bigger one closes it with 1009."""
+    streams_idle_timeout_ms: int = _DEFAULTS["streams_idle_timeout_ms"]
+    """A stream client that answers no ping for this long is dropped (pings go out at half of it)."""
     max_calls_in_flight_per_connection: int = _DEFAULTS["max_calls_in_flight_per_connection"]
     """Calls one worker connection may have in flight (made by it, not answered yet); one more
     fails at once with ``too_many_calls_in_flight`` (:class:`fnmesh.TooManyCallsInFlight`)."""
@@ -274,6 +306,27 @@ class EngineConfig:
             )
         if self.pubsub_backend == "redis" and not (self.pubsub_redis_url or self.queue_redis_url):
             raise InvalidArgument('pubsub_backend = "redis" needs pubsub_redis_url (or queue_redis_url)')
+        if self.streams_backend not in STREAMS_BACKENDS:
+            raise InvalidArgument(
+                f"streams_backend must be one of {STREAMS_BACKENDS}, not {self.streams_backend!r}"
+            )
+        if self.streams_backend == "redis" and not (self.streams_redis_url or self.queue_redis_url):
+            raise InvalidArgument('streams_backend = "redis" needs streams_redis_url (or queue_redis_url)')
+        if self.streams_port is not None and not (
+            isinstance(self.streams_port, int) and 0 <= self.streams_port <= 65535
+        ):
+            raise InvalidArgument(f"streams_port must be between 0 and 65535, not {self.streams_port!r}")
+        if 0 in (
+            self.streams_max_connections,
+            self.streams_max_subscriptions,
+            self.streams_outbound_bytes,
+            self.streams_max_frame_bytes,
+            self.streams_idle_timeout_ms,
+        ):
+            raise InvalidArgument(
+                "streams_max_connections, streams_max_subscriptions, streams_outbound_bytes, "
+                "streams_max_frame_bytes and streams_idle_timeout_ms must be positive"
+            )
         if not isinstance(self.queues, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) for k, v in self.queues.items()
         ):
@@ -438,6 +491,12 @@ class Engine:
         if not loopback and config.console_token is None:
             return None
         return f"http://{addr}{config.console_path.rstrip('/')}/"
+
+    @property
+    def streams_url(self) -> str | None:
+        """``ws://host:port`` of the client stream WebSocket (``None`` when streams are off)."""
+        addr = self._require().streams_addr
+        return f"ws://{addr}" if addr is not None else None
 
     @property
     def worker_count(self) -> int:

@@ -269,26 +269,12 @@ def _http_functions(w: _Worker) -> None:
 
 # ---- workers added by other modules: each maps in this one place -------------------------
 #
-# MERGE POINT: iii-stream maps onto the stream WebSocket's settings (`streams_host`,
-# `streams_port`) and iii-observability onto the metrics/OpenTelemetry settings. Where this
-# fnmesh has no such setting yet (the modules are being added beside this one), the worker is
-# accepted and reported in `Mapped.pending` ("not applied by this build") rather than dropped
-# silently or refused.
-
-
-def _known_settings() -> set[str]:
-    # The engine's own settings, from the Rust side (importing fnmesh.engine here would be a
-    # circle: it reads YAML through this module).
-    from . import _native
-
-    return set(_native.engine_defaults())
+# iii-observability has no counterpart for most of its keys yet (engine spans and worker
+# telemetry are not built): the worker is accepted and reported in `Mapped.pending` ("not applied
+# by this build") rather than dropped silently or refused.
 
 
 def _stream(w: _Worker) -> None:
-    if not {"streams_host", "streams_port"} <= _known_settings():
-        w.out.pending.append(f"{w.name}: {w.config!r} (this build has no streams_host/streams_port settings)")
-        w.config.clear()
-        return
     host = w.take("host")
     port = w.take("port")
     if host is not None:
@@ -296,18 +282,11 @@ def _stream(w: _Worker) -> None:
     if port is not None:
         w.set("streams_port", int(port), "port")
     adapter, config = w.adapter()
-    if adapter not in (None, "kv", "builtin"):
-        w.unsupported(f"adapter {adapter!r}")
-    else:
-        config.pop("store_method", None)
-        config.pop("file_path", None)
-        w.out.meaning.append(f"{w.name}: streams kept by the engine (adapter {adapter or 'default'})")
-        for key in sorted(config):
-            w.unsupported(f"adapter.config key {key!r}")
+    _store(w, adapter, config, "streams")
 
 
 def _observability(w: _Worker) -> None:
-    # MERGE POINT (see above): nothing to map onto until the metrics/otel settings exist.
+    # See above: OpenTelemetry export and the /otel store are not built yet.
     w.out.pending.append(f"{w.name}: {w.config!r} (this build has no metrics/OpenTelemetry settings)")
     w.config.clear()
 

@@ -48,6 +48,10 @@ pub struct EngineConfig {
     /// functions and the `state` trigger type are not registered). Default: a SQLite file at
     /// `.fnmesh/state.sqlite3`, beside the queue file, opened at the first state call.
     pub state: Option<StateBackend>,
+    /// Streams (`stream::*`, the `stream` trigger type and the client stream WebSocket,
+    /// docs/protocol.md 6.10); `None` turns them off. Default: a SQLite file at
+    /// `.fnmesh/streams.sqlite3` and the WebSocket on a free loopback port.
+    pub streams: Option<StreamsConfig>,
     /// The Redis that `publish` fans messages out through, so that the `subscribe` bindings of
     /// every engine sharing it receive them (docs/protocol.md 6.9); `None`: this engine only.
     pub pubsub_redis_url: Option<String>,
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             cron_redis_url: None,
             queues: Some(QueueSettings::default()),
             state: Some(StateBackend::default()),
+            streams: Some(StreamsConfig::default()),
             pubsub_redis_url: None,
             max_calls_in_flight_per_connection: 10_000,
             max_buffered_registrations: 10_000,
@@ -287,6 +292,52 @@ pub enum StateBackend {
 impl Default for StateBackend {
     fn default() -> Self {
         StateBackend::Sqlite(PathBuf::from(".fnmesh/state.sqlite3"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+/// The port of the client stream WebSocket under `fnmesh serve` (iii's): an embedded engine's
+/// default is a free port instead ([`StreamsConfig::addr`]), so that several engines of one
+/// machine (apps, tests) never fight over it.
+pub const SERVE_STREAMS_PORT: u16 = 3112;
+
+/// The streams' settings (docs/protocol.md 6.10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsConfig {
+    /// Where items live: the state stores, with keys of their own.
+    pub backend: StateBackend,
+    /// Where the client stream WebSocket listens (port 0: any free port, read back with
+    /// `Engine::streams_addr`). Default `127.0.0.1:0`; `fnmesh serve` uses
+    /// [`SERVE_STREAMS_PORT`].
+    pub addr: SocketAddr,
+    /// Client connections open at once; one more is closed right after it connects.
+    pub max_connections: usize,
+    /// Subscriptions (`join`s) one connection may hold; one more closes it with 1008.
+    pub max_subscriptions: usize,
+    /// Bytes queued to one client and not yet written; past it the client is too slow and is
+    /// dropped (never buffered without bound).
+    pub outbound_bytes: usize,
+    /// Largest frame (and message) a client may send; a bigger one closes it with 1009.
+    pub max_frame_bytes: usize,
+    /// A client silent this long (no frame, no answer to the pings sent at half this period)
+    /// is dropped.
+    pub idle_timeout: Duration,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            backend: StateBackend::Sqlite(PathBuf::from(".fnmesh/streams.sqlite3")),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_connections: 1024,
+            max_subscriptions: 256,
+            outbound_bytes: 4 * 1024 * 1024,
+            max_frame_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 

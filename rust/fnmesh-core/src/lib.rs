@@ -41,6 +41,7 @@ pub mod registry;
 pub mod server;
 pub mod services;
 pub mod state;
+pub mod streams;
 pub mod triggers;
 pub mod workers;
 

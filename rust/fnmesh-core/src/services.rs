@@ -4,7 +4,7 @@
 //! The engine core ([`crate::engine`]) names no service; each service lives in its own folder on
 //! top of it and implements [`EngineService`]. This module, above both, is the one place that
 //! lists them: [`Engine::builder`] starts an engine with [`standard`] (the HTTP trigger, cron,
-//! the durable queues, state, pubsub, the `/metrics` endpoint, in that order; shut down in reverse order).
+//! the durable queues, state, pubsub, streams, the `/metrics` endpoint, in that order; shut down in reverse order).
 //!
 //! Adding a service to every engine: implement [`EngineService`] in its own folder, then add one
 //! line to [`standard`].
@@ -20,6 +20,7 @@ use crate::metrics::MetricsService;
 use crate::pubsub::PubsubService;
 use crate::queue::QueuesService;
 use crate::state::StateService;
+use crate::streams::StreamsService;
 
 /// Adds the standard services to `builder`, in start order.
 pub fn standard(builder: EngineBuilder) -> EngineBuilder {
@@ -29,12 +30,13 @@ pub fn standard(builder: EngineBuilder) -> EngineBuilder {
         .service(QueuesService::default())
         .service(StateService::default())
         .service(PubsubService::default())
+        .service(StreamsService::default())
         .service(MetricsService::default())
 }
 
 impl Engine {
     /// A builder with the default configuration and the [`standard`] services (HTTP
-    /// triggers, cron, durable queues, state, pubsub). [`EngineBuilder::new`] starts from no service.
+    /// triggers, cron, durable queues, state, pubsub, streams). [`EngineBuilder::new`] starts from no service.
     pub fn builder() -> EngineBuilder {
         standard(EngineBuilder::new())
     }
@@ -50,5 +52,12 @@ impl Engine {
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.service::<MetricsService>()
             .and_then(MetricsService::local_addr)
+    }
+
+    /// Where the client stream WebSocket listens (`None` when the engine runs no
+    /// [`StreamsService`] or streams are off).
+    pub fn streams_addr(&self) -> Option<SocketAddr> {
+        self.service::<StreamsService>()
+            .and_then(StreamsService::local_addr)
     }
 }

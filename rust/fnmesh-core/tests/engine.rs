@@ -943,13 +943,15 @@ async fn discovery_and_calls_from_rust() {
         .iter()
         .map(|f| f["function_id"].as_str().unwrap())
         .collect();
-    // The queue, state and pubsub functions are listed (as iii lists its modules'); other
-    // engine::* are not.
+    // The queue, state, pubsub and stream functions are listed (as iii lists its modules');
+    // other engine::* are not.
     for listed_id in [
         "engine::queue::enqueue",
         "iii::durable::publish",
         "state::set",
         "publish",
+        "stream::set",
+        "stream::list_groups",
     ] {
         assert!(all.contains(&listed_id), "{listed_id}: {listed}");
     }
@@ -960,6 +962,7 @@ async fn discovery_and_calls_from_rust() {
             !id.starts_with("engine::queue::")
                 && !id.starts_with("iii::")
                 && !id.starts_with("state::")
+                && !id.starts_with("stream::")
                 && *id != "publish"
         })
         .collect();

@@ -20,7 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use fnmesh_core::config::{SqliteSynchronous, StateBackend};
+use fnmesh_core::config::{SqliteSynchronous, StateBackend, StreamsConfig};
 use fnmesh_core::engine::EngineConfig;
 use fnmesh_core::http::{CorsConfig, HttpConfig};
 use fnmesh_core::queue::service::{queue_configs_from_json, QueueBackend, QueueSettings};
@@ -94,6 +94,22 @@ pub(crate) struct EngineSettings {
     /// Where `/metrics` listens; `None` (`metrics_port`): metrics off.
     pub(crate) metrics_host: String,
     pub(crate) metrics_port: Option<u16>,
+    /// `stream::*`, the `stream` trigger type and the stream WebSocket, or none of them.
+    pub(crate) streams_enabled: bool,
+    /// `sqlite`, `memory` or `redis` (a `StateBackend`).
+    pub(crate) streams_backend: String,
+    pub(crate) streams_path: String,
+    /// `None`: `queue_redis_url`.
+    pub(crate) streams_redis_url: Option<String>,
+    /// `None`: `host`.
+    pub(crate) streams_host: Option<String>,
+    /// `None`: the host decides (`fnmesh serve` 3112, an embedded engine any free port).
+    pub(crate) streams_port: Option<u16>,
+    pub(crate) streams_max_connections: usize,
+    pub(crate) streams_max_subscriptions: usize,
+    pub(crate) streams_outbound_bytes: usize,
+    pub(crate) streams_max_frame_bytes: usize,
+    pub(crate) streams_idle_timeout_ms: u64,
 }
 
 /// Test hook, not a setting: milliseconds by which a closed worker connection's cleanup is put
@@ -137,7 +153,30 @@ impl Default for EngineSettings {
             }
             _ => String::new(),
         };
+        let streams = core.streams.clone().unwrap_or_default();
+        let (streams_backend, streams_redis_url) = match &streams.backend {
+            StateBackend::Memory => ("memory", None),
+            StateBackend::Sqlite(_) => ("sqlite", None),
+            StateBackend::Redis(url) => ("redis", Some(url.clone())),
+        };
+        let streams_path = match (&streams.backend, &StreamsConfig::default().backend) {
+            (StateBackend::Sqlite(path), _) | (_, StateBackend::Sqlite(path)) => {
+                path.to_string_lossy().into_owned()
+            }
+            _ => String::new(),
+        };
         EngineSettings {
+            streams_enabled: core.streams.is_some(),
+            streams_backend: streams_backend.to_owned(),
+            streams_path,
+            streams_redis_url,
+            streams_host: None,
+            streams_port: None,
+            streams_max_connections: streams.max_connections,
+            streams_max_subscriptions: streams.max_subscriptions,
+            streams_outbound_bytes: streams.outbound_bytes,
+            streams_max_frame_bytes: streams.max_frame_bytes,
+            streams_idle_timeout_ms: millis(streams.idle_timeout),
             host: core.server.addr.ip().to_string(),
             port: core.server.addr.port(),
             http_host: None,
@@ -229,6 +268,25 @@ impl EngineSettings {
                 )))
             }
         };
+        let streams_backend = match (
+            self.streams_backend.as_str(),
+            self.streams_redis_url.or(shared_redis.clone()),
+        ) {
+            ("memory", _) => StateBackend::Memory,
+            ("sqlite", _) => StateBackend::Sqlite(std::path::PathBuf::from(self.streams_path)),
+            ("redis", Some(url)) => StateBackend::Redis(url),
+            ("redis", None) => {
+                return Err(invalid(
+                    "streams_backend = \"redis\" needs streams_redis_url (or queue_redis_url)"
+                        .into(),
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "streams_backend must be sqlite, memory or redis, not {other:?}"
+                )))
+            }
+        };
         let pubsub_redis_url = match (
             self.pubsub_backend.as_str(),
             self.pubsub_redis_url.or(shared_redis),
@@ -305,6 +363,22 @@ impl EngineSettings {
                 Some(SocketAddr::new(ip, port))
             }
         };
+        let streams_ip: IpAddr = match &self.streams_host {
+            None => ip,
+            Some(host) => host.parse().map_err(|_| {
+                invalid(format!("streams_host must be an IP address, not {host:?}"))
+            })?,
+        };
+        let streams = self.streams_enabled.then(|| StreamsConfig {
+            backend: streams_backend,
+            // An embedded engine takes any free port unless told (docs/protocol.md 6.10).
+            addr: SocketAddr::new(streams_ip, self.streams_port.unwrap_or(0)),
+            max_connections: self.streams_max_connections,
+            max_subscriptions: self.streams_max_subscriptions,
+            outbound_bytes: self.streams_outbound_bytes,
+            max_frame_bytes: self.streams_max_frame_bytes,
+            idle_timeout: ms(self.streams_idle_timeout_ms),
+        });
         let policy: ConflictPolicy = self.function_conflict.parse().into_py_result()?;
         let http = HttpConfig {
             addr: SocketAddr::new(http_ip, self.http_port),
@@ -334,6 +408,7 @@ impl EngineSettings {
             cron_redis_url: self.cron_redis_url,
             queues,
             state,
+            streams,
             pubsub_redis_url,
             max_calls_in_flight_per_connection: self.max_calls_in_flight_per_connection,
             max_buffered_registrations: self.max_buffered_registrations,
@@ -378,6 +453,7 @@ fn queues_from_json<'py>(
 /// `fnmesh.EngineConfig` takes its defaults from.
 #[pyfunction]
 fn engine_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // (`streams_port` is `None` here: the host picks; `STREAMS_SERVE_PORT` is `fnmesh serve`'s.)
     EngineSettings::default()
         .into_pyobject(py)
         .map(Bound::into_any)
@@ -385,5 +461,9 @@ fn engine_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine_defaults, m)?)?;
+    m.add(
+        "STREAMS_SERVE_PORT",
+        fnmesh_core::config::SERVE_STREAMS_PORT,
+    )?;
     Ok(())
 }

@@ -39,6 +39,7 @@ impl EngineHandle {
         let (config, worker_threads) = config.into_core()?;
         let (worker_addr, http_addr, metrics_addr) =
             (config.server.addr, config.http.addr, config.metrics_addr);
+        let streams_addr = config.streams.as_ref().map(|s| s.addr);
         py.detach(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(worker_threads)
@@ -71,7 +72,10 @@ impl EngineHandle {
                     (worker_addr, "port")
                 }
                 Some(m) if text.contains("/metrics") => (m, "metrics_port"),
-                _ => (http_addr, "http_port"),
+                _ => match streams_addr.filter(|_| text.contains("streams_port")) {
+                    Some(addr) => (addr, "streams_port"),
+                    None => (http_addr, "http_port"),
+                },
             };
             crate::errors::address_in_use(&e, &addr.ip().to_string(), addr.port(), setting)
         })
@@ -125,6 +129,14 @@ impl EngineHandle {
         let state = self.state.lock().ok()?;
         let (_, engine) = state.as_ref()?;
         engine.metrics_addr().map(|a| a.to_string())
+    }
+
+    /// `host:port` of the client stream WebSocket (`None` when streams are off).
+    #[getter]
+    fn streams_addr(&self) -> Option<String> {
+        let state = self.state.lock().ok()?;
+        let (_, engine) = state.as_ref()?;
+        engine.streams_addr().map(|a| a.to_string())
     }
 
     /// True until `stop()`.

@@ -169,6 +169,12 @@ error_codes! {
     /// The state store (SQLite file, Redis) failed.
     StateStoreError = "state_store_error",
 
+    // ---- streams ----
+
+    /// The stream store (SQLite file, Redis) failed, or a custom stream's function answered
+    /// something that is not the shape `stream::*` promises.
+    StreamStoreError = "stream_store_error",
+
     // ---- the HTTP trigger's responses ----
 
     /// A middleware function answered with something that is neither `continue` nor `respond`

@@ -24,6 +24,8 @@ use super::{ops, StateError, StateEvent, StateResult, StateStore, UpdateOp, Upda
 use crate::protocol::RawJson;
 use crate::redis_channel;
 
+/// The key prefix of `state::*` ([`RedisStateStore::connect`]); streams use their own
+/// ([`RedisStateStore::connect_with_prefix`]).
 const PREFIX: &str = "fnmesh:state:";
 
 /// How often `update` retries its compare-and-set before giving up. Each failed attempt means
@@ -92,6 +94,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 pub struct RedisStateStore {
     redis: ConnectionManager,
     addr: String,
+    prefix: &'static str,
     _listener: redis_channel::Listener,
 }
 
@@ -104,8 +107,8 @@ impl std::fmt::Debug for RedisStateStore {
 }
 
 /// The channel every engine's listener reads change events from.
-fn channel() -> String {
-    format!("{PREFIX}events")
+fn channel(prefix: &str) -> String {
+    format!("{prefix}events")
 }
 
 impl RedisStateStore {
@@ -114,24 +117,40 @@ impl RedisStateStore {
     /// triggers see the changes made from the start; a Redis that is down is logged and
     /// retried.
     pub async fn connect(url: &str, events: super::EventSink) -> Result<RedisStateStore, String> {
-        let client = redis_channel::client(url, "state_redis_url")?;
+        Self::connect_with_prefix(url, PREFIX, "state_redis_url", events).await
+    }
+
+    /// A store as [`RedisStateStore::connect`] makes, its keys and channel under `prefix`
+    /// instead of `fnmesh:state:` (streams keep theirs apart from state this way); `setting`
+    /// names the URL's setting in errors.
+    pub async fn connect_with_prefix(
+        url: &str,
+        prefix: &'static str,
+        setting: &str,
+        events: super::EventSink,
+    ) -> Result<RedisStateStore, String> {
+        let client = redis_channel::client(url, setting)?;
         let addr = client.get_connection_info().addr().to_string();
         let redis = redis_channel::manager(client.clone())
             .await
-            .map_err(|e| format!("invalid state_redis_url: {e}"))?;
-        let listener =
-            redis_channel::listen(client, channel(), move |payload| {
-                match decode_event(payload) {
-                    Some(event) => events.emit(event),
-                    None => tracing::warn!("ignored a malformed state event from Redis"),
-                }
-            })
-            .await;
+            .map_err(|e| format!("invalid {setting}: {e}"))?;
+        let listener = redis_channel::listen(client, channel(prefix), move |payload| {
+            match decode_event(payload) {
+                Some(event) => events.emit(event),
+                None => tracing::warn!("ignored a malformed state event from Redis"),
+            }
+        })
+        .await;
         Ok(RedisStateStore {
             redis,
             addr,
+            prefix,
             _listener: listener,
         })
+    }
+
+    fn hash_key(&self, scope: &str) -> String {
+        format!("{}s:{scope}", self.prefix)
     }
 
     fn failed(&self, what: &str, e: &RedisError) -> StateError {
@@ -146,19 +165,15 @@ impl RedisStateStore {
     ) -> redis::ScriptInvocation<'s> {
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(hash_key(scope))
-            .key(format!("{PREFIX}scopes"))
-            .key(channel())
+            .key(self.hash_key(scope))
+            .key(format!("{}scopes", self.prefix))
+            .key(channel(self.prefix))
             .arg(key)
             .arg(scope)
             .arg(Value::from(scope).to_string())
             .arg(Value::from(key).to_string());
         invocation
     }
-}
-
-fn hash_key(scope: &str) -> String {
-    format!("{PREFIX}s:{scope}")
 }
 
 fn parse(text: Option<String>) -> StateResult<Option<Value>> {
@@ -199,7 +214,7 @@ impl StateStore for RedisStateStore {
         Box::pin(async move {
             let mut redis = self.redis.clone();
             let text: Option<String> = redis::cmd("HGET")
-                .arg(hash_key(scope))
+                .arg(self.hash_key(scope))
                 .arg(key)
                 .query_async(&mut redis)
                 .await
@@ -236,7 +251,7 @@ impl StateStore for RedisStateStore {
             let mut redis = self.redis.clone();
             for _ in 0..MAX_UPDATE_ATTEMPTS {
                 let text: Option<String> = redis::cmd("HGET")
-                    .arg(hash_key(scope))
+                    .arg(self.hash_key(scope))
                     .arg(key)
                     .query_async(&mut redis)
                     .await
@@ -287,7 +302,7 @@ impl StateStore for RedisStateStore {
         Box::pin(async move {
             let mut redis = self.redis.clone();
             let entries: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(hash_key(scope))
+                .arg(self.hash_key(scope))
                 .query_async(&mut redis)
                 .await
                 .map_err(|e| self.failed("state::list", &e))?;
@@ -302,7 +317,7 @@ impl StateStore for RedisStateStore {
         Box::pin(async move {
             let mut redis = self.redis.clone();
             let mut groups: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(format!("{PREFIX}scopes"))
+                .arg(format!("{}scopes", self.prefix))
                 .query_async(&mut redis)
                 .await
                 .map_err(|e| self.failed("state::list_groups", &e))?;
