@@ -29,8 +29,7 @@ MUST_PASS = Path(__file__).parent / "fixtures" / "iii-sdk-0.25-python-passing-on
 # The same configuration in iii's own format (docs/iii-config.md), ports from the environment.
 CONFIG = Path(__file__).parent / "fixtures" / "iii-config-test.yaml"
 # Tests of MUST_PASS that need not pass here, each with its reason: a whole module, or one test id.
-EXCLUDED: dict[str, str] = {
-}
+EXCLUDED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
