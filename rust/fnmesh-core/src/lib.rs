@@ -42,6 +42,7 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod streams;
+pub mod telemetry;
 pub mod triggers;
 pub mod workers;
 

@@ -53,6 +53,12 @@ impl EngineRef {
         self.shared.call(function_id, data, options).await
     }
 
+    /// The engine's telemetry hub: services add their sinks (the store, an exporter) here, and
+    /// the engine's spans and the workers' `/otel` batches are submitted to it.
+    pub fn telemetry(&self) -> &crate::telemetry::Telemetry {
+        &self.shared.telemetry
+    }
+
     /// The last calls, newest first (at most [`super::recent::RECENT_CAPACITY`]), recorded only
     /// while someone watches: see [`EngineRef::watch_invocations`].
     pub fn recent_invocations(&self) -> Vec<super::recent::RecentInvocation> {

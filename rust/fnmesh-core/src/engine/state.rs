@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     pub(super) metric_sources: Mutex<Vec<Arc<dyn MetricsSource>>>,
     /// The last calls, recorded while the console watches (`engine/recent.rs`).
     pub(crate) recent: super::recent::Recent,
+    /// Where the engine's spans and the workers' `/otel` telemetry go (`telemetry/mod.rs`).
+    pub(crate) telemetry: crate::telemetry::Telemetry,
 }
 
 pub(super) fn uuid() -> String {
@@ -185,6 +187,7 @@ impl Shared {
             closes: CloseCounts::default(),
             metric_sources: Mutex::new(Vec::new()),
             recent: super::recent::Recent::default(),
+            telemetry: crate::telemetry::Telemetry::default(),
             config,
         })
     }
