@@ -117,6 +117,16 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 10.0, what: str =
         time.sleep(0.05)
 
 
+async def wait_for(probe: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Awaits, polling every 20 ms, until ``probe()`` is truthy (the asyncio twin of
+    ``wait_until``)."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 class Served:
     """A running ``fnmesh serve`` or ``fnmesh run``: its worker URL and the lines it has written
     so far to stderr (``log``) and stdout (``out``)."""

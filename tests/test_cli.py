@@ -10,7 +10,6 @@ import pty
 import select
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,45 +18,10 @@ from typing import Any
 import pytest
 
 from harness import Served, Worker, fnmesh_run, free_port, serve, wait_until
+from shop_app import shop
 
-SHOP = textwrap.dedent(
+SHOP = shop(
     """
-    import json
-    import os
-
-    import pydantic
-
-    import fnmesh
-
-
-    class Order(pydantic.BaseModel):
-        qty: int
-
-
-    class Price(pydantic.BaseModel):
-        price: int
-
-
-    app = fnmesh.App("shop")
-
-
-    @app.function("shop::price", description="Price of an order")
-    async def price(order: Order) -> Price:
-        return Price(price=order.qty * 3)
-
-
-    @app.http("GET", "/orders/:id")
-    @app.function("shop::order")
-    async def order(data: dict) -> dict:
-        return {"id": data["path_params"]["id"]}
-
-
-    @app.cron("0 0 0 1 1 *")
-    @app.function("shop::yearly")
-    async def yearly(data: dict) -> None:
-        pass
-
-
     @app.function("shop::note")
     async def note(data: dict) -> None:
         with open(os.environ["NOTES"], "a") as notes:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from harness import Served, Worker, fnmesh_run, sdk_client, serve, wait_until
+from shop_app import shop
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -29,44 +30,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them)",
 )
 
-SHOP = textwrap.dedent(
+SHOP = shop(
     """
-    import os
-    from pathlib import Path
-
-    import pydantic
-
-    import fnmesh
-
-
-    class Order(pydantic.BaseModel):
-        qty: int
-
-
-    class Price(pydantic.BaseModel):
-        price: int
-
-
-    app = fnmesh.App("shop")
-
-
-    @app.function("shop::price", description="Price of an order")
-    async def price(order: Order) -> Price:
-        return Price(price=order.qty * 3)
-
-
-    @app.http("GET", "/orders/:id")
-    @app.function("shop::order")
-    async def order(data: dict) -> dict:
-        return {"id": data["path_params"]["id"]}
-
-
-    @app.cron("0 0 0 1 1 *")
-    @app.function("shop::yearly")
-    async def yearly(data: dict) -> None:
-        pass
-
-
     @app.function("shop::flaky")
     async def flaky(data: dict) -> dict:
         # Fails until the test creates the file: its first call ends in the dead letters.

@@ -13,8 +13,6 @@ import json
 import random
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +22,7 @@ import pytest
 import fnmesh
 from fnmesh.errors import InvocationError
 from fnmesh.state import op
-from harness import redis_server, sdk_client, spawn_engine
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-async def wait_for(probe: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from harness import sdk_client, spawn_engine, wait_for
 
 
 def app_on(backend: str, tmp_path: Path, name: str = "state-app", **settings: Any) -> fnmesh.App:

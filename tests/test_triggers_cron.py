@@ -12,19 +12,11 @@ from typing import Any
 import pytest
 
 import fnmesh
-from harness import Worker, call, sdk_client
+from harness import Worker, call, sdk_client, wait_for
 
 
 def parse_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-async def wait_for(probe: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_every_second_with_the_iii_payload_and_no_overlap() -> None:

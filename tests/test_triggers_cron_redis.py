@@ -11,20 +11,12 @@ import asyncio
 import collections
 import datetime
 import itertools
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import fnmesh
-from harness import free_port, redis_command, redis_server
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
+from harness import free_port, redis_command, redis_server, wait_for
 
 
 def parse_time(text: str) -> datetime.datetime:
@@ -42,14 +34,6 @@ def ticking_app(name: str, runs: list[dict[str, Any]], **settings: Any) -> fnmes
         runs.append({"app": name, **data})
 
     return app
-
-
-async def wait_for(probe: Any, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_each_tick_fires_on_one_engine_only(redis_url: str) -> None:

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod change_trigger;
 pub mod channels;
 pub mod client;
 pub mod config;

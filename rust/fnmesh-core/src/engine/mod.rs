@@ -73,7 +73,7 @@ mod state;
 pub use builder::{Engine, EngineBuilder};
 pub use dispatch::trace_id;
 pub use handle::{EngineRef, WeakEngineRef};
-pub use service::{EngineService, ServiceError};
+pub use service::{register_service_functions, EngineService, ServiceError, ServiceFunction};
 pub use state::Target;
 use state::{Provider, Shared, WorkerState};
 

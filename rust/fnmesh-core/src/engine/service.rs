@@ -19,6 +19,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::EngineRef;
+use crate::function::Call;
+use crate::registry::{FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
 
 /// A part of the engine with its own functions, trigger types and tasks, installed when the
 /// engine starts and shut down when it stops.
@@ -76,6 +78,36 @@ impl From<ServiceError> for std::io::Error {
     fn from(e: ServiceError) -> std::io::Error {
         std::io::Error::new(e.kind(), e)
     }
+}
+
+/// One function a service serves: its id, its description, and the handler spawned for each
+/// call with the service's state (which answers through the call's reply).
+pub type ServiceFunction<S> = (
+    &'static str,
+    &'static str,
+    fn(Arc<S>, Call) -> BoxFuture<'static, ()>,
+);
+
+/// Registers a service's functions as engine functions (listed like built-ins, never shadowed
+/// by a worker), each call run as its own task with `state`.
+pub fn register_service_functions<S: Send + Sync + 'static>(
+    engine: &EngineRef,
+    state: &Arc<S>,
+    functions: Vec<ServiceFunction<S>>,
+) -> crate::Result<()> {
+    for (id, description, handler) in functions {
+        let state = state.clone();
+        let native = move |call: Call| {
+            tokio::spawn(handler(state.clone(), call));
+        };
+        let def = FunctionDef {
+            kind: FunctionKind::Local,
+            description: Some(description.to_owned()),
+            ..FunctionDef::default()
+        };
+        engine.register_engine_function(DEFAULT_NAMESPACE, id, def, native)?;
+    }
+    Ok(())
 }
 
 /// One service of an engine's list, kept both as a service and as `Any` so that

@@ -5,9 +5,8 @@ use std::sync::{Arc, OnceLock};
 use futures_util::future::BoxFuture;
 
 use super::service::{functions, DurableSubscriber, QueueService, DURABLE_SUBSCRIBER};
-use crate::engine::{EngineRef, EngineService, ServiceError};
-use crate::function::Call;
-use crate::registry::{FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
+use crate::engine::{register_service_functions, EngineRef, EngineService, ServiceError};
+use crate::registry::DEFAULT_NAMESPACE;
 
 /// The durable queues (docs/protocol.md 4.4, 6.5) as an engine service. With the engine's
 /// [`QueueSettings`](crate::config::QueueSettings) (`EngineConfig::queues`; `None` installs
@@ -38,18 +37,7 @@ impl EngineService for QueuesService {
             if metered {
                 engine.add_metrics_source(service.clone());
             }
-            for (id, description, handler) in functions() {
-                let s = service.clone();
-                let native = move |call: Call| {
-                    tokio::spawn(handler(s.clone(), call));
-                };
-                let def = FunctionDef {
-                    kind: FunctionKind::Local,
-                    description: Some(description.to_owned()),
-                    ..FunctionDef::default()
-                };
-                engine.register_engine_function(DEFAULT_NAMESPACE, id, def, native)?;
-            }
+            register_service_functions(engine, &service, functions())?;
             engine.register_engine_trigger_type(
                 DEFAULT_NAMESPACE,
                 DURABLE_SUBSCRIBER,

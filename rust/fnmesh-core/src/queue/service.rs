@@ -44,7 +44,7 @@ use super::{
     Delivery, Nack, NewMessage, QueueConfig, QueueKind, QueueStore, StoreError, StoreResult,
 };
 pub use crate::config::{QueueBackend, QueueConfigError, QueueSettings};
-use crate::engine::WeakEngineRef;
+use crate::engine::{ServiceFunction, WeakEngineRef};
 use crate::function::{Call, Outcome};
 use crate::meter::{DeliveryCounts, Exposition, MetricsSource};
 use crate::protocol::{ErrorBody, ErrorCode, RawJson};
@@ -970,8 +970,6 @@ impl TriggerProvider for DurableSubscriber {
     }
 }
 
-type Handler = fn(Arc<QueueService>, Call) -> BoxFuture<'static, ()>;
-
 /// Answers `call` with `handle(input)`, its input parsed from the call's data; a bad input is a
 /// `deserialization_error` naming the function.
 async fn answer<T, F, Fut>(call: Call, handle: F)
@@ -991,7 +989,7 @@ where
 }
 
 /// The queue functions, `(id, description, handler)`.
-pub(crate) fn functions() -> Vec<(&'static str, &'static str, Handler)> {
+pub(crate) fn functions() -> Vec<ServiceFunction<QueueService>> {
     vec![
         (
             "engine::queue::enqueue",

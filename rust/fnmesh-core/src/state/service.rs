@@ -16,10 +16,12 @@ use super::sqlite::SqliteStateStore;
 use super::trigger::{StateTrigger, STATE_TRIGGER};
 use super::{EventSink, StateError, StateResult, StateStore, UpdateOp};
 use crate::config::StateBackend;
-use crate::engine::{EngineRef, EngineService, ServiceError};
+use crate::engine::{
+    register_service_functions, EngineRef, EngineService, ServiceError, ServiceFunction,
+};
 use crate::function::{Call, Outcome};
 use crate::protocol::ErrorCode;
-use crate::registry::{FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
+use crate::registry::DEFAULT_NAMESPACE;
 
 /// State (docs/protocol.md 6.8) as an engine service. With the engine's `state` backend
 /// (`EngineConfig::state`; `None` installs nothing) it registers `state::set`, `state::get`,
@@ -111,18 +113,7 @@ impl EngineService for StateService {
                     .await
                     .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
             }
-            for (id, description, handler) in functions() {
-                let r = running.clone();
-                let native = move |call: Call| {
-                    tokio::spawn(handler(r.clone(), call));
-                };
-                let def = FunctionDef {
-                    kind: FunctionKind::Local,
-                    description: Some(description.to_owned()),
-                    ..FunctionDef::default()
-                };
-                engine.register_engine_function(DEFAULT_NAMESPACE, id, def, native)?;
-            }
+            register_service_functions(engine, &running, functions())?;
             engine.register_engine_trigger_type(
                 DEFAULT_NAMESPACE,
                 STATE_TRIGGER,
@@ -262,8 +253,6 @@ impl Running {
     }
 }
 
-type Handler = fn(Arc<Running>, Call) -> BoxFuture<'static, ()>;
-
 /// Answers `call` with `handle(input)`, its input parsed from the call's data; a bad input is a
 /// `deserialization_error` naming the function.
 async fn answer<T, F, Fut>(call: Call, handle: F)
@@ -283,7 +272,7 @@ where
 }
 
 /// The state functions, `(id, description, handler)`.
-fn functions() -> Vec<(&'static str, &'static str, Handler)> {
+fn functions() -> Vec<ServiceFunction<Running>> {
     vec![
         (
             "state::set",

@@ -16,14 +16,17 @@ use super::socket::{self, Hub};
 use super::trigger::{StreamTrigger, STREAM_TRIGGER};
 use super::{parse_scope, scope, scope_prefix, ChangeKind, StreamChange};
 use crate::config::{StateBackend, StreamsConfig};
-use crate::engine::{EngineRef, EngineService, ServiceError, WeakEngineRef};
+use crate::engine::{
+    register_service_functions, EngineRef, EngineService, ServiceError, ServiceFunction,
+    WeakEngineRef,
+};
 use crate::function::{Call, CallOptions, Outcome};
 use crate::protocol::{ErrorCode, RawJson};
-use crate::registry::{FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
+use crate::registry::DEFAULT_NAMESPACE;
 use crate::state::memory::MemoryStore;
 use crate::state::redis_store::RedisStateStore;
 use crate::state::sqlite::SqliteStateStore;
-use crate::state::{EventSink, StateError, StateEvent, StateStore, UpdateOp};
+use crate::state::{EventSink, StateError, StateEvent, StateResult, StateStore, UpdateOp};
 
 /// The Redis key prefix of stream items (state's is `fnmesh:state:`).
 const REDIS_PREFIX: &str = "fnmesh:streams:";
@@ -215,40 +218,92 @@ struct UpdateResult {
     errors: Vec<Value>,
 }
 
+/// A custom stream's answer to a write: what the item was and what it is now.
+trait Written: Serialize + DeserializeOwned {
+    fn old_value(&self) -> &Option<Value>;
+    fn new_value(&self) -> &Value;
+}
+
+impl Written for SetResult {
+    fn old_value(&self) -> &Option<Value> {
+        &self.old_value
+    }
+    fn new_value(&self) -> &Value {
+        &self.new_value
+    }
+}
+
+impl Written for UpdateResult {
+    fn old_value(&self) -> &Option<Value> {
+        &self.old_value
+    }
+    fn new_value(&self) -> &Value {
+        &self.new_value
+    }
+}
+
 impl Running {
-    async fn set(&self, raw: &RawJson, input: SetInput) -> Outcome {
-        if let Some((engine, id)) = self.custom("set", &input.key.stream_name) {
-            return match Self::call_custom::<SetResult>(&engine, &id, raw).await {
-                Ok(Some(result)) => {
-                    let kind = match result.old_value {
-                        Some(_) => ChangeKind::Update,
-                        None => ChangeKind::Create,
-                    };
-                    self.custom_change(&input.key, kind, &result.new_value);
-                    Outcome::json(&result)
-                }
-                Ok(None) => store_error(format_args!("{id} answered no result")),
-                Err(failure) => failure,
-            };
-        }
-        let k = &input.key;
+    /// Runs `op` on the store (opened on first use) and answers with what `answer` makes of its
+    /// result; a store that cannot open or an operation that fails is `stream_store_error`.
+    async fn on_store<T, Fut>(
+        &self,
+        op: impl FnOnce(Arc<dyn StateStore>) -> Fut,
+        answer: impl FnOnce(T) -> Outcome,
+    ) -> Outcome
+    where
+        Fut: std::future::Future<Output = StateResult<T>>,
+    {
         match self.store().await {
-            Ok(store) => match store
-                .set(
-                    &scope(&k.stream_name, &k.group_id),
-                    &k.item_id,
-                    input.data.clone(),
-                )
-                .await
-            {
-                Ok(old_value) => Outcome::json(&SetResult {
-                    old_value,
-                    new_value: input.data,
-                }),
+            Ok(store) => match op(store).await {
+                Ok(value) => answer(value),
                 Err(e) => store_error(e),
             },
             Err(e) => store_error(e),
         }
+    }
+
+    /// Writes through a custom stream's function `id` and hands the change it reports on to the
+    /// trigger and the clients.
+    async fn custom_write<R: Written>(
+        &self,
+        engine: &EngineRef,
+        id: &str,
+        raw: &RawJson,
+        key: &ItemRef,
+    ) -> Outcome {
+        match Self::call_custom::<R>(engine, id, raw).await {
+            Ok(Some(result)) => {
+                let kind = match result.old_value() {
+                    Some(_) => ChangeKind::Update,
+                    None => ChangeKind::Create,
+                };
+                self.custom_change(key, kind, result.new_value());
+                Outcome::json(&result)
+            }
+            Ok(None) => store_error(format_args!("{id} answered no result")),
+            Err(failure) => failure,
+        }
+    }
+
+    async fn set(&self, raw: &RawJson, input: SetInput) -> Outcome {
+        if let Some((engine, id)) = self.custom("set", &input.key.stream_name) {
+            return self
+                .custom_write::<SetResult>(&engine, &id, raw, &input.key)
+                .await;
+        }
+        let k = &input.key;
+        let scope = scope(&k.stream_name, &k.group_id);
+        let data = input.data.clone();
+        self.on_store(
+            |store| async move { store.set(&scope, &k.item_id, data).await },
+            |old_value| {
+                Outcome::json(&SetResult {
+                    old_value,
+                    new_value: input.data,
+                })
+            },
+        )
+        .await
     }
 
     async fn get(&self, raw: &RawJson, key: ItemRef) -> Outcome {
@@ -257,16 +312,12 @@ impl Running {
                 .call_with(&id, raw.clone(), CallOptions::default())
                 .await;
         }
-        match self.store().await {
-            Ok(store) => match store
-                .get(&scope(&key.stream_name, &key.group_id), &key.item_id)
-                .await
-            {
-                Ok(value) => Outcome::json(&value),
-                Err(e) => store_error(e),
-            },
-            Err(e) => store_error(e),
-        }
+        let scope = scope(&key.stream_name, &key.group_id);
+        self.on_store(
+            |store| async move { store.get(&scope, &key.item_id).await },
+            |value| Outcome::json(&value),
+        )
+        .await
     }
 
     async fn delete(&self, raw: &RawJson, key: ItemRef) -> Outcome {
@@ -282,40 +333,26 @@ impl Running {
                 Err(failure) => failure,
             };
         }
-        match self.store().await {
-            Ok(store) => match store
-                .delete(&scope(&key.stream_name, &key.group_id), &key.item_id)
-                .await
-            {
-                Ok(old_value) => Outcome::json(&DeleteResult { old_value }),
-                Err(e) => store_error(e),
-            },
-            Err(e) => store_error(e),
-        }
+        let scope = scope(&key.stream_name, &key.group_id);
+        self.on_store(
+            |store| async move { store.delete(&scope, &key.item_id).await },
+            |old_value| Outcome::json(&DeleteResult { old_value }),
+        )
+        .await
     }
 
     async fn update(&self, raw: &RawJson, input: UpdateInput) -> Outcome {
         if let Some((engine, id)) = self.custom("update", &input.key.stream_name) {
-            return match Self::call_custom::<UpdateResult>(&engine, &id, raw).await {
-                Ok(Some(result)) => {
-                    let kind = match result.old_value {
-                        Some(_) => ChangeKind::Update,
-                        None => ChangeKind::Create,
-                    };
-                    self.custom_change(&input.key, kind, &result.new_value);
-                    Outcome::json(&result)
-                }
-                Ok(None) => store_error(format_args!("{id} answered no result")),
-                Err(failure) => failure,
-            };
+            return self
+                .custom_write::<UpdateResult>(&engine, &id, raw, &input.key)
+                .await;
         }
         let k = &input.key;
-        match self.store().await {
-            Ok(store) => match store
-                .update(&scope(&k.stream_name, &k.group_id), &k.item_id, input.ops)
-                .await
-            {
-                Ok(updated) => Outcome::json(&UpdateResult {
+        let scope = scope(&k.stream_name, &k.group_id);
+        self.on_store(
+            |store| async move { store.update(&scope, &k.item_id, input.ops).await },
+            |updated| {
+                Outcome::json(&UpdateResult {
                     old_value: updated.old_value,
                     new_value: updated.new_value,
                     errors: updated
@@ -323,11 +360,10 @@ impl Running {
                         .iter()
                         .filter_map(|e| serde_json::to_value(e).ok())
                         .collect(),
-                }),
-                Err(e) => store_error(e),
+                })
             },
-            Err(e) => store_error(e),
-        }
+        )
+        .await
     }
 
     async fn list(&self, raw: &RawJson, group: GroupRef) -> Outcome {
@@ -336,16 +372,12 @@ impl Running {
                 .call_with(&id, raw.clone(), CallOptions::default())
                 .await;
         }
-        match self.store().await {
-            Ok(store) => match store
-                .list(&scope(&group.stream_name, &group.group_id))
-                .await
-            {
-                Ok(values) => Outcome::json(&values),
-                Err(e) => store_error(e),
-            },
-            Err(e) => store_error(e),
-        }
+        let scope = scope(&group.stream_name, &group.group_id);
+        self.on_store(
+            |store| async move { store.list(&scope).await },
+            |values| Outcome::json(&values),
+        )
+        .await
     }
 
     async fn list_groups(&self, raw: &RawJson, stream: StreamRef) -> Outcome {
@@ -355,48 +387,42 @@ impl Running {
                 .await;
         }
         let prefix = scope_prefix(&stream.stream_name);
-        match self.store().await {
-            Ok(store) => match store.list_groups().await {
-                Ok(scopes) => {
-                    let groups: Vec<String> = scopes
-                        .iter()
-                        .filter(|s| s.starts_with(&prefix))
-                        .filter_map(|s| parse_scope(s).map(|(_, group)| group))
-                        .collect();
-                    Outcome::json(&groups)
-                }
-                Err(e) => store_error(e),
+        self.on_store(
+            |store| async move { store.list_groups().await },
+            |scopes| {
+                let groups: Vec<String> = scopes
+                    .iter()
+                    .filter(|s| s.starts_with(&prefix))
+                    .filter_map(|s| parse_scope(s).map(|(_, group)| group))
+                    .collect();
+                Outcome::json(&groups)
             },
-            Err(e) => store_error(e),
-        }
+        )
+        .await
     }
 
     async fn list_all(&self) -> Outcome {
-        match self.store().await {
-            Ok(store) => match store.list_groups().await {
-                Ok(scopes) => {
-                    let mut streams: Vec<(String, Vec<String>)> = Vec::new();
-                    for (stream, group) in scopes.iter().filter_map(|s| parse_scope(s)) {
-                        match streams.last_mut() {
-                            Some((last, groups)) if *last == stream => groups.push(group),
-                            _ => streams.push((stream, vec![group])),
-                        }
+        self.on_store(
+            |store| async move { store.list_groups().await },
+            |scopes| {
+                let mut streams: Vec<(String, Vec<String>)> = Vec::new();
+                for (stream, group) in scopes.iter().filter_map(|s| parse_scope(s)) {
+                    match streams.last_mut() {
+                        Some((last, groups)) if *last == stream => groups.push(group),
+                        _ => streams.push((stream, vec![group])),
                     }
-                    let stream: Vec<Value> = streams
-                        .into_iter()
-                        .map(|(id, groups)| serde_json::json!({"id": id, "groups": groups}))
-                        .collect();
-                    let count = stream.len();
-                    Outcome::json(&serde_json::json!({"stream": stream, "count": count}))
                 }
-                Err(e) => store_error(e),
+                let stream: Vec<Value> = streams
+                    .into_iter()
+                    .map(|(id, groups)| serde_json::json!({"id": id, "groups": groups}))
+                    .collect();
+                let count = stream.len();
+                Outcome::json(&serde_json::json!({"stream": stream, "count": count}))
             },
-            Err(e) => store_error(e),
-        }
+        )
+        .await
     }
 }
-
-type Handler = fn(Arc<Running>, Call) -> BoxFuture<'static, ()>;
 
 /// Answers `call` with `handle(raw input, parsed input)`; a bad input is a
 /// `deserialization_error` naming the function.
@@ -417,7 +443,7 @@ where
 }
 
 /// The stream functions, `(id, description, handler)`.
-fn functions() -> Vec<(&'static str, &'static str, Handler)> {
+fn functions() -> Vec<ServiceFunction<Running>> {
     vec![
         (
             "stream::set",
@@ -558,18 +584,7 @@ impl EngineService for StreamsService {
                     .await
                     .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
             }
-            for (id, description, handler) in functions() {
-                let r = running.clone();
-                let native = move |call: Call| {
-                    tokio::spawn(handler(r.clone(), call));
-                };
-                let def = FunctionDef {
-                    kind: FunctionKind::Local,
-                    description: Some(description.to_owned()),
-                    ..FunctionDef::default()
-                };
-                engine.register_engine_function(DEFAULT_NAMESPACE, id, def, native)?;
-            }
+            register_service_functions(engine, &running, functions())?;
             engine.register_engine_trigger_type(
                 DEFAULT_NAMESPACE,
                 STREAM_TRIGGER,
