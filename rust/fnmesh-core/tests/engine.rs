@@ -2060,6 +2060,52 @@ async fn an_http_route_cannot_be_taken_over_by_another_worker() {
 }
 
 #[tokio::test]
+async fn a_restarted_worker_gets_its_name_back_when_the_old_socket_ends_after_it_registers() {
+    // A worker SIGKILLed and restarted at once registers its name before the engine has read the
+    // end of its old socket. Before: refused at once with WORKER_NAMESPACE_CONFLICT (the chaos
+    // test's restarted consumers failed to start). Now the registration waits, bounded, for the
+    // holder to close, then takes the name.
+    let engine = start(Engine::builder().config(engine_config())).await;
+    let mut old = Worker::connect(&engine).await;
+    old.call_ok(
+        "engine::workers::register",
+        json!({"name": "consumer", "pid": 1}),
+    )
+    .await;
+    let mut new = Worker::connect(&engine).await;
+    let register = new
+        .invoke(
+            "engine::workers::register",
+            json!({"name": "consumer", "pid": 2}),
+        )
+        .await;
+    // Frames of one connection are handled in order: once this probe is answered, the
+    // registration has been seen, and it has not been answered (the old code refused it before
+    // handling the next frame).
+    let probe = new.invoke("engine::functions::list", json!({})).await;
+    let (first, _) = new.recv_type("invocationresult").await;
+    assert_eq!(first["invocation_id"], probe, "{first}");
+    old.cut();
+    let answer = new.result_for(&register).await;
+    assert!(answer.get("error").is_none(), "{answer}");
+    assert_eq!(answer["result"], json!({"success": true}));
+    wait_until("the old connection is cleaned up", || {
+        engine.worker_count() == 1
+    })
+    .await;
+    let workers = new.call_ok("engine::workers::list", json!({})).await;
+    let pids: Vec<&Value> = workers["workers"]
+        .as_array()
+        .expect("a list of workers")
+        .iter()
+        .filter(|w| w["name"] == json!("consumer"))
+        .map(|w| &w["pid"])
+        .collect();
+    assert_eq!(pids, [&json!(2)], "{workers}");
+    finish(engine, [new]).await;
+}
+
+#[tokio::test]
 async fn a_reconnecting_provider_keeps_its_bindings_when_the_old_connection_goes_late() {
     // Before: while the old connection's cleanup had not run yet, the reconnecting provider's
     // `engine::workers::register` under its own name was refused (WORKER_NAMESPACE_CONFLICT,
