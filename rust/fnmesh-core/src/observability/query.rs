@@ -289,7 +289,7 @@ pub fn logs_list(
         .collect();
     // Newest first; records of one instant keep their arrival order reversed as well.
     logs.reverse();
-    logs.sort_by(|a, b| b.timestamp_unix_nano.cmp(&a.timestamp_unix_nano));
+    logs.sort_by_key(|l| std::cmp::Reverse(l.timestamp_unix_nano));
     let total = logs.len();
     let page: Vec<_> = logs
         .into_iter()
