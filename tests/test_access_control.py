@@ -299,3 +299,35 @@ async def test_the_middleware_runs_instead_of_each_call_with_the_auth_context(ap
         listed = await w.call("engine::functions::list", {})
         assert "functions" in listed["result"]
         assert (await w.call("internal::secret"))["error"]["code"] == "FORBIDDEN"
+
+
+async def test_the_otel_socket_of_a_restricted_listener_asks_the_auth_function_too(app: fnmesh.App) -> None:
+    def logs(body: str) -> bytes:
+        record = {"severityNumber": 9, "severityText": "INFO", "body": {"stringValue": body}}
+        return b"LOGS" + json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [record]}]}]}).encode()
+
+    async def stored() -> list[str]:
+        answer = await app.call("engine::logs::list", {})
+        return [log["body"] for log in answer["logs"]]
+
+    # Refused by the auth function: closed with 1008, and what it sent is never stored.
+    async with websockets.connect(url(app, "ok") + "/otel", additional_headers={"X-Role": "banned"}) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(logs("from a banned peer"))
+        assert await until_closed(ws) == []
+    assert ws.close_code == 1008
+    async with websockets.connect(url(app, "missing") + "/otel") as ws:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(logs("from an unauthenticated peer"))
+        assert await until_closed(ws) == []
+    assert ws.close_code == 1008
+    # Admitted: its telemetry is kept.
+    async with websockets.connect(url(app, "ok") + "/otel") as ws:
+        await ws.send(logs("from an admitted peer"))
+
+        async def kept() -> bool:
+            return "from an admitted peer" in await stored()
+
+        await wait_for(kept, "the admitted peer's log line")
+    assert await stored() == ["from an admitted peer"]
+    assert [a.headers.get("x-role") for a in AUTH_CALLS] == ["banned", None]

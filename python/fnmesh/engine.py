@@ -71,6 +71,16 @@ class EngineConfig:
     """Port of the Prometheus ``/metrics`` endpoint (0 picks a free one); ``None``, the default of an
     embedded engine, turns metrics off (no endpoint, no counting). ``fnmesh serve`` sets 9464 unless
     configured (docs/observability.md)."""
+    telemetry_store_spans: int = _DEFAULTS["telemetry_store_spans"]
+    """Spans the in-memory telemetry store keeps (the workers' ``/otel`` traces), oldest evicted
+    first; ``engine::traces::list`` reads them. 0 keeps none (docs/observability.md)."""
+    telemetry_store_logs: int = _DEFAULTS["telemetry_store_logs"]
+    """Log records the telemetry store keeps, for ``engine::logs::list``; 0 keeps none."""
+    telemetry_store_metrics: int = _DEFAULTS["telemetry_store_metrics"]
+    """Metrics (one per metric per export) the telemetry store keeps, for ``engine::metrics::list``;
+    0 keeps none."""
+    telemetry_store_bytes: int = _DEFAULTS["telemetry_store_bytes"]
+    """Bytes (estimated) each of the store's three parts keeps at most; 0 turns the store off."""
     http_body_limit_bytes: int = _DEFAULTS["http_body_limit_bytes"]
     """Largest HTTP request body a route accepts; a larger one gets 413."""
     http_timeout_ms: int = _DEFAULTS["http_timeout_ms"]

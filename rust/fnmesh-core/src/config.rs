@@ -69,6 +69,9 @@ pub struct EngineConfig {
     /// Where the Prometheus `/metrics` endpoint listens (docs/observability.md); `None` (the
     /// default of an embedded engine) turns metrics off: no endpoint, and calls record nothing.
     pub metrics_addr: Option<SocketAddr>,
+    /// The in-memory store of telemetry that `engine::traces::list` and friends read
+    /// (docs/observability.md).
+    pub telemetry_store: TelemetryStoreConfig,
     /// Test hook: how long a closed connection's cleanup is put off, as on a loaded machine
     /// where the old connection of a reconnecting worker is torn down late. Zero (the default):
     /// at once.
@@ -96,8 +99,42 @@ impl Default for EngineConfig {
             max_buffered_registration_bytes: 128 * 1024 * 1024,
             listeners: Vec::new(),
             metrics_addr: None,
+            telemetry_store: TelemetryStoreConfig::default(),
             cleanup_delay: Duration::ZERO,
         }
+    }
+}
+
+/// Bounds of the in-memory telemetry store (docs/observability.md): the spans, log records and
+/// metrics workers send on `/otel` (and the engine's spans while they are exported), the oldest
+/// evicted first. A count of 0 keeps none of that signal; all three 0 turns the store off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryStoreConfig {
+    /// Spans kept.
+    pub spans: usize,
+    /// Log records kept.
+    pub logs: usize,
+    /// Metrics kept (one per metric per export, with its data points).
+    pub metrics: usize,
+    /// Bytes (estimated) each of the three keeps at most.
+    pub bytes: usize,
+}
+
+impl Default for TelemetryStoreConfig {
+    fn default() -> Self {
+        TelemetryStoreConfig {
+            spans: 10_000,
+            logs: 10_000,
+            metrics: 10_000,
+            bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl TelemetryStoreConfig {
+    /// Whether the store keeps anything.
+    pub fn enabled(&self) -> bool {
+        self.bytes > 0 && (self.spans > 0 || self.logs > 0 || self.metrics > 0)
     }
 }
 

@@ -34,6 +34,7 @@ pub mod invocation;
 pub mod link;
 pub mod meter;
 pub mod metrics;
+pub mod observability;
 pub mod protocol;
 pub mod pubsub;
 pub mod queue;

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
 use crate::channels::{self, ChannelError, ChannelHub, Direction};
@@ -80,6 +81,20 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     fn admit(&self, conn: &Arc<Connection>) -> BoxFuture<'static, bool> {
         let _ = conn;
         Box::pin(std::future::ready(true))
+    }
+
+    /// Whether to accept a `/otel` telemetry connection (docs/protocol.md 1.6), decided before
+    /// any of its messages is read: a listener with an auth function asks it as for a worker
+    /// connection. `false` closes it with 1008. The default accepts at once.
+    fn admit_telemetry(&self, conn: &Arc<Connection>) -> BoxFuture<'static, bool> {
+        let _ = conn;
+        Box::pin(std::future::ready(true))
+    }
+
+    /// One message of a `/otel` connection, in arrival order. Must not block. The default
+    /// drops it.
+    fn on_telemetry(&self, conn: &Arc<Connection>, message: &[u8]) {
+        let _ = (conn, message);
     }
 
     /// The listener closed or refused a connection for `reason` (for the
@@ -524,6 +539,55 @@ async fn deliver(handler: &Arc<dyn ConnectionHandler>, conn: &Arc<Connection>, f
     }
 }
 
+/// A `/otel` connection once admitted: each text or binary message goes to
+/// [`ConnectionHandler::on_telemetry`] (large ones on the blocking pool, as frames do); nothing
+/// is ever sent back but the close.
+async fn serve_telemetry(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<TcpStream>, WsMessage>,
+    mut source: futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
+    conn: Arc<Connection>,
+    handler: Arc<dyn ConnectionHandler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let message = tokio::select! {
+            message = source.next() => message,
+            _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => break,
+        };
+        let bytes: Bytes = match message {
+            Some(Ok(WsMessage::Binary(bytes))) => bytes,
+            Some(Ok(WsMessage::Text(text))) => text.into(),
+            Some(Ok(WsMessage::Close(_))) | None => return,
+            Some(Ok(_)) => continue,
+            Some(Err(WsError::Capacity(e))) => {
+                debug!(peer = %conn.remote_addr, "telemetry message over the limit ({e}): closing with 1009");
+                handler.on_close_reason(CloseReason::Oversize);
+                let close = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "frame too large".into(),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    sink.send(WsMessage::Close(Some(close))),
+                )
+                .await;
+                return;
+            }
+            Some(Err(e)) => {
+                debug!(peer = %conn.remote_addr, "telemetry connection error: {e}");
+                return;
+            }
+        };
+        if bytes.len() < OFFLOAD_FRAME_BYTES {
+            handler.on_telemetry(&conn, &bytes);
+        } else {
+            let (handler, conn) = (handler.clone(), conn.clone());
+            let _ = tokio::task::spawn_blocking(move || handler.on_telemetry(&conn, &bytes)).await;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+}
+
 async fn serve_socket(
     stream: TcpStream,
     peer: SocketAddr,
@@ -588,11 +652,6 @@ async fn serve_socket(
         route => route,
     };
     let (mut sink, mut source) = ws.split();
-    if let Route::Telemetry = route {
-        // `/otel`: accepted and discarded.
-        while let Some(Ok(_)) = source.next().await {}
-        return;
-    }
     let (tx, mut rx) = mpsc::channel(config.outbound_queue.max(1));
     let (gone, _) = watch::channel(false);
     let conn = Arc::new(Connection {
@@ -611,8 +670,14 @@ async fn serve_socket(
         slow: AtomicBool::new(false),
         gone,
     });
+    let telemetry = matches!(route, Route::Telemetry);
+    let admission = if telemetry {
+        handler.admit_telemetry(&conn)
+    } else {
+        handler.admit(&conn)
+    };
     let admitted = tokio::select! {
-        admitted = handler.admit(&conn) => admitted,
+        admitted = admission => admitted,
         _ = async { let _ = stop.wait_for(|s| *s).await.map(|_| ()); } => false,
     };
     if !admitted {
@@ -635,6 +700,9 @@ async fn serve_socket(
         })
         .await;
         return;
+    }
+    if telemetry {
+        return serve_telemetry(sink, source, conn, handler, stop).await;
     }
     if let Ok(mut conns) = live.conns.lock() {
         conns.insert(conn.id.clone(), conn.clone());

@@ -94,6 +94,11 @@ pub(crate) struct EngineSettings {
     /// Where `/metrics` listens; `None` (`metrics_port`): metrics off.
     pub(crate) metrics_host: String,
     pub(crate) metrics_port: Option<u16>,
+    /// The telemetry store's bounds (`TelemetryStoreConfig`).
+    pub(crate) telemetry_store_spans: usize,
+    pub(crate) telemetry_store_logs: usize,
+    pub(crate) telemetry_store_metrics: usize,
+    pub(crate) telemetry_store_bytes: usize,
     /// `stream::*`, the `stream` trigger type and the stream WebSocket, or none of them.
     pub(crate) streams_enabled: bool,
     /// `sqlite`, `memory` or `redis` (a `StateBackend`).
@@ -185,6 +190,10 @@ impl Default for EngineSettings {
                 .metrics_addr
                 .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
             metrics_port: core.metrics_addr.map(|a| a.port()),
+            telemetry_store_spans: core.telemetry_store.spans,
+            telemetry_store_logs: core.telemetry_store.logs,
+            telemetry_store_metrics: core.telemetry_store.metrics,
+            telemetry_store_bytes: core.telemetry_store.bytes,
             http_body_limit_bytes: core.http.body_limit,
             http_timeout_ms: millis(core.http.timeout),
             http_header_read_timeout_ms: millis(core.http.header_read_timeout),
@@ -414,6 +423,12 @@ impl EngineSettings {
             max_buffered_registrations: self.max_buffered_registrations,
             max_buffered_registration_bytes: self.max_buffered_registration_bytes,
             metrics_addr,
+            telemetry_store: fnmesh_core::config::TelemetryStoreConfig {
+                spans: self.telemetry_store_spans,
+                logs: self.telemetry_store_logs,
+                metrics: self.telemetry_store_metrics,
+                bytes: self.telemetry_store_bytes,
+            },
             cleanup_delay: std::env::var(CLEANUP_DELAY_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -651,6 +651,21 @@ impl ConnectionHandler for Handler {
         })
     }
 
+    fn admit_telemetry(&self, conn: &Arc<Connection>) -> BoxFuture<'static, bool> {
+        // The same auth function as a worker connection; the grants are not kept, since a
+        // telemetry connection calls nothing.
+        let Some(config) = self.access.clone() else {
+            return Box::pin(std::future::ready(true));
+        };
+        let (shared, conn) = (self.shared.clone(), conn.clone());
+        Box::pin(async move { shared.authenticate(&config, &conn).await.is_some() })
+    }
+
+    fn on_telemetry(&self, conn: &Arc<Connection>, message: &[u8]) {
+        let peer = conn.remote_addr().to_string();
+        crate::telemetry::ingest::ingest(&self.shared.telemetry, &peer, message);
+    }
+
     fn on_connect(&self, conn: &Arc<Connection>) {
         let admitted = match &self.access {
             Some(config) => {

@@ -175,6 +175,12 @@ error_codes! {
     /// something that is not the shape `stream::*` promises.
     StreamStoreError = "stream_store_error",
 
+    // ---- telemetry ----
+
+    /// `engine::traces::list` or `engine::traces::tree` on an engine whose telemetry store keeps
+    /// no spans (setting `telemetry_store_spans` 0); iii's code for its in-memory exporter off.
+    MemoryExporterNotEnabled = "memory_exporter_not_enabled",
+
     // ---- the HTTP trigger's responses ----
 
     /// A middleware function answered with something that is neither `continue` nor `respond`

@@ -6,9 +6,15 @@
 //! `ExportMetricsServiceRequest` in OTLP/JSON (trace and span ids as hex strings, as the OTLP
 //! specification's JSON encoding writes them). The [`Telemetry`] hub fans each batch out to its
 //! sinks; with no sink, [`Telemetry::is_active`] is false and producers skip the work entirely.
+//! A sink that only keeps what others make (the store) says so with
+//! [`TelemetrySink::wants_engine_telemetry`]: it receives every batch submitted, but does not by
+//! itself make the engine produce its own telemetry.
 //! See docs/observability.md.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+pub mod ingest;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Which OTLP signal a [`Batch`] carries.
@@ -50,6 +56,12 @@ pub trait TelemetrySink: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Takes one batch. Must return quickly and never panic.
     fn accept(&self, batch: &Batch);
+    /// Whether the engine should make its own telemetry (its spans) for this sink. `false`: the
+    /// sink takes the batches others cause to be made (the store keeps engine spans only while
+    /// an exporter is on) and the workers' `/otel` batches.
+    fn wants_engine_telemetry(&self) -> bool {
+        true
+    }
 }
 
 /// The engine's telemetry hub: a list of sinks each batch goes to. Cloning shares the list.
@@ -57,6 +69,8 @@ pub trait TelemetrySink: Send + Sync + 'static {
 pub struct Telemetry {
     sinks: Arc<RwLock<Vec<Arc<dyn TelemetrySink>>>>,
     active: Arc<AtomicBool>,
+    any_sink: Arc<AtomicBool>,
+    rejected: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -72,7 +86,13 @@ impl Telemetry {
     pub fn add_sink(&self, sink: Arc<dyn TelemetrySink>) {
         let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
         sinks.push(sink);
-        self.active.store(true, Ordering::Release);
+        self.refresh(&sinks);
+    }
+
+    fn refresh(&self, sinks: &[Arc<dyn TelemetrySink>]) {
+        let engine = sinks.iter().any(|s| s.wants_engine_telemetry());
+        self.active.store(engine, Ordering::Release);
+        self.any_sink.store(!sinks.is_empty(), Ordering::Release);
     }
 
     /// Removes every sink named `name`; true when one was there.
@@ -80,7 +100,7 @@ impl Telemetry {
         let mut sinks = self.sinks.write().unwrap_or_else(|e| e.into_inner());
         let before = sinks.len();
         sinks.retain(|s| s.name() != name);
-        self.active.store(!sinks.is_empty(), Ordering::Release);
+        self.refresh(&sinks);
         sinks.len() != before
     }
 
@@ -90,16 +110,36 @@ impl Telemetry {
         sinks.iter().map(|s| s.name().to_owned()).collect()
     }
 
-    /// True when at least one sink listens. One relaxed load: producers check it before they
-    /// build anything, so that telemetry with no sink costs nothing on the hot path.
+    /// True when at least one sink wants the engine's own telemetry
+    /// ([`TelemetrySink::wants_engine_telemetry`]). One relaxed load: the engine's producers
+    /// check it before they build anything, so that telemetry with no such sink costs nothing on
+    /// the hot path.
     #[inline]
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// True when any sink listens, whatever it wants: what the `/otel` decoder checks before it
+    /// decodes a worker's frame.
+    #[inline]
+    pub fn has_sinks(&self) -> bool {
+        self.any_sink.load(Ordering::Relaxed)
+    }
+
+    /// Counts one worker frame refused by the `/otel` decoder (malformed, unknown prefix, too
+    /// deep); see [`Telemetry::rejected`].
+    pub fn note_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many worker frames the `/otel` decoder refused since the engine started.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
     /// Hands `batch` to every sink.
     pub fn submit(&self, batch: Batch) {
-        if !self.is_active() {
+        if !self.has_sinks() {
             return;
         }
         let sinks: Vec<Arc<dyn TelemetrySink>> = {
@@ -154,5 +194,38 @@ mod tests {
         assert_eq!(*b.1.lock().unwrap(), [Signal::Traces]);
         assert!(hub.remove_sink("store"));
         assert!(!hub.is_active());
+    }
+
+    struct Keeper(Mutex<usize>);
+    impl TelemetrySink for Keeper {
+        fn name(&self) -> &str {
+            "keeper"
+        }
+        fn accept(&self, _: &Batch) {
+            *self.0.lock().unwrap() += 1;
+        }
+        fn wants_engine_telemetry(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_sink_that_only_keeps_does_not_turn_engine_telemetry_on() {
+        let hub = Telemetry::default();
+        let keeper = Arc::new(Keeper(Mutex::new(0)));
+        hub.add_sink(keeper.clone());
+        assert!(
+            !hub.is_active(),
+            "the engine makes no telemetry for a keeper"
+        );
+        assert!(hub.has_sinks());
+        hub.submit(batch(Signal::Logs)); // a worker batch still reaches it
+        assert_eq!(*keeper.0.lock().unwrap(), 1);
+        hub.add_sink(Arc::new(Keep("otlp", Mutex::new(Vec::new()))));
+        assert!(hub.is_active());
+        hub.remove_sink("otlp");
+        assert!(!hub.is_active() && hub.has_sinks());
+        hub.note_rejected();
+        assert_eq!(hub.clone().rejected(), 1);
     }
 }
