@@ -8,6 +8,9 @@
 //! sinks; with no sink, [`Telemetry::is_active`] is false and producers skip the work entirely.
 //! See docs/observability.md.
 
+pub mod proto;
+pub mod spans;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
