@@ -33,6 +33,7 @@ pub mod invocation;
 pub mod link;
 pub mod meter;
 pub mod metrics;
+pub mod otlp;
 pub mod protocol;
 pub mod pubsub;
 pub mod queue;

@@ -4,7 +4,7 @@
 //! The engine core ([`crate::engine`]) names no service; each service lives in its own folder on
 //! top of it and implements [`EngineService`]. This module, above both, is the one place that
 //! lists them: [`Engine::builder`] starts an engine with [`standard`] (the HTTP trigger, cron,
-//! the durable queues, state, pubsub, streams, the `/metrics` endpoint, in that order; shut down in reverse order).
+//! the durable queues, state, pubsub, streams, the `/metrics` endpoint, the OTLP exporter, in that order; shut down in reverse order).
 //!
 //! Adding a service to every engine: implement [`EngineService`] in its own folder, then add one
 //! line to [`standard`].
@@ -17,6 +17,7 @@ use crate::engine::EngineService;
 use crate::engine::{Engine, EngineBuilder};
 use crate::http::HttpService;
 use crate::metrics::MetricsService;
+use crate::otlp::OtlpService;
 use crate::pubsub::PubsubService;
 use crate::queue::QueuesService;
 use crate::state::StateService;
@@ -32,6 +33,7 @@ pub fn standard(builder: EngineBuilder) -> EngineBuilder {
         .service(PubsubService::default())
         .service(StreamsService::default())
         .service(MetricsService::default())
+        .service(OtlpService::default())
 }
 
 impl Engine {

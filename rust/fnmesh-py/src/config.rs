@@ -94,6 +94,12 @@ pub(crate) struct EngineSettings {
     /// Where `/metrics` listens; `None` (`metrics_port`): metrics off.
     pub(crate) metrics_host: String,
     pub(crate) metrics_port: Option<u16>,
+    /// Share of new traces recorded (0 to 1); `None`: `OTEL_TRACES_SAMPLER*`, else all.
+    pub(crate) traces_sample_ratio: Option<f64>,
+    /// `None`: `OTEL_SERVICE_NAME`, else `fnmesh`.
+    pub(crate) otel_service_name: Option<String>,
+    /// `None`: the `OTEL_EXPORTER_OTLP_*` variables.
+    pub(crate) otlp_endpoint: Option<String>,
     /// `stream::*`, the `stream` trigger type and the stream WebSocket, or none of them.
     pub(crate) streams_enabled: bool,
     /// `sqlite`, `memory` or `redis` (a `StateBackend`).
@@ -185,6 +191,9 @@ impl Default for EngineSettings {
                 .metrics_addr
                 .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
             metrics_port: core.metrics_addr.map(|a| a.port()),
+            traces_sample_ratio: core.traces_sample_ratio,
+            otel_service_name: core.otel_service_name.clone(),
+            otlp_endpoint: core.otlp_endpoint.clone(),
             http_body_limit_bytes: core.http.body_limit,
             http_timeout_ms: millis(core.http.timeout),
             http_header_read_timeout_ms: millis(core.http.header_read_timeout),
@@ -414,6 +423,9 @@ impl EngineSettings {
             max_buffered_registrations: self.max_buffered_registrations,
             max_buffered_registration_bytes: self.max_buffered_registration_bytes,
             metrics_addr,
+            traces_sample_ratio: self.traces_sample_ratio,
+            otel_service_name: self.otel_service_name,
+            otlp_endpoint: self.otlp_endpoint,
             cleanup_delay: std::env::var(CLEANUP_DELAY_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -8,6 +8,7 @@
 //! sinks; with no sink, [`Telemetry::is_active`] is false and producers skip the work entirely.
 //! See docs/observability.md.
 
+pub mod export;
 pub mod proto;
 pub mod spans;
 

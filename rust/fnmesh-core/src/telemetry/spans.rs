@@ -436,8 +436,8 @@ impl Tracer {
     }
 }
 
-/// The span of one routed invocation (`faas.*` attributes), a child of the caller's
-/// `traceparent`; boxed, as the pending call keeps it. `None` when not recorded.
+/// The span of one routed invocation (`call <function id>`, `faas.*` attributes), a child of
+/// the caller's `traceparent`; boxed, as the pending call keeps it. `None` when not recorded.
 #[inline]
 pub fn start_invocation(
     tracer: &Tracer,
@@ -446,7 +446,13 @@ pub fn start_invocation(
     invocation_id: &str,
     traceparent: Option<&str>,
 ) -> Option<Box<Span>> {
-    let mut span = tracer.start(function_id, SpanKind::Client, traceparent)?;
+    // Named and kinded as iii's engine names its span of a call (`call <function id>`, SERVER),
+    // so a worker's `execute <function id>` span reads as its child in either engine.
+    let mut span = tracer.start(
+        &format!("call {function_id}"),
+        SpanKind::Server,
+        traceparent,
+    )?;
     span.set("faas.invoked_name", function_id);
     span.set("faas.invocation_id", invocation_id);
     span.set("fnmesh.namespace", namespace);
