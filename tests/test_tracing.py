@@ -108,7 +108,7 @@ def collector() -> Iterator[Collector]:
     state = Collector()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             status = state.receive(self.path, self.headers.get("content-type", ""), body)
             self.send_response(status)
@@ -332,7 +332,9 @@ async def test_a_ratio_of_zero_records_only_calls_with_a_sampled_parent(collecto
     assert len(collector.engine_spans()) == 1, [s.name for s in collector.engine_spans()]
 
 
-async def test_http_requests_and_queue_deliveries_are_spans_with_parents_and_links(collector: Collector) -> None:
+async def test_http_requests_and_queue_deliveries_are_spans_with_parents_and_links(
+    collector: Collector,
+) -> None:
     served = Served(collector.url)
     await served.app.start()
     provider = TracerProvider()
@@ -343,7 +345,10 @@ async def test_http_requests_and_queue_deliveries_are_spans_with_parents_and_lin
             reply = await http.get(f"{served.app.engine.http_url}/hello", headers={"traceparent": parent})
         assert reply.status_code == 200
         server = wait_until(lambda: collector.find("GET /hello"), 20, "the HTTP request's span")
-        assert (server.trace_id, server.parent_span_id) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+        assert (server.trace_id, server.parent_span_id) == (
+            "0af7651916cd43dd8448eb211c80319c",
+            "b7ad6b7169203331",
+        )
         assert server.kind == 2  # SERVER
         assert server.attributes["http.route"] == "/hello"
         assert server.attributes["http.request.method"] == "GET"
@@ -360,9 +365,13 @@ async def test_http_requests_and_queue_deliveries_are_spans_with_parents_and_lin
         assert delivery.attributes["messaging.destination.name"] == "default"
         assert delivery.attributes["fnmesh.queue.attempt"] == 1
         assert delivery.parent_span_id == ""
-        assert len(delivery.links) == 1 and delivery.links[0][0] != delivery.trace_id
+        assert len(delivery.links) == 1
+        assert delivery.links[0][0] != delivery.trace_id
         routed = wait_until(
-            lambda: next((s for s in collector.spans if s.name == "call t.step" and s.trace_id == delivery.trace_id), None),
+            lambda: next(
+                (s for s in collector.spans if s.name == "call t.step" and s.trace_id == delivery.trace_id),
+                None,
+            ),
             20,
             "the delivered call's span",
         )

@@ -324,7 +324,6 @@ impl HttpTrigger {
             metadata: binding.metadata.clone(),
             // The request's own timeout bounds the whole exchange.
             timeout: Some(self.config.timeout),
-            ..CallOptions::default()
         };
         match self.engine.upgrade() {
             Some(engine) => engine.call_with(function_id, data, options).await,

@@ -215,9 +215,7 @@ async fn deliver_inner(
     delivery: &Delivery,
     traceparent: Option<String>,
 ) -> Option<ErrorBody> {
-    let Some(engine) = service.engine.upgrade() else {
-        return None;
-    };
+    let engine = service.engine.upgrade()?;
     if delivery.attempt > config.max_retries.saturating_add(1) {
         // Claimed more often than it may run: earlier claims ended with no answer at all (the
         // engine holding them died each time, which a poison message can cause). It would
