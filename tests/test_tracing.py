@@ -8,16 +8,17 @@ caller's span, the engine's routing span (its child) and the worker's span (the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -29,6 +30,7 @@ import fnmesh
 from harness import Worker, free_port, serve, wait_until
 
 CALLER_SPAN = "caller checkout"
+T = TypeVar("T")
 
 
 @dataclass
@@ -217,7 +219,6 @@ def call_through_processes(collector: Collector) -> tuple[dict[str, Any], Span]:
         sdk_env = {"OTEL_SERVICE_NAME": "iii-sdk-test"}
         worker = SdkWorker(engine.url, sdk_env)
         try:
-            wait_until(lambda: True)
             caller = run_caller(engine.url, sdk_env)
             routing = wait_until(lambda: collector.find("call traced::step"), 20, "the engine's routing span")
         finally:
@@ -304,6 +305,15 @@ class Served:
         return app
 
 
+async def until(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
+    """``harness.wait_until`` for tests whose handlers run on this event loop: polls without
+    blocking it."""
+    async with asyncio.timeout(timeout):
+        while not (value := probe()):
+            await asyncio.sleep(0.05)
+    return value
+
+
 def _parent_span_id() -> str | None:
     from opentelemetry import trace
 
@@ -321,7 +331,7 @@ async def test_a_ratio_of_zero_records_only_calls_with_a_sampled_parent(collecto
         # A call carrying a sampled parent is still recorded (parent-based): the exporter works,
         # the ratio kept the new roots out.
         assert await traced.call("t.step", {}) == "ok"
-        span = wait_until(lambda: collector.find("call t.step"), 20, "the parented span")
+        span = await until(lambda: collector.find("call t.step"), "the parented span")
         assert span.parent_span_id != ""
         assert served.seen[-1] == span.span_id
         assert served.seen[:20] == [None] * 20
@@ -344,7 +354,7 @@ async def test_http_requests_and_queue_deliveries_are_spans_with_parents_and_lin
         async with httpx.AsyncClient() as http:
             reply = await http.get(f"{served.app.engine.http_url}/hello", headers={"traceparent": parent})
         assert reply.status_code == 200
-        server = wait_until(lambda: collector.find("GET /hello"), 20, "the HTTP request's span")
+        server = await until(lambda: collector.find("GET /hello"), "the HTTP request's span")
         assert (server.trace_id, server.parent_span_id) == (
             "0af7651916cd43dd8448eb211c80319c",
             "b7ad6b7169203331",
@@ -353,26 +363,27 @@ async def test_http_requests_and_queue_deliveries_are_spans_with_parents_and_lin
         assert server.attributes["http.route"] == "/hello"
         assert server.attributes["http.request.method"] == "GET"
         assert server.attributes["http.response.status_code"] == 200
-        call = wait_until(lambda: collector.find("call t.hello"), 20, "the routed call's span")
+        call = await until(lambda: collector.find("call t.hello"), "the routed call's span")
         assert (call.trace_id, call.parent_span_id) == (server.trace_id, server.span_id)
         assert served.seen[-1] == call.span_id
 
         # A queue delivery: a new root, linked to the context the enqueue carried.
-        with provider.get_tracer("test").start_as_current_span("enqueuer"):
+        with provider.get_tracer("test").start_as_current_span("enqueuer") as enqueuer:
             await traced.enqueue("t.step", {"n": 1})
-        delivery = wait_until(lambda: collector.find("process default"), 20, "the delivery's span")
+        enqueue_trace = format(enqueuer.get_span_context().trace_id, "032x")
+        delivery = await until(lambda: collector.find("process default"), "the delivery's span")
         assert delivery.kind == 5  # CONSUMER
         assert delivery.attributes["messaging.destination.name"] == "default"
         assert delivery.attributes["fnmesh.queue.attempt"] == 1
         assert delivery.parent_span_id == ""
         assert len(delivery.links) == 1
-        assert delivery.links[0][0] != delivery.trace_id
-        routed = wait_until(
+        assert delivery.links[0][0] == enqueue_trace
+        assert delivery.trace_id != enqueue_trace
+        routed = await until(
             lambda: next(
                 (s for s in collector.spans if s.name == "call t.step" and s.trace_id == delivery.trace_id),
                 None,
             ),
-            20,
             "the delivered call's span",
         )
         assert routed.parent_span_id == delivery.span_id
@@ -397,3 +408,25 @@ async def test_a_collector_that_refuses_or_is_down_does_not_block_calls(collecto
     assert len(collector.requests) >= 2
     assert all(status == 503 for _, _, status in collector.requests)
     assert collector.spans == []
+
+
+async def test_a_cron_run_is_a_new_trace_whose_call_is_its_child(collector: Collector) -> None:
+    served = Served(collector.url)
+
+    @served.app.cron("* * * * * *", id="every-second")
+    @served.app.function("t.tick")
+    async def tick(data: Any) -> None:
+        served.seen.append(_parent_span_id())
+
+    await served.app.start()
+    try:
+        run = await until(lambda: collector.find("cron every-second"), "a cron run's span")
+    finally:
+        await served.app.stop()
+    assert run.kind == 1  # INTERNAL
+    assert run.parent_span_id == ""
+    assert run.attributes["faas.trigger"] == "timer"
+    assert run.attributes["faas.invoked_name"] == "t.tick"
+    call = next(s for s in collector.spans if s.name == "call t.tick" and s.trace_id == run.trace_id)
+    assert call.parent_span_id == run.span_id
+    assert call.span_id in served.seen
