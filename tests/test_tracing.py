@@ -410,6 +410,69 @@ async def test_a_collector_that_refuses_or_is_down_does_not_block_calls(collecto
     assert collector.spans == []
 
 
+@pytest.fixture
+def grpc_collector(collector: Collector) -> Iterator[tuple[Collector, list[int]]]:
+    """An OTLP/gRPC receiver (grpcio) serving TraceService/Export into ``collector``; it answers
+    the status codes queued in the list it yields first (UNAVAILABLE is 14), then OK."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    refusals: list[int] = []
+
+    def export(request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+        if refusals:
+            code = refusals.pop(0)
+            with collector.lock:
+                collector.requests.append(("grpc", "application/grpc", code))
+            context.abort(grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == code)), "not now")
+        collector.receive("/v1/traces", "application/grpc", request.SerializeToString())
+        return ExportTraceServiceResponse()
+
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {
+            "Export": grpc.unary_unary_rpc_method_handler(
+                export,
+                request_deserializer=ExportTraceServiceRequest.FromString,
+                response_serializer=ExportTraceServiceResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    collector.url = f"http://127.0.0.1:{port}"
+    try:
+        yield collector, refusals
+    finally:
+        server.stop(grace=None)
+
+
+async def test_spans_export_over_grpc_and_unavailable_is_retried(
+    grpc_collector: tuple[Collector, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector, refusals = grpc_collector
+    refusals.extend([14, 14])  # UNAVAILABLE twice: retried, then accepted
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    served = Served(collector.url)
+    await served.app.start()
+    traced = await served.client(TracerProvider())
+    try:
+        assert await traced.call("t.step", {}) == "ok"
+        span = await until(lambda: collector.find("call t.step"), "the span over gRPC")
+        assert span.service == "fnmesh-test"
+        assert span.parent_span_id != ""
+        assert served.seen[-1] == span.span_id
+    finally:
+        await traced.stop()
+        await served.app.stop()
+    assert [status for _, _, status in collector.requests[:2]] == [14, 14]
+    assert refusals == []
+
+
 async def test_a_cron_run_is_a_new_trace_whose_call_is_its_child(collector: Collector) -> None:
     served = Served(collector.url)
 
