@@ -12,8 +12,10 @@ engine -> worker -> engine -> caller. The floor is ``fnmesh-loadgen echo``, a We
 answers every ``invokefunction`` itself: caller -> echo -> caller, one hop and no routing, the
 latency no engine can beat. A round measures all three, plus ``fnmesh serve --no-metrics`` at 64
 in flight: the cost of the engine's metrics (on in ``fnmesh serve`` by default) against none, in
-the same run. The full run repeats rounds and reports the median of each number. Every
-subprocess is stopped on exit, Ctrl-C and errors included.
+the same run, and ``fnmesh serve`` with tracing on at a 1% sample (engine spans exported over
+OTLP/HTTP to a local collector that discards them) beside both. The full run repeats rounds and
+reports the median of each number. Every subprocess is stopped on exit, Ctrl-C and errors
+included.
 
 Prints a Markdown table and writes ``benches/results/routing[.quick].json``.
 """
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +41,12 @@ CONCURRENCIES = (1, 64, 256)
 MAIN_TARGETS = ("fnmesh", "reference", "echo")
 # fnmesh with its observability turned off, measured at OBSERVABILITY_CONCURRENCY only.
 BARE = "fnmesh-bare"
-# The bare engine runs right after fnmesh in each round, so drift on the machine hits the pair alike.
-TARGETS = ("fnmesh", BARE, "reference", "echo")
+# fnmesh with metrics on and tracing on at TRACE_SAMPLE, exporting to a discarding collector.
+TRACED = "fnmesh-traced"
+TRACE_SAMPLE = 0.01
+# The bare and traced engines run right after fnmesh in each round, so drift on the machine hits
+# them alike.
+TARGETS = ("fnmesh", BARE, TRACED, "reference", "echo")
 OBSERVABILITY_CONCURRENCY = 64
 METRICS_COST_TARGET = 0.05
 LABELS = {
@@ -46,6 +54,7 @@ LABELS = {
     "reference": "reference engine",
     "echo": "echo floor",
     BARE: "fnmesh, no metrics",
+    TRACED: "fnmesh, tracing at 1%",
 }
 THROUGHPUT_TARGET = 10.0
 P50_TARGET = 2.5
@@ -86,6 +95,37 @@ def start_echo(procs: Processes, log: Path) -> tuple[subprocess.Popen[Any], str]
     raise BenchError(f"fnmesh-loadgen echo did not print its URL:\n{log.read_text(errors='replace')}")
 
 
+_COLLECTOR: list[str] = []
+
+
+def discarding_collector() -> str:
+    """The URL of an OTLP/HTTP collector in this process that answers 200 and keeps nothing
+    (started once)."""
+    if not _COLLECTOR:
+
+        class Discard(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Discard)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        _COLLECTOR.append(f"http://127.0.0.1:{server.server_address[1]}")
+    return _COLLECTOR[0]
+
+
+def traced_config(logs: Path) -> Path:
+    """The settings of the traced engine: spans for 1% of the calls, exported."""
+    path = logs / "traced.toml"
+    path.write_text(f'otlp_endpoint = "{discarding_collector()}"\ntraces_sample_ratio = {TRACE_SAMPLE}\n')
+    return path
+
+
 def call(procs: Processes, url: str, concurrency: int, duration_s: float) -> dict[str, Any]:
     args = ["call", "--url", url, "--function", FUNCTION, "--concurrency", str(concurrency)]
     args += ["--connections", str(CONNECTIONS), "--duration", f"{duration_s}s", "--warmup", WARMUP]
@@ -108,8 +148,12 @@ def measure(procs: Processes, target: str, plan: Plan, logs: Path, round_index: 
             server, url = start_echo(procs, logs / f"{tag}.log")
             started.append(server)
         else:
-            kind, extra = (target, []) if target != BARE else ("fnmesh", ["--no-metrics"])
+            kind, extra = (target, []) if target not in (BARE, TRACED) else ("fnmesh", [])
             if target == BARE:
+                extra = ["--no-metrics"]
+            if target == TRACED:
+                extra = ["--config", str(traced_config(logs))]
+            if target in (BARE, TRACED):
                 concurrencies = (OBSERVABILITY_CONCURRENCY,)
             server, url = benchkit.start_engine(procs, logs / f"{tag}.log", kind, extra)
             started.append(server)
@@ -253,6 +297,7 @@ def observability_row(results: list[dict[str, Any]]) -> dict[str, Any]:
     c = str(OBSERVABILITY_CONCURRENCY)
     on = [r for r in results if r["target"] == "fnmesh"]
     off = [r for r in results if r["target"] == BARE]
+    traced = [r for r in results if r["target"] == TRACED]
     per_round = [
         benchkit.ratio(float(a["loadgen"][c]["throughput_per_s"]), float(b["loadgen"][c]["throughput_per_s"]))
         for a, b in zip(on, off, strict=True)
@@ -260,6 +305,8 @@ def observability_row(results: list[dict[str, Any]]) -> dict[str, Any]:
     on_rate = median_of(on, OBSERVABILITY_CONCURRENCY, "throughput_per_s")
     off_rate = median_of(off, OBSERVABILITY_CONCURRENCY, "throughput_per_s")
     cost = 1.0 - benchkit.ratio(on_rate, off_rate)
+    traced_rate = median_of(traced, OBSERVABILITY_CONCURRENCY, "throughput_per_s")
+    tracing_cost = 1.0 - benchkit.ratio(traced_rate, off_rate)
     verdict = "met" if cost <= METRICS_COST_TARGET else "MISSED"
     print()
     print(f"E1 observability, C={c}: metrics on (tracing off) vs both off, same run")
@@ -276,7 +323,14 @@ def observability_row(results: list[dict[str, Any]]) -> dict[str, Any]:
         )
     )
     print("on / off per round: " + ", ".join(f"{x:.3f}" for x in per_round))
+    print(
+        f"tracing on at a {TRACE_SAMPLE:.0%} sample (metrics on, spans exported to a discarding "
+        f"collector): {traced_rate:,.0f} calls/s, {tracing_cost:+.1%} against both off"
+    )
     return {
+        "tracing_sample": TRACE_SAMPLE,
+        "tracing_on_calls_per_s": traced_rate,
+        "tracing_cost": tracing_cost,
         "concurrency": OBSERVABILITY_CONCURRENCY,
         "metrics_on_calls_per_s": on_rate,
         "both_off_calls_per_s": off_rate,

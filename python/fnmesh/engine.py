@@ -81,6 +81,18 @@ class EngineConfig:
     0 keeps none."""
     telemetry_store_bytes: int = _DEFAULTS["telemetry_store_bytes"]
     """Bytes (estimated) each of the store's three parts keeps at most; 0 turns the store off."""
+    traces_sample_ratio: float | None = _DEFAULTS["traces_sample_ratio"]
+    """The share of new traces the engine records spans for, 0 to 1 (docs/observability.md,
+    "Traces"); a caller's sampled flag is always honoured. ``None``: ``OTEL_TRACES_SAMPLER`` and
+    ``OTEL_TRACES_SAMPLER_ARG``, else every trace. Spans are made only while an OTLP exporter or
+    the trace store listens."""
+    otel_service_name: str | None = _DEFAULTS["otel_service_name"]
+    """The ``service.name`` of the engine's spans. ``None``: ``OTEL_SERVICE_NAME``, else
+    ``fnmesh``."""
+    otlp_endpoint: str | None = _DEFAULTS["otlp_endpoint"]
+    """The OTLP/HTTP collector the engine exports traces, logs and metrics to
+    (``http://host:4318``; ``/v1/traces`` and the like are appended). ``None``: the
+    ``OTEL_EXPORTER_OTLP_*`` variables, and no export when they name no endpoint."""
     http_body_limit_bytes: int = _DEFAULTS["http_body_limit_bytes"]
     """Largest HTTP request body a route accepts; a larger one gets 413."""
     http_timeout_ms: int = _DEFAULTS["http_timeout_ms"]
@@ -265,6 +277,14 @@ class EngineConfig:
                 raise InvalidArgument(f"{field.name} must be a non-negative integer, not {value!r}")
         if not 0 <= self.port <= 65535 or not 0 <= self.http_port <= 65535:
             raise InvalidArgument("ports must be between 0 and 65535")
+        if self.traces_sample_ratio is not None and (
+            not isinstance(self.traces_sample_ratio, (int, float))
+            or isinstance(self.traces_sample_ratio, bool)
+            or not 0.0 <= self.traces_sample_ratio <= 1.0
+        ):
+            raise InvalidArgument(
+                f"traces_sample_ratio must be a number from 0 to 1 or None, not {self.traces_sample_ratio!r}"
+            )
         if self.metrics_port is not None and (
             not isinstance(self.metrics_port, int)
             or isinstance(self.metrics_port, bool)

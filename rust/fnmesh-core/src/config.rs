@@ -72,6 +72,17 @@ pub struct EngineConfig {
     /// The in-memory store of telemetry that `engine::traces::list` and friends read
     /// (docs/observability.md).
     pub telemetry_store: TelemetryStoreConfig,
+    /// The share of new traces the engine records spans for, 0 to 1 (docs/observability.md,
+    /// "Traces"); a caller's sampled flag is always honoured. `None`: `OTEL_TRACES_SAMPLER` and
+    /// `OTEL_TRACES_SAMPLER_ARG`, else every trace. Spans are made only while a sink listens
+    /// (an OTLP exporter, the trace store).
+    pub traces_sample_ratio: Option<f64>,
+    /// The `service.name` of the engine's spans; `None`: `OTEL_SERVICE_NAME`, else `fnmesh`.
+    pub otel_service_name: Option<String>,
+    /// Where the OTLP exporter sends traces, logs and metrics (`http://host:4318` for
+    /// OTLP/HTTP, `http://host:4317` with protocol `grpc`); `None`: the `OTEL_EXPORTER_OTLP_*`
+    /// variables, and no exporter when they name no endpoint.
+    pub otlp_endpoint: Option<String>,
     /// Test hook: how long a closed connection's cleanup is put off, as on a loaded machine
     /// where the old connection of a reconnecting worker is torn down late. Zero (the default):
     /// at once.
@@ -100,6 +111,9 @@ impl Default for EngineConfig {
             listeners: Vec::new(),
             metrics_addr: None,
             telemetry_store: TelemetryStoreConfig::default(),
+            traces_sample_ratio: None,
+            otel_service_name: None,
+            otlp_endpoint: None,
             cleanup_delay: Duration::ZERO,
         }
     }

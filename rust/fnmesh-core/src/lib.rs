@@ -35,6 +35,7 @@ pub mod link;
 pub mod meter;
 pub mod metrics;
 pub mod observability;
+pub mod otlp;
 pub mod protocol;
 pub mod pubsub;
 pub mod queue;

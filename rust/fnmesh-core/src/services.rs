@@ -4,7 +4,8 @@
 //! The engine core ([`crate::engine`]) names no service; each service lives in its own folder on
 //! top of it and implements [`EngineService`]. This module, above both, is the one place that
 //! lists them: [`Engine::builder`] starts an engine with [`standard`] (the HTTP trigger, cron,
-//! the durable queues, state, pubsub, streams, the `/metrics` endpoint, the telemetry store and its query functions, in that order; shut down in reverse order).
+//! the durable queues, state, pubsub, streams, the `/metrics` endpoint, the telemetry store and
+//! its query functions, the OTLP exporter, in that order; shut down in reverse order).
 //!
 //! Adding a service to every engine: implement [`EngineService`] in its own folder, then add one
 //! line to [`standard`].
@@ -18,6 +19,7 @@ use crate::engine::{Engine, EngineBuilder};
 use crate::http::HttpService;
 use crate::metrics::MetricsService;
 use crate::observability::ObservabilityService;
+use crate::otlp::OtlpService;
 use crate::pubsub::PubsubService;
 use crate::queue::QueuesService;
 use crate::state::StateService;
@@ -34,6 +36,7 @@ pub fn standard(builder: EngineBuilder) -> EngineBuilder {
         .service(StreamsService::default())
         .service(MetricsService::default())
         .service(ObservabilityService::default())
+        .service(OtlpService::default())
 }
 
 impl Engine {

@@ -99,6 +99,12 @@ pub(crate) struct EngineSettings {
     pub(crate) telemetry_store_logs: usize,
     pub(crate) telemetry_store_metrics: usize,
     pub(crate) telemetry_store_bytes: usize,
+    /// Share of new traces recorded (0 to 1); `None`: `OTEL_TRACES_SAMPLER*`, else all.
+    pub(crate) traces_sample_ratio: Option<f64>,
+    /// `None`: `OTEL_SERVICE_NAME`, else `fnmesh`.
+    pub(crate) otel_service_name: Option<String>,
+    /// `None`: the `OTEL_EXPORTER_OTLP_*` variables.
+    pub(crate) otlp_endpoint: Option<String>,
     /// `stream::*`, the `stream` trigger type and the stream WebSocket, or none of them.
     pub(crate) streams_enabled: bool,
     /// `sqlite`, `memory` or `redis` (a `StateBackend`).
@@ -194,6 +200,9 @@ impl Default for EngineSettings {
             telemetry_store_logs: core.telemetry_store.logs,
             telemetry_store_metrics: core.telemetry_store.metrics,
             telemetry_store_bytes: core.telemetry_store.bytes,
+            traces_sample_ratio: core.traces_sample_ratio,
+            otel_service_name: core.otel_service_name.clone(),
+            otlp_endpoint: core.otlp_endpoint.clone(),
             http_body_limit_bytes: core.http.body_limit,
             http_timeout_ms: millis(core.http.timeout),
             http_header_read_timeout_ms: millis(core.http.header_read_timeout),
@@ -429,6 +438,9 @@ impl EngineSettings {
                 metrics: self.telemetry_store_metrics,
                 bytes: self.telemetry_store_bytes,
             },
+            traces_sample_ratio: self.traces_sample_ratio,
+            otel_service_name: self.otel_service_name,
+            otlp_endpoint: self.otlp_endpoint,
             cleanup_delay: std::env::var(CLEANUP_DELAY_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -13,6 +13,7 @@ use super::lock::CronLock;
 use super::schedule::CronSchedule;
 use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
+use crate::telemetry::spans;
 use crate::triggers::{condition_skips, TriggerAck, TriggerBinding, TriggerProvider};
 
 /// A binding's config (docs/protocol.md 6.4, plus fnmesh's `timezone`).
@@ -117,7 +118,9 @@ fn fire_binding(
             let Ok(data) = serde_json::value::to_raw_value(&payload) else {
                 return;
             };
+            let span = spans::start_cron(engine.tracer(), &binding.id, &binding.function_id);
             let options = || CallOptions {
+                traceparent: span.as_ref().map(|s| s.traceparent()),
                 namespace: Some(binding.namespace.clone()),
                 metadata: binding.metadata.clone(),
                 ..CallOptions::default()
@@ -126,21 +129,24 @@ fn fire_binding(
                 match engine.call_with(condition, data.clone(), options()).await {
                     Outcome::Success(result) if condition_skips(result.as_deref()) => {
                         debug!(job_id = %binding.id, "cron run skipped by its condition");
+                        spans::end(span, None);
                         return;
                     }
                     Outcome::Success(_) => {}
                     Outcome::Failure(e) => {
                         warn!(job_id = %binding.id, code = %e.code, "cron condition failed, run skipped: {}", e.message);
+                        spans::end(span, Some(&e));
                         return;
                     }
                 }
             }
-            if let Outcome::Failure(e) = engine
+            let outcome = engine
                 .call_with(&binding.function_id, data, options())
-                .await
-            {
+                .await;
+            if let Outcome::Failure(e) = &outcome {
                 warn!(job_id = %binding.id, function_id = %binding.function_id, code = %e.code, "cron run failed: {}", e.message);
             }
+            spans::end(span, spans::failure(&outcome));
         })
     })
 }

@@ -19,6 +19,7 @@ use crate::protocol::ErrorCode;
 use crate::protocol::{InvocationResult, InvokeFunction, Message, RawJson};
 use crate::registry::{check_namespace, Lease, DEFAULT_NAMESPACE};
 use crate::server::Connection;
+use crate::telemetry::spans;
 
 /// Who waits for a call's outcome.
 pub(super) enum Caller {
@@ -45,6 +46,8 @@ pub(super) struct Pending {
     trace_id: Option<u128>,
     // When it was dispatched and its namespace, while the console watches (engine/recent.rs).
     recent: Option<(Instant, String)>,
+    // The engine's span of the call, while tracing records it (telemetry/spans.rs).
+    span: Option<Box<crate::telemetry::spans::Span>>,
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), as its text, or `""`.
@@ -179,6 +182,10 @@ impl Shared {
         let target = lease.handler().clone();
         let id: Arc<str> = Arc::from(invocation_id.unwrap_or_else(uuid));
         let timeout = timeout.unwrap_or(self.config.invocation_timeout);
+        let span =
+            spans::start_invocation(&self.tracer, &function_id, ns, &id, traceparent.as_deref());
+        // What serves the call sees the engine's span as its parent.
+        let traceparent = span.as_ref().map_or(traceparent, |s| Some(s.traceparent()));
         let pending = Pending {
             caller,
             function_id: function_id.clone(),
@@ -199,6 +206,7 @@ impl Shared {
                 .recent
                 .start(&function_id)
                 .map(|at| (at, ns.to_owned())),
+            span,
         };
         if let Err(pending) = self.pending.insert(&id, pending, timeout) {
             self.fail(
@@ -307,6 +315,7 @@ impl Shared {
 
     pub(super) fn deliver(&self, id: &str, mut pending: Pending, outcome: Outcome) {
         pending.metered.finish(outcome_label(&outcome));
+        spans::end(pending.span.take(), spans::failure(&outcome));
         if let Some((started, ns)) = &pending.recent {
             let code = match &outcome {
                 Outcome::Success(_) => None,
@@ -349,6 +358,7 @@ impl Shared {
             Some(e) if e.code == ErrorCode::InvocationTimeout => CallOutcome::Timeout,
             Some(_) => CallOutcome::Error,
         });
+        spans::end(pending.span.take(), result.error.as_ref());
         match &pending.caller {
             // The reply frame is already what the caller needs (same id on both hops): forward
             // the worker's bytes untouched.
@@ -381,6 +391,7 @@ impl Shared {
 
     pub(super) fn sweep(&self) {
         self.channels.sweep();
+        self.tracer.flush();
         self.recent.sweep(Instant::now());
         for (id, pending) in self.pending.expired(Instant::now()) {
             self.abandon(&id, &pending);

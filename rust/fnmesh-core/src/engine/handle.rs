@@ -59,6 +59,11 @@ impl EngineRef {
         &self.shared.telemetry
     }
 
+    /// The engine's tracer: services start their spans with it (`telemetry/spans.rs`).
+    pub fn tracer(&self) -> &crate::telemetry::spans::Tracer {
+        &self.shared.tracer
+    }
+
     /// The last calls, newest first (at most [`super::recent::RECENT_CAPACITY`]), recorded only
     /// while someone watches: see [`EngineRef::watch_invocations`].
     pub fn recent_invocations(&self) -> Vec<super::recent::RecentInvocation> {

@@ -150,6 +150,8 @@ pub(crate) struct Shared {
     pub(crate) recent: super::recent::Recent,
     /// Where the engine's spans and the workers' `/otel` telemetry go (`telemetry/mod.rs`).
     pub(crate) telemetry: crate::telemetry::Telemetry,
+    /// The engine's spans, sampled and batched into `telemetry` (`telemetry/spans.rs`).
+    pub(crate) tracer: crate::telemetry::spans::Tracer,
 }
 
 pub(super) fn uuid() -> String {
@@ -166,6 +168,8 @@ pub(super) fn send_msg(conn: &Connection, msg: &Message) -> bool {
 
 impl Shared {
     pub(super) fn new(config: EngineConfig) -> Arc<Shared> {
+        let telemetry = crate::telemetry::Telemetry::default();
+        let tracer = crate::telemetry::spans::Tracer::from_config(telemetry.clone(), &config);
         Arc::new_cyclic(|me| Shared {
             functions: FunctionsRegistry::new(config.function_conflict),
             trigger_types: TriggerTypeRegistry::default(),
@@ -187,7 +191,8 @@ impl Shared {
             closes: CloseCounts::default(),
             metric_sources: Mutex::new(Vec::new()),
             recent: super::recent::Recent::default(),
-            telemetry: crate::telemetry::Telemetry::default(),
+            telemetry,
+            tracer,
             config,
         })
     }

@@ -35,7 +35,8 @@ impl EngineService for HttpService {
             let config = engine.config().http.clone();
             let listen_at_start = config.listen_at_start;
             let metered = engine.metrics_enabled();
-            let http = HttpTrigger::new(engine.downgrade(), config, metered);
+            let http =
+                HttpTrigger::new(engine.downgrade(), config, metered, engine.tracer().clone());
             if metered {
                 engine.add_metrics_source(http.clone());
             }

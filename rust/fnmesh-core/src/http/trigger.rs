@@ -25,6 +25,7 @@ use crate::engine::WeakEngineRef;
 use crate::function::{CallOptions, Outcome};
 use crate::meter::{self, Exposition, MetricsSource, RouteStats, OTHER};
 use crate::protocol::{ErrorCode, RawJson};
+use crate::telemetry::spans::{self, Tracer};
 use crate::triggers::{TriggerAck, TriggerBinding, TriggerProvider};
 
 /// A binding's config (docs/protocol.md 6.3); other keys are kept in listings and ignored here.
@@ -68,6 +69,8 @@ pub struct HttpTrigger {
     listener: Mutex<Option<server::Listening>>,
     // Requests no route matched, under one label; `Some` when metrics are on.
     unmatched: Option<Arc<RouteStats>>,
+    // The engine's tracer: each request is a SERVER span while tracing records.
+    tracer: Tracer,
 }
 
 impl HttpTrigger {
@@ -75,6 +78,7 @@ impl HttpTrigger {
         engine: WeakEngineRef,
         config: HttpConfig,
         metered: bool,
+        tracer: Tracer,
     ) -> Arc<HttpTrigger> {
         Arc::new(HttpTrigger {
             engine,
@@ -82,6 +86,7 @@ impl HttpTrigger {
             routes: RwLock::new(Router::new()),
             listener: Mutex::new(None),
             unmatched: metered.then(|| Arc::new(RouteStats::new())),
+            tracer,
         })
     }
 
@@ -145,7 +150,7 @@ impl HttpTrigger {
 
     /// Serves one request (body already read within the limit), recording it in its route's
     /// meters when metrics are on.
-    pub(crate) async fn handle(&self, request: Request) -> Reply {
+    pub(crate) async fn handle(&self, mut request: Request) -> Reply {
         let found = {
             let routes = read(&self.routes);
             routes
@@ -156,16 +161,26 @@ impl HttpTrigger {
             Some((route, _, _)) => route.stats.clone(),
             None => self.unmatched.clone(),
         };
-        let Some(stats) = stats else {
+        let template = found.as_ref().map(|(_, template, _)| template.as_str());
+        let span = spans::start_http(
+            &self.tracer,
+            &request.method,
+            template,
+            &mut request.headers,
+        );
+        if stats.is_none() && span.is_none() {
             return self.route(request, found).await;
-        };
+        }
         let started = std::time::Instant::now();
         let reply = self.route(request, found).await;
         let status = match &reply {
             Reply::Buffered(reply) => reply.status,
             Reply::Streaming(streaming) => streaming.status,
         };
-        stats.record(status, started.elapsed());
+        if let Some(stats) = stats {
+            stats.record(status, started.elapsed());
+        }
+        spans::end_http(span, status);
         reply
     }
 
@@ -216,7 +231,7 @@ impl HttpTrigger {
                 }
             };
             for function_id in &route.middleware {
-                match self.call(binding, function_id, input.clone()).await {
+                match self.call(binding, function_id, input.clone(), parts).await {
                     Outcome::Success(result) => match middleware_verdict(result.as_deref()) {
                         Ok(MiddlewareVerdict::Continue) => {}
                         Ok(MiddlewareVerdict::Respond(reply)) => return reply.into(),
@@ -235,7 +250,7 @@ impl HttpTrigger {
         }
         let input = request_input(parts);
         if let Some(condition) = &route.condition {
-            match self.call(binding, condition, input.clone()).await {
+            match self.call(binding, condition, input.clone(), parts).await {
                 Outcome::Success(result) if condition_skips(result.as_deref()) => {
                     return error_reply(
                         422,
@@ -283,7 +298,7 @@ impl HttpTrigger {
         );
         let feeder = feed(body, writer);
         let input = with_channels(input, &body_ref, &response_ref);
-        let call = self.call(binding, &binding.function_id, input);
+        let call = self.call(binding, &binding.function_id, input, parts);
         let function_id = binding.function_id.clone();
         answer(
             call,
@@ -294,13 +309,21 @@ impl HttpTrigger {
         )
         .await
     }
-    async fn call(&self, binding: &TriggerBinding, function_id: &str, data: RawJson) -> Outcome {
+    async fn call(
+        &self,
+        binding: &TriggerBinding,
+        function_id: &str,
+        data: RawJson,
+        parts: &RequestParts<'_>,
+    ) -> Outcome {
         let options = CallOptions {
+            // The request's trace context (the engine's span when it records one).
+            traceparent: spans::header(parts.headers, "traceparent"),
+            baggage: spans::header(parts.headers, "baggage"),
             namespace: Some(binding.namespace.clone()),
             metadata: binding.metadata.clone(),
             // The request's own timeout bounds the whole exchange.
             timeout: Some(self.config.timeout),
-            ..CallOptions::default()
         };
         match self.engine.upgrade() {
             Some(engine) => engine.call_with(function_id, data, options).await,

@@ -11,7 +11,10 @@
 //! itself make the engine produce its own telemetry.
 //! See docs/observability.md.
 
+pub mod export;
 pub mod ingest;
+pub mod proto;
+pub mod spans;
 pub mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

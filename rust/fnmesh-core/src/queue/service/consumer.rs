@@ -13,6 +13,7 @@ use crate::function::{CallOptions, Outcome};
 use crate::meter::{DeliveryCounts, DeliveryOutcome};
 use crate::protocol::{ErrorBody, ErrorCode};
 use crate::queue::{Delivery, Nack, QueueConfig, QueueStore};
+use crate::telemetry::spans;
 use crate::triggers::condition_skips;
 
 pub(super) async fn consume(
@@ -159,25 +160,40 @@ async fn deliver(
     delivery: Delivery,
 ) {
     lock(&service.running).insert(delivery.lease.clone(), (delivery.clone(), config.clone()));
-    let call = deliver_inner(service, store, config, counts, &delivery);
-    with_heartbeat(store, config, &delivery, call).await;
+    let tracer = service.engine.upgrade().map(|e| e.tracer().clone());
+    let span = tracer.as_ref().and_then(|t| {
+        spans::start_delivery(
+            t,
+            &config.name,
+            &delivery.id,
+            delivery.attempt,
+            delivery.traceparent.as_deref(),
+        )
+    });
+    // The call is the delivery span's child (the enqueue's context when nothing is recorded).
+    let traceparent = span
+        .as_ref()
+        .map_or_else(|| delivery.traceparent.clone(), |s| Some(s.traceparent()));
+    let call = deliver_inner(service, store, config, counts, &delivery, traceparent);
+    let failed = with_heartbeat(store, config, &delivery, call).await;
+    spans::end(span, failed.as_ref());
     lock(&service.running).remove(&delivery.lease);
 }
 
 /// Runs `call`, extending the delivery's claim every third of the visibility timeout meanwhile.
-async fn with_heartbeat<F: std::future::Future<Output = ()>>(
+async fn with_heartbeat<T, F: std::future::Future<Output = T>>(
     store: &Arc<dyn QueueStore>,
     config: &QueueConfig,
     delivery: &Delivery,
     call: F,
-) {
+) -> T {
     let every = (config.visibility_timeout / 3).max(Duration::from_millis(1));
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(call);
     loop {
         tokio::select! {
-            () = &mut call => return,
+            done = &mut call => return done,
             _ = beat.tick() => match store.extend(delivery, config.visibility_timeout).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -197,10 +213,9 @@ async fn deliver_inner(
     config: &QueueConfig,
     counts: Option<&DeliveryCounts>,
     delivery: &Delivery,
-) {
-    let Some(engine) = service.engine.upgrade() else {
-        return;
-    };
+    traceparent: Option<String>,
+) -> Option<ErrorBody> {
+    let engine = service.engine.upgrade()?;
     if delivery.attempt > config.max_retries.saturating_add(1) {
         // Claimed more often than it may run: earlier claims ended with no answer at all (the
         // engine holding them died each time, which a poison message can cause). It would
@@ -213,7 +228,7 @@ async fn deliver_inner(
             ),
         );
         settle_nack(store, config, counts, delivery, &error, Nack::Dead).await;
-        return;
+        return Some(error);
     }
     // The heartbeat keeps the claim while the call runs; the call's own bound is the larger of
     // the queue's visibility timeout and the engine's invocation timeout.
@@ -237,15 +252,15 @@ async fn deliver_inner(
             Outcome::Success(result) if condition_skips(result.as_deref()) => {
                 debug!(queue = %config.name, id = %delivery.id, "condition skipped the message");
                 settle_ack(store, config, counts, delivery).await;
-                return;
+                return None;
             }
             Outcome::Success(_) => {}
             Outcome::Failure(error) => {
                 // A condition that could not be evaluated (it failed, timed out, or nobody
                 // serves it right now) decides nothing: the message is not dropped but settles
                 // like a failed call (docs/protocol.md 6.5).
-                settle_failure(service, store, config, counts, delivery, error).await;
-                return;
+                settle_failure(service, store, config, counts, delivery, error.clone()).await;
+                return Some(error);
             }
         }
     }
@@ -255,7 +270,7 @@ async fn deliver_inner(
             raw(delivery.data.clone()),
             CallOptions {
                 namespace: Some(delivery.namespace.clone()),
-                traceparent: delivery.traceparent.clone(),
+                traceparent,
                 baggage: delivery.baggage.clone(),
                 timeout: Some(timeout),
                 ..CallOptions::default()
@@ -263,9 +278,13 @@ async fn deliver_inner(
         )
         .await;
     match outcome {
-        Outcome::Success(_) => settle_ack(store, config, counts, delivery).await,
+        Outcome::Success(_) => {
+            settle_ack(store, config, counts, delivery).await;
+            None
+        }
         Outcome::Failure(error) => {
-            settle_failure(service, store, config, counts, delivery, error).await
+            settle_failure(service, store, config, counts, delivery, error.clone()).await;
+            Some(error)
         }
     }
 }
