@@ -242,10 +242,6 @@ def test_the_engine_span_sits_between_the_callers_and_the_workers(collector: Col
     assert all(ct == "application/x-protobuf" for _, ct, _ in collector.requests)
 
 
-@pytest.mark.skip(
-    reason="needs h20-otel's /otel decoding (issue 20 item 2): the iii-sdk processes' own spans and "
-    "logs reach the exporter only through it; the lead un-skips this at merge"
-)
 def test_one_trace_spans_caller_engine_and_worker_with_the_workers_logs(collector: Collector) -> None:
     caller, routing = call_through_processes(collector)
     worker = caller["worker"]

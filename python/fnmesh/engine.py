@@ -84,8 +84,8 @@ class EngineConfig:
     traces_sample_ratio: float | None = _DEFAULTS["traces_sample_ratio"]
     """The share of new traces the engine records spans for, 0 to 1 (docs/observability.md,
     "Traces"); a caller's sampled flag is always honoured. ``None``: ``OTEL_TRACES_SAMPLER`` and
-    ``OTEL_TRACES_SAMPLER_ARG``, else every trace. Spans are made only while an OTLP exporter or
-    the trace store listens."""
+    ``OTEL_TRACES_SAMPLER_ARG``, else every trace. Spans are made only while an OTLP exporter (or
+    another sink that asks for them) listens; the telemetry store keeps them then."""
     otel_service_name: str | None = _DEFAULTS["otel_service_name"]
     """The ``service.name`` of the engine's spans. ``None``: ``OTEL_SERVICE_NAME``, else
     ``fnmesh``."""

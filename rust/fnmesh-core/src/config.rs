@@ -74,8 +74,8 @@ pub struct EngineConfig {
     pub telemetry_store: TelemetryStoreConfig,
     /// The share of new traces the engine records spans for, 0 to 1 (docs/observability.md,
     /// "Traces"); a caller's sampled flag is always honoured. `None`: `OTEL_TRACES_SAMPLER` and
-    /// `OTEL_TRACES_SAMPLER_ARG`, else every trace. Spans are made only while a sink listens
-    /// (an OTLP exporter, the trace store).
+    /// `OTEL_TRACES_SAMPLER_ARG`, else every trace. Spans are made only while a sink that asks
+    /// for them listens (an OTLP exporter; the telemetry store keeps them then, but does not ask).
     pub traces_sample_ratio: Option<f64>,
     /// The `service.name` of the engine's spans; `None`: `OTEL_SERVICE_NAME`, else `fnmesh`.
     pub otel_service_name: Option<String>,
