@@ -9,6 +9,7 @@ caller's span, the engine's routing span (its child) and the worker's span (the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -150,17 +151,21 @@ def step(data):
     span = trace.get_current_span()
     ctx = span.get_span_context()
     parent = getattr(span, "parent", None)
-    print("traced worker handled step", flush=True)
+    logger.info("traced worker handled step")
     return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x"),
             "parent_span_id": format(parent.span_id, "016x") if parent else None}
 
+from iii_helpers.observability import Logger
+logger = Logger(service_name="iii-sdk-test")
 iii.register_function("traced::step", step)
 print("ready", flush=True)
 sys.stdin.read()
 iii.shutdown()
 """
 
-# An iii-sdk caller: one span of its own around a call of `traced::step`; prints both contexts.
+# An iii-sdk caller: one span of its own around a call of `traced::step`; prints both contexts,
+# then stays up until its stdin closes: iii-sdk's shutdown closes the telemetry socket before it
+# flushes, so a caller that exits at once loses its last span.
 CALLER = """
 import json, sys, warnings
 from iii import InitOptions, register_worker
@@ -174,6 +179,7 @@ with trace.get_tracer("caller").start_as_current_span(sys.argv[2]) as span:
     result = iii.trigger({"function_id": "traced::step", "payload": {}, "dispatch": "remote"})
 print(json.dumps({"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x"),
                   "worker": result}), flush=True)
+sys.stdin.read()
 iii.shutdown()
 """
 
@@ -199,35 +205,52 @@ class SdkWorker(Worker):
             raise RuntimeError(f"worker did not start: {line!r}\n{err}")
 
 
-def run_caller(url: str, env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CALLER), url, CALLER_SPAN],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+class SdkCaller(Worker):
+    """The ``CALLER`` script above in a subprocess; ``result`` is what it printed."""
+
+    def __init__(self, url: str, env: dict[str, str]) -> None:
+        self.name = "caller"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(CALLER), url, CALLER_SPAN],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        try:
+            self.result: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"caller failed: {line!r}\n{err}") from None
 
 
-def call_through_processes(collector: Collector) -> tuple[dict[str, Any], Span]:
-    """The caller process calls the worker process through ``fnmesh serve``; the caller's
-    contexts, and the engine's routing span once exported."""
+@contextlib.contextmanager
+def through_processes(collector: Collector) -> Iterator[tuple[dict[str, Any], Span]]:
+    """The caller process calls the worker process through ``fnmesh serve``; yields the caller's
+    contexts and the engine's routing span once exported, with all three still running."""
     with serve(["--log-level", "warn"], env=exporting_to(collector)) as engine:
         sdk_env = {"OTEL_SERVICE_NAME": "iii-sdk-test"}
         worker = SdkWorker(engine.url, sdk_env)
         try:
-            caller = run_caller(engine.url, sdk_env)
-            routing = wait_until(lambda: collector.find("call traced::step"), 20, "the engine's routing span")
+            caller = SdkCaller(engine.url, sdk_env)
+            try:
+                routing = wait_until(
+                    lambda: collector.find("call traced::step"), 20, "the engine's routing span"
+                )
+                yield caller.result, routing
+            finally:
+                caller.stop()
         finally:
             worker.stop()
-    return caller, routing
 
 
 def test_the_engine_span_sits_between_the_callers_and_the_workers(collector: Collector) -> None:
-    caller, routing = call_through_processes(collector)
+    with through_processes(collector) as (caller, routing):
+        pass
     # The engine's span is a child of the caller's, and the worker's span a child of the engine's.
     assert routing.trace_id == caller["trace_id"]
     assert routing.parent_span_id == caller["span_id"]
@@ -243,23 +266,25 @@ def test_the_engine_span_sits_between_the_callers_and_the_workers(collector: Col
 
 
 def test_one_trace_spans_caller_engine_and_worker_with_the_workers_logs(collector: Collector) -> None:
-    caller, routing = call_through_processes(collector)
-    worker = caller["worker"]
+    with through_processes(collector) as (caller, routing):
+        worker = caller["worker"]
 
-    def whole_trace() -> list[Span] | None:
-        with collector.lock:
-            spans = [s for s in collector.spans if s.trace_id == caller["trace_id"]]
-        ids = {s.span_id for s in spans}
-        return spans if {caller["span_id"], routing.span_id, worker["span_id"]} <= ids else None
+        def whole_trace() -> list[Span] | None:
+            with collector.lock:
+                spans = [s for s in collector.spans if s.trace_id == caller["trace_id"]]
+            ids = {s.span_id for s in spans}
+            return spans if {caller["span_id"], routing.span_id, worker["span_id"]} <= ids else None
 
-    spans = wait_until(whole_trace, 20, "the caller's, the engine's and the worker's spans")
-    by_id = {s.span_id: s for s in spans}
-    assert by_id[caller["span_id"]].name == CALLER_SPAN
-    assert by_id[caller["span_id"]].service == "iii-sdk-test"
-    assert by_id[worker["span_id"]].parent_span_id == routing.span_id
-    assert by_id[worker["span_id"]].service == "iii-sdk-test"
-    # The worker's log line reached the collector through /otel too.
-    wait_until(lambda: any("traced worker handled step" in line for line in collector.logs), 20, "the log")
+        spans = wait_until(whole_trace, 20, "the caller's, the engine's and the worker's spans")
+        by_id = {s.span_id: s for s in spans}
+        assert by_id[caller["span_id"]].name == CALLER_SPAN
+        assert by_id[caller["span_id"]].service == "iii-sdk-test"
+        assert by_id[worker["span_id"]].parent_span_id == routing.span_id
+        assert by_id[worker["span_id"]].service == "iii-sdk-test"
+        # The worker's log line reached the collector through /otel too.
+        wait_until(
+            lambda: any("traced worker handled step" in line for line in collector.logs), 20, "the log"
+        )
 
 
 class Served:
