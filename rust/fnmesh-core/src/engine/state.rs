@@ -167,7 +167,7 @@ pub(super) fn send_msg(conn: &Connection, msg: &Message) -> bool {
 impl Shared {
     pub(super) fn new(config: EngineConfig) -> Arc<Shared> {
         Arc::new_cyclic(|me| Shared {
-            functions: FunctionsRegistry::new(config.function_conflict),
+            functions: FunctionsRegistry::new(config.function_conflict).with_replica_batches(true),
             trigger_types: TriggerTypeRegistry::default(),
             bindings: TriggerBindingRegistry::default(),
             workers: WorkerRegistry::default(),
