@@ -31,7 +31,7 @@ fmt:  ## format Rust and Python
 	cargo fmt --all
 	ruff format python tests benches examples scripts
 
-bench:  ## the benchmark suite E1-E6: benches/results/RESULTS.md and charts (under 20 min)
+bench:  ## the benchmark suite E1-E12: benches/results/RESULTS.md and charts (under 20 min)
 	cargo build --release -p fnmesh-benches --bins
 	$(PYTHON) benches/suite.py $(ARGS)
 

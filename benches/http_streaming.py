@@ -1,4 +1,4 @@
-"""E9 HTTP streaming: one response body of 100 MiB streamed by a Python handler through an fnmesh
+"""E12 HTTP streaming: one response body of 100 MiB streamed by a Python handler through an fnmesh
 HTTP route (``fnmesh.StreamingResponse`` through the request's ``response`` channel) against the
 same generator through FastAPI's ``StreamingResponse`` on uvicorn, in the same run.
 
@@ -184,17 +184,17 @@ def report(results: list[dict[str, Any]], plan: Plan, quick: bool) -> None:
         "the download (its growth over idle in parentheses)",
         "",
     ]
-    print(benchkit.header("E9 HTTP streaming: one response body streamed by a Python handler", env, extra))
+    print(benchkit.header("E12 HTTP streaming: one response body streamed by a Python handler", env, extra))
     columns = ["body", "fnmesh MB/s", "fnmesh peak RSS MB", "FastAPI MB/s", "FastAPI peak RSS MB", "ratio"]
     print(benchkit.table(columns, rows))
     path = benchkit.write_results(
         "http_streaming",
         quick,
         {
-            "benchmark": "E9 HTTP streaming",
+            "benchmark": "E12 HTTP streaming",
             "headline": [
                 benchkit.headline(
-                    f"E9 HTTP streaming, {plan.mb} MiB",
+                    f"E12 HTTP streaming, {plan.mb} MiB",
                     f"{f['mb_per_s']:,.0f} MB/s, peak RSS {f['peak_rss_mb']:,.0f} MB",
                     f"{b['mb_per_s']:,.0f} MB/s, peak RSS {b['peak_rss_mb']:,.0f} MB (FastAPI streaming)",
                     speed,

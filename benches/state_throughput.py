@@ -1,4 +1,4 @@
-"""E8 state throughput: ``state::set`` + ``state::get`` round trips per second through the engine,
+"""E11 state throughput: ``state::set`` + ``state::get`` round trips per second through the engine,
 from the Rust load generator, on the SQLite store (the default) and on the Redis store, against the
 same two operations (``HSET`` and ``HGET`` of one hash field) issued to Redis directly by
 ``redis-benchmark``, a pipelining client, in the same run. One more row: ``stream::set`` +
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(
         benchkit.header(
-            "E8 state throughput",
+            "E11 state throughput",
             env,
             [
                 "",
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(benchkit.table(["variant", "set/s", "get/s", "set+get/s", "vs Redis direct"], rows))
     headline = [
         benchkit.headline(
-            f"E8 state::set + state::get, {store} store",
+            f"E11 state::set + state::get, {store} store",
             f"{summary[f'fnmesh-{store}']['pair_per_s']:,.0f} round trips/s (through the engine)",
             f"{direct:,.0f} round trips/s (HSET + HGET, Redis direct, pipelined)",
             benchkit.ratio(summary[f"fnmesh-{store}"]["pair_per_s"], direct),
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     headline.append(
         benchkit.headline(
-            "E8 stream::set + stream::get, sqlite store",
+            "E11 stream::set + stream::get, sqlite store",
             f"{summary['fnmesh-stream-sqlite']['pair_per_s']:,.0f} round trips/s (through the engine)",
             f"{direct:,.0f} round trips/s (HSET + HGET, Redis direct, pipelined)",
             benchkit.ratio(summary["fnmesh-stream-sqlite"]["pair_per_s"], direct),
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "state_throughput",
         quick,
         {
-            "benchmark": "E8 state throughput",
+            "benchmark": "E11 state throughput",
             "headline": headline,
             "environment": env,
             "plan": plan.__dict__,

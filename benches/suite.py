@@ -4,7 +4,7 @@ with the headline table, each script's own table, and PNG charts drawn with matp
     python benches/suite.py [--quick] [--only E1,E4]
 
 ``make bench`` runs the full suite (under 20 minutes on 2 cores), ``make bench-quick`` the short
-one (under 3 minutes; it writes ``RESULTS.quick.md`` and ``*.quick.png`` so a smoke run never
+one (under 4 minutes; it writes ``RESULTS.quick.md`` and ``*.quick.png`` so a smoke run never
 replaces a full run's report). ``--only`` picks benchmarks by their E-number.
 
 Every script runs in its own process, one at a time, and writes its raw numbers to
@@ -46,8 +46,11 @@ BENCHES = (
     Bench("E5", "codec", "wire codec"),
     Bench("E6", "scale", "scale"),
     Bench("E7", "queue_throughput", "queues"),
-    Bench("E8", "state_throughput", "state"),
-    Bench("E9", "http_streaming", "HTTP streaming"),
+    Bench("E8", "payload_throughput", "large payloads"),
+    Bench("E9", "pending_memory", "memory per pending invocation"),
+    Bench("E10", "worker_to_worker", "worker to worker"),
+    Bench("E11", "state_throughput", "state"),
+    Bench("E12", "http_streaming", "HTTP streaming"),
 )
 
 

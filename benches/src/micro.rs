@@ -6,11 +6,13 @@
 //! `Instant` reads and counts as one sample (its mean), so the clock costs nothing measurable
 //! per operation however short the operation is.
 
+use std::hash::{Hash, Hasher};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use fnmesh_core::protocol::{decode, Message};
 use fnmesh_core::registry::{FunctionDef, FunctionsRegistry};
+use hashbrown::HashMap;
 use serde::Serialize;
 
 use crate::json_payload;
@@ -90,6 +92,9 @@ pub struct LookupReport {
     pub fill_seconds: f64,
     /// The process's resident memory once the registry is full (`None` off Linux).
     pub rss_bytes: Option<u64>,
+    /// Resident memory the fill added, divided by the functions registered: what one function
+    /// costs the registry (or the plain map, for `hashbrown`). `None` off Linux.
+    pub bytes_per_function: Option<f64>,
 }
 
 /// The registry call `lookup` times.
@@ -100,6 +105,9 @@ pub enum LookupOp {
     Select,
     /// `contains`: a bare probe of the map.
     Contains,
+    /// The floor: `get` on a plain `hashbrown::HashMap` of the same `(namespace, function_id)`
+    /// keys (owned `String` pairs, probed with borrowed strs), no registry involved.
+    Hashbrown,
 }
 
 impl std::str::FromStr for LookupOp {
@@ -109,7 +117,8 @@ impl std::str::FromStr for LookupOp {
         match s {
             "select" => Ok(LookupOp::Select),
             "contains" => Ok(LookupOp::Contains),
-            other => Err(format!("{other:?} is not select or contains")),
+            "hashbrown" => Ok(LookupOp::Hashbrown),
+            other => Err(format!("{other:?} is not select, contains or hashbrown")),
         }
     }
 }
@@ -143,6 +152,22 @@ impl Probes {
     }
 }
 
+/// A `(namespace, function_id)` pair of borrowed strs that finds an owned `(String, String)` key
+/// in the plain map: it hashes the same way (a tuple of two strs) and compares part by part.
+struct PairView<'a>(&'a str, &'a str);
+
+impl Hash for PairView<'_> {
+    fn hash<S: Hasher>(&self, state: &mut S) {
+        (self.0, self.1).hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<(String, String)> for PairView<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 /// A small deterministic generator (Steele, Lea and Flood's SplitMix64), so every run probes the
 /// same keys.
 struct SplitMix64(u64);
@@ -173,9 +198,15 @@ pub fn lookup(
             "--probes must be a positive multiple of {LOOKUP_BATCH}"
         ));
     }
+    let rss_before = rss_bytes();
     let began = Instant::now();
     let registry = FunctionsRegistry::<u64>::default();
+    let mut plain: HashMap<(String, String), u64> = HashMap::default();
     for i in 0..functions {
+        if operation == LookupOp::Hashbrown {
+            plain.insert((NAMESPACE.to_owned(), function_id(i)), i as u64);
+            continue;
+        }
         registry
             .register(
                 NAMESPACE,
@@ -188,6 +219,9 @@ pub fn lookup(
     }
     let fill_seconds = began.elapsed().as_secs_f64();
     let rss_bytes = rss_bytes();
+    let bytes_per_function = rss_before
+        .zip(rss_bytes)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / functions as f64);
 
     let keys = Probes::new(functions, probes);
     let run_batch = |index: usize| -> usize {
@@ -197,6 +231,9 @@ pub fn lookup(
                 // The lease is dropped at once: a select counts with its release, as in routing.
                 LookupOp::Select => registry.select(NAMESPACE, black_box(key)).is_some(),
                 LookupOp::Contains => registry.contains(NAMESPACE, black_box(key)),
+                LookupOp::Hashbrown => plain
+                    .get(&PairView(NAMESPACE, black_box(key)))
+                    .is_some_and(|v| black_box(*v) < functions as u64),
             };
             hits += usize::from(found);
         }
@@ -236,6 +273,7 @@ pub fn lookup(
         batch: LOOKUP_BATCH,
         fill_seconds,
         rss_bytes,
+        bytes_per_function,
     })
 }
 

@@ -58,6 +58,30 @@ fn lookup_reports_every_probe_as_a_hit() {
 }
 
 #[test]
+fn the_hashbrown_floor_finds_the_same_keys_and_both_report_memory() {
+    // Every probe must hit in the plain map too (a miss fails the run with exit status 2).
+    let floor = report(&[
+        "lookup",
+        "--functions",
+        "20000",
+        "--seconds",
+        "0.05",
+        "--op",
+        "hashbrown",
+    ]);
+    assert_eq!(floor["operation"], "hashbrown");
+    assert!(floor["lookups"].as_u64().expect("lookups") >= 1024);
+    let registry = report(&["lookup", "--functions", "20000", "--seconds", "0.05"]);
+    for r in [&floor, &registry] {
+        // Linux only, as the rest of the bench scripts: resident memory grew with the fill.
+        assert!(
+            r["bytes_per_function"].as_f64().expect("bytes") > 0.0,
+            "{r}"
+        );
+    }
+}
+
+#[test]
 fn codec_times_the_frame_that_frame_prints() {
     let out = run(&["frame", "--bytes", "2048"]);
     assert!(out.status.success());

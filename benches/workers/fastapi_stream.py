@@ -1,4 +1,4 @@
-"""The E9 baseline on FastAPI: ``GET /stream?mb=N`` streams N MiB with Starlette's
+"""The E12 baseline on FastAPI: ``GET /stream?mb=N`` streams N MiB with Starlette's
 ``StreamingResponse`` (64 KiB chunks), the same generator as ``fnmesh_stream.py``.
 
     python -m uvicorn fastapi_stream:app --app-dir benches/workers --host 127.0.0.1 --port PORT \\

@@ -1,4 +1,4 @@
-"""The E9 benchmark app on fnmesh: ``GET /stream?mb=N`` streams N MiB through the HTTP route's
+"""The E12 benchmark app on fnmesh: ``GET /stream?mb=N`` streams N MiB through the HTTP route's
 ``response`` channel (``fnmesh.StreamingResponse``, 64 KiB chunks), from the app's embedded engine.
 
     python -m fnmesh.cli run benches/workers/fnmesh_stream.py --http-port PORT --log-level warning

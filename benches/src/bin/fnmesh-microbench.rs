@@ -2,8 +2,9 @@
 //! one JSON object for the Python bench scripts (`benches/scale.py`, `benches/codec.py`).
 //!
 //! ```sh
-//! # FunctionsRegistry::select (or ::contains) of random registered ids, N functions registered
-//! fnmesh-microbench lookup --functions 1000000 [--seconds 1.0] [--op select|contains]
+//! # FunctionsRegistry::select (or ::contains) of random registered ids, N functions registered;
+//! # `--op hashbrown`: a plain hashbrown map of the same keys instead (the floor)
+//! fnmesh-microbench lookup --functions 1000000 [--seconds 1.0] [--op select|contains|hashbrown]
 //!     [--probes 65536]
 //!
 //! # decode, encode and forward (decode + encode) of an invokefunction frame with ~N bytes of data
@@ -24,7 +25,7 @@ use fnmesh_benches::micro;
 
 const USAGE: &str = "\
 usage:
-  fnmesh-microbench lookup --functions N [--seconds 1.0] [--op select|contains]
+  fnmesh-microbench lookup --functions N [--seconds 1.0] [--op select|contains|hashbrown]
                            [--probes 65536]  (distinct random keys cycled, a multiple of 1024)
   fnmesh-microbench codec  [--bytes 1024] [--seconds 1.0]
   fnmesh-microbench frame  [--bytes 1024]      (the codec's frame, raw, on stdout)";

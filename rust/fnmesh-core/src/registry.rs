@@ -20,15 +20,19 @@
 //! # Ok::<(), fnmesh_core::Error>(())
 //! ```
 
-use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dashmap::DashMap;
+use hashbrown::HashTable;
+
+mod key;
+pub use key::FunctionKey;
+pub(crate) use key::KeyView;
 
 use crate::error::{Error, Result};
 use crate::meter::FunctionStats;
@@ -168,99 +172,220 @@ struct InternalFlag {
     internal: bool,
 }
 
-/// An owned `(namespace, function_id)` key.
-#[derive(Debug, Clone)]
-pub struct FunctionKey {
-    namespace: Box<str>,
-    function_id: Box<str>,
-}
-
-impl FunctionKey {
-    /// Builds a key (no validation).
-    pub fn new(namespace: &str, function_id: &str) -> Self {
-        FunctionKey {
-            namespace: namespace.into(),
-            function_id: function_id.into(),
-        }
-    }
-
-    /// The namespace.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    /// The function id.
-    pub fn function_id(&self) -> &str {
-        &self.function_id
-    }
-}
-
-/// A key seen as two borrowed strings, so that an owned [`FunctionKey`] in the map can be
-/// found with a `(&str, &str)` pair without building a `String`.
-pub(crate) trait KeyView {
-    fn parts(&self) -> (&str, &str);
-}
-
-impl KeyView for FunctionKey {
-    fn parts(&self) -> (&str, &str) {
-        (&self.namespace, &self.function_id)
-    }
-}
-
-impl KeyView for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        (self.0, self.1)
-    }
-}
-
-impl Hash for dyn KeyView + '_ {
-    fn hash<S: std::hash::Hasher>(&self, state: &mut S) {
-        self.parts().hash(state);
-    }
-}
-
-impl PartialEq for dyn KeyView + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn KeyView + '_ {}
-
-// The owned key must hash exactly like its borrowed view.
-impl Hash for FunctionKey {
-    fn hash<S: std::hash::Hasher>(&self, state: &mut S) {
-        self.parts().hash(state);
-    }
-}
-
-impl PartialEq for FunctionKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for FunctionKey {}
-
-impl<'a> Borrow<dyn KeyView + 'a> for FunctionKey {
-    fn borrow(&self) -> &(dyn KeyView + 'a) {
-        self
-    }
+/// What a replica's leases share: who serves it and its calls in flight. It outlives the replica
+/// while a lease holds it (a call routed just before the owner left still releases here), and a
+/// re-registration by the same owner keeps it, so calls already routed still count.
+struct Slot {
+    owner: Arc<str>,
+    in_flight: AtomicUsize,
 }
 
 struct Replica<H> {
-    owner: Arc<str>,
+    slot: Arc<Slot>,
     handler: H,
-    in_flight: Arc<AtomicUsize>,
 }
 
-struct Entry<H> {
-    def: Arc<FunctionDef>,
-    replicas: Vec<Replica<H>>,
-    // Where the next round-robin scan starts.
+impl<H> Replica<H> {
+    fn new(owner: Arc<str>, handler: H) -> Self {
+        Replica {
+            slot: Arc::new(Slot {
+                owner,
+                in_flight: AtomicUsize::new(0),
+            }),
+            handler,
+        }
+    }
+
+    fn owner(&self) -> &str {
+        &self.slot.owner
+    }
+
+    fn load(&self) -> usize {
+        self.slot.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// The replicas after the first, with the round-robin cursor: only keys served more than once
+/// pay for them.
+struct Others<H> {
+    list: Vec<Replica<H>>,
+    // The replica of the current batch, over all replicas (the first is index 0).
     cursor: AtomicUsize,
-    // The function's meters, kept while the key is registered (docs/observability.md).
-    stats: Arc<FunctionStats>,
+    // Calls given to it in the current batch.
+    streak: AtomicUsize,
+    // Draws of the power-of-two choice's random candidate.
+    draws: AtomicUsize,
+}
+
+/// Calls routed to one replica in a row at most while its earlier ones are still in flight
+/// (see [`Entry::pick`]).
+// NOTE: least-in-flight spread 64 calls over 64 of 1,000 replicas, one frame per write: E6
+// routing (`python benches/scale.py --quick`, C=64) with 1,000 workers ran at 0.40x of 10
+// workers (16,980 against 42,476 calls/s; the last full run 0.50x), the engine spending 27.4 us
+// of CPU per call. With batches of 8: 1.42x, 1.19x, 1.63x in three runs (68.7k/48.3k, 73.3k/61.7k,
+// 90.6k/55.5k calls/s; 10 workers stay least-in-flight), 6.9-8.7 us of engine CPU per call;
+// 2-core box shared with two other Rust builds.
+pub const REPLICA_BATCH: usize = 8;
+
+/// Functions with more replicas than this are routed in batches; fewer replicas keep exact
+/// least-in-flight (calls in flight then already share each replica's writes, and two slow calls
+/// on two replicas run side by side).
+pub const BATCHES_ABOVE_REPLICAS: usize = 2 * REPLICA_BATCH;
+
+struct Entry<H> {
+    key: FunctionKey,
+    def: Arc<FunctionDef>,
+    // The function's meters, kept while the key is registered (docs/observability.md); made on
+    // the first metered call, so a function never called costs nothing for them.
+    stats: OnceLock<Arc<FunctionStats>>,
+    // Never empty: an entry goes with its last replica.
+    first: Replica<H>,
+    others: Option<Box<Others<H>>>,
+}
+
+impl<H> Entry<H> {
+    fn replica_count(&self) -> usize {
+        1 + self.others.as_ref().map_or(0, |o| o.list.len())
+    }
+
+    fn replicas(&self) -> impl Iterator<Item = &Replica<H>> {
+        std::iter::once(&self.first).chain(self.others.iter().flat_map(|o| o.list.iter()))
+    }
+
+    fn replica(&self, index: usize) -> &Replica<H> {
+        match (index, &self.others) {
+            (0, _) | (_, None) => &self.first,
+            (i, Some(others)) => &others.list[i - 1],
+        }
+    }
+
+    fn replica_mut(&mut self, owner: &str) -> Option<&mut Replica<H>> {
+        if self.first.owner() == owner {
+            return Some(&mut self.first);
+        }
+        self.others
+            .as_mut()
+            .and_then(|o| o.list.iter_mut().find(|r| r.owner() == owner))
+    }
+
+    fn serves(&self, owner: &str) -> bool {
+        self.replicas().any(|r| r.owner() == owner)
+    }
+
+    fn push(&mut self, replica: Replica<H>) {
+        match &mut self.others {
+            Some(others) => others.list.push(replica),
+            None => {
+                self.others = Some(Box::new(Others {
+                    list: vec![replica],
+                    cursor: AtomicUsize::new(0),
+                    streak: AtomicUsize::new(0),
+                    draws: AtomicUsize::new(0),
+                }))
+            }
+        }
+    }
+
+    /// Removes `owner`'s replica, keeping the others in registration order. Returns whether one
+    /// was removed and whether the entry is now empty (it must then leave the table).
+    fn remove(&mut self, owner: &str) -> (bool, bool) {
+        if self.first.owner() == owner {
+            let Some(others) = &mut self.others else {
+                return (true, true);
+            };
+            self.first = others.list.remove(0);
+        } else if let Some(others) = &mut self.others {
+            let before = others.list.len();
+            others.list.retain(|r| r.owner() != owner);
+            if others.list.len() == before {
+                return (false, false);
+            }
+        } else {
+            return (false, false);
+        }
+        if self.others.as_ref().is_some_and(|o| o.list.is_empty()) {
+            self.others = None;
+        }
+        (true, false)
+    }
+
+    /// The replica for the next call, in batches that keep writes full and turns that keep the
+    /// load fair (docs/protocol.md 11.1):
+    ///
+    /// - the replica of the current batch again, while its batch has fewer than
+    ///   [`REPLICA_BATCH`] calls and every call in flight on it belongs to the batch (it has no
+    ///   backlog of its own) and is unanswered: those frames are queued together for one write
+    ///   to that connection and come back together;
+    /// - otherwise a new batch: the next replica in turn, unless a randomly drawn one has fewer
+    ///   calls in flight (the power of two choices), so a slow replica is passed over.
+    ///
+    /// With one call in flight at a time every call starts a batch, so idle replicas take
+    /// strict turns.
+    fn pick_batched(&self) -> &Replica<H> {
+        let Some(others) = &self.others else {
+            return &self.first;
+        };
+        let n = others.list.len() + 1;
+        let current = others.cursor.load(Ordering::Relaxed) % n;
+        let streak = others.streak.load(Ordering::Relaxed);
+        let load = self.replica(current).load();
+        if streak < REPLICA_BATCH && load > 0 && load <= streak {
+            others.streak.store(streak + 1, Ordering::Relaxed);
+            return self.replica(current);
+        }
+        // No batch yet (a new entry): the first replica's turn.
+        let next = if streak == 0 {
+            current
+        } else {
+            (current + 1) % n
+        };
+        let draw = others.draws.fetch_add(1, Ordering::Relaxed);
+        // Any replica but `next` (n >= 2 here).
+        let drawn = (next + 1 + (mix(draw as u64) % (n as u64 - 1)) as usize) % n;
+        let chosen = if self.replica(drawn).load() < self.replica(next).load() {
+            drawn
+        } else {
+            next
+        };
+        others.cursor.store(chosen, Ordering::Relaxed);
+        others.streak.store(1, Ordering::Relaxed);
+        self.replica(chosen)
+    }
+}
+
+impl<H> Entry<H> {
+    /// The replica with the fewest calls in flight, round-robin among equals.
+    fn pick_least(&self) -> &Replica<H> {
+        let Some(others) = &self.others else {
+            return &self.first;
+        };
+        let n = others.list.len() + 1;
+        let start = others.cursor.load(Ordering::Relaxed) % n;
+        let mut best = start;
+        let mut best_load = self.replica(start).load();
+        for step in 1..n {
+            if best_load == 0 {
+                break;
+            }
+            let candidate = (start + step) % n;
+            let load = self.replica(candidate).load();
+            if load < best_load {
+                best = candidate;
+                best_load = load;
+            }
+        }
+        // The next scan starts just after the pick, so equals alternate strictly.
+        others.cursor.store(best + 1, Ordering::Relaxed);
+        self.replica(best)
+    }
+}
+
+/// SplitMix64's finaliser: a well-spread number from a counter.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// How a registration changed the registry.
@@ -293,8 +418,7 @@ pub struct FunctionInfo {
 /// dropped.
 pub struct Lease<H> {
     handler: H,
-    owner: Arc<str>,
-    in_flight: Arc<AtomicUsize>,
+    slot: Arc<Slot>,
     released: bool,
 }
 
@@ -306,19 +430,19 @@ impl<H> Lease<H> {
 
     /// The replica's owner.
     pub fn owner(&self) -> &Arc<str> {
-        &self.owner
+        &self.slot.owner
     }
 
     /// Calls currently in flight on this replica, this one included until released.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.slot.in_flight.load(Ordering::Relaxed)
     }
 
     /// Ends the call early; dropping the lease does the same. Idempotent.
     pub fn release(&mut self) {
         if !self.released {
             self.released = true;
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -337,7 +461,7 @@ impl<H> Drop for Lease<H> {
 impl<H> fmt::Debug for Lease<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
-            .field("owner", &self.owner)
+            .field("owner", &self.slot.owner)
             .field("in_flight", &self.in_flight())
             .field("released", &self.released)
             .finish()
@@ -355,15 +479,43 @@ pub struct ListFilter<'a> {
     pub search: Option<&'a str>,
 }
 
+// Independent locks over the key space, so concurrent routing rarely contends on one. A power
+// of two: the shard is a few bits of the key's hash.
+const SHARDS: usize = 16;
+
+type Table<H> = HashTable<Box<Entry<H>>>;
+
+// One lock and its table per cache line, so shards do not share lines between cores.
+#[repr(align(64))]
+struct Shard<H>(RwLock<Table<H>>);
+
 /// The registry of functions. Cheap to share behind an `Arc`; every method takes `&self`.
 ///
 /// Operations on behalf of one owner are expected to be issued in order by that owner (one
 /// connection's frames are processed in order), which keeps the owner index exact.
+// NOTE: memory per function, `fnmesh-microbench lookup --functions 1000000` (resident memory
+// the fill added / functions, 3 runs each, 2-core box shared with other builds): 815 bytes with
+// the former DashMap of `FunctionKey -> Entry` (80-byte slots at ~2.1 slots per key at 1M, eager
+// 176-byte meters, a private `FunctionDef` per key, replicas in their own Vec, an owner index
+// holding copies of every key) against 199.5 for a plain hashbrown map of the same
+// `(String, String)` keys (`--op hashbrown`). Now 246: sharded `HashTable`s of boxed entries
+// (8-byte slots), the key in one block, meters made on the first metered call, definitions
+// without text shared per kind, the first replica inline, the owner index holding key hashes.
+// The same runs' select at 1M (65,536 random keys): 1,054-1,135 ns before against 248-345 ns
+// for the plain map (3.5x); now 397-849 ns against 303-799 ns (1.06-1.31x): fewer cache misses
+// per lookup (no separate namespace and id strings, no replica Vec, one counter block).
 pub struct FunctionsRegistry<H> {
     policy: ConflictPolicy,
-    functions: DashMap<FunctionKey, Entry<H>, Hasher>,
-    // owner -> keys it serves, so a disconnect does not scan every function.
-    by_owner: DashMap<Arc<str>, HashSet<FunctionKey, Hasher>, Hasher>,
+    // Replica choice: batches (`Entry::pick_batched`, the engine's routing) or least in flight.
+    batched: bool,
+    hasher: Hasher,
+    shards: Box<[Shard<H>]>,
+    len: AtomicUsize,
+    // owner -> hashes of the keys it serves, so a disconnect does not scan every function. A
+    // hash may stand for several keys (a 64-bit collision): lookups by hash compare the keys.
+    by_owner: DashMap<Arc<str>, HashSet<u64, Hasher>, Hasher>,
+    // The definitions that carry no text, one per kind, shared by every key registered with one.
+    plain: [Arc<FunctionDef>; 3],
 }
 
 impl<H> Default for FunctionsRegistry<H> {
@@ -376,19 +528,94 @@ impl<H> fmt::Debug for FunctionsRegistry<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FunctionsRegistry")
             .field("policy", &self.policy)
-            .field("functions", &self.functions.len())
+            .field("functions", &self.len())
             .finish()
     }
+}
+
+fn read<H>(shard: &Shard<H>) -> RwLockReadGuard<'_, Table<H>> {
+    // A panic never happens while a shard is locked (no user code runs under the lock); if one
+    // did, the table itself is still consistent, so the poison is ignored.
+    shard.0.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<H>(shard: &Shard<H>) -> RwLockWriteGuard<'_, Table<H>> {
+    shard.0.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<H> FunctionsRegistry<H> {
     /// An empty registry with the given conflict policy.
     pub fn new(policy: ConflictPolicy) -> Self {
+        let plain = [
+            FunctionKind::Local,
+            FunctionKind::Worker,
+            FunctionKind::Http,
+        ]
+        .map(|kind| {
+            Arc::new(FunctionDef {
+                kind,
+                ..FunctionDef::default()
+            })
+        });
         FunctionsRegistry {
             policy,
-            functions: DashMap::with_hasher(Hasher::default()),
+            batched: false,
+            hasher: Hasher::default(),
+            shards: (0..SHARDS)
+                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .collect(),
+            len: AtomicUsize::new(0),
             by_owner: DashMap::with_hasher(Hasher::default()),
+            plain,
         }
+    }
+
+    /// The same registry choosing replicas in batches (the engine's routing, see
+    /// [`FunctionsRegistry::select`]) instead of by least calls in flight.
+    pub fn with_replica_batches(mut self, batched: bool) -> Self {
+        self.batched = batched;
+        self
+    }
+
+    fn hash(&self, namespace: &str, function_id: &str) -> u64 {
+        self.hasher.hash_one((namespace, function_id))
+    }
+
+    fn shard(&self, hash: u64) -> &Shard<H> {
+        // Bits the table itself does not use for the slot (the low ones) or the tag (the top 7).
+        &self.shards[(hash >> 32) as usize % SHARDS]
+    }
+
+    fn rehasher(&self) -> impl Fn(&Box<Entry<H>>) -> u64 + '_ {
+        |entry| self.hasher.hash_one(entry.key.parts())
+    }
+
+    /// `def` itself, or the shared copy when it carries no text.
+    fn share(&self, def: FunctionDef) -> Arc<FunctionDef> {
+        let plain = def.description.is_none()
+            && def.request_format.is_none()
+            && def.response_format.is_none()
+            && def.metadata.is_none();
+        if plain {
+            // `plain` is in the declaration order of `FunctionKind`.
+            self.plain[def.kind as usize].clone()
+        } else {
+            Arc::new(def)
+        }
+    }
+
+    /// Runs `f` on the entry of the key, under its shard's read lock.
+    fn with_entry<T>(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        f: impl FnOnce(&Entry<H>) -> T,
+    ) -> Option<T> {
+        let hash = self.hash(namespace, function_id);
+        let table = read(self.shard(hash));
+        table
+            .find(hash, |e| e.key.parts() == (namespace, function_id))
+            .map(|entry| f(entry))
     }
 
     /// The conflict policy in force.
@@ -398,26 +625,24 @@ impl<H> FunctionsRegistry<H> {
 
     /// Number of `(namespace, function_id)` keys.
     pub fn len(&self) -> usize {
-        self.functions.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// True when no function is registered.
     pub fn is_empty(&self) -> bool {
-        self.functions.is_empty()
+        self.len() == 0
     }
 
     /// True when the key is registered.
     pub fn contains(&self, namespace: &str, function_id: &str) -> bool {
-        self.functions
-            .contains_key(&(namespace, function_id) as &dyn KeyView)
+        self.with_entry(namespace, function_id, |_| ()).is_some()
     }
 
     /// True when the key is registered with at least one replica to call ([`Self::select`]
     /// would pick one).
     pub fn is_served(&self, namespace: &str, function_id: &str) -> bool {
-        self.functions
-            .get(&(namespace, function_id) as &dyn KeyView)
-            .is_some_and(|entry| !entry.replicas.is_empty())
+        // An entry always has a replica: it leaves the table with its last one.
+        self.contains(namespace, function_id)
     }
 
     /// Registers `handler` as `owner`'s replica of `(namespace, function_id)`.
@@ -437,50 +662,47 @@ impl<H> FunctionsRegistry<H> {
         check_non_empty("function id", function_id)?;
         let owner: Arc<str> = owner.into();
         check_non_empty("owner", &owner)?;
-        let key = FunctionKey::new(namespace, function_id);
-        let outcome = match self.functions.entry(key.clone()) {
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(Entry {
-                    def: Arc::new(def),
-                    replicas: vec![Replica {
-                        owner: owner.clone(),
-                        handler,
-                        in_flight: Arc::default(),
-                    }],
-                    cursor: AtomicUsize::new(0),
-                    stats: Arc::default(),
-                });
+        let hash = self.hash(namespace, function_id);
+        let mut table = write(self.shard(hash));
+        let found = table.entry(
+            hash,
+            |e| e.key.parts() == (namespace, function_id),
+            self.rehasher(),
+        );
+        let outcome = match found {
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(Box::new(Entry {
+                    key: FunctionKey::new(namespace, function_id),
+                    def: self.share(def),
+                    stats: OnceLock::new(),
+                    first: Replica::new(owner.clone(), handler),
+                    others: None,
+                }));
+                self.len.fetch_add(1, Ordering::Relaxed);
                 Registered::Created
             }
-            dashmap::Entry::Occupied(mut slot) => {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
                 let entry = slot.get_mut();
-                if let Some(mine) = entry.replicas.iter_mut().find(|r| r.owner == owner) {
+                if let Some(mine) = entry.replica_mut(&owner) {
                     // Keep the in-flight counter: calls already routed here still count.
                     mine.handler = handler;
-                    entry.def = Arc::new(def);
+                    entry.def = self.share(def);
                     Registered::Replaced
                 } else if self.policy == ConflictPolicy::Reject {
                     return Err(Error::FunctionConflict {
                         namespace: namespace.to_owned(),
                         function_id: function_id.to_owned(),
-                        owner: entry
-                            .replicas
-                            .first()
-                            .map(|r| r.owner.to_string())
-                            .unwrap_or_default(),
+                        owner: entry.first.owner().to_owned(),
                     });
                 } else {
-                    entry.replicas.push(Replica {
-                        owner: owner.clone(),
-                        handler,
-                        in_flight: Arc::default(),
-                    });
-                    entry.def = Arc::new(def);
+                    entry.push(Replica::new(owner.clone(), handler));
+                    entry.def = self.share(def);
                     Registered::Replica
                 }
             }
         };
-        self.by_owner.entry(owner).or_default().insert(key);
+        drop(table);
+        self.by_owner.entry(owner).or_default().insert(hash);
         Ok(outcome)
     }
 
@@ -488,91 +710,116 @@ impl<H> FunctionsRegistry<H> {
     /// whether anything was removed. Calls already routed to the replica are not affected.
     pub fn unregister(&self, namespace: &str, function_id: &str, owner: &str) -> Result<bool> {
         check_namespace(namespace)?;
-        let view: &dyn KeyView = &(namespace, function_id);
-        let removed = self.remove_replica(view, owner);
+        let hash = self.hash(namespace, function_id);
+        let mut table = write(self.shard(hash));
+        let Ok(mut found) = table.find_entry(hash, |e| e.key.parts() == (namespace, function_id))
+        else {
+            return Ok(false);
+        };
+        let (removed, empty) = found.get_mut().remove(owner);
+        if empty {
+            found.remove();
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
         if removed {
-            if let Some(mut keys) = self.by_owner.get_mut(owner) {
-                keys.remove(view);
+            // The hash stays indexed while the owner serves another key with the same hash.
+            let still = table.iter_hash(hash).any(|e| e.serves(owner));
+            drop(table);
+            if !still {
+                if let Some(mut hashes) = self.by_owner.get_mut(owner) {
+                    hashes.remove(&hash);
+                }
+                self.by_owner
+                    .remove_if(owner, |_, hashes| hashes.is_empty());
             }
-            self.by_owner.remove_if(owner, |_, keys| keys.is_empty());
         }
         Ok(removed)
-    }
-
-    fn remove_replica(&self, view: &dyn KeyView, owner: &str) -> bool {
-        let Some(mut entry) = self.functions.get_mut(view) else {
-            return false;
-        };
-        let before = entry.replicas.len();
-        entry.replicas.retain(|r| &*r.owner != owner);
-        let removed = entry.replicas.len() != before;
-        drop(entry);
-        if removed {
-            self.functions
-                .remove_if(view, |_, entry| entry.replicas.is_empty());
-        }
-        removed
     }
 
     /// Removes every replica `owner` serves (a worker disconnected). Returns the keys it
     /// served, sorted.
     pub fn remove_owner(&self, owner: &str) -> Vec<FunctionKey> {
-        let Some((_, keys)) = self.by_owner.remove(owner) else {
+        let Some((_, hashes)) = self.by_owner.remove(owner) else {
             return Vec::new();
         };
-        let mut removed: Vec<FunctionKey> = keys
-            .into_iter()
-            .filter(|key| self.remove_replica(key, owner))
-            .collect();
+        let mut removed = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            let mut table = write(self.shard(hash));
+            // Every key with this hash that the owner serves (almost always exactly one).
+            let served: Vec<FunctionKey> = table
+                .iter_hash(hash)
+                .filter(|e| e.serves(owner))
+                .map(|e| e.key.clone())
+                .collect();
+            for key in served {
+                let Ok(mut found) = table.find_entry(hash, |e| e.key.parts() == key.parts()) else {
+                    continue;
+                };
+                let (_, empty) = found.get_mut().remove(owner);
+                if empty {
+                    found.remove();
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+                removed.push(key);
+            }
+        }
         removed.sort_by(|a, b| a.parts().cmp(&b.parts()));
         removed
     }
 
     /// A snapshot of one function, or `None`.
     pub fn lookup(&self, namespace: &str, function_id: &str) -> Option<FunctionInfo> {
-        let view: &dyn KeyView = &(namespace, function_id);
-        self.functions
-            .get(view)
-            .map(|entry| info(entry.key(), entry.value()))
+        self.with_entry(namespace, function_id, info)
     }
 
     /// The definition of a function (kind, schemas, metadata) without copying it, or `None`.
     pub fn def(&self, namespace: &str, function_id: &str) -> Option<Arc<FunctionDef>> {
-        let view: &dyn KeyView = &(namespace, function_id);
-        self.functions.get(view).map(|entry| entry.def.clone())
+        self.with_entry(namespace, function_id, |entry| entry.def.clone())
     }
 
-    /// Every registered function's meters, as `(key, meters)`, in no particular order.
+    /// Runs `f` on every entry, shard by shard (each under its read lock).
+    fn for_each(&self, mut f: impl FnMut(&Entry<H>)) {
+        for shard in self.shards.iter() {
+            for entry in read(shard).iter() {
+                f(entry);
+            }
+        }
+    }
+
+    /// Every registered function's meters, as `(key, meters)`, in no particular order. A
+    /// function not called since it was registered shows all zeros.
     pub fn stats(&self) -> Vec<(FunctionKey, Arc<FunctionStats>)> {
-        self.functions
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.stats.clone()))
-            .collect()
+        let zero = Arc::<FunctionStats>::default();
+        let mut out = Vec::with_capacity(self.len());
+        self.for_each(|entry| {
+            let stats = entry.stats.get().unwrap_or(&zero).clone();
+            out.push((entry.key.clone(), stats));
+        });
+        out
     }
 
     /// Functions matching `filter`, sorted by `(namespace, function_id)`.
     pub fn list(&self, filter: ListFilter<'_>) -> Vec<FunctionInfo> {
         let needle = filter.search.map(str::to_lowercase);
-        let mut out: Vec<FunctionInfo> = self
-            .functions
-            .iter()
-            .filter(|entry| {
-                let key = entry.key();
-                filter.namespace.is_none_or(|ns| key.namespace() == ns)
-                    && filter
-                        .prefix
-                        .is_none_or(|p| key.function_id().starts_with(p))
-                    && needle.as_deref().is_none_or(|n| {
-                        key.function_id().to_lowercase().contains(n)
-                            || entry
-                                .def
-                                .description
-                                .as_deref()
-                                .is_some_and(|d| d.to_lowercase().contains(n))
-                    })
-            })
-            .map(|entry| info(entry.key(), entry.value()))
-            .collect();
+        let mut out: Vec<FunctionInfo> = Vec::new();
+        self.for_each(|entry| {
+            let key = &entry.key;
+            let matches = filter.namespace.is_none_or(|ns| key.namespace() == ns)
+                && filter
+                    .prefix
+                    .is_none_or(|p| key.function_id().starts_with(p))
+                && needle.as_deref().is_none_or(|n| {
+                    key.function_id().to_lowercase().contains(n)
+                        || entry
+                            .def
+                            .description
+                            .as_deref()
+                            .is_some_and(|d| d.to_lowercase().contains(n))
+                });
+            if matches {
+                out.push(info(entry));
+            }
+        });
         out.sort_by(|a, b| {
             (a.namespace.as_str(), a.function_id.as_str())
                 .cmp(&(b.namespace.as_str(), b.function_id.as_str()))
@@ -582,334 +829,52 @@ impl<H> FunctionsRegistry<H> {
 }
 
 impl<H: Clone> FunctionsRegistry<H> {
-    /// Picks the replica with the fewest calls in flight (round-robin among equals) and counts
-    /// one more call on it until the returned lease is released or dropped. `None` when the key
-    /// is not registered.
-    // NOTE: a lookup builds no String: the map is probed with a borrowed `(&str, &str)` view of
-    // the key. Measured (benches/benches/registry.rs, 2-core box): a bare probe (`contains`) hit
-    // costs 40 / 53 / 75 ns at 1 / 10k / 1M functions against 49 / 63 / 98 ns for a HashMap
-    // probed with a freshly built owned key; select + release adds ~20 ns (three atomics).
+    /// Picks a replica, the one with the fewest calls in flight (round-robin among equals) or,
+    /// built [`Self::with_replica_batches`], the current batch's (`Entry::pick_batched`), and
+    /// counts one more call on it until the returned lease is released or dropped. `None` when
+    /// the key is not registered.
+    // A lookup builds no String: the table is probed with the borrowed key's hash and compared
+    // with the borrowed strs.
     pub fn select(&self, namespace: &str, function_id: &str) -> Option<Lease<H>> {
         self.select_metered(namespace, function_id, false)
             .map(|(lease, _)| lease)
     }
 
     /// [`Self::select`], also handing back the function's meters when `metered` (one `Arc`
-    /// clone, from the same lookup).
+    /// clone, from the same lookup; made on the first metered call).
     pub fn select_metered(
         &self,
         namespace: &str,
         function_id: &str,
         metered: bool,
     ) -> Option<(Lease<H>, Option<Arc<FunctionStats>>)> {
-        let view: &dyn KeyView = &(namespace, function_id);
-        let entry = self.functions.get(view)?;
-        let replicas = &entry.replicas;
-        let chosen = match replicas.len() {
-            0 => return None,
-            1 => &replicas[0],
-            n => {
-                let start = entry.cursor.load(Ordering::Relaxed) % n;
-                let mut best = start;
-                let mut best_load = replicas[start].in_flight.load(Ordering::Relaxed);
-                for step in 1..n {
-                    if best_load == 0 {
-                        break;
-                    }
-                    let candidate = (start + step) % n;
-                    let load = replicas[candidate].in_flight.load(Ordering::Relaxed);
-                    if load < best_load {
-                        best = candidate;
-                        best_load = load;
-                    }
-                }
-                // The next scan starts just after the pick, so equals alternate strictly.
-                entry.cursor.store(best + 1, Ordering::Relaxed);
-                &replicas[best]
-            }
-        };
-        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
-        let lease = Lease {
-            handler: chosen.handler.clone(),
-            owner: chosen.owner.clone(),
-            in_flight: chosen.in_flight.clone(),
-            released: false,
-        };
-        Some((lease, metered.then(|| entry.stats.clone())))
+        self.with_entry(namespace, function_id, |entry| {
+            let chosen = if self.batched && entry.replica_count() > BATCHES_ABOVE_REPLICAS {
+                entry.pick_batched()
+            } else {
+                entry.pick_least()
+            };
+            chosen.slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            let lease = Lease {
+                handler: chosen.handler.clone(),
+                slot: chosen.slot.clone(),
+                released: false,
+            };
+            let stats = metered.then(|| entry.stats.get_or_init(Arc::default).clone());
+            (lease, stats)
+        })
     }
 }
 
-fn info<H>(key: &FunctionKey, entry: &Entry<H>) -> FunctionInfo {
+fn info<H>(entry: &Entry<H>) -> FunctionInfo {
     FunctionInfo {
-        namespace: key.namespace().to_owned(),
-        function_id: key.function_id().to_owned(),
+        namespace: entry.key.namespace().to_owned(),
+        function_id: entry.key.function_id().to_owned(),
         def: entry.def.clone(),
-        owners: entry.replicas.iter().map(|r| r.owner.clone()).collect(),
-        in_flight: entry
-            .replicas
-            .iter()
-            .map(|r| r.in_flight.load(Ordering::Relaxed))
-            .sum(),
+        owners: entry.replicas().map(|r| r.slot.owner.clone()).collect(),
+        in_flight: entry.replicas().map(Replica::load).sum(),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::thread;
-
-    fn raw(text: &str) -> RawJson {
-        serde_json::value::RawValue::from_string(text.to_owned()).unwrap()
-    }
-
-    fn reg(policy: ConflictPolicy) -> FunctionsRegistry<&'static str> {
-        FunctionsRegistry::new(policy)
-    }
-
-    #[test]
-    fn register_lookup_unregister() {
-        let r = reg(ConflictPolicy::Replicate);
-        let def = FunctionDef {
-            kind: FunctionKind::Worker,
-            description: Some("Create an order".into()),
-            request_format: Some(raw(r#"{"type":"object"}"#)),
-            metadata: Some(raw(r#"{"tags":["orders"]}"#)),
-            ..FunctionDef::default()
-        };
-        assert_eq!(
-            r.register("default", "orders::create", "w1", "h1", def)
-                .unwrap(),
-            Registered::Created
-        );
-        let info = r.lookup("default", "orders::create").unwrap();
-        assert_eq!(info.def.kind, FunctionKind::Worker);
-        assert_eq!(
-            info.def.request_format.as_ref().unwrap().get(),
-            r#"{"type":"object"}"#
-        );
-        assert_eq!(info.owners, vec![Arc::<str>::from("w1")]);
-        assert!(r.lookup("other", "orders::create").is_none());
-        assert!(!r.unregister("default", "orders::create", "w2").unwrap());
-        assert!(r.unregister("default", "orders::create", "w1").unwrap());
-        assert!(r.is_empty());
-        assert!(r.remove_owner("w1").is_empty());
-    }
-
-    #[test]
-    fn same_owner_replaces_in_place_under_both_policies() {
-        for policy in [ConflictPolicy::Replicate, ConflictPolicy::Reject] {
-            let r = reg(policy);
-            r.register("default", "f", "w1", "old", FunctionDef::default())
-                .unwrap();
-            let lease = r.select("default", "f").unwrap();
-            let again = r
-                .register("default", "f", "w1", "new", FunctionDef::default())
-                .unwrap();
-            assert_eq!(again, Registered::Replaced);
-            let info = r.lookup("default", "f").unwrap();
-            assert_eq!(info.owners.len(), 1);
-            assert_eq!(
-                info.in_flight, 1,
-                "a replacement keeps counting routed calls"
-            );
-            drop(lease);
-            assert_eq!(*r.select("default", "f").unwrap().handler(), "new");
-        }
-    }
-
-    #[test]
-    fn reject_policy_names_the_incumbent() {
-        let r = reg(ConflictPolicy::Reject);
-        r.register("default", "f", "w1", "a", FunctionDef::default())
-            .unwrap();
-        let err = r
-            .register("default", "f", "w2", "b", FunctionDef::default())
-            .unwrap_err();
-        assert_eq!(
-            err,
-            Error::FunctionConflict {
-                namespace: "default".into(),
-                function_id: "f".into(),
-                owner: "w1".into()
-            }
-        );
-        assert_eq!(err.code(), "FUNCTION_NAMESPACE_CONFLICT");
-        // Another namespace is another key.
-        r.register("billing", "f", "w2", "b", FunctionDef::default())
-            .unwrap();
-        assert!(r.remove_owner("w2") == vec![FunctionKey::new("billing", "f")]);
-        assert_eq!(r.lookup("default", "f").unwrap().owners.len(), 1);
-    }
-
-    #[test]
-    fn least_in_flight_then_round_robin() {
-        let r = reg(ConflictPolicy::Replicate);
-        for (owner, h) in [("a", "A"), ("b", "B"), ("c", "C")] {
-            r.register("default", "f", owner, h, FunctionDef::default())
-                .unwrap();
-        }
-        // All idle: successive selections rotate.
-        let picks: Vec<_> = (0..6)
-            .map(|_| *r.select("default", "f").unwrap().handler())
-            .collect();
-        assert_eq!(picks, ["A", "B", "C", "A", "B", "C"]);
-        // Hold one call on A and one on B: C is the least loaded whatever the cursor says.
-        let a = r.select("default", "f").unwrap();
-        let b = r.select("default", "f").unwrap();
-        assert_eq!((*a.handler(), *b.handler()), ("A", "B"));
-        for _ in 0..3 {
-            let c = r.select("default", "f").unwrap();
-            assert_eq!(*c.handler(), "C");
-        }
-        let mut a = a;
-        a.release();
-        a.release();
-        assert_eq!(a.in_flight(), 0, "release is idempotent");
-    }
-
-    #[test]
-    fn remove_owner_leaves_other_replicas_serving() {
-        let r = reg(ConflictPolicy::Replicate);
-        r.register("default", "f", "w1", "1", FunctionDef::default())
-            .unwrap();
-        r.register("default", "f", "w2", "2", FunctionDef::default())
-            .unwrap();
-        r.register("default", "g", "w1", "1", FunctionDef::default())
-            .unwrap();
-        let held = r.select("default", "f").unwrap();
-        let removed = r.remove_owner("w1");
-        assert_eq!(
-            removed,
-            vec![
-                FunctionKey::new("default", "f"),
-                FunctionKey::new("default", "g")
-            ]
-        );
-        assert!(!r.contains("default", "g"));
-        for _ in 0..4 {
-            assert_eq!(*r.select("default", "f").unwrap().handler(), "2");
-        }
-        drop(held); // releasing into a removed replica is harmless
-        assert_eq!(r.len(), 1);
-    }
-
-    #[test]
-    fn validation_errors() {
-        let r = reg(ConflictPolicy::Replicate);
-        let d = FunctionDef::default;
-        assert_eq!(
-            r.register(" ", "f", "w", "h", d()).unwrap_err(),
-            Error::InvalidNamespace
-        );
-        assert!(matches!(
-            r.register("default", "", "w", "h", d()).unwrap_err(),
-            Error::InvalidArgument(_)
-        ));
-        assert!(matches!(
-            r.register("default", "f", "", "h", d()).unwrap_err(),
-            Error::InvalidArgument(_)
-        ));
-        assert_eq!(
-            r.unregister("", "f", "w").unwrap_err(),
-            Error::InvalidNamespace
-        );
-        assert!("bogus".parse::<ConflictPolicy>().is_err());
-        assert!("remote".parse::<FunctionKind>().is_err());
-        assert!(r.is_empty());
-    }
-
-    #[test]
-    fn list_filters_and_order() {
-        let r = reg(ConflictPolicy::Replicate);
-        let with_desc = |d: &str| FunctionDef {
-            description: Some(d.into()),
-            ..FunctionDef::default()
-        };
-        r.register(
-            "default",
-            "orders::create",
-            "w",
-            "h",
-            with_desc("Create an ORDER"),
-        )
-        .unwrap();
-        r.register(
-            "default",
-            "billing::charge",
-            "w",
-            "h",
-            with_desc("Charge a card"),
-        )
-        .unwrap();
-        r.register("eu", "orders::create", "w", "h", FunctionDef::default())
-            .unwrap();
-        let ids = |f: ListFilter<'_>| {
-            r.list(f)
-                .into_iter()
-                .map(|i| format!("{}/{}", i.namespace, i.function_id))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            ids(ListFilter::default()),
-            [
-                "default/billing::charge",
-                "default/orders::create",
-                "eu/orders::create"
-            ]
-        );
-        let prefix = ListFilter {
-            prefix: Some("orders::"),
-            ..ListFilter::default()
-        };
-        assert_eq!(ids(prefix), ["default/orders::create", "eu/orders::create"]);
-        let search = ListFilter {
-            search: Some("order"),
-            namespace: Some("default"),
-            ..ListFilter::default()
-        };
-        assert_eq!(ids(search), ["default/orders::create"]);
-        let by_desc = ListFilter {
-            search: Some("CARD"),
-            ..ListFilter::default()
-        };
-        assert_eq!(ids(by_desc), ["default/billing::charge"]);
-    }
-
-    #[test]
-    fn internal_flag() {
-        let def = |m: &str| FunctionDef {
-            metadata: Some(raw(m)),
-            ..FunctionDef::default()
-        };
-        assert!(def(r#"{"internal":true}"#).is_internal());
-        assert!(!def(r#"{"internal":"yes"}"#).is_internal());
-        assert!(!def("[1]").is_internal());
-        assert!(!FunctionDef::default().is_internal());
-    }
-
-    #[test]
-    fn concurrent_select_release_balances_and_returns_to_zero() {
-        let r = Arc::new(FunctionsRegistry::<usize>::default());
-        for i in 0..4 {
-            r.register("default", "f", format!("w{i}"), i, FunctionDef::default())
-                .unwrap();
-        }
-        let counts: Vec<[usize; 4]> = (0..8)
-            .map(|_| {
-                let r = r.clone();
-                thread::spawn(move || {
-                    let mut seen = [0usize; 4];
-                    for _ in 0..2000 {
-                        let lease = r.select("default", "f").unwrap();
-                        seen[*lease.handler()] += 1;
-                    }
-                    seen
-                })
-            })
-            .map(|t| t.join().unwrap())
-            .collect();
-        let total: Vec<usize> = (0..4).map(|i| counts.iter().map(|c| c[i]).sum()).collect();
-        assert!(total.iter().all(|&n| n > 0), "{total:?}");
-        assert_eq!(r.lookup("default", "f").unwrap().in_flight, 0);
-    }
-}
+mod tests;

@@ -171,7 +171,7 @@ impl Shared {
         let telemetry = crate::telemetry::Telemetry::default();
         let tracer = crate::telemetry::spans::Tracer::from_config(telemetry.clone(), &config);
         Arc::new_cyclic(|me| Shared {
-            functions: FunctionsRegistry::new(config.function_conflict),
+            functions: FunctionsRegistry::new(config.function_conflict).with_replica_batches(true),
             trigger_types: TriggerTypeRegistry::default(),
             bindings: TriggerBindingRegistry::default(),
             workers: WorkerRegistry::default(),
