@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import pytest
@@ -184,13 +184,14 @@ iii.shutdown()
 """
 
 
-class SdkWorker(Worker):
-    """The ``WORKER`` script above in a subprocess (``Worker`` manages its life)."""
+class SdkScript(Worker):
+    """One of the scripts above in a subprocess (``Worker`` manages its life); ``first_line`` is
+    the first line it printed (its sign of life or its answer)."""
 
-    def __init__(self, url: str, env: dict[str, str]) -> None:
-        self.name = "traced"
+    def __init__(self, name: str, script: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(WORKER), url],
+            [sys.executable, "-c", textwrap.dedent(script), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -198,34 +199,29 @@ class SdkWorker(Worker):
             env={**os.environ, **env},
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
-            raise RuntimeError(f"worker did not start: {line!r}\n{err}")
+        self.first_line = self.proc.stdout.readline()
+
+    def fail(self, what: str) -> NoReturn:
+        self.proc.kill()
+        _, err = self.proc.communicate(timeout=10)
+        raise RuntimeError(f"{self.name} {what}: {self.first_line!r}\n{err}")
 
 
-class SdkCaller(Worker):
-    """The ``CALLER`` script above in a subprocess; ``result`` is what it printed."""
+def sdk_worker(url: str, env: dict[str, str]) -> SdkScript:
+    worker = SdkScript("traced", WORKER, [url], env)
+    if worker.first_line.strip() != "ready":
+        worker.fail("did not start")
+    return worker
 
-    def __init__(self, url: str, env: dict[str, str]) -> None:
-        self.name = "caller"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(CALLER), url, CALLER_SPAN],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        try:
-            self.result: dict[str, Any] = json.loads(line)
-        except json.JSONDecodeError:
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=10)
-            raise RuntimeError(f"caller failed: {line!r}\n{err}") from None
+
+def sdk_caller(url: str, env: dict[str, str]) -> tuple[SdkScript, dict[str, Any]]:
+    """The caller, running, and what it printed."""
+    caller = SdkScript("caller", CALLER, [url, CALLER_SPAN], env)
+    try:
+        result: dict[str, Any] = json.loads(caller.first_line)
+    except json.JSONDecodeError:
+        caller.fail("failed")
+    return caller, result
 
 
 @contextlib.contextmanager
@@ -234,14 +230,14 @@ def through_processes(collector: Collector) -> Iterator[tuple[dict[str, Any], Sp
     contexts and the engine's routing span once exported, with all three still running."""
     with serve(["--log-level", "warn"], env=exporting_to(collector)) as engine:
         sdk_env = {"OTEL_SERVICE_NAME": "iii-sdk-test"}
-        worker = SdkWorker(engine.url, sdk_env)
+        worker = sdk_worker(engine.url, sdk_env)
         try:
-            caller = SdkCaller(engine.url, sdk_env)
+            caller, result = sdk_caller(engine.url, sdk_env)
             try:
                 routing = wait_until(
                     lambda: collector.find("call traced::step"), 20, "the engine's routing span"
                 )
-                yield caller.result, routing
+                yield result, routing
             finally:
                 caller.stop()
         finally:
