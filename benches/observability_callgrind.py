@@ -3,13 +3,15 @@ with metrics on plus tracing at a 1% sample exporting to a collector that discar
 callgrind: deterministic where the calls/s of E1's observability row (benches/routing.py) swing by
 more than the 5% the cost may be on a shared 2-core machine.
 
-    python benches/observability_callgrind.py [--calls 2000]
+    python benches/observability_callgrind.py [--calls 2000] [--concurrency 64]
 
 Needs valgrind and the load generator (``cargo build --release -p fnmesh-benches --bin
 fnmesh-loadgen``). Not part of CI or ``make bench``: a run takes minutes under valgrind. The
 method is ``benches/liveness_callgrind.py``'s (one caller, one ``fnmesh-loadgen worker``, a warm-up
-batch, then ``--calls`` calls one at a time counted with instrumentation on), with no idle
-connections and the observability settings of each row.
+batch, then ``--calls`` calls counted with instrumentation on), with no idle connections, the
+observability settings of each row, and ``--concurrency`` calls in flight (64, E1's row; under
+valgrind the engine's threads run one at a time, so batching differs from a real run, but the
+work per call is what is counted).
 
 Prints a Markdown table and writes ``benches/results/observability_callgrind.json``.
 """
@@ -28,7 +30,7 @@ from typing import Any
 
 import benchkit
 from benchkit import BenchError
-from liveness_callgrind import VALGRIND_START_TIMEOUT_S, engine_argv, with_idle
+from liveness_callgrind import VALGRIND_START_TIMEOUT_S, control, engine_argv, totals
 
 ROWS = {
     "off": ("metrics and tracing off", ["--no-metrics"], ""),
@@ -58,7 +60,32 @@ def discarding_collector() -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def measure(row: str, calls: int, tmp: Path, collector: str) -> dict[str, Any]:
+async def count(
+    procs: benchkit.Processes, pid: int, url: str, calls: int, concurrency: int, out: Path
+) -> dict[str, Any]:
+    await asyncio.to_thread(benchkit.start_loadgen_worker, procs, url, out.parent / f"worker.{out.name}.log")
+    caller = ["--url", url, "--concurrency", str(concurrency), "--connections", "1", "--warmup", "0s"]
+    await asyncio.to_thread(benchkit.run_loadgen, procs, ["call", *caller, "--count", "500"], 300)
+    control("-i", "on", str(pid))
+    report = await asyncio.to_thread(
+        benchkit.run_loadgen, procs, ["call", *caller, "--count", str(calls)], 600
+    )
+    control("-i", "off", str(pid))
+    control("-d", str(pid))
+    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise BenchError("callgrind wrote no dump")
+    total, _ = totals(dumps[-1])
+    return {
+        "calls": calls,
+        "concurrency": concurrency,
+        "ok": report["calls"],
+        "errors": report["errors"],
+        "instructions_per_call": total / calls,
+    }
+
+
+def measure(row: str, calls: int, concurrency: int, tmp: Path, collector: str) -> dict[str, Any]:
     _, extra_args, extra_config = ROWS[row]
     out = tmp / f"callgrind.{row}.out"
     config = tmp / f"engine.{row}.toml"
@@ -82,22 +109,28 @@ def measure(row: str, calls: int, tmp: Path, collector: str) -> dict[str, Any]:
             time.sleep(0.2)
         if url is None:
             raise BenchError(f"the engine under valgrind did not start:\n{log.read_text(errors='replace')}")
-        return asyncio.run(with_idle(procs, engine.pid, url, 0, calls, out, tmp))
+        return asyncio.run(count(procs, engine.pid, url, calls, concurrency, out))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     env = benchkit.environment()
     server, collector = discarding_collector()
     try:
         with tempfile.TemporaryDirectory() as folder:
-            results = {row: measure(row, args.calls, Path(folder), collector) for row in ROWS}
+            results = {
+                row: measure(row, args.calls, args.concurrency, Path(folder), collector) for row in ROWS
+            }
     finally:
         server.shutdown()
     base = results["off"]["instructions_per_call"]
-    print(benchkit.header("E1 observability cost in instructions per routed call (callgrind)", env, []))
+    title = (
+        f"E1 observability cost in instructions per routed call at {args.concurrency} in flight (callgrind)"
+    )
+    print(benchkit.header(title, env, []))
     rows = [
         [
             ROWS[row][0],
