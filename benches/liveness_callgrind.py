@@ -108,41 +108,45 @@ def totals(out: Path) -> tuple[int, dict[str, int]]:
     return total, by_function
 
 
+def start_under_valgrind(procs: Processes, argv: list[str], log: Path) -> tuple[int, str]:
+    """Starts ``argv`` (an ``engine_argv``) with its stderr in ``log``; its pid and worker URL
+    once it has printed it."""
+    with log.open("w", encoding="utf-8") as log_file:
+        engine = procs.start(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+    deadline = time.monotonic() + VALGRIND_START_TIMEOUT_S
+    while time.monotonic() < deadline and engine.poll() is None:
+        found = benchkit.ENGINE_URL_LINE.search(log.read_text(errors="replace"))
+        if found:
+            return engine.pid, found.group(1)
+        time.sleep(0.2)
+    raise BenchError(f"the engine under valgrind did not start:\n{log.read_text(errors='replace')}")
+
+
 def measure(idle: int, calls: int, tmp: Path) -> dict[str, Any]:
     out = tmp / f"callgrind.{idle}.out"
     config = tmp / "engine.toml"
     config.write_text("ping_interval_ms = 600000\npeer_timeout_ms = 1200000\n", encoding="utf-8")
     with benchkit.managed() as procs:
-        log = tmp / f"engine.{idle}.log"
-        log_file = log.open("w", encoding="utf-8")
-        try:
-            engine = procs.start(
-                engine_argv(out, config), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
-            )
-        finally:
-            log_file.close()
-        deadline = time.monotonic() + VALGRIND_START_TIMEOUT_S
-        url = None
-        while time.monotonic() < deadline and engine.poll() is None:
-            found = benchkit.ENGINE_URL_LINE.search(log.read_text(errors="replace"))
-            if found:
-                url = found.group(1)
-                break
-            time.sleep(0.2)
-        if url is None:
-            raise BenchError(f"the engine under valgrind did not start:\n{log.read_text(errors='replace')}")
-        return asyncio.run(with_idle(procs, engine.pid, url, idle, calls, out, tmp))
+        pid, url = start_under_valgrind(procs, engine_argv(out, config), tmp / f"engine.{idle}.log")
+        return asyncio.run(with_idle(procs, pid, url, idle, calls, out, tmp))
 
 
 async def with_idle(
-    procs: Processes, pid: int, url: str, idle: int, calls: int, out: Path, tmp: Path
+    procs: Processes,
+    pid: int,
+    url: str,
+    idle: int,
+    calls: int,
+    out: Path,
+    tmp: Path,
+    concurrency: int = 1,
 ) -> dict[str, Any]:
     opened, stop = asyncio.Event(), asyncio.Event()
     holder = asyncio.create_task(hold_idle(url, idle, opened, stop))
     try:
         await asyncio.wait_for(opened.wait(), VALGRIND_START_TIMEOUT_S)
         await asyncio.to_thread(benchkit.start_loadgen_worker, procs, url, tmp / f"worker.{idle}.log")
-        caller = ["--url", url, "--concurrency", "1", "--connections", "1", "--warmup", "0s"]
+        caller = ["--url", url, "--concurrency", str(concurrency), "--connections", "1", "--warmup", "0s"]
         await asyncio.to_thread(benchkit.run_loadgen, procs, ["call", *caller, "--count", "500"], 300)
         control("-i", "on", str(pid))
         report = await asyncio.to_thread(
@@ -163,6 +167,7 @@ async def with_idle(
     liveness = sum(v for k, v in by_function.items() if PER_FRAME_LIVENESS.search(k))
     return {
         "idle_connections": idle,
+        "concurrency": concurrency,
         "engine_sockets_after": sockets,
         "calls": calls,
         "ok": report["calls"],

@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import tempfile
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import benchkit
-from benchkit import BenchError
-from liveness_callgrind import VALGRIND_START_TIMEOUT_S, control, engine_argv, totals
+from liveness_callgrind import engine_argv, start_under_valgrind, with_idle
+from routing import discarding_collector
 
 ROWS = {
     "off": ("metrics and tracing off", ["--no-metrics"], ""),
@@ -44,72 +40,15 @@ ROWS = {
 BASE_CONFIG = "ping_interval_ms = 600000\npeer_timeout_ms = 1200000\n"
 
 
-def discarding_collector() -> tuple[ThreadingHTTPServer, str]:
-    class Discard(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length", "0")))
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Discard)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-async def count(
-    procs: benchkit.Processes, pid: int, url: str, calls: int, concurrency: int, out: Path
-) -> dict[str, Any]:
-    await asyncio.to_thread(benchkit.start_loadgen_worker, procs, url, out.parent / f"worker.{out.name}.log")
-    caller = ["--url", url, "--concurrency", str(concurrency), "--connections", "1", "--warmup", "0s"]
-    await asyncio.to_thread(benchkit.run_loadgen, procs, ["call", *caller, "--count", "500"], 300)
-    control("-i", "on", str(pid))
-    report = await asyncio.to_thread(
-        benchkit.run_loadgen, procs, ["call", *caller, "--count", str(calls)], 600
-    )
-    control("-i", "off", str(pid))
-    control("-d", str(pid))
-    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
-    if not dumps:
-        raise BenchError("callgrind wrote no dump")
-    total, _ = totals(dumps[-1])
-    return {
-        "calls": calls,
-        "concurrency": concurrency,
-        "ok": report["calls"],
-        "errors": report["errors"],
-        "instructions_per_call": total / calls,
-    }
-
-
 def measure(row: str, calls: int, concurrency: int, tmp: Path, collector: str) -> dict[str, Any]:
     _, extra_args, extra_config = ROWS[row]
     out = tmp / f"callgrind.{row}.out"
     config = tmp / f"engine.{row}.toml"
     config.write_text(BASE_CONFIG + extra_config.format(collector=collector), encoding="utf-8")
     with benchkit.managed() as procs:
-        log = tmp / f"engine.{row}.log"
-        with log.open("w", encoding="utf-8") as log_file:
-            engine = procs.start(
-                [*engine_argv(out, config), *extra_args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-        deadline = time.monotonic() + VALGRIND_START_TIMEOUT_S
-        url = None
-        while time.monotonic() < deadline and engine.poll() is None:
-            found = benchkit.ENGINE_URL_LINE.search(log.read_text(errors="replace"))
-            if found:
-                url = found.group(1)
-                break
-            time.sleep(0.2)
-        if url is None:
-            raise BenchError(f"the engine under valgrind did not start:\n{log.read_text(errors='replace')}")
-        return asyncio.run(count(procs, engine.pid, url, calls, concurrency, out))
+        argv = [*engine_argv(out, config), *extra_args]
+        pid, url = start_under_valgrind(procs, argv, tmp / f"engine.{row}.log")
+        return asyncio.run(with_idle(procs, pid, url, 0, calls, out, tmp, concurrency))
 
 
 def main() -> int:
@@ -118,14 +57,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     env = benchkit.environment()
-    server, collector = discarding_collector()
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            results = {
-                row: measure(row, args.calls, args.concurrency, Path(folder), collector) for row in ROWS
-            }
-    finally:
-        server.shutdown()
+    collector = discarding_collector()
+    with tempfile.TemporaryDirectory() as folder:
+        results = {row: measure(row, args.calls, args.concurrency, Path(folder), collector) for row in ROWS}
     base = results["off"]["instructions_per_call"]
     title = (
         f"E1 observability cost in instructions per routed call at {args.concurrency} in flight (callgrind)"
