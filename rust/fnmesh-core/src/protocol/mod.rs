@@ -33,7 +33,7 @@ mod tests;
 /// The table of wire error codes (it lives in [`crate::error::codes`]).
 pub use crate::error::codes;
 pub use crate::error::codes::{ErrorCode, UnknownErrorCode};
-pub use decode::{decode, decode_limited};
+pub use decode::{decode, decode_limited, decode_text};
 pub use frame::{is_blank, telemetry_frame, TelemetryKind};
 pub use messages::{
     ErrorBody, ErrorFrame, HttpAuth, HttpInvocationRef, HttpMethod, InvocationResult,

@@ -260,3 +260,40 @@ fn many_unique_unknown_keys_decode_in_linear_time() {
         .expect("a frame of 200k unknown keys decodes within a minute");
     assert_eq!(decoded.unwrap(), 200_000);
 }
+
+#[test]
+fn text_and_byte_decoding_agree() {
+    // `decode_text` (the engine's reader: frames already checked as UTF-8) and `decode` must
+    // read every frame alike, errors included.
+    let frames = [
+        r#"{"type":"invokefunction","invocation_id":"i-1","function_id":"a.b","data":{"x":"é✓","y":[1,2]}}"#,
+        r#"{"type":"invocationresult","invocation_id":"i-1","function_id":"a.b","result":{"ok":true},"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#,
+        r#"{"type":"invocationresult","invocation_id":"i","function_id":"f","error":{"code":"x","message":"m"}}"#,
+        r#"{"type":"invoke\u0066unction","function_id":"f"}"#,
+        r#"{"function_id":"f","type":"invokefunction"}"#,
+        r#"{"type":"registerfunction","id":"f","description":"d","metadata":{"k":1},"future_field":[1]}"#,
+        r#"{"type":"unregisterfunction","id":"a","id":"b","x":1,"x":2}"#,
+        r#"{"type":"ping"}"#,
+        r#"{"type":"mystery","a":1}"#,
+        r#"{"type":null,"id":"a"}"#,
+        r#"{"type":5}"#,
+        r#"{"id":"a"}"#,
+        r#"{"type":"invokefunction"}"#,
+        r#"{"type":"invokefunction","function_id":"f","data":}"#,
+        r#"[1,2]"#,
+        r#"{"type":"error","error":{"code":"c","message":"m"}}"#,
+        "  {\"type\":\"pong\"}  ",
+    ];
+    for frame in frames {
+        assert_eq!(
+            format!("{:?}", decode(frame.as_bytes())),
+            format!("{:?}", super::decode_text(frame)),
+            "{frame}"
+        );
+    }
+    assert!(matches!(
+        super::decode_text(r#"{"type":"invoke\u0066unction","function_id":"f"}"#),
+        Ok(Message::InvokeFunction(_))
+    ));
+    assert!(super::decode_text(r#"{"type":5}"#).is_err());
+}
