@@ -18,7 +18,9 @@ fn pending(c: &mut Criterion) {
         b.iter(|| {
             let id = &ids[i & 1023];
             i += 1;
-            table.insert(id, 7u64, Duration::from_secs(300)).unwrap();
+            table
+                .insert(id.as_str(), 7u64, Duration::from_secs(300))
+                .unwrap();
             black_box(table.take(id));
         })
     });
@@ -26,7 +28,7 @@ fn pending(c: &mut Criterion) {
         let table = PendingTable::new();
         for k in 0..n {
             table
-                .insert(&format!("id-{k}"), k, Duration::from_secs(300))
+                .insert(format!("id-{k}"), k, Duration::from_secs(300))
                 .unwrap();
         }
         group.bench_with_input(BenchmarkId::new("sweep_none_expired", n), &table, |b, t| {

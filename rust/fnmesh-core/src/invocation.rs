@@ -3,6 +3,7 @@
 //! the engine makes on the way (`_caller_worker_id`, section 4.5).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -31,7 +32,10 @@ struct Entry<T> {
 /// `T` is whatever the dispatcher needs to finish the call: who waits for the answer, which
 /// connection runs it, the replica lease to release.
 pub struct PendingTable<T> {
-    entries: DashMap<Box<str>, Entry<T>>,
+    // NOTE: `Arc<str>` keys: the engine parks a call under the id it already holds as an
+    // `Arc<str>`, so parking allocates nothing for the key (a `Box<str>` key cost one
+    // allocation and copy per routed call).
+    entries: DashMap<Arc<str>, Entry<T>>,
     inserted: AtomicU64,
 }
 
@@ -52,7 +56,7 @@ impl<T> PendingTable<T> {
 
     /// Parks `value` under `id` until it is taken or `timeout` passes. Gives the value back if
     /// the id is already pending (a caller reusing an id must not steal another call's reply).
-    pub fn insert(&self, id: &str, value: T, timeout: Duration) -> Result<(), T> {
+    pub fn insert(&self, id: impl Into<Arc<str>>, value: T, timeout: Duration) -> Result<(), T> {
         let deadline = Instant::now() + timeout;
         match self.entries.entry(id.into()) {
             dashmap::Entry::Occupied(_) => Err(value),
@@ -91,8 +95,8 @@ impl<T> PendingTable<T> {
     }
 
     /// Removes every entry `select` picks (a connection went away), returning them.
-    pub fn drain_where(&self, mut select: impl FnMut(&T) -> bool) -> Vec<(Box<str>, T)> {
-        let ids: Vec<Box<str>> = self
+    pub fn drain_where(&self, mut select: impl FnMut(&T) -> bool) -> Vec<(Arc<str>, T)> {
+        let ids: Vec<Arc<str>> = self
             .entries
             .iter()
             .filter(|e| select(&e.value().value))
@@ -104,8 +108,8 @@ impl<T> PendingTable<T> {
     }
 
     /// Removes every entry whose deadline is at or before `now`, returning them.
-    pub fn expired(&self, now: Instant) -> Vec<(Box<str>, T)> {
-        let ids: Vec<Box<str>> = self
+    pub fn expired(&self, now: Instant) -> Vec<(Arc<str>, T)> {
+        let ids: Vec<Arc<str>> = self
             .entries
             .iter()
             .filter(|e| e.value().deadline <= now)
@@ -145,15 +149,24 @@ pub fn inject_caller_worker_id(data: &RawValue, worker_id: &str) -> Option<RawJs
     let text = data.get().trim_matches(|c: char| c.is_ascii_whitespace());
     let inner = text.strip_prefix('{')?.strip_suffix('}')?;
     let empty = inner.bytes().all(|b| b.is_ascii_whitespace());
-    let id = serde_json::to_string(worker_id).ok()?;
-    let mut out = String::with_capacity(text.len() + id.len() + 24);
+    let mut out = String::with_capacity(text.len() + worker_id.len() + 26);
     out.push('{');
     if !empty {
         out.push_str(inner);
         out.push(',');
     }
     out.push_str("\"_caller_worker_id\":");
-    out.push_str(&id);
+    // The engine's connection ids need no escaping; anything else goes through serde_json.
+    if worker_id
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\')
+    {
+        out.push_str(&serde_json::to_string(worker_id).ok()?);
+    } else {
+        out.push('"');
+        out.push_str(worker_id);
+        out.push('"');
+    }
     out.push('}');
     // The splice keeps valid JSON valid; from_string only re-checks it.
     RawValue::from_string(out).ok()
@@ -179,6 +192,16 @@ mod tests {
                 inject_caller_worker_id(&raw(not_object), "w").is_none(),
                 "{not_object}"
             );
+        }
+    }
+
+    #[test]
+    fn an_id_that_needs_escaping_is_escaped() {
+        for id in ["a\"b", "back\\slash", "line\nbreak", "tab\there", "é✓"] {
+            let out = inject_caller_worker_id(&raw(r#"{"a":1}"#), id).unwrap();
+            let v: Value = serde_json::from_str(out.get()).unwrap();
+            assert_eq!(v["_caller_worker_id"], id, "{id}");
+            assert_eq!(v["a"], 1);
         }
     }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fnmesh_core::server::{Connection, ConnectionHandler, SendError, Server, ServerConfig};
+use fnmesh_core::server::{Connection, ConnectionHandler, Frame, SendError, Server, ServerConfig};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,8 +37,8 @@ impl ConnectionHandler for Recorder {
         let _ = self.tx.send(Event::Connect(conn.clone()));
     }
 
-    fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]) {
-        let text = String::from_utf8(frame.to_vec()).expect("frames handed over are UTF-8");
+    fn on_frame(&self, conn: &Arc<Connection>, frame: &Frame) {
+        let text = frame.as_str().to_owned();
         let _ = self.tx.send(Event::Frame(conn.id().to_string(), text));
     }
 

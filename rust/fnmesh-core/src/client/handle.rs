@@ -90,7 +90,7 @@ impl Client {
             if self
                 .inner
                 .pending
-                .insert(&invocation_id, pending, timeout)
+                .insert(invocation_id.as_str(), pending, timeout)
                 .is_err()
             {
                 // A fresh v4 UUID colliding with a pending one: practically impossible.

@@ -18,7 +18,7 @@ use crate::meter::{CallOutcome, FunctionStats};
 use crate::protocol::ErrorCode;
 use crate::protocol::{InvocationResult, InvokeFunction, Message, RawJson};
 use crate::registry::{check_namespace, Lease, DEFAULT_NAMESPACE};
-use crate::server::Connection;
+use crate::server::{Connection, Frame};
 use crate::telemetry::spans;
 
 /// Who waits for a call's outcome.
@@ -180,7 +180,10 @@ impl Shared {
             return;
         };
         let target = lease.handler().clone();
-        let id: Arc<str> = Arc::from(invocation_id.unwrap_or_else(uuid));
+        // The id as text goes into the frame to a worker; the `Arc` is shared by the pending
+        // table and the reply (one allocation for both).
+        let id_text = invocation_id.unwrap_or_else(uuid);
+        let id: Arc<str> = Arc::from(id_text.as_str());
         let timeout = timeout.unwrap_or(self.config.invocation_timeout);
         let span =
             spans::start_invocation(&self.tracer, &function_id, ns, &id, traceparent.as_deref());
@@ -208,7 +211,7 @@ impl Shared {
                 .map(|at| (at, ns.to_owned())),
             span,
         };
-        if let Err(pending) = self.pending.insert(&id, pending, timeout) {
+        if let Err(pending) = self.pending.insert(id.clone(), pending, timeout) {
             self.fail(
                 pending.caller,
                 Some(&id),
@@ -230,7 +233,7 @@ impl Shared {
                     function_id[function_id.len() - local..].to_owned()
                 };
                 let frame = Message::InvokeFunction(InvokeFunction {
-                    invocation_id: Some(id.to_string()),
+                    invocation_id: Some(id_text),
                     function_id,
                     data: Some(data),
                     traceparent,
@@ -344,7 +347,7 @@ impl Shared {
         &self,
         from: &Arc<WorkerState>,
         result: InvocationResult,
-        frame: &[u8],
+        frame: &Frame,
     ) {
         let from_id = from.conn.id();
         let Some(mut pending) = self.pending.take_if(&result.invocation_id, |p| {
@@ -368,7 +371,7 @@ impl Shared {
                     self.recent
                         .finish(Some(*started), &pending.function_id, ns, code);
                 }
-                let _ = conn.send(frame.to_vec());
+                let _ = conn.forward(frame);
             }
             _ => {
                 let outcome = match result.error {

@@ -27,15 +27,15 @@ use crate::protocol::{
     WorkerRegistered,
 };
 use crate::registry::{check_namespace, FunctionDef, FunctionKind, DEFAULT_NAMESPACE};
-use crate::server::{BoxFuture, Connection, ConnectionHandler};
+use crate::server::{BoxFuture, Connection, ConnectionHandler, Frame};
 use crate::triggers::TriggerType;
 
 impl Shared {
-    fn on_frame(&self, ws: &Arc<WorkerState>, frame: &[u8]) {
-        if protocol::is_blank(frame) {
+    fn on_frame(&self, ws: &Arc<WorkerState>, frame: &Frame) {
+        if protocol::is_blank(frame.as_bytes()) {
             return;
         }
-        let message = match protocol::decode(frame) {
+        let message = match protocol::decode_text(frame.as_str()) {
             Ok(message) => message,
             Err(e) => {
                 warn!(worker = %ws.conn.id(), "ignoring a frame: {e}");
@@ -685,7 +685,7 @@ impl ConnectionHandler for Handler {
         self.shared.connection_closed(reason);
     }
 
-    fn on_frame(&self, conn: &Arc<Connection>, frame: &[u8]) {
+    fn on_frame(&self, conn: &Arc<Connection>, frame: &Frame) {
         let Some(ws) = self.shared.conns.get(conn.id()).map(|w| w.clone()) else {
             return; // retired by a reattach; its frames no longer count
         };

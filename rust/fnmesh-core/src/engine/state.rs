@@ -119,7 +119,11 @@ pub(crate) struct Shared {
     pub(crate) trigger_types: TriggerTypeRegistry<Provider>,
     pub(crate) bindings: TriggerBindingRegistry,
     pub(crate) workers: WorkerRegistry,
-    pub(crate) conns: DashMap<Arc<str>, Arc<WorkerState>>,
+    // NOTE: foldhash, not SipHash: the reader looks its connection up for every frame (two per
+    // routed call), and the keys are ids the engine made (never a peer's choice, so no
+    // collision attack): 704 -> 402 instructions per routed call (docs/architecture.md, "The
+    // hot path"). The pending table keeps SipHash: its keys are invocation ids callers choose.
+    pub(crate) conns: DashMap<Arc<str>, Arc<WorkerState>, crate::registry::Hasher>,
     pub(super) pending: PendingTable<Pending>,
     pub(crate) acks: DashMap<String, oneshot::Sender<Option<ErrorBody>>>,
     pub(super) me: Weak<Shared>,
