@@ -12,6 +12,7 @@
 //!
 //! # the one-hop floor: answers every invokefunction itself; `call` runs against it unchanged
 //! fnmesh-loadgen echo --addr 127.0.0.1:0          # prints `listening ws://127.0.0.1:PORT`
+//! fnmesh-loadgen relay --addr 127.0.0.1:0 --upstream ws://ECHO  # two hops, frames unread
 //!
 //! # the closed loop over HTTP/1.1 keep-alive (an HTTP trigger, or any HTTP server)
 //! fnmesh-loadgen http --url http://127.0.0.1:3111/echo [--method POST]
@@ -32,7 +33,7 @@ use std::time::Duration;
 use fnmesh_benches::loadgen::args::Args;
 use fnmesh_benches::loadgen::call::{self, CallOptions};
 use fnmesh_benches::loadgen::http::{self, HttpOptions, Target};
-use fnmesh_benches::loadgen::{echo, wire, worker};
+use fnmesh_benches::loadgen::{echo, relay, wire, worker};
 
 const USAGE: &str = "\
 usage:
@@ -41,6 +42,7 @@ usage:
                         [--concurrency 64] [--connections 4] [--duration 5s | --count N]
                         [--warmup 1s] [--timeout 30s] [--threads N]
   fnmesh-loadgen echo   --addr 127.0.0.1:0
+  fnmesh-loadgen relay  --addr 127.0.0.1:0 --upstream ws://HOST:PORT
   fnmesh-loadgen http   --url http://HOST:PORT/PATH [--method POST]
                         [--body JSON | --payload-bytes 64] [--concurrency 64]
                         [--connections C] [--duration 5s | --count N] [--warmup 1s]
@@ -54,6 +56,7 @@ enum Mode {
     Worker { url: String, connections: usize },
     Call(CallOptions),
     Echo { addr: String },
+    Relay { addr: String, upstream: String },
     Http(HttpOptions),
 }
 
@@ -115,6 +118,10 @@ fn parse(mut args: Args) -> Result<(Mode, Option<usize>), String> {
         }
         "echo" => Mode::Echo {
             addr: args.take("addr")?.unwrap_or_else(|| "127.0.0.1:0".into()),
+        },
+        "relay" => Mode::Relay {
+            addr: args.take("addr")?.unwrap_or_else(|| "127.0.0.1:0".into()),
+            upstream: args.take("upstream")?.ok_or("relay needs --upstream")?,
         },
         "http" => {
             let target = Target::parse(&args.take("url")?.ok_or("http needs --url")?)?;
@@ -195,6 +202,7 @@ fn main() {
         match mode {
             Mode::Worker { url, connections } => worker::run(&url, connections).await,
             Mode::Echo { addr } => echo::run(&addr).await,
+            Mode::Relay { addr, upstream } => relay::run(&addr, &upstream).await,
             Mode::Call(opts) => print_report(&call::run(opts).await),
             Mode::Http(opts) => print_report(&http::run(opts).await),
         }
