@@ -2,30 +2,14 @@
 //! as the result. One hop, no routing: the floor an engine's two hops are compared with.
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::wire::{self, fatal, Frame};
+use super::wire::{self, Frame};
 
 /// Binds `addr` (port 0 picks a free one), prints `listening ws://ADDR`, serves until killed.
 pub async fn run(addr: &str) {
-    let listener = TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| fatal(&format!("cannot listen on {addr}: {e}")));
-    let local = listener
-        .local_addr()
-        .unwrap_or_else(|e| fatal(&format!("cannot read the bound address: {e}")));
-    println!("listening ws://{local}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(stream));
-            }
-            Err(e) => eprintln!("fnmesh-loadgen: accept failed: {e}"),
-        }
-    }
+    wire::serve_forever(addr, serve).await;
 }
 
 /// The reply to one frame, if it needs one.

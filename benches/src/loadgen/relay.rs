@@ -5,31 +5,15 @@
 //! an engine's latency is judged against at one call in flight (E1, `benches/routing.py`).
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::wire::{self, fatal, Ws};
+use super::wire::{self, Ws};
 
 /// Binds `addr` (port 0 picks a free one), prints `listening ws://ADDR`, and relays each
 /// accepted connection to `upstream` until killed.
 pub async fn run(addr: &str, upstream: &str) {
-    let listener = TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| fatal(&format!("cannot listen on {addr}: {e}")));
-    let local = listener
-        .local_addr()
-        .unwrap_or_else(|e| fatal(&format!("cannot read the bound address: {e}")));
-    println!("listening ws://{local}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(stream, upstream.to_owned()));
-            }
-            Err(e) => eprintln!("fnmesh-loadgen: accept failed: {e}"),
-        }
-    }
+    wire::serve_forever(addr, |stream| serve(stream, upstream.to_owned())).await;
 }
 
 // NOTE: one task owns both sockets (no split, no channel, no wake-up between tasks): the

@@ -193,6 +193,32 @@ pub fn padded_payload(size: usize) -> String {
     s
 }
 
+/// Binds `addr` (port 0 picks a free one), prints `listening ws://ADDR`, then hands every accepted
+/// connection to `serve` on a task of its own, until killed (the `echo` and `relay` servers).
+pub async fn serve_forever<F, Fut>(addr: &str, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| fatal(&format!("cannot listen on {addr}: {e}")));
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|e| fatal(&format!("cannot read the bound address: {e}")));
+    println!("listening ws://{local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream));
+            }
+            Err(e) => eprintln!("fnmesh-loadgen: accept failed: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
