@@ -53,17 +53,27 @@ const MAX_BATCH: usize = 1024;
 
 // NOTE: the loop watches this wake socket itself. Before, a bridge thread blocked on the channel,
 // took the GIL, built the batch and woke the loop with `call_soon_threadsafe`: two thread wakes
-// and a GIL hand-off per batch. A/B on the shared 2-core machine (issue 22; old wheel, then this
-// one, alternated; loaded by other builds and benches, so the ratios swing by round):
-// - E4 at C=1, `fnmesh run benches/workers/fnmesh_http.py` + `fnmesh-loadgen http`, 5 rounds of
-//   3 s: voluntary context switches of the server 5.5-6.1 -> 3.4-4.3 per request, its CPU
-//   119-177 -> 99-139 us per request, p50 125/162/180/138/136 -> 110/111/135/139/132 us.
-// - benches/http_trigger.py --quick, fnmesh/FastAPI at C=1 (C=64) per round: old 1.26x (3.61x),
-//   1.51x (3.75x), 1.25x (2.86x), 1.29x (2.83x), 1.09x (3.41x), 1.41x (3.12x), 1.37x (4.58x);
-//   new 1.11x (3.98x), 1.10x (3.84x), 0.99x (4.34x), 1.22x (3.29x), 1.13x (2.94x), 1.04x (3.59x),
-//   1.25x (3.16x): fnmesh's p50 median 156 -> 150 us, FastAPI's 180 -> 173 us: noise.
-// - E2 worker (benches/workers/fnmesh_echo.py, C=64, 3 s): 52.6k/51.4k/57.6k -> 73.1k/64.9k/
-//   66.8k calls/s, its voluntary context switches 0.20-0.23 -> 0.08-0.18 per call.
+// and a GIL hand-off per batch. A/B on the shared 2-core machine (issue 22; old wheel and this
+// one alternated, the machine loaded by others, so single rounds swing):
+// - E4 at C=1 alone (`fnmesh run benches/workers/fnmesh_http.py`, `fnmesh-loadgen http` 3 s),
+//   11 rounds each: p50 median 158 -> 111 us (last 6 paired rounds: 153/193/186/158/127/198
+//   -> 109/156/158/111/108/109 us, 5.1-6.6k -> 6.2-8.8k req/s); the server's voluntary context
+//   switches 5.5-6.4 -> 3.3-5.6 per request, its CPU 119-177 -> 90-143 us per request.
+// - benches/http_trigger.py --quick, fnmesh/FastAPI req/s at C=1 (C=64), 13 rounds each: old
+//   1.26 (3.61), 1.51 (3.75), 1.25 (2.86), 1.29 (2.83), 1.09 (3.41), 1.41 (3.12), 1.37 (4.58),
+//   1.09 (3.50), 1.09 (2.86), 0.96 (3.20), 1.15 (3.33), 0.84 (3.37), 0.92 (3.37): medians
+//   1.15 (3.37), fnmesh p50 158 us; new 1.11 (3.98), 1.10 (3.84), 0.99 (4.34), 1.22 (3.29),
+//   1.13 (2.94), 1.04 (3.59), 1.25 (3.16), 0.90 (3.08), 0.86 (2.64), 0.69 (3.07), 1.38 (3.24),
+//   1.09 (3.23), 1.16 (2.59): medians 1.10 (3.23), p50 150 us. Noise: the ratio is a mean
+//   over 2 s, FastAPI's p50 swung 168-193 us, the worst rounds had 1.3-3.6 ms p99s (both).
+// - An embedded round trip (a call from the loop to a function on the same bridge: two
+//   crossings), one at a time: p50 80-113 -> 38-48 us (asyncio and uvloop).
+// - E2 worker (benches/workers/fnmesh_echo.py, 3 s): C=64 51-58k -> 65-73k calls/s; C=1
+//   4.4-5.4k -> 4.8-6.7k calls/s at 62-95 instead of 104-136 us of worker CPU per call.
+// - Spinning the HTTP task on its reply before parking (an experiment, not kept): 100 us takes
+//   E4 C=1 from 3.7-5.5 to 3.0-3.1 context switches per request but costs 10-33 us more CPU per
+//   request and no latency on 2 shared cores; 30 and 60 us changed nothing measurable. None of
+//   it spins when idle (0-1 tick of CPU in 2 idle s either way).
 // A Python model of the wake alone (a sender thread, an idle loop, p50 from send to callback;
 // asyncio / uvloop): a socketpair byte 13 / 10 us, an eventfd 10 / 11 us, a thread woken that
 // then calls `call_soon_threadsafe` 49 / 27 us. The two fds cost the same, so a socketpair:
