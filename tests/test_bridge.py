@@ -3,7 +3,8 @@ bridge"): the loop watches a wake socket and drains what the engine queued for i
 Work queued before the loop runs is dispatched once it runs, an abandonment comes after its call,
 a burst larger than one batch is all dispatched, closing dispatches what is queued and drops what
 comes later, and start/stop cycles leave no file descriptor behind. Every test runs on plain
-asyncio and, when it is installed, on uvloop."""
+asyncio, on a loop without ``add_reader`` (woken from a thread) and, when it is installed, on
+uvloop."""
 
 from __future__ import annotations
 
@@ -36,7 +37,19 @@ try:
 except ImportError:  # pragma: no cover - uvloop is optional
     uvloop = None  # type: ignore[assignment]
 
-LOOPS: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+
+class NoReaderLoop(asyncio.SelectorEventLoop):
+    """A loop without ``add_reader``, as Windows' proactor loop: the bridge wakes it from a
+    thread instead."""
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        raise NotImplementedError
+
+
+LOOPS: list[Any] = [
+    pytest.param(asyncio.new_event_loop, id="asyncio"),
+    pytest.param(NoReaderLoop, id="no-add_reader"),
+]
 if uvloop is not None:
     LOOPS.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
 
@@ -101,11 +114,6 @@ def close_on(loop: asyncio.AbstractEventLoop, bridge: _native.Bridge) -> None:
         bridge.close()
 
     loop.run_until_complete(close())
-
-
-def test_the_loop_is_plain_asyncio_or_uvloop(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
-    loop = new_loop()
-    assert type(loop).__module__.split(".")[0] in ("asyncio", "uvloop")
 
 
 def test_work_queued_before_the_loop_runs_is_dispatched_once_it_runs(
@@ -254,21 +262,29 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
-def test_bridges_leave_no_file_descriptor_behind(
+def test_bridges_leave_no_file_descriptor_or_thread_behind(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
     loop = new_loop()
+    by_thread = isinstance(loop, NoReaderLoop)
 
     async def cycles() -> None:
-        before = open_fds()
+        fds, tasks = open_fds(), threads()
         for _ in range(200):
             bridge = _native.Bridge(loop, Recorder())
-            assert open_fds() > before
+            # A wake socket's two ends, or the thread that wakes a loop without add_reader.
+            assert (threads() > tasks) if by_thread else (open_fds() == fds + 2)
             bridge.close()
-        assert open_fds() == before
+            assert open_fds() == fds
+        # A waking thread ends once its bridge closed.
+        await wait_for(lambda: threads() == tasks, "the waking threads to end")
 
-    loop.run_until_complete(cycles())
+    run(loop, cycles())
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")

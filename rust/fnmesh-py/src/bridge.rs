@@ -78,12 +78,22 @@ const MAX_BATCH: usize = 1024;
 // asyncio / uvloop): a socketpair byte 13 / 10 us, an eventfd 10 / 11 us, a thread woken that
 // then calls `call_soon_threadsafe` 49 / 27 us. The two fds cost the same, so a socketpair:
 // std, no unsafe code, every Unix.
-/// Wakes the loop: a byte on the socket the loop watches, written only when no wake is pending.
+/// Wakes the loop, only when no wake is pending.
 struct Wake {
-    /// True from the write of a wake byte until the loop starts draining.
+    /// True from a wake until the loop starts draining.
     armed: AtomicBool,
-    /// The writing end; `None` once the bridge is closed, so no write can reach a reused fd.
-    writer: Mutex<Option<UnixStream>>,
+    /// `None` once the bridge is closed, so no write can reach a reused fd.
+    signal: Mutex<Option<Signal>>,
+}
+
+/// How the loop is woken.
+enum Signal {
+    /// A byte on the socket the loop watches (`loop.add_reader`).
+    #[cfg(unix)]
+    Socket(UnixStream),
+    /// A thread that schedules the drain with `call_soon_threadsafe`: for loops without
+    /// `add_reader` (Windows' proactor loop), as the bridge worked before (see the NOTE above).
+    Thread(std::sync::mpsc::Sender<()>),
 }
 
 impl Wake {
@@ -92,10 +102,18 @@ impl Wake {
         if self.armed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Ok(writer) = self.writer.lock() {
-            if let Some(mut writer) = writer.as_ref() {
+        if let Ok(signal) = self.signal.lock() {
+            match signal.as_ref() {
                 // A full buffer (never, with one byte per arming) still leaves the loop woken.
-                let _ = writer.write(&[1]);
+                #[cfg(unix)]
+                Some(Signal::Socket(writer)) => {
+                    let mut writer: &UnixStream = writer;
+                    let _ = writer.write(&[1]);
+                }
+                Some(Signal::Thread(tx)) => {
+                    let _ = tx.send(());
+                }
+                None => {}
             }
         }
     }
@@ -138,8 +156,8 @@ impl NativeFunction for PyFunction {
 struct Inner {
     rx: Mutex<mpsc::UnboundedReceiver<Work>>,
     wake: Arc<Wake>,
-    /// The end the loop watches; `None` once closed.
-    reader: Mutex<Option<UnixStream>>,
+    /// What the loop watches; `None` once closed.
+    reader: Mutex<Option<Watched>>,
     event_loop: Py<PyAny>,
     dispatch: Py<PyAny>,
     closed: AtomicBool,
@@ -171,7 +189,7 @@ impl Inner {
                 result = result.and(Err(e));
             }
         }
-        if !self.loop_closed(py) {
+        if let (Some(fd), false) = (fd, self.loop_closed(py)) {
             if let Err(e) = self.event_loop.call_method1(py, "remove_reader", (fd,)) {
                 result = result.and(Err(e));
             }
@@ -180,19 +198,25 @@ impl Inner {
         result
     }
 
-    /// Empties the wake socket; the fd, or `None` when closed.
-    fn drain_wake(&self) -> Option<i32> {
+    /// Empties the wake socket. `None` when closed, else the fd the loop watches, if any.
+    fn drain_wake(&self) -> Option<Option<i32>> {
         let reader = self.reader.lock().ok()?;
-        let mut reader = reader.as_ref()?;
-        let mut buf = [0u8; 64];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(n) if n == buf.len() => continue,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                _ => break,
+        match reader.as_ref()? {
+            #[cfg(unix)]
+            Watched::Socket(socket) => {
+                let mut socket = socket;
+                let mut buf = [0u8; 64];
+                loop {
+                    match socket.read(&mut buf) {
+                        Ok(n) if n == buf.len() => continue,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        _ => break,
+                    }
+                }
+                Some(Some(socket.as_raw_fd()))
             }
+            Watched::Nothing => Some(None),
         }
-        Some(reader.as_raw_fd())
     }
 
     fn take(&self, max: usize) -> Vec<Work> {
@@ -236,10 +260,11 @@ impl Inner {
             .unwrap_or(true)
     }
 
-    /// Closes both ends of the wake socket (the writer under its lock: no write is in flight).
+    /// Closes both ends of the wake socket (the writer under its lock: no write is in flight),
+    /// or ends the waking thread.
     fn shut(&self) {
-        if let Ok(mut writer) = self.wake.writer.lock() {
-            writer.take();
+        if let Ok(mut signal) = self.wake.signal.lock() {
+            signal.take();
         }
         if let Ok(mut reader) = self.reader.lock() {
             reader.take();
@@ -256,6 +281,51 @@ impl Ready {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         self.0.ready(py)
     }
+}
+
+/// The loop's end of the [`Signal`].
+enum Watched {
+    #[cfg(unix)]
+    Socket(UnixStream),
+    Nothing,
+}
+
+/// Watches a wake socket on the loop, or, when the loop has no `add_reader`, starts a thread
+/// that schedules `ready` on it.
+fn watch(py: Python<'_>, event_loop: &Py<PyAny>, ready: Py<Ready>) -> PyResult<(Signal, Watched)> {
+    #[cfg(unix)]
+    {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        match event_loop.call_method1(py, "add_reader", (reader.as_raw_fd(), ready.clone_ref(py))) {
+            Ok(_) => return Ok((Signal::Socket(writer), Watched::Socket(reader))),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyNotImplementedError>(py) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let event_loop = event_loop.clone_ref(py);
+    std::thread::Builder::new()
+        .name("fnmesh-bridge".into())
+        .spawn(move || wake_by_thread(rx, event_loop, ready))?;
+    Ok((Signal::Thread(tx), Watched::Nothing))
+}
+
+/// Schedules `ready` on the loop for every ring, until the bridge closes (drops the sender).
+fn wake_by_thread(rx: std::sync::mpsc::Receiver<()>, event_loop: Py<PyAny>, ready: Py<Ready>) {
+    while rx.recv().is_ok() {
+        while rx.try_recv().is_ok() {}
+        Python::attach(|py| {
+            let ready = ready.clone_ref(py);
+            if let Err(e) = event_loop.call_method1(py, "call_soon_threadsafe", (ready,)) {
+                // The loop is closed: what is queued stays until the bridge is dropped, which
+                // fails the invocations.
+                tracing::warn!("fnmesh bridge could not reach the event loop: {e}");
+            }
+        });
+    }
+    Python::attach(|_| drop((event_loop, ready)));
 }
 
 /// The bridge between the engine's tokio runtime and one asyncio loop.
@@ -281,26 +351,26 @@ impl Bridge {
     /// tuple or `None`. Work queued before the loop runs is dispatched once it runs.
     #[new]
     fn new(py: Python<'_>, event_loop: Py<PyAny>, dispatch: Py<PyAny>) -> PyResult<Bridge> {
-        let (reader, writer) = UnixStream::pair()?;
-        reader.set_nonblocking(true)?;
-        writer.set_nonblocking(true)?;
-        let fd = reader.as_raw_fd();
         let (tx, rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Wake {
             armed: AtomicBool::new(false),
-            writer: Mutex::new(Some(writer)),
+            signal: Mutex::new(None),
         });
         let inner = Arc::new(Inner {
             rx: Mutex::new(rx),
             wake: wake.clone(),
-            reader: Mutex::new(Some(reader)),
+            reader: Mutex::new(None),
             event_loop: event_loop.clone_ref(py),
             dispatch,
             closed: AtomicBool::new(false),
         });
         let ready = Py::new(py, Ready(inner.clone()))?;
-        // On failure `inner` is dropped here, closing both ends.
-        event_loop.call_method1(py, "add_reader", (fd, ready))?;
+        // On failure `inner` is dropped here, closing what was opened.
+        let (signal, watched) = watch(py, &event_loop, ready)?;
+        if let (Ok(mut slot), Ok(mut reader)) = (wake.signal.lock(), inner.reader.lock()) {
+            *slot = Some(signal);
+            *reader = Some(watched);
+        }
         Ok(Bridge {
             tx: BridgeSender { tx, wake },
             inner,
