@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -258,55 +259,103 @@ def test_closing_after_the_loop_closed_drops_the_work(engine: fnmesh.Engine) -> 
     assert not bridge.running
 
 
-def open_fds() -> int:
+# Run in a fresh interpreter: threads left by earlier tests open and close descriptors of their
+# own, which would blur the counts.
+CYCLES = """
+import asyncio, json, os, sys, time
+import fnmesh
+from fnmesh import _native
+
+class NoReaderLoop(asyncio.SelectorEventLoop):
+    def add_reader(self, fd, callback, *args):
+        raise NotImplementedError
+
+def fds():
     return len(os.listdir("/proc/self/fd"))
 
-
-def threads() -> int:
+def threads():
     return len(os.listdir("/proc/self/task"))
 
+async def settle(probe):
+    deadline = time.monotonic() + 30
+    while not probe() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
-def test_bridges_leave_no_file_descriptor_or_thread_behind(
-    new_loop: Callable[[], asyncio.AbstractEventLoop],
-) -> None:
-    loop = new_loop()
-    by_thread = isinstance(loop, NoReaderLoop)
+async def bridges():
+    before = (fds(), threads())
+    during = []
+    for _ in range(200):
+        bridge = _native.Bridge(asyncio.get_running_loop(), lambda batch: None)
+        during.append((fds(), threads()))
+        bridge.close()
+    await settle(lambda: (fds(), threads()) == before)
+    return {"before": before, "during": during, "after": (fds(), threads())}
 
-    async def cycles() -> None:
-        fds, tasks = open_fds(), threads()
-        for _ in range(200):
-            bridge = _native.Bridge(loop, Recorder())
-            # A wake socket's two ends, or the thread that wakes a loop without add_reader.
-            assert (threads() > tasks) if by_thread else (open_fds() == fds + 2)
-            bridge.close()
-            assert open_fds() == fds
-        # A waking thread ends once its bridge closed.
-        await wait_for(lambda: threads() == tasks, "the waking threads to end")
-
-    run(loop, cycles())
-
-
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
-def test_app_start_stop_cycles_leave_no_file_descriptor_behind() -> None:
+async def apps():
     app = fnmesh.App("cycles", port=0, log_level="warn")
 
     @app.function("cycles::echo")
-    async def echo(data: dict[str, Any]) -> dict[str, Any]:
+    async def echo(data: dict) -> dict:
         return data
 
-    async def cycle() -> None:
+    async def cycle():
         await app.start()
         assert await app.call("cycles::echo", {"n": 1}) == {"n": 1}
         await app.stop()
 
-    async def cycles() -> tuple[int, int]:
-        await cycle()  # the first start opens what stays open (thread pools, the runtime)
-        before = open_fds()
-        for _ in range(20):
-            await cycle()
-        await wait_for(lambda: open_fds() <= before, "the descriptors to close")
-        return before, open_fds()
+    await cycle()  # the first start opens what stays open (thread pools)
+    before = fds()
+    for _ in range(20):
+        await cycle()
+    await settle(lambda: fds() <= before)
+    return {"before": before, "after": fds()}
 
-    before, after = asyncio.run(cycles())
-    assert after <= before
+kind, loop_kind = sys.argv[1], sys.argv[2]
+if loop_kind == "uvloop":
+    import uvloop
+    loop = uvloop.new_event_loop()
+elif loop_kind == "no-add_reader":
+    loop = NoReaderLoop()
+else:
+    loop = asyncio.new_event_loop()
+print(json.dumps(loop.run_until_complete(bridges() if kind == "bridges" else apps())))
+loop.close()
+"""
+
+
+def cycles(kind: str, loop_kind: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", CYCLES, kind, loop_kind],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+LOOP_KINDS = ["asyncio", "no-add_reader"] + (["uvloop"] if uvloop is not None else [])
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_bridges_leave_no_file_descriptor_or_thread_behind(loop_kind: str) -> None:
+    result = cycles("bridges", loop_kind)
+    fds, threads = result["before"]
+    for open_fds, open_threads in result["during"]:
+        if loop_kind == "no-add_reader":
+            # The thread that wakes a loop without add_reader.
+            assert open_threads > threads
+        else:
+            # The wake socket's two ends.
+            assert open_fds == fds + 2
+    assert result["after"] == [fds, threads]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_app_start_stop_cycles_leave_no_file_descriptor_behind(loop_kind: str) -> None:
+    result = cycles("apps", loop_kind)
+    assert result["after"] <= result["before"]

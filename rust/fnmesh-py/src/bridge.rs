@@ -9,8 +9,11 @@
 //! answers an invocation through [`Invocation::succeed`] / [`Invocation::fail`], which hand the
 //! outcome straight to the engine's reply slot (no asyncio round trip, no GIL needed by tokio).
 
+#[cfg(unix)]
 use std::io::{ErrorKind, Read, Write};
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
