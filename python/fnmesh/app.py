@@ -681,7 +681,8 @@ class App:
         self._server.halt()
         self._connected_to = None
         if bridge is not None:
-            await asyncio.to_thread(bridge.close)
+            # On the loop's thread: what is still queued is dispatched before this returns.
+            bridge.close()
         await self._server.end()
 
     async def serve(

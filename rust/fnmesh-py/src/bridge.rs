@@ -1,14 +1,22 @@
-//! The bridge between tokio and one asyncio event loop (docs/architecture.md, "The hot path").
+//! The bridge between tokio and one asyncio event loop (docs/architecture.md, "The batching
+//! bridge").
 //!
 //! tokio tasks never attach to Python. Work for Python goes on a channel: invocations of Python
-//! handlers, and the outcomes of calls Python is awaiting. One bridge thread blocks on that
-//! channel without the GIL, drains everything that is ready, takes the GIL once for the whole
-//! batch and schedules one `dispatch(batch)` on the loop with `call_soon_threadsafe`. Python
+//! handlers, and the outcomes of calls Python is awaiting. The loop itself watches a wake socket
+//! (`loop.add_reader`): the first item queued while no wake is pending writes one byte to it, and
+//! the loop, already on its thread and holding the GIL, drains what is queued (up to a batch cap)
+//! and calls `dispatch(batch)` right there. No other thread takes the GIL on the way in. Python
 //! answers an invocation through [`Invocation::succeed`] / [`Invocation::fail`], which hand the
 //! outcome straight to the engine's reply slot (no asyncio round trip, no GIL needed by tokio).
 
-use std::sync::Mutex;
-use std::thread::JoinHandle;
+#[cfg(unix)]
+use std::io::{ErrorKind, Read, Write};
+#[cfg(unix)]
+use std::os::fd::AsRawFd;
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fnmesh_core::function::{Call, NativeFunction, Outcome, Reply};
 use fnmesh_core::protocol::{ErrorBody, RawJson};
@@ -21,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::errors::InvalidArgument;
 
-/// What the bridge thread hands to Python.
+/// What the bridge hands to Python.
 pub(crate) enum Work {
     /// A call of a Python handler.
     Invoke(Call),
@@ -38,25 +46,97 @@ pub(crate) enum Work {
         call: Call,
         handler: std::sync::Arc<Py<PyAny>>,
     },
-    /// Ends the bridge thread.
-    Stop,
 }
 
-// NOTE: docs/architecture.md, "The batching bridge", measures ~100 us p50 to wake an idle asyncio loop from another thread and
-// ~6 us per `call_soon`, so the loop is woken once per batch, not once per item. The cap only
-// bounds how long one dispatch can hold the loop; it is not tuned by measurement yet.
+// NOTE: docs/architecture.md, "The batching bridge": ~6 us per `call_soon` and a wake of the
+// loop per batch, so the loop drains everything queued in one go. The cap only bounds how long
+// one dispatch can hold the loop (the rest re-arms the wake and follows on the next turn); it is
+// not tuned by measurement yet.
 const MAX_BATCH: usize = 1024;
+
+// NOTE: the loop watches this wake socket itself. Before, a bridge thread blocked on the channel,
+// took the GIL, built the batch and woke the loop with `call_soon_threadsafe`: two thread wakes
+// and a GIL hand-off per batch. A/B on the shared 2-core machine (issue 22; old wheel and this
+// one alternated, the machine loaded by others, so single rounds swing):
+// - E4 at C=1 alone (`fnmesh run benches/workers/fnmesh_http.py`, `fnmesh-loadgen http` 3 s),
+//   11 rounds each: p50 median 158 -> 111 us (last 6 paired rounds: 153/193/186/158/127/198
+//   -> 109/156/158/111/108/109 us, 5.1-6.6k -> 6.2-8.8k req/s); the server's voluntary context
+//   switches 5.5-6.4 -> 3.3-5.6 per request, its CPU 119-177 -> 90-143 us per request.
+// - benches/http_trigger.py --quick, fnmesh/FastAPI req/s at C=1 (C=64), 13 rounds each: old
+//   1.26 (3.61), 1.51 (3.75), 1.25 (2.86), 1.29 (2.83), 1.09 (3.41), 1.41 (3.12), 1.37 (4.58),
+//   1.09 (3.50), 1.09 (2.86), 0.96 (3.20), 1.15 (3.33), 0.84 (3.37), 0.92 (3.37): medians
+//   1.15 (3.37), fnmesh p50 158 us; new 1.11 (3.98), 1.10 (3.84), 0.99 (4.34), 1.22 (3.29),
+//   1.13 (2.94), 1.04 (3.59), 1.25 (3.16), 0.90 (3.08), 0.86 (2.64), 0.69 (3.07), 1.38 (3.24),
+//   1.09 (3.23), 1.16 (2.59): medians 1.10 (3.23), p50 150 us. Noise: the ratio is a mean
+//   over 2 s, FastAPI's p50 swung 168-193 us, the worst rounds had 1.3-3.6 ms p99s (both).
+// - An embedded round trip (a call from the loop to a function on the same bridge: two
+//   crossings), one at a time: p50 80-113 -> 38-48 us (asyncio and uvloop).
+// - E2 worker (benches/workers/fnmesh_echo.py, 3 s): C=64 51-58k -> 65-73k calls/s; C=1
+//   4.4-5.4k -> 4.8-6.7k calls/s at 62-95 instead of 104-136 us of worker CPU per call.
+// - Spinning the HTTP task on its reply before parking (an experiment, not kept): 100 us takes
+//   E4 C=1 from 3.7-5.5 to 3.0-3.1 context switches per request but costs 10-33 us more CPU per
+//   request and no latency on 2 shared cores; 30 and 60 us changed nothing measurable. None of
+//   it spins when idle (0-1 tick of CPU in 2 idle s either way).
+// A Python model of the wake alone (a sender thread, an idle loop, p50 from send to callback;
+// asyncio / uvloop): a socketpair byte 13 / 10 us, an eventfd 10 / 11 us, a thread woken that
+// then calls `call_soon_threadsafe` 49 / 27 us. The two fds cost the same, so a socketpair:
+// std, no unsafe code, every Unix.
+/// Wakes the loop, only when no wake is pending.
+struct Wake {
+    /// True from a wake until the loop starts draining.
+    armed: AtomicBool,
+    /// `None` once the bridge is closed, so no write can reach a reused fd.
+    signal: Mutex<Option<Signal>>,
+}
+
+/// How the loop is woken.
+enum Signal {
+    /// A byte on the socket the loop watches (`loop.add_reader`).
+    #[cfg(unix)]
+    Socket(UnixStream),
+    /// A thread that schedules the drain with `call_soon_threadsafe`: for loops without
+    /// `add_reader` (Windows' proactor loop), as the bridge worked before (see the NOTE above).
+    Thread(std::sync::mpsc::Sender<()>),
+}
+
+impl Wake {
+    fn ring(&self) {
+        // Release: the loop's swap that clears the flag sees what was queued before it.
+        if self.armed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(signal) = self.signal.lock() {
+            match signal.as_ref() {
+                // A full buffer (never, with one byte per arming) still leaves the loop woken.
+                #[cfg(unix)]
+                Some(Signal::Socket(writer)) => {
+                    let mut writer: &UnixStream = writer;
+                    let _ = writer.write(&[1]);
+                }
+                Some(Signal::Thread(tx)) => {
+                    let _ = tx.send(());
+                }
+                None => {}
+            }
+        }
+    }
+}
 
 /// Sends work to a bridge; cloned into every Python function and trigger type registered with
 /// the engine.
 #[derive(Clone)]
-pub(crate) struct BridgeSender(mpsc::UnboundedSender<Work>);
+pub(crate) struct BridgeSender {
+    tx: mpsc::UnboundedSender<Work>,
+    wake: Arc<Wake>,
+}
 
 impl BridgeSender {
     /// Queues `work`; when the bridge is closed the work is dropped (an invocation's dropped
     /// reply fails its call, a dropped future is never completed).
     pub(crate) fn send(&self, work: Work) {
-        let _ = self.0.send(work);
+        if self.tx.send(work).is_ok() {
+            self.wake.ring();
+        }
     }
 }
 
@@ -75,11 +155,187 @@ impl NativeFunction for PyFunction {
     }
 }
 
+/// The loop's side of a bridge.
+struct Inner {
+    rx: Mutex<mpsc::UnboundedReceiver<Work>>,
+    wake: Arc<Wake>,
+    /// What the loop watches; `None` once closed.
+    reader: Mutex<Option<Watched>>,
+    event_loop: Py<PyAny>,
+    dispatch: Py<PyAny>,
+    closed: AtomicBool,
+}
+
+impl Inner {
+    /// On the loop: hands one batch over; once closed, everything queued, then removes the
+    /// reader and closes the wake socket.
+    fn ready(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(fd) = self.drain_wake() else {
+            return Ok(());
+        };
+        // Cleared before draining: work queued from here on rings again (no lost wake-up).
+        self.wake.armed.swap(false, Ordering::AcqRel);
+        if !self.closed.load(Ordering::Acquire) {
+            let batch = self.take(MAX_BATCH);
+            if batch.len() == MAX_BATCH {
+                self.wake.ring();
+            }
+            return self.hand_over(py, batch);
+        }
+        let mut result = Ok(());
+        loop {
+            let batch = self.take(MAX_BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            if let Err(e) = self.hand_over(py, batch) {
+                result = result.and(Err(e));
+            }
+        }
+        if let (Some(fd), false) = (fd, self.loop_closed(py)) {
+            if let Err(e) = self.event_loop.call_method1(py, "remove_reader", (fd,)) {
+                result = result.and(Err(e));
+            }
+        }
+        self.shut();
+        result
+    }
+
+    /// Empties the wake socket. `None` when closed, else the fd the loop watches, if any.
+    fn drain_wake(&self) -> Option<Option<i32>> {
+        let reader = self.reader.lock().ok()?;
+        match reader.as_ref()? {
+            #[cfg(unix)]
+            Watched::Socket(socket) => {
+                let mut socket = socket;
+                let mut buf = [0u8; 64];
+                loop {
+                    match socket.read(&mut buf) {
+                        Ok(n) if n == buf.len() => continue,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        _ => break,
+                    }
+                }
+                Some(Some(socket.as_raw_fd()))
+            }
+            Watched::Nothing => Some(None),
+        }
+    }
+
+    fn take(&self, max: usize) -> Vec<Work> {
+        let mut batch = Vec::new();
+        if let Ok(mut rx) = self.rx.lock() {
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(work) => batch.push(work),
+                    Err(_) => break,
+                }
+            }
+        }
+        batch
+    }
+
+    fn hand_over(&self, py: Python<'_>, batch: Vec<Work>) -> PyResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let items = PyList::empty(py);
+        for work in batch {
+            match work {
+                Work::Invoke(call) => items.append(Invocation::from_call(call))?,
+                Work::Abandon(invocation_id) => items.append(invocation_id)?,
+                Work::Done { future, outcome } => items.append(done_tuple(py, future, outcome)?)?,
+                Work::Trigger(event) => items.append(event)?,
+                Work::External(event) => items.append(event)?,
+                Work::InvokeExternal { call, handler } => {
+                    items.append(crate::external::ExternalCall::new(py, call, &handler)?)?
+                }
+            }
+        }
+        self.dispatch.call1(py, (items,))?;
+        Ok(())
+    }
+
+    fn loop_closed(&self, py: Python<'_>) -> bool {
+        self.event_loop
+            .call_method0(py, "is_closed")
+            .and_then(|closed| closed.extract::<bool>(py))
+            .unwrap_or(true)
+    }
+
+    /// Closes both ends of the wake socket (the writer under its lock: no write is in flight),
+    /// or ends the waking thread.
+    fn shut(&self) {
+        if let Ok(mut signal) = self.wake.signal.lock() {
+            signal.take();
+        }
+        if let Ok(mut reader) = self.reader.lock() {
+            reader.take();
+        }
+    }
+}
+
+/// The callback the loop runs when the wake socket is readable.
+#[pyclass(frozen, module = "fnmesh._native", name = "_BridgeReady")]
+struct Ready(Arc<Inner>);
+
+#[pymethods]
+impl Ready {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        self.0.ready(py)
+    }
+}
+
+/// The loop's end of the [`Signal`].
+enum Watched {
+    #[cfg(unix)]
+    Socket(UnixStream),
+    Nothing,
+}
+
+/// Watches a wake socket on the loop, or, when the loop has no `add_reader`, starts a thread
+/// that schedules `ready` on it.
+fn watch(py: Python<'_>, event_loop: &Py<PyAny>, ready: Py<Ready>) -> PyResult<(Signal, Watched)> {
+    #[cfg(unix)]
+    {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        match event_loop.call_method1(py, "add_reader", (reader.as_raw_fd(), ready.clone_ref(py))) {
+            Ok(_) => return Ok((Signal::Socket(writer), Watched::Socket(reader))),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyNotImplementedError>(py) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let event_loop = event_loop.clone_ref(py);
+    std::thread::Builder::new()
+        .name("fnmesh-bridge".into())
+        .spawn(move || wake_by_thread(rx, event_loop, ready))?;
+    Ok((Signal::Thread(tx), Watched::Nothing))
+}
+
+/// Schedules `ready` on the loop for every ring, until the bridge closes (drops the sender).
+fn wake_by_thread(rx: std::sync::mpsc::Receiver<()>, event_loop: Py<PyAny>, ready: Py<Ready>) {
+    while rx.recv().is_ok() {
+        while rx.try_recv().is_ok() {}
+        Python::attach(|py| {
+            let ready = ready.clone_ref(py);
+            if let Err(e) = event_loop.call_method1(py, "call_soon_threadsafe", (ready,)) {
+                // The loop is closed: what is queued stays until the bridge is dropped, which
+                // fails the invocations.
+                tracing::warn!("fnmesh bridge could not reach the event loop: {e}");
+            }
+        });
+    }
+    Python::attach(|_| drop((event_loop, ready)));
+}
+
 /// The bridge between the engine's tokio runtime and one asyncio loop.
 #[pyclass(frozen, module = "fnmesh._native", name = "Bridge")]
 pub struct Bridge {
     tx: BridgeSender,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    inner: Arc<Inner>,
 }
 
 impl Bridge {
@@ -90,97 +346,77 @@ impl Bridge {
 
 #[pymethods]
 impl Bridge {
-    /// Starts the bridge thread. `dispatch(batch)` is scheduled on `loop` (with
-    /// `call_soon_threadsafe`) for every batch: a list whose items are `Invocation`s,
-    /// the ids (`str`) of invocations the engine abandoned (their handlers should stop),
-    /// `TriggerEvent`s, `ExternalEvent`s, `ExternalCall`s and `(future, result, error)` tuples, `result` being JSON bytes or `None`
-    /// and `error` a `(code, message, stacktrace)` tuple or `None`.
+    /// Watches a wake socket on `loop` (`loop.add_reader`; call this on the loop's thread).
+    /// `dispatch(batch)` is called on the loop for every batch: a list whose items are
+    /// `Invocation`s, the ids (`str`) of invocations the engine abandoned (their handlers should
+    /// stop), `TriggerEvent`s, `ExternalEvent`s, `ExternalCall`s and `(future, result, error)`
+    /// tuples, `result` being JSON bytes or `None` and `error` a `(code, message, stacktrace)`
+    /// tuple or `None`. Work queued before the loop runs is dispatched once it runs.
     #[new]
-    fn new(event_loop: Py<PyAny>, dispatch: Py<PyAny>) -> PyResult<Bridge> {
+    fn new(py: Python<'_>, event_loop: Py<PyAny>, dispatch: Py<PyAny>) -> PyResult<Bridge> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name("fnmesh-bridge".into())
-            .spawn(move || run(rx, event_loop, dispatch))?;
+        let wake = Arc::new(Wake {
+            armed: AtomicBool::new(false),
+            signal: Mutex::new(None),
+        });
+        let inner = Arc::new(Inner {
+            rx: Mutex::new(rx),
+            wake: wake.clone(),
+            reader: Mutex::new(None),
+            event_loop: event_loop.clone_ref(py),
+            dispatch,
+            closed: AtomicBool::new(false),
+        });
+        let ready = Py::new(py, Ready(inner.clone()))?;
+        // On failure `inner` is dropped here, closing what was opened.
+        let (signal, watched) = watch(py, &event_loop, ready)?;
+        if let (Ok(mut slot), Ok(mut reader)) = (wake.signal.lock(), inner.reader.lock()) {
+            *slot = Some(signal);
+            *reader = Some(watched);
+        }
         Ok(Bridge {
-            tx: BridgeSender(tx),
-            thread: Mutex::new(Some(thread)),
+            tx: BridgeSender { tx, wake },
+            inner,
         })
     }
 
-    /// Stops the bridge thread after what is already queued. Work arriving later is dropped:
-    /// invocations fail, awaited calls are never completed (cancel their futures first).
-    fn close(&self, py: Python<'_>) {
-        self.tx.send(Work::Stop);
-        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(thread) = thread {
-            py.detach(move || {
-                let _ = thread.join();
-            });
+    /// Stops the bridge after what is already queued: on the loop's thread that work is
+    /// dispatched before `close` returns, from another thread on the loop's next turn. Work
+    /// arriving later is dropped: invocations fail, awaited calls are never completed (cancel
+    /// their futures first). When the loop is closed, what is queued is dropped too.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
         }
+        if let Ok(mut rx) = inner.rx.lock() {
+            rx.close();
+        }
+        // Makes `ready` run even when nothing is pending.
+        inner.wake.armed.store(true, Ordering::Release);
+        let asyncio = py.import("asyncio")?;
+        let running = asyncio.call_method0("_get_running_loop")?;
+        if running.is(inner.event_loop.bind(py)) {
+            return inner.ready(py);
+        }
+        let ready = Py::new(py, Ready(inner.clone()))?;
+        if inner
+            .event_loop
+            .call_method1(py, "call_soon_threadsafe", (ready,))
+            .is_err()
+        {
+            // The loop is closed: nothing can run what is queued.
+            drop(inner.take(usize::MAX));
+            inner.shut();
+        }
+        Ok(())
     }
 
     /// True until `close()`.
     #[getter]
     fn running(&self) -> bool {
-        self.thread.lock().is_ok_and(|t| t.is_some())
+        !self.inner.closed.load(Ordering::Acquire)
     }
-}
-
-fn run(mut rx: mpsc::UnboundedReceiver<Work>, event_loop: Py<PyAny>, dispatch: Py<PyAny>) {
-    let mut batch: Vec<Work> = Vec::with_capacity(64);
-    loop {
-        let Some(first) = rx.blocking_recv() else {
-            return;
-        };
-        let mut stop = matches!(first, Work::Stop);
-        if !stop {
-            batch.push(first);
-        }
-        while !stop && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Work::Stop) => stop = true,
-                Ok(work) => batch.push(work),
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            Python::attach(|py| {
-                if let Err(e) = hand_over(py, &event_loop, &dispatch, &mut batch) {
-                    // The loop is closed: what was in the batch is dropped, which fails the
-                    // invocations; nothing else can be done from here.
-                    tracing::warn!("fnmesh bridge could not reach the event loop: {e}");
-                }
-                batch.clear();
-            });
-        }
-        if stop {
-            return;
-        }
-    }
-}
-
-fn hand_over(
-    py: Python<'_>,
-    event_loop: &Py<PyAny>,
-    dispatch: &Py<PyAny>,
-    batch: &mut Vec<Work>,
-) -> PyResult<()> {
-    let items = PyList::empty(py);
-    for work in batch.drain(..) {
-        match work {
-            Work::Invoke(call) => items.append(Invocation::from_call(call))?,
-            Work::Abandon(invocation_id) => items.append(invocation_id)?,
-            Work::Done { future, outcome } => items.append(done_tuple(py, future, outcome)?)?,
-            Work::Trigger(event) => items.append(event)?,
-            Work::External(event) => items.append(event)?,
-            Work::InvokeExternal { call, handler } => {
-                items.append(crate::external::ExternalCall::new(py, call, &handler)?)?
-            }
-            Work::Stop => {}
-        }
-    }
-    event_loop.call_method1(py, "call_soon_threadsafe", (dispatch.clone_ref(py), items))?;
-    Ok(())
 }
 
 fn done_tuple<'py>(
