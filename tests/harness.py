@@ -145,12 +145,17 @@ class Served:
         )
 
 
+# `fnmesh serve` on any free port for each of its listeners.
+FREE_PORTS = ("--port", "0", "--http-port", "0", "--streams-port", "0", "--metrics-port", "0")
+
+
 @contextlib.contextmanager
 def serve(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[Served]:
     """``fnmesh serve --port 0 --http-port 0 ARGS`` in a subprocess. Checks that SIGTERM stops it
     cleanly."""
-    # Any free HTTP port too (args may name one: the last --http-port wins).
-    command = ["serve", "--port", "0", "--http-port", "0", "--streams-port", "0", *args]
+    # Any free HTTP and metrics port too (args may name one: the last one wins): never the
+    # default 9464, which another process on the machine may hold.
+    command = ["serve", *FREE_PORTS, *args]
     with _fnmesh(command, r"workers connect to (ws://\S+)", env) as served:
         yield served
 
@@ -356,7 +361,7 @@ def redis_server(port: int | None = None) -> Iterator[str]:
 def spawn_engine(args: Sequence[str] = (), env: dict[str, str] | None = None) -> Spawned:
     """``fnmesh serve --port 0 --http-port 0 ARGS``, to be killed by the test."""
     return Spawned(
-        ["serve", "--port", "0", "--http-port", "0", "--streams-port", "0", *args],
+        ["serve", *FREE_PORTS, *args],
         r"workers connect to (ws://\S+)",
         env,
     )
