@@ -254,6 +254,18 @@ def _fnmesh(
 # ----------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback TCP port that refuses connections for as long as the block runs: bound and
+    not listening, so no other process can take it meanwhile (a port from :func:`free_port` may
+    be taken by anything on the machine before the test connects to it)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on (at the time of asking)."""
     import socket

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness import Served, Worker, fnmesh_run, free_port, serve, wait_until
+from harness import Served, Worker, fnmesh_run, refused_port, serve, wait_until
 from shop_app import shop
 
 SHOP = shop(
@@ -162,10 +162,11 @@ def test_call_enqueue_prints_the_receipt(setup: Setup) -> None:
 
 
 def test_an_unreachable_engine_exits_3() -> None:
-    url = f"ws://127.0.0.1:{free_port()}"
-    for command in (["call", "shop::price", "{}"], ["functions"], ["workers"], ["triggers"]):
-        stderr = fails(3, *command, "--connect-timeout", "0.5", url=url)
-        assert stderr.startswith(f"fnmesh: could not connect to {url}"), stderr
+    with refused_port() as port:
+        url = f"ws://127.0.0.1:{port}"
+        for command in (["call", "shop::price", "{}"], ["functions"], ["workers"], ["triggers"]):
+            stderr = fails(3, *command, "--connect-timeout", "0.5", url=url)
+            assert stderr.startswith(f"fnmesh: could not connect to {url}"), stderr
 
 
 def test_a_wrong_or_missing_token_exits_3() -> None:

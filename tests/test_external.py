@@ -49,6 +49,7 @@ from fnmesh.external import (
     parse_retry_after,
     redacted,
 )
+from harness import refused_port
 
 LOOPBACK = Security(require_https=False, block_private_ips=False)
 GUARDED_HTTP = Security(require_https=False)  # the guard on, but plain http to reach the test servers
@@ -516,9 +517,9 @@ async def test_urls_are_redacted_in_errors_and_logs(
     receiver: Receiver, make_invoker: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="fnmesh.external")
-    port = free_port()
     invoker = make_invoker()
-    refused_call = await fails(call(invoker, f"http://127.0.0.1:{port}{SECRET_PATH}"))
+    with refused_port() as port:
+        refused_call = await fails(call(invoker, f"http://127.0.0.1:{port}{SECRET_PATH}"))
     assert refused_call.code == "http_request_failed"
     assert refused_call.message.startswith(f"http://127.0.0.1:{port}/<redacted>: ")
     assert_redacted(refused_call.message)
@@ -774,14 +775,9 @@ async def test_compressed_response_is_decoded(receiver: Receiver, make_invoker: 
     assert json.loads(await call(make_invoker(), receiver.route("/fn", gzipped))) == {"text": "z" * 10_000}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_connection_refused(make_invoker: Make) -> None:
-    error = await fails(call(make_invoker(), f"http://127.0.0.1:{free_port()}/fn"))
+    with refused_port() as port:
+        error = await fails(call(make_invoker(), f"http://127.0.0.1:{port}/fn"))
     assert error.code == "http_request_failed"
     assert error.message.startswith("http://127.0.0.1:")
 
@@ -928,9 +924,10 @@ async def test_non_idempotent_methods_retry_only_when_asked(
 async def test_retry_on_connection_errors_and_timeouts(receiver: Receiver, make_invoker: Make) -> None:
     resolver = answering(["127.0.0.1"])
     invoker = make_invoker(resolver=resolver)
-    error = await fails(
-        call(invoker, f"http://refused.test:{free_port()}/fn", method="GET", retry=Retry(attempts=2, **FAST))
-    )
+    with refused_port() as port:
+        error = await fails(
+            call(invoker, f"http://refused.test:{port}/fn", method="GET", retry=Retry(attempts=2, **FAST))
+        )
     assert error.code == "http_request_failed"
     assert len(resolver.calls) == 3  # type: ignore[attr-defined]  # one resolution per attempt
 

@@ -316,13 +316,13 @@ def test_a_url_path_stays_out_of_errors_and_http_bodies(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    from harness import bind, free_port
+    from harness import bind, refused_port
 
     # Webhook URLs carry their secret in the path: a failing call must not hand it to the
     # caller, to an HTTP client of a route bound to the function, or to the log.
-    url = f"http://127.0.0.1:{free_port()}{SECRET_PATH}"
     args = external_config(tmp_path, external_functions=True, **WORKER_OK)
-    with serve(args) as engine, sdk_client(engine.url, "hooks") as owner:
+    with refused_port() as port, serve(args) as engine, sdk_client(engine.url, "hooks") as owner:
+        url = f"http://127.0.0.1:{port}{SECRET_PATH}"
         http_url = engine.wait_for_log(r"HTTP triggers at http://").split("HTTP triggers at ")[1].strip()
         register_http(owner, "hooks::notify", url)
         wait_until(lambda: "hooks::notify" in listed(owner), what="hooks::notify listed")
