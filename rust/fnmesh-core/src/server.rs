@@ -120,7 +120,7 @@ pub enum SendError {
 
 /// One text frame as read from a connection: UTF-8 checked once, on arrival, and shared:
 /// cloning it or forwarding it with [`Connection::forward`] copies nothing.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Frame(Utf8Bytes);
 
 impl Frame {
@@ -142,18 +142,6 @@ impl Frame {
     /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-}
-
-impl From<String> for Frame {
-    fn from(text: String) -> Frame {
-        Frame(Utf8Bytes::from(text))
-    }
-}
-
-impl From<&str> for Frame {
-    fn from(text: &str) -> Frame {
-        Frame(Utf8Bytes::from(text))
     }
 }
 

@@ -22,12 +22,7 @@ use crate::error::{Error, Result};
 /// Returns [`Message::Unknown`] for a well-formed object whose `type` is not known, and
 /// [`Error::MalformedFrame`] for anything else that cannot be read.
 pub fn decode(frame: &[u8]) -> Result<Message> {
-    let mut de = serde_json::Deserializer::from_slice(frame);
-    let fields = match Fields::deserialize(&mut de).and_then(|f| de.end().map(|()| f)) {
-        Ok(fields) => fields,
-        Err(err) => return decode_failed(frame, err),
-    };
-    fields.into_message(frame)
+    decode_from(serde_json::Deserializer::from_slice(frame), frame)
 }
 
 /// Decodes one frame already known to be UTF-8 (a WebSocket text message): as [`decode`], without
@@ -38,12 +33,19 @@ pub fn decode(frame: &[u8]) -> Result<Message> {
 // decoding the two frames of a routed call went from 12,136 to 7,922 instructions
 // (benches/observability_callgrind.py's method; docs/architecture.md, "The hot path").
 pub fn decode_text(frame: &str) -> Result<Message> {
-    let mut de = serde_json::Deserializer::from_str(frame);
+    decode_from(serde_json::Deserializer::from_str(frame), frame.as_bytes())
+}
+
+/// The single pass over `frame` read through `de`.
+fn decode_from<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    frame: &[u8],
+) -> Result<Message> {
     let fields = match Fields::deserialize(&mut de).and_then(|f| de.end().map(|()| f)) {
         Ok(fields) => fields,
-        Err(err) => return decode_failed(frame.as_bytes(), err),
+        Err(err) => return decode_failed(frame, err),
     };
-    fields.into_message(frame.as_bytes())
+    fields.into_message(frame)
 }
 
 /// Decodes one frame after checking it against a size limit.
@@ -67,7 +69,7 @@ fn decode_failed(frame: &[u8], err: serde_json::Error) -> Result<Message> {
         kind: Option<String>,
     }
     if let Ok(TypeOnly { kind: Some(kind) }) = serde_json::from_slice::<TypeOnly>(frame) {
-        if !is_known_kind(&kind) {
+        if known_kind(&kind).is_none() {
             return unknown(kind, frame);
         }
     }
@@ -95,10 +97,6 @@ fn known_kind(kind: &str) -> Option<&'static str> {
         "error" => "error",
         _ => return None,
     })
-}
-
-fn is_known_kind(kind: &str) -> bool {
-    known_kind(kind).is_some()
 }
 
 fn unknown(kind: String, frame: &[u8]) -> Result<Message> {

@@ -345,8 +345,8 @@ impl Tracer {
         self.start_active(name, kind, parent.and_then(SpanContext::parse))
     }
 
-    /// Whether spans are recorded at all (an exporter is set); one relaxed load. The span
-    /// starters below check it before they build a span's name.
+    /// Whether spans are recorded at all (an exporter is set); one relaxed load. Names are built
+    /// only after it (see `start_with`).
     // NOTE: `start_invocation` formatted `call <function id>` before `start` checked this: one
     // allocation and 604 instructions of every routed call with tracing off
     // (benches/observability_callgrind.py's method).
@@ -355,13 +355,18 @@ impl Tracer {
         self.inner.hub.is_active()
     }
 
-    /// Like [`Tracer::start`], a new root linked to `link` (a queue delivery linked to its
+    /// Like [`Tracer::start_with`], a new root linked to `link` (a queue delivery linked to its
     /// enqueue).
-    pub fn start_linked(&self, name: &str, kind: SpanKind, link: Option<&str>) -> Option<Span> {
-        if !self.inner.hub.is_active() {
+    pub fn start_linked(
+        &self,
+        name: impl FnOnce() -> String,
+        kind: SpanKind,
+        link: Option<&str>,
+    ) -> Option<Span> {
+        if !self.is_active() {
             return None;
         }
-        let mut span = self.start_active(|| name.to_owned(), kind, None)?;
+        let mut span = self.start_active(name, kind, None)?;
         span.link = link.and_then(SpanContext::parse);
         Some(span)
     }
@@ -474,9 +479,6 @@ pub fn start_invocation(
     invocation_id: &str,
     traceparent: Option<&str>,
 ) -> Option<Box<Span>> {
-    if !tracer.is_active() {
-        return None;
-    }
     // Named and kinded as iii's engine names its span of a call (`call <function id>`, SERVER),
     // so a worker's `execute <function id>` span reads as its child in either engine.
     let mut span = tracer.start_with(
@@ -511,6 +513,7 @@ pub fn start_http(
     template: Option<&str>,
     headers: &mut http::HeaderMap,
 ) -> Option<Box<Span>> {
+    // The route and name are built only for a tracer that records.
     if !tracer.is_active() {
         return None;
     }
@@ -558,9 +561,6 @@ pub fn failure(outcome: &crate::function::Outcome) -> Option<&crate::protocol::E
 
 /// The span of one cron run (`faas.trigger` `timer`), a new root.
 pub fn start_cron(tracer: &Tracer, job_id: &str, function_id: &str) -> Option<Box<Span>> {
-    if !tracer.is_active() {
-        return None;
-    }
     let mut span = tracer.start_with(|| format!("cron {job_id}"), SpanKind::Internal, None)?;
     span.set("faas.trigger", "timer");
     span.set("faas.cron", job_id);
@@ -577,11 +577,11 @@ pub fn start_delivery(
     attempt: u32,
     enqueued_by: Option<&str>,
 ) -> Option<Box<Span>> {
-    if !tracer.is_active() {
-        return None;
-    }
-    let mut span =
-        tracer.start_linked(&format!("process {queue}"), SpanKind::Consumer, enqueued_by)?;
+    let mut span = tracer.start_linked(
+        || format!("process {queue}"),
+        SpanKind::Consumer,
+        enqueued_by,
+    )?;
     span.set("messaging.system", "fnmesh");
     span.set("messaging.operation.type", "process");
     span.set("messaging.destination.name", queue);
