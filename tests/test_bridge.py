@@ -110,6 +110,17 @@ def send(link: _native.Link, function_id: str, n: int) -> None:
     link.send(function_id, json.dumps({"n": n}).encode())
 
 
+def bridged(
+    engine: fnmesh.Engine, loop: asyncio.AbstractEventLoop, function_id: str, answer: bool = True
+) -> tuple[Recorder, _native.Bridge, _native.Link]:
+    """A bridge on `loop` recording what it dispatches, with `function_id` registered on it."""
+    recorder = Recorder(answer=answer)
+    bridge = _native.Bridge(loop, recorder)
+    link = engine.handle
+    link.register_function(bridge, function_id)
+    return recorder, bridge, link
+
+
 def close_on(loop: asyncio.AbstractEventLoop, bridge: _native.Bridge) -> None:
     async def close() -> None:
         bridge.close()
@@ -121,10 +132,7 @@ def test_work_queued_before_the_loop_runs_is_dispatched_once_it_runs(
     engine: fnmesh.Engine, new_loop: Callable[[], asyncio.AbstractEventLoop]
 ) -> None:
     loop = new_loop()
-    recorder = Recorder()
-    bridge = _native.Bridge(loop, recorder)
-    link = engine.handle
-    link.register_function(bridge, "bridge::echo")
+    recorder, bridge, link = bridged(engine, loop, "bridge::echo")
     for n in range(5):
         send(link, "bridge::echo", n)
     futures = [loop.create_future() for _ in range(3)]
@@ -145,10 +153,7 @@ def test_an_abandonment_reaches_python_after_its_call(
     engine: fnmesh.Engine, new_loop: Callable[[], asyncio.AbstractEventLoop]
 ) -> None:
     loop = new_loop()
-    recorder = Recorder(answer=False)
-    bridge = _native.Bridge(loop, recorder)
-    link = engine.handle
-    link.register_function(bridge, "bridge::hang")
+    recorder, bridge, link = bridged(engine, loop, "bridge::hang", answer=False)
 
     async def scenario() -> str:
         future = loop.create_future()
@@ -172,10 +177,7 @@ def test_a_burst_larger_than_a_batch_is_all_dispatched(
     engine: fnmesh.Engine, new_loop: Callable[[], asyncio.AbstractEventLoop]
 ) -> None:
     loop = new_loop()
-    recorder = Recorder()
-    bridge = _native.Bridge(loop, recorder)
-    link = engine.handle
-    link.register_function(bridge, "bridge::echo")
+    recorder, bridge, link = bridged(engine, loop, "bridge::echo")
     total = 10_000
     for n in range(total):
         send(link, "bridge::echo", n)
@@ -198,10 +200,7 @@ def test_closing_dispatches_what_is_queued_and_drops_what_comes_later(
     engine: fnmesh.Engine, new_loop: Callable[[], asyncio.AbstractEventLoop]
 ) -> None:
     loop = new_loop()
-    recorder = Recorder()
-    bridge = _native.Bridge(loop, recorder)
-    link = engine.handle
-    link.register_function(bridge, "bridge::echo")
+    recorder, bridge, link = bridged(engine, loop, "bridge::echo")
     for n in range(50):
         send(link, "bridge::echo", n)
     caller = Recorder()
@@ -231,10 +230,7 @@ def test_closing_from_another_thread_dispatches_on_the_loop(
     engine: fnmesh.Engine, new_loop: Callable[[], asyncio.AbstractEventLoop]
 ) -> None:
     loop = new_loop()
-    recorder = Recorder()
-    bridge = _native.Bridge(loop, recorder)
-    link = engine.handle
-    link.register_function(bridge, "bridge::echo")
+    recorder, bridge, link = bridged(engine, loop, "bridge::echo")
     for n in range(10):
         send(link, "bridge::echo", n)
 
