@@ -8,9 +8,11 @@
 //!   rendering it (assets served by the engine);
 //! - `console`: the console page under `console_path` and its JSON API (assets in `console/`);
 //! - `stream`: request and response bodies streamed through data channels;
+//! - `flush`: when a streamed response's chunks have left hyper's buffer;
 //! - [`service`]: [`HttpService`], the trigger as an engine service.
 
 mod console;
+mod flush;
 pub mod mapping;
 mod openapi;
 pub mod route;

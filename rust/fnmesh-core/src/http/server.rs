@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::flush::{Flushes, Watched};
 use super::mapping::{error_reply, HttpReply};
 use super::stream::{full, BodySource, Reply, ResponseBody, Streaming};
 use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
@@ -146,16 +147,19 @@ async fn accept(
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let flushes = Arc::new(Flushes::default());
+            let socket = Watched::new(stream, flushes.clone());
             let service = service_fn(move |request| {
                 let trigger = trigger.clone();
                 let limits = limits.clone();
-                async move { Ok::<_, Infallible>(respond(trigger, &limits, request).await) }
+                let flushes = flushes.clone();
+                async move { Ok::<_, Infallible>(respond(trigger, &limits, &flushes, request).await) }
             });
             let connection = http1::Builder::new()
                 .keep_alive(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(socket), service);
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -175,6 +179,7 @@ async fn accept(
 async fn respond(
     trigger: Weak<HttpTrigger>,
     limits: &Limits,
+    flushes: &Arc<Flushes>,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let stopping = || {
@@ -240,7 +245,7 @@ async fn respond(
         };
         return match trigger.handle(request).await {
             Reply::Buffered(reply) => to_response(reply, cors.allow()),
-            Reply::Streaming(streaming) => stream_response(streaming, cors.allow()),
+            Reply::Streaming(streaming) => stream_response(streaming, flushes, cors.allow()),
         };
     }
     let (body, _budget) = match read_body(body, limits).await {
@@ -283,7 +288,7 @@ async fn respond(
     };
     match trigger.handle(request).await {
         Reply::Buffered(reply) => to_response(reply, cors.allow()),
-        Reply::Streaming(streaming) => stream_response(streaming, cors.allow()),
+        Reply::Streaming(streaming) => stream_response(streaming, flushes, cors.allow()),
     }
 }
 
@@ -302,6 +307,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 fn stream_response(
     streaming: Streaming,
+    flushes: &Arc<Flushes>,
     extra: Option<Vec<(HeaderName, HeaderValue)>>,
 ) -> hyper::Response<ResponseBody> {
     let head = HttpReply {
@@ -310,7 +316,7 @@ fn stream_response(
         body: Vec::new(),
     };
     let mut response = to_response(head, extra);
-    *response.body_mut() = streaming.into_body();
+    *response.body_mut() = streaming.into_body(flushes.clone());
     response
 }
 

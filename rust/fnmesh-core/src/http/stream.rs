@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use super::flush::Flushes;
 use super::mapping::{error_reply, HttpReply};
 use crate::channels::{ChannelHub, ChannelReader, ChannelWriter, Direction, Item};
 use crate::function::Outcome;
@@ -25,6 +26,8 @@ use crate::protocol::ErrorCode;
 pub(crate) const HTTP_CHANNEL_ITEMS: usize = 64;
 /// Largest item the engine feeds into a `request_body` channel (the SDKs' chunk size).
 const CHUNK_BYTES: usize = 64 * 1024;
+/// How long a response cut short waits for its last chunks to reach the socket.
+const CUT_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// The response body hyper sends: a buffered one or a stream.
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -223,26 +226,53 @@ pub(crate) struct Streaming {
 
 impl Streaming {
     /// The body: the first chunk, then every binary item until the writer finishes; a writer
-    /// that fails cuts the response short (the client sees a broken body, never a clean end).
-    /// Text items after the first chunk are ignored.
-    pub(crate) fn into_body(self) -> ResponseBody {
-        let state = (Some(self.first), self.reader, self.keep);
-        let stream = futures_util::stream::unfold(state, |(first, mut reader, keep)| async move {
-            if let Some(first) = first {
-                return Some((Ok(Frame::data(first)), (None, reader, keep)));
-            }
-            loop {
-                match reader.recv().await {
-                    Some(Ok(Item::Binary(bytes))) => {
-                        return Some((Ok(Frame::data(bytes)), (None, reader, keep)))
+    /// that fails cuts the response short (the client sees a broken body, never a clean end),
+    /// after the chunks it sent before failing have reached the socket (`flushes`, see
+    /// [`super::flush`]). Text items after the first chunk are ignored.
+    pub(crate) fn into_body(self, flushes: Arc<Flushes>) -> ResponseBody {
+        struct State {
+            first: Option<Bytes>,
+            reader: ChannelReader,
+            _keep: (Task, Cleanup),
+            flushes: Arc<Flushes>,
+            /// The flush count when the last chunk was handed to hyper.
+            sent_at: Option<u64>,
+        }
+        let state = State {
+            first: Some(self.first),
+            reader: self.reader,
+            _keep: self.keep,
+            flushes,
+            sent_at: None,
+        };
+        let stream = futures_util::stream::unfold(state, |mut state| async move {
+            let item = match state.first.take() {
+                Some(first) => Some(Ok(first)),
+                None => loop {
+                    match state.reader.recv().await {
+                        Some(Ok(Item::Binary(bytes))) => break Some(Ok(bytes)),
+                        Some(Ok(Item::Text(_))) => continue,
+                        None => break None,
+                        Some(Err(e)) => break Some(Err(e)),
                     }
-                    Some(Ok(Item::Text(_))) => continue,
-                    None => return None,
-                    Some(Err(e)) => {
-                        debug!("streamed response cut short: {e}");
-                        let error = std::io::Error::other(e.to_string());
-                        return Some((Err(error), (None, reader, keep)));
+                },
+            };
+            match item {
+                Some(Ok(bytes)) => {
+                    state.sent_at = Some(state.flushes.count());
+                    Some((Ok(Frame::data(bytes)), state))
+                }
+                None => None,
+                Some(Err(e)) => {
+                    debug!("streamed response cut short: {e}");
+                    if let Some(sent_at) = state.sent_at {
+                        // Bounded: a client that stopped reading does not hold the body here
+                        // longer than it could hold any stalled response.
+                        let flushed = state.flushes.after(sent_at);
+                        let _ = tokio::time::timeout(CUT_FLUSH_WAIT, flushed).await;
                     }
+                    let error = std::io::Error::other(e.to_string());
+                    Some((Err(error), state))
                 }
             }
         });
