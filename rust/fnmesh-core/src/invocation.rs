@@ -141,34 +141,16 @@ impl<T> PendingTable<T> {
 }
 
 /// Returns `data` with `"_caller_worker_id": worker_id` added when it is a JSON object, or
-/// `None` when it is not an object (the payload is then forwarded untouched).
-///
-/// The payload is not parsed: the key is spliced in before the closing brace, after any key of
-/// the same name the caller sent, so every last-wins JSON reader sees the engine's value.
+/// `None` when it is not an object (the payload is then forwarded untouched). See
+/// [`crate::protocol::splice_caller_worker_id`]; a call routed to a worker gets the same edit
+/// while its frame is encoded ([`crate::protocol::InvokeFunction::encode_with_caller`]).
 pub fn inject_caller_worker_id(data: &RawValue, worker_id: &str) -> Option<RawJson> {
-    let text = data.get().trim_matches(|c: char| c.is_ascii_whitespace());
-    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
-    let empty = inner.bytes().all(|b| b.is_ascii_whitespace());
-    let mut out = String::with_capacity(text.len() + worker_id.len() + 26);
-    out.push('{');
-    if !empty {
-        out.push_str(inner);
-        out.push(',');
+    let mut out = Vec::new();
+    if !crate::protocol::splice_caller_worker_id(data.get(), worker_id, &mut out) {
+        return None;
     }
-    out.push_str("\"_caller_worker_id\":");
-    // The engine's connection ids need no escaping; anything else goes through serde_json.
-    if worker_id
-        .bytes()
-        .any(|b| b < 0x20 || b == b'"' || b == b'\\')
-    {
-        out.push_str(&serde_json::to_string(worker_id).ok()?);
-    } else {
-        out.push('"');
-        out.push_str(worker_id);
-        out.push('"');
-    }
-    out.push('}');
-    // The splice keeps valid JSON valid; from_string only re-checks it.
+    // The splice keeps valid JSON valid (and UTF-8); from_string only re-checks it.
+    let out = String::from_utf8(out).ok()?;
     RawValue::from_string(out).ok()
 }
 

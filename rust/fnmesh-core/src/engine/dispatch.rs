@@ -14,6 +14,7 @@ use tracing::{debug, Level};
 
 use super::state::{send_msg, uuid, InFlightSlot, Shared, Target, WorkerState};
 use crate::function::{Call, CallOptions, Completer, Outcome, Reply};
+use crate::invocation::inject_caller_worker_id;
 use crate::meter::{CallOutcome, FunctionStats};
 use crate::protocol::ErrorCode;
 use crate::protocol::{InvocationResult, InvokeFunction, Message, RawJson};
@@ -113,6 +114,10 @@ pub(super) struct Request {
     pub(super) caller: Caller,
     /// The calling worker's connection id, handed to a native function.
     pub(super) caller_worker_id: Option<Arc<str>>,
+    /// Whether `data`, when an object, gets `_caller_worker_id` on its way (docs/protocol.md
+    /// 4.5): a worker's own call. Done as late as possible: a worker target's frame is written
+    /// with it (no second parse of the payload), a native function's payload is edited.
+    pub(super) caller_in_data: bool,
     /// The calling connection's in-flight slot (a worker's call).
     pub(super) in_flight: Option<InFlightSlot>,
 }
@@ -132,6 +137,7 @@ impl Request {
             invocation_id: None,
             caller,
             caller_worker_id: None,
+            caller_in_data: false,
             in_flight: None,
         }
     }
@@ -148,6 +154,7 @@ impl Shared {
             invocation_id,
             caller,
             caller_worker_id,
+            caller_in_data,
             in_flight,
         } = request;
         let CallOptions {
@@ -232,7 +239,7 @@ impl Shared {
                 } else {
                     function_id[function_id.len() - local..].to_owned()
                 };
-                let frame = Message::InvokeFunction(InvokeFunction {
+                let frame = InvokeFunction {
                     invocation_id: Some(id_text),
                     function_id,
                     data: Some(data),
@@ -240,8 +247,13 @@ impl Shared {
                     baggage,
                     metadata,
                     ..InvokeFunction::default()
-                });
-                if conn.send(frame.encode()).is_err() {
+                };
+                let caller_in_data = caller_worker_id.as_deref().filter(|_| caller_in_data);
+                let frame = match caller_in_data {
+                    Some(caller) => frame.encode_with_caller(caller),
+                    None => Message::InvokeFunction(frame).encode(),
+                };
+                if conn.send(frame).is_err() {
                     self.complete(
                         &id,
                         Outcome::failure(ErrorCode::InvocationStopped, "Invocation stopped"),
@@ -252,7 +264,10 @@ impl Shared {
                 invocation_id: id.clone(),
                 function_id,
                 namespace: namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
-                data,
+                data: match caller_worker_id.as_deref().filter(|_| caller_in_data) {
+                    Some(caller) => inject_caller_worker_id(&data, caller).unwrap_or(data),
+                    None => data,
+                },
                 metadata,
                 traceparent,
                 baggage,

@@ -20,7 +20,6 @@ use crate::access::{AccessConfig, Grants};
 use crate::error::Error;
 use crate::external::ExternalRegistration;
 use crate::function::{CallOptions, Outcome};
-use crate::invocation::inject_caller_worker_id;
 use crate::protocol::ErrorCode;
 use crate::protocol::{
     self, HttpInvocationRef, InvokeFunction, Message, RegistrationRejected, TriggerAction,
@@ -209,7 +208,6 @@ impl Shared {
             return;
         }
         let data = data.unwrap_or_else(raw_null);
-        let data = inject_caller_worker_id(&data, ws.conn.id()).unwrap_or(data);
         let options = CallOptions {
             namespace: Some(namespace),
             metadata,
@@ -220,6 +218,7 @@ impl Shared {
         self.dispatch(Request {
             invocation_id,
             caller_worker_id: Some(ws.conn.id().clone()),
+            caller_in_data: true,
             in_flight,
             ..Request::new(function_id, data, options, caller)
         });

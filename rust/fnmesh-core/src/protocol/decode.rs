@@ -41,10 +41,13 @@ fn decode_from<'de, R: serde_json::de::Read<'de>>(
     mut de: serde_json::Deserializer<R>,
     frame: &[u8],
 ) -> Result<Message> {
-    let fields = match Fields::deserialize(&mut de).and_then(|f| de.end().map(|()| f)) {
-        Ok(fields) => fields,
-        Err(err) => return decode_failed(frame, err),
-    };
+    let mut fields = Fields::default();
+    if let Err(err) = Fill(&mut fields)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+    {
+        return decode_failed(frame, err);
+    }
     fields.into_message(frame)
 }
 
@@ -274,19 +277,22 @@ impl<'de> Visitor<'de> for KindVisitor {
     }
 }
 
-impl<'de> Deserialize<'de> for Fields {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Fields, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields;
+/// Reads a frame's fields into the record, in place.
+// NOTE: `Fields` is about 700 bytes; returned by value it was copied three times per frame, 530
+// instructions per routed call under callgrind (E1 at 64 in flight).
+struct Fill<'a>(&'a mut Fields);
+
+impl<'de> DeserializeSeed<'de> for Fill<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        struct FieldsVisitor<'a>(&'a mut Fields);
+        impl<'de> Visitor<'de> for FieldsVisitor<'_> {
+            type Value = ();
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object with a string `type`")
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Fields, A::Error> {
-                let mut f = Fields::default();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+                let f = self.0;
                 // A repeated key: the last value wins, as with Python's `json.loads`.
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
@@ -331,10 +337,10 @@ impl<'de> Deserialize<'de> for Fields {
                     }
                 }
                 last_wins(&mut f.extra);
-                Ok(f)
+                Ok(())
             }
         }
-        d.deserialize_map(FieldsVisitor)
+        d.deserialize_map(FieldsVisitor(self.0))
     }
 }
 

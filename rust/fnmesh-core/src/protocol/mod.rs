@@ -34,6 +34,7 @@ mod tests;
 pub use crate::error::codes;
 pub use crate::error::codes::{ErrorCode, UnknownErrorCode};
 pub use decode::{decode, decode_limited, decode_text};
+pub use encode::{splice_caller_worker_id, CALLER_WORKER_ID_KEY};
 pub use frame::{is_blank, telemetry_frame, TelemetryKind};
 pub use messages::{
     ErrorBody, ErrorFrame, HttpAuth, HttpInvocationRef, HttpMethod, InvocationResult,

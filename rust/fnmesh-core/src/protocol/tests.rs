@@ -297,3 +297,113 @@ fn text_and_byte_decoding_agree() {
     ));
     assert!(super::decode_text(r#"{"type":5}"#).is_err());
 }
+
+fn raw(text: &str) -> RawJson {
+    RawValue::from_string(text.to_owned()).unwrap()
+}
+
+/// `invokefunction` frames covering every field, strings that need escapes and strings that do
+/// not, absent fields, and unknown fields.
+fn invoke_samples() -> Vec<InvokeFunction> {
+    let odd = [
+        "plain",
+        "quo\"te",
+        "back\\slash",
+        "new\nline",
+        "tab\t",
+        "\u{1}",
+        "é✓ ü",
+        "",
+    ];
+    let mut samples = vec![InvokeFunction::default()];
+    for (i, text) in odd.iter().enumerate() {
+        samples.push(InvokeFunction {
+            invocation_id: Some(format!("{text}-{i}")),
+            function_id: format!("fn::{text}"),
+            data: Some(raw(&format!(
+                r#"{{"k": {}, "n": [1, 2.50]}}"#,
+                Value::from(*text)
+            ))),
+            traceparent: Some(text.to_string()),
+            baggage: (i % 2 == 0).then(|| format!("b={text}")),
+            action: match i % 3 {
+                0 => None,
+                1 => Some(TriggerAction::Void),
+                _ => Some(TriggerAction::Enqueue {
+                    queue: text.to_string(),
+                }),
+            },
+            metadata: (i % 2 == 1).then(|| raw(r#"{"m":"é"}"#)),
+            namespace: (i % 2 == 0).then(|| format!("ns{text}")),
+            extra: vec![(format!("x{text}"), raw("[true, null]"))],
+        });
+    }
+    for data in [
+        "null",
+        "3",
+        "\"{}\"",
+        "[1,{}]",
+        " { } ",
+        "{}",
+        "\t{\"a\":{\"b\":\"}\"}}\n",
+    ] {
+        samples.push(InvokeFunction {
+            function_id: "f".to_owned(),
+            data: Some(raw(data)),
+            ..InvokeFunction::default()
+        });
+    }
+    samples
+}
+
+#[test]
+fn the_invoke_encoder_writes_the_bytes_the_serde_path_writes() {
+    for m in invoke_samples() {
+        let message = Message::InvokeFunction(m);
+        let reference = serde_json::to_vec(&message).unwrap();
+        assert_eq!(
+            String::from_utf8(message.encode()).unwrap(),
+            String::from_utf8(reference).unwrap()
+        );
+    }
+}
+
+#[test]
+fn encoding_with_the_caller_splices_its_id_into_object_payloads_only() {
+    for m in invoke_samples() {
+        for caller in ["worker-1", "we\"ird\\id\n"] {
+            let mut edited = m.clone();
+            if let Some(data) = &m.data {
+                let mut spliced = Vec::new();
+                if splice_caller_worker_id(data.get(), caller, &mut spliced) {
+                    edited.data = Some(raw(std::str::from_utf8(&spliced).unwrap()));
+                }
+            }
+            let expected = serde_json::to_vec(&Message::InvokeFunction(edited)).unwrap();
+            let written = m.encode_with_caller(caller);
+            assert_eq!(
+                String::from_utf8(written.clone()).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+            // What a worker reads: the engine's id in an object payload, anything else as sent.
+            let Message::InvokeFunction(read) = decode(&written).unwrap() else {
+                panic!("not an invokefunction")
+            };
+            let sent: Option<Value> = m
+                .data
+                .as_ref()
+                .map(|d| serde_json::from_str(d.get()).unwrap());
+            let got: Option<Value> = read
+                .data
+                .as_ref()
+                .map(|d| serde_json::from_str(d.get()).unwrap());
+            match (sent, got) {
+                (Some(Value::Object(mut sent)), Some(got)) => {
+                    sent.insert(CALLER_WORKER_ID_KEY.to_owned(), Value::from(caller));
+                    assert_eq!(Value::Object(sent), got);
+                }
+                (sent, got) => assert_eq!(sent, got),
+            }
+        }
+    }
+}
