@@ -57,7 +57,16 @@ impl<T> PendingTable<T> {
     /// Parks `value` under `id` until it is taken or `timeout` passes. Gives the value back if
     /// the id is already pending (a caller reusing an id must not steal another call's reply).
     pub fn insert(&self, id: impl Into<Arc<str>>, value: T, timeout: Duration) -> Result<(), T> {
-        let deadline = Instant::now() + timeout;
+        self.insert_until(id, value, Instant::now() + timeout)
+    }
+
+    /// As [`Self::insert`], expiring at `deadline` (for a caller that read the clock already).
+    pub fn insert_until(
+        &self,
+        id: impl Into<Arc<str>>,
+        value: T,
+        deadline: Instant,
+    ) -> Result<(), T> {
         match self.entries.entry(id.into()) {
             dashmap::Entry::Occupied(_) => Err(value),
             dashmap::Entry::Vacant(slot) => {

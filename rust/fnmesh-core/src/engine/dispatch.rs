@@ -196,6 +196,10 @@ impl Shared {
             spans::start_invocation(&self.tracer, &function_id, ns, &id, traceparent.as_deref());
         // What serves the call sees the engine's span as its parent.
         let traceparent = span.as_ref().map_or(traceparent, |s| Some(s.traceparent()));
+        // NOTE: one clock read for the metrics and the deadline: `clock_gettime` was 3.3% of the
+        // engine's CPU samples in E1 at 64 in flight (`perf record`, 2-core VM), three reads per
+        // routed call before.
+        let now = Instant::now();
         let pending = Pending {
             caller,
             function_id: function_id.clone(),
@@ -206,7 +210,7 @@ impl Shared {
             timeout,
             lease,
             _in_flight: in_flight,
-            metered: Metered(stats.map(|stats| (stats, Instant::now()))),
+            metered: Metered(stats.map(|stats| (stats, now))),
             trace_id: if tracing::enabled!(Level::DEBUG) {
                 u128::from_str_radix(trace_id(traceparent.as_deref()), 16).ok()
             } else {
@@ -218,7 +222,10 @@ impl Shared {
                 .map(|at| (at, ns.to_owned())),
             span,
         };
-        if let Err(pending) = self.pending.insert(id.clone(), pending, timeout) {
+        if let Err(pending) = self
+            .pending
+            .insert_until(id.clone(), pending, now + timeout)
+        {
             self.fail(
                 pending.caller,
                 Some(&id),
