@@ -8,60 +8,32 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fnmesh_core::engine::{Engine, EngineConfig};
+use fnmesh_core::engine::Engine;
 use fnmesh_core::function::{async_fn, Outcome};
 use fnmesh_core::http::HttpConfig;
-use fnmesh_core::registry::FunctionDef;
-use fnmesh_core::triggers::TriggerSpec;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod http_support;
+use http_support::serve_route;
 
 /// Far beyond what any of these exchanges takes on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn engine_with(http: HttpConfig) -> (Engine, SocketAddr) {
-    let mut config = EngineConfig {
-        http: HttpConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            listen_at_start: true,
-            ..http
-        },
-        queues: None,
-        ..EngineConfig::default()
-    };
-    config.server.addr = "127.0.0.1:0".parse().unwrap();
-    let engine = Engine::builder()
-        .config(config)
-        .function(
-            "echo",
-            FunctionDef::default(),
-            // Answers with the request body as the function received it (raw JSON text).
-            async_fn(|data| async move {
-                let input: HashMap<String, Box<RawValue>> =
-                    serde_json::from_str(data.get()).unwrap();
-                Outcome::json(&HashMap::from([("body", &input["body"])]))
-            }),
-        )
-        .start()
-        .await
-        .expect("engine starts");
-    engine
-        .handle()
-        .register_trigger(TriggerSpec {
-            id: None,
-            trigger_type: "http".to_owned(),
-            function_id: "echo".to_owned(),
-            config: RawValue::from_string(r#"{"api_path":"echo","http_method":"POST"}"#.into())
-                .unwrap(),
-            metadata: None,
-            namespace: None,
-            trigger_namespace: None,
-        })
-        .await
-        .expect("route registered");
-    let addr = engine.http_addr().expect("the HTTP listener is open");
-    (engine, addr)
+    // Answers with the request body as the function received it (raw JSON text).
+    let echo = async_fn(|data| async move {
+        let input: HashMap<String, Box<RawValue>> = serde_json::from_str(data.get()).unwrap();
+        Outcome::json(&HashMap::from([("body", &input["body"])]))
+    });
+    serve_route(
+        http,
+        "echo",
+        echo,
+        r#"{"api_path":"echo","http_method":"POST"}"#,
+    )
+    .await
 }
 
 /// Sends one complete POST on a fresh connection and returns the status line and body.

@@ -10,15 +10,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fnmesh_core::channels::{ChannelHub, Direction, End, Item};
-use fnmesh_core::engine::{Engine, EngineConfig};
+use fnmesh_core::engine::Engine;
 use fnmesh_core::function::{async_fn, Outcome};
 use fnmesh_core::http::HttpConfig;
-use fnmesh_core::registry::FunctionDef;
-use fnmesh_core::triggers::TriggerSpec;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod http_support;
+use http_support::serve_route;
 
 /// Far beyond what any of these exchanges takes on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -33,72 +33,40 @@ enum Ending {
 /// An engine whose `GET /stream` handler writes `chunks` into the request's response channel,
 /// all at once before it returns, and then ends the stream as `ending` says.
 async fn engine_streaming(chunks: &'static [&'static str], ending: Ending) -> (Engine, SocketAddr) {
-    let mut config = EngineConfig {
-        http: HttpConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            listen_at_start: true,
-            ..HttpConfig::default()
-        },
-        queues: None,
-        ..EngineConfig::default()
-    };
-    config.server.addr = "127.0.0.1:0".parse().unwrap();
     let hub: Arc<OnceLock<Arc<ChannelHub>>> = Arc::new(OnceLock::new());
     let handler_hub = hub.clone();
-    let engine = Engine::builder()
-        .config(config)
-        .function(
-            "stream",
-            FunctionDef::default(),
-            async_fn(move |data| {
-                let hub = handler_hub.clone();
-                async move {
-                    let input: HashMap<String, Value> = serde_json::from_str(data.get()).unwrap();
-                    let response = &input["response"];
-                    let hub = hub.get().expect("the hub is set before any request");
-                    let claimed = hub.claim(
-                        response["channel_id"].as_str().unwrap(),
-                        response["access_key"].as_str().unwrap(),
-                        Direction::Write,
-                    );
-                    let Ok(End::Writer(writer)) = claimed else {
-                        return Outcome::json(&"the response channel could not be claimed");
-                    };
-                    let status = r#"{"type":"set_status","status_code":200}"#;
-                    writer.send(Item::Text(status.to_owned())).await.unwrap();
-                    for chunk in chunks {
-                        writer
-                            .send(Item::Binary(chunk.as_bytes().to_vec().into()))
-                            .await
-                            .unwrap();
-                    }
-                    match ending {
-                        Ending::Finish => writer.finish(),
-                        Ending::Abort => writer.abort("the source failed"),
-                    }
-                    Outcome::json(&Value::Null)
-                }
-            }),
-        )
-        .start()
-        .await
-        .expect("engine starts");
+    let stream = async_fn(move |data| {
+        let hub = handler_hub.clone();
+        async move {
+            let input: HashMap<String, Value> = serde_json::from_str(data.get()).unwrap();
+            let response = &input["response"];
+            let hub = hub.get().expect("the hub is set before any request");
+            let claimed = hub.claim(
+                response["channel_id"].as_str().unwrap(),
+                response["access_key"].as_str().unwrap(),
+                Direction::Write,
+            );
+            let Ok(End::Writer(writer)) = claimed else {
+                return Outcome::json(&"the response channel could not be claimed");
+            };
+            let status = r#"{"type":"set_status","status_code":200}"#;
+            writer.send(Item::Text(status.to_owned())).await.unwrap();
+            for chunk in chunks {
+                writer
+                    .send(Item::Binary(chunk.as_bytes().to_vec().into()))
+                    .await
+                    .unwrap();
+            }
+            match ending {
+                Ending::Finish => writer.finish(),
+                Ending::Abort => writer.abort("the source failed"),
+            }
+            Outcome::json(&Value::Null)
+        }
+    });
+    let route = r#"{"api_path":"stream","http_method":"GET"}"#;
+    let (engine, addr) = serve_route(HttpConfig::default(), "stream", stream, route).await;
     hub.set(engine.handle().channels().clone()).ok().unwrap();
-    engine
-        .handle()
-        .register_trigger(TriggerSpec {
-            id: None,
-            trigger_type: "http".to_owned(),
-            function_id: "stream".to_owned(),
-            config: RawValue::from_string(r#"{"api_path":"stream","http_method":"GET"}"#.into())
-                .unwrap(),
-            metadata: None,
-            namespace: None,
-            trigger_namespace: None,
-        })
-        .await
-        .expect("route registered");
-    let addr = engine.http_addr().expect("the HTTP listener is open");
     (engine, addr)
 }
 
