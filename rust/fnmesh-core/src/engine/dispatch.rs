@@ -236,6 +236,8 @@ impl Shared {
             );
             return;
         }
+        // Who the payload names as its caller (docs/protocol.md 4.5), when it names one.
+        let data_caller = caller_worker_id.as_deref().filter(|_| caller_in_data);
         match target {
             Target::Worker(conn) => {
                 // A worker registered under a prefix (docs/access-control.md) is called by the
@@ -255,12 +257,7 @@ impl Shared {
                     metadata,
                     ..InvokeFunction::default()
                 };
-                let caller_in_data = caller_worker_id.as_deref().filter(|_| caller_in_data);
-                let frame = match caller_in_data {
-                    Some(caller) => frame.encode_with_caller(caller),
-                    None => Message::InvokeFunction(frame).encode(),
-                };
-                if conn.send(frame).is_err() {
+                if conn.send(frame.encode_with_caller(data_caller)).is_err() {
                     self.complete(
                         &id,
                         Outcome::failure(ErrorCode::InvocationStopped, "Invocation stopped"),
@@ -271,7 +268,7 @@ impl Shared {
                 invocation_id: id.clone(),
                 function_id,
                 namespace: namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
-                data: match caller_worker_id.as_deref().filter(|_| caller_in_data) {
+                data: match data_caller {
                     Some(caller) => inject_caller_worker_id(&data, caller).unwrap_or(data),
                     None => data,
                 },

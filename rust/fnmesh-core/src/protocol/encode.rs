@@ -38,13 +38,14 @@ impl Message {
 }
 
 impl InvokeFunction {
-    /// Encodes the call as the engine sends it to a worker on behalf of the worker
-    /// `caller_worker_id`: a `data` object gets `"_caller_worker_id": caller_worker_id` spliced in
-    /// (docs/protocol.md 4.5; other payloads go as they are). The same bytes as encoding the
-    /// message after [`splice_caller_worker_id`] on its data, without parsing the payload again.
-    pub fn encode_with_caller(&self, caller_worker_id: &str) -> Vec<u8> {
+    /// Encodes the call as the engine sends it to a worker, on behalf of the worker
+    /// `caller_worker_id` when there is one: a `data` object then gets `"_caller_worker_id":
+    /// caller_worker_id` spliced in (docs/protocol.md 4.5; other payloads go as they are). The
+    /// same bytes as encoding the message after [`splice_caller_worker_id`] on its data, without
+    /// parsing the payload again; with `None`, the same bytes as [`Message::encode`].
+    pub fn encode_with_caller(&self, caller_worker_id: Option<&str>) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_invoke(self, Some(caller_worker_id), &mut out);
+        encode_invoke(self, caller_worker_id, &mut out);
         out
     }
 }

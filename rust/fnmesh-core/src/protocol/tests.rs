@@ -359,8 +359,10 @@ fn invoke_samples() -> Vec<InvokeFunction> {
 #[test]
 fn the_invoke_encoder_writes_the_bytes_the_serde_path_writes() {
     for m in invoke_samples() {
+        let without_caller = m.encode_with_caller(None);
         let message = Message::InvokeFunction(m);
         let reference = serde_json::to_vec(&message).unwrap();
+        assert_eq!(without_caller, reference);
         assert_eq!(
             String::from_utf8(message.encode()).unwrap(),
             String::from_utf8(reference).unwrap()
@@ -380,7 +382,7 @@ fn encoding_with_the_caller_splices_its_id_into_object_payloads_only() {
                 }
             }
             let expected = serde_json::to_vec(&Message::InvokeFunction(edited)).unwrap();
-            let written = m.encode_with_caller(caller);
+            let written = m.encode_with_caller(Some(caller));
             assert_eq!(
                 String::from_utf8(written.clone()).unwrap(),
                 String::from_utf8(expected).unwrap()
