@@ -25,6 +25,7 @@ pub mod channels;
 pub mod client;
 pub mod config;
 pub mod cron;
+pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod external;
