@@ -9,10 +9,12 @@
 //! - `console`: the console page under `console_path` and its JSON API (assets in `console/`);
 //! - `stream`: request and response bodies streamed through data channels;
 //! - `flush`: when a streamed response's chunks have left hyper's buffer;
+//! - [`hosted`]: connections served by a host other than the runtime (an app's event loop);
 //! - [`service`]: [`HttpService`], the trigger as an engine service.
 
 mod console;
 mod flush;
+pub mod hosted;
 pub mod mapping;
 mod openapi;
 pub mod route;
@@ -21,5 +23,6 @@ pub mod service;
 mod stream;
 pub mod trigger;
 
+pub use hosted::{HostedConnection, HttpHost, LoopHost};
 pub use service::HttpService;
 pub use trigger::{CorsConfig, HttpConfig, HttpTrigger};

@@ -17,11 +17,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::flush::{Flushes, Watched};
+use super::hosted::HostedConnection;
 use super::mapping::{error_reply, HttpReply};
 use super::stream::{full, BodySource, Reply, ResponseBody, Streaming};
 use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
@@ -142,37 +144,99 @@ async fn accept(
             }
         };
         let _ = stream.set_nodelay(true);
-        let trigger = trigger.clone();
-        let limits = limits.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let flushes = Arc::new(Flushes::default());
-            let socket = Watched::new(stream, flushes.clone());
-            let service = service_fn(move |request| {
-                let trigger = trigger.clone();
-                let limits = limits.clone();
-                let flushes = flushes.clone();
-                async move { Ok::<_, Infallible>(respond(trigger, &limits, &flushes, request).await) }
-            });
-            let connection = http1::Builder::new()
-                .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(socket), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        debug!(%peer, "HTTP connection ended: {e}");
+        let connection = Connection {
+            peer,
+            trigger: trigger.clone(),
+            limits: limits.clone(),
+            header_read_timeout,
+            permit,
+            stopped: stopped.clone(),
+        };
+        // A host (the app's event loop) serves the connection on its own thread when it can.
+        let host = trigger.upgrade().and_then(|t| t.host());
+        let (stream, connection) = match host {
+            None => (stream, connection),
+            Some(host) => match stream.into_std() {
+                Ok(std_stream) => {
+                    match host.host(HostedConnection {
+                        stream: std_stream,
+                        connection,
+                    }) {
+                        Ok(()) => continue,
+                        Err(back) => match TcpStream::from_std(back.stream) {
+                            Ok(stream) => (stream, back.connection),
+                            Err(e) => {
+                                warn!("HTTP connection lost on its way back from the host: {e}");
+                                continue;
+                            }
+                        },
                     }
                 }
-                _ = stopped.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                Err(e) => {
+                    warn!("HTTP connection could not be handed to its host: {e}");
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection.serve(stream));
+    }
+}
+
+/// An accepted connection and what serving it needs, on whichever thread serves it.
+pub(crate) struct Connection {
+    peer: SocketAddr,
+    trigger: Weak<HttpTrigger>,
+    limits: Arc<Limits>,
+    header_read_timeout: Duration,
+    /// One of the listener's connection slots, held until the connection ends.
+    permit: OwnedSemaphorePermit,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 requests on `socket` until the client leaves or the listener stops
+    /// (then the request in flight finishes first).
+    pub(crate) async fn serve<S>(self, socket: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            trigger,
+            limits,
+            header_read_timeout,
+            permit,
+            mut stopped,
+        } = self;
+        let _permit = permit;
+        let flushes = Arc::new(Flushes::default());
+        let socket = Watched::new(socket, flushes.clone());
+        let service = service_fn(move |request| {
+            let trigger = trigger.clone();
+            let limits = limits.clone();
+            let flushes = flushes.clone();
+            async move { Ok::<_, Infallible>(respond(trigger, &limits, &flushes, request).await) }
+        });
+        let connection = http1::Builder::new()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(TokioIo::new(socket), service);
+        tokio::pin!(connection);
+        if *stopped.borrow_and_update() {
+            connection.as_mut().graceful_shutdown();
+        }
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%peer, "HTTP connection ended: {e}");
                 }
             }
-        });
+            _ = stopped.changed() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
     }
 }
 

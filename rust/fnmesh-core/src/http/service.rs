@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
 
+use super::hosted::HttpHost;
 use super::trigger::HttpTrigger;
 use crate::engine::{EngineRef, EngineService, ServiceError};
 use crate::registry::DEFAULT_NAMESPACE;
@@ -22,6 +23,15 @@ impl HttpService {
     /// listener.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.trigger.get().and_then(|t| t.local_addr())
+    }
+
+    /// Offers the connections accepted from now on to `host` (docs/architecture.md, "Requests
+    /// on the loop's thread"); `None` serves them all on the runtime. Nothing happens before
+    /// the service is installed.
+    pub fn set_host(&self, host: Option<Arc<dyn HttpHost>>) {
+        if let Some(trigger) = self.trigger.get() {
+            trigger.set_host(host);
+        }
     }
 }
 

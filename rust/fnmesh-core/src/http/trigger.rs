@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use super::hosted::HttpHost;
 use super::mapping::{
     condition_skips, error_reply, middleware_verdict, reply_from_result, request_input,
     request_summary, HttpReply, MiddlewareVerdict, RequestParts,
@@ -67,6 +68,8 @@ pub struct HttpTrigger {
     config: HttpConfig,
     routes: RwLock<Router<Route>>,
     listener: Mutex<Option<server::Listening>>,
+    // Serves accepted connections instead of the runtime, when set (`hosted`).
+    host: RwLock<Option<Arc<dyn HttpHost>>>,
     // Requests no route matched, under one label; `Some` when metrics are on.
     unmatched: Option<Arc<RouteStats>>,
     // The engine's tracer: each request is a SERVER span while tracing records.
@@ -85,9 +88,20 @@ impl HttpTrigger {
             config,
             routes: RwLock::new(Router::new()),
             listener: Mutex::new(None),
+            host: RwLock::new(None),
             unmatched: metered.then(|| Arc::new(RouteStats::new())),
             tracer,
         })
+    }
+
+    /// Offers every connection accepted from now on to `host` (`None`: the runtime serves them
+    /// all). Connections already open stay where they are.
+    pub fn set_host(&self, host: Option<Arc<dyn HttpHost>>) {
+        *self.host.write().unwrap_or_else(|e| e.into_inner()) = host;
+    }
+
+    pub(crate) fn host(&self) -> Option<Arc<dyn HttpHost>> {
+        self.host.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Where the listener is bound, once a route has opened it.
