@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 import fnmesh
@@ -294,17 +295,32 @@ async def bridges():
     await settle(lambda: (fds(), threads()) == before)
     return {"before": before, "during": during, "after": (fds(), threads())}
 
-async def apps():
-    app = fnmesh.App("cycles", port=0, log_level="warn")
+# One request on a connection left open: the app's stop must close it.
+async def post(url, body):
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /echo HTTP/1.1\\r\\nhost: t\\r\\ncontent-type: application/json\\r\\n"
+        + f"content-length: {len(body)}\\r\\n\\r\\n".encode() + body
+    )
+    head = await reader.readuntil(b"\\r\\n\\r\\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return writer
 
+async def apps():
+    app = fnmesh.App("cycles", port=0, http_port=0, log_level="warn")
+
+    @app.http("POST", "/echo")
     @app.function("cycles::echo")
     async def echo(data: dict) -> dict:
-        return data
+        return {"body": data["body"]}
 
     async def cycle():
         await app.start()
-        assert await app.call("cycles::echo", {"n": 1}) == {"n": 1}
+        assert await app.call("cycles::echo", {"body": 1}) == {"body": 1}
+        writer = await post(app.engine.http_url, b'{"n": 1}')
         await app.stop()
+        writer.close()
 
     await cycle()  # the first start opens what stays open (thread pools)
     before = fds()
@@ -360,5 +376,42 @@ def test_bridges_leave_no_file_descriptor_or_thread_behind(loop_kind: str) -> No
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_app_start_stop_cycles_leave_no_file_descriptor_behind(loop_kind: str) -> None:
+    # Each cycle also serves an HTTP request (on the loop's thread where it can watch a
+    # descriptor) on a connection the stop closes.
     result = cycles("apps", loop_kind)
     assert result["after"] <= result["before"]
+
+
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_an_apps_http_connections_are_served_on_a_loop_that_can_watch_descriptors(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    # docs/architecture.md, "Requests on the loop's thread"; without add_reader the engine's
+    # runtime serves them all, and the caller sees no difference.
+    app = fnmesh.App("web", port=0, http_port=0, log_level="warn")
+
+    @app.http("POST", "/echo")
+    @app.function("web.echo")
+    async def echo(data: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"body": data["body"]}
+
+    async def scenario() -> int:
+        async with app:
+            bridge = app._bridge
+            assert bridge is not None
+            assert app.engine.http_url is not None
+            limits = httpx.Limits(max_connections=1)
+            async with httpx.AsyncClient(base_url=app.engine.http_url, limits=limits) as http:
+                for i in range(20):
+                    answered = await http.post("/echo", json={"i": i})
+                    assert (answered.status_code, answered.json()) == (200, {"i": i})
+                hosted: int = bridge.hosted_connections
+            return hosted
+
+    loop = new_loop()
+    try:
+        hosted = run(loop, scenario())
+    finally:
+        loop.close()
+    assert hosted == (0 if new_loop is NoReaderLoop else 1)

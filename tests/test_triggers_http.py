@@ -5,7 +5,7 @@ middleware, conditions, errors, limits, CORS and concurrency."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -275,3 +275,65 @@ async def test_taken_http_port_fails_the_start(app: fnmesh.App) -> None:
 async def test_no_route_no_port() -> None:
     async with fnmesh.App("quiet", port=0, log_level="warn") as app:
         assert app.engine.http_url is None
+
+
+async def wait_until(what: str, condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def single_connection(app: fnmesh.App) -> httpx.AsyncClient:
+    assert app.engine.http_url is not None
+    return httpx.AsyncClient(base_url=app.engine.http_url, timeout=10, limits=httpx.Limits(max_connections=1))
+
+
+async def test_an_embedded_apps_requests_are_served_on_its_loop_up_to_two_connections(
+    app: fnmesh.App,
+) -> None:
+    # docs/architecture.md, "Requests on the loop's thread": the first connections are served
+    # by the app's own event loop, the rest by the engine's runtime; a caller sees no difference.
+    bridge = app._bridge
+    assert bridge is not None
+    async with single_connection(app) as one:
+        assert (await one.get("/users/1")).json()["id"] == "1"
+        assert bridge.hosted_connections == 1
+        created = await one.post("/users", json={"name": "ada"})
+        assert (created.status_code, created.json()["created"]) == (201, {"name": "ada"})
+        assert (await one.get("/fail")).status_code == 500
+        # The handler's timeout (1 s here) still answers 504 on a hosted connection.
+        assert (await one.get("/slow")).status_code == 504
+        assert bridge.hosted_connections == 1
+
+        clients = [single_connection(app) for _ in range(6)]
+        try:
+            for _ in range(3):
+                replies = await asyncio.gather(*(c.get(f"/users/{i}") for i, c in enumerate(clients)))
+                assert [r.json()["id"] for r in replies] == [str(i) for i in range(6)]
+            assert bridge.hosted_connections == 2
+        finally:
+            for c in clients:
+                await c.aclose()
+    await wait_until("the hosted connections to end", lambda: bridge.hosted_connections == 0)
+    # Places given back are taken again.
+    async with single_connection(app) as again:
+        assert (await again.get("/users/2")).json()["id"] == "2"
+        assert bridge.hosted_connections == 1
+
+
+async def test_stopping_the_app_closes_the_connections_its_loop_served() -> None:
+    app = make_app()
+    await app.start()
+    bridge = app._bridge
+    assert bridge is not None
+    try:
+        async with single_connection(app) as one:
+            assert (await one.get("/users/1")).status_code == 200
+            assert bridge.hosted_connections == 1
+            await app.stop()
+            assert bridge.hosted_connections == 0
+            with pytest.raises(httpx.TransportError):
+                await one.get("/users/1")
+    finally:
+        await app.stop()

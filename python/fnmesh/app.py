@@ -558,6 +558,8 @@ class App:
         try:
             assert self._bridge is not None
             engine = self._engine.native
+            # HTTP requests for this app's handlers are served on this loop's thread.
+            self._bridge.host_http(engine)
             await self._server.serve_externals(engine, self._bridge, self._externals, self._engine.config)
             self._server.serve_trigger_types(engine, self._bridge)
             await self._bind_triggers()

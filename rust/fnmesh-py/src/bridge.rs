@@ -18,16 +18,30 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use fnmesh_core::driver::Driver;
 use fnmesh_core::function::{Call, NativeFunction, Outcome, Reply};
+use fnmesh_core::http::LoopHost;
 use fnmesh_core::protocol::{ErrorBody, RawJson};
 use fnmesh_core::registry::FunctionDef;
 use fnmesh_core::triggers::TriggerSpec;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use crate::engine::EngineHandle;
 use crate::errors::InvalidArgument;
+
+/// HTTP connections served on the loop's thread at most (`host_http`); past them, the runtime
+/// serves (docs/architecture.md, "Requests on the loop's thread").
+// NOTE: E4's app and load (`fnmesh-loadgen http`, 3 s runs, this build and the one before it in
+// alternating rounds on one 2-core VM, issue 22): hosting every connection took 1 in flight from
+// 6.3-6.9k to 8.8-9.3k req/s (p50 141-160 -> 101-107 µs) but 64 in flight from 28-31k to 15-17k
+// req/s, the loop's thread parsing all 64. Capped at 1 the 64-in-flight rate stayed at the
+// baseline's (27.7-29.1k vs 28.0-29.5k), at 4 it lost 3-5 %, at 16 about 20 %; 2 was within the
+// noise of 1 and leaves a second pooled connection on the fast path.
+const LOOP_HOSTED_CONNECTIONS: usize = 2;
 
 /// What the bridge hands to Python.
 pub(crate) enum Work {
@@ -164,9 +178,42 @@ struct Inner {
     event_loop: Py<PyAny>,
     dispatch: Py<PyAny>,
     closed: AtomicBool,
+    /// Serves HTTP connections on the loop's thread, once `host_http` set it up.
+    driver: Mutex<Option<Arc<Driver>>>,
 }
 
 impl Inner {
+    fn driver(&self) -> Option<Arc<Driver>> {
+        self.driver.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// On the loop, when the driver's descriptor is readable: runs the hosted connections
+    /// whose sockets are ready, hands the invocations they queued to Python at once (no wake
+    /// socket round), then runs the connections those answers woke.
+    fn hosted(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(driver) = self.driver() else {
+            return Ok(());
+        };
+        let entered = driver.enter();
+        if self.closed.load(Ordering::Acquire) {
+            driver.turn();
+            return Ok(());
+        }
+        // Claims the wake: invocations the turn queues do not write the wake socket, they are
+        // handed over below.
+        self.wake.armed.swap(true, Ordering::AcqRel);
+        driver.turn();
+        self.wake.armed.swap(false, Ordering::AcqRel);
+        let batch = self.take(MAX_BATCH);
+        if batch.len() == MAX_BATCH {
+            self.wake.ring();
+        }
+        let result = self.hand_over(py, batch);
+        driver.run();
+        drop(entered);
+        result
+    }
+
     /// On the loop: hands one batch over; once closed, everything queued, then removes the
     /// reader and closes the wake socket.
     fn ready(&self, py: Python<'_>) -> PyResult<()> {
@@ -180,7 +227,16 @@ impl Inner {
             if batch.len() == MAX_BATCH {
                 self.wake.ring();
             }
-            return self.hand_over(py, batch);
+            let Some(driver) = self.driver() else {
+                return self.hand_over(py, batch);
+            };
+            // Handlers that answer within the batch wake hosted connections: they write their
+            // responses before the loop moves on.
+            let entered = driver.enter();
+            let result = self.hand_over(py, batch);
+            driver.run();
+            drop(entered);
+            return result;
         }
         let mut result = Ok(());
         loop {
@@ -192,10 +248,14 @@ impl Inner {
                 result = result.and(Err(e));
             }
         }
-        if let (Some(fd), false) = (fd, self.loop_closed(py)) {
+        let loop_closed = self.loop_closed(py);
+        if let (Some(fd), false) = (fd, loop_closed) {
             if let Err(e) = self.event_loop.call_method1(py, "remove_reader", (fd,)) {
                 result = result.and(Err(e));
             }
+        }
+        if let Err(e) = self.unhost(py, loop_closed) {
+            result = result.and(Err(e));
         }
         self.shut();
         result
@@ -239,10 +299,16 @@ impl Inner {
         if batch.is_empty() {
             return Ok(());
         }
+        // Only while the loop serves connections: other invocations then carry nothing more.
+        let driver = self.driver().filter(|d| d.task_count() > 0);
         let items = PyList::empty(py);
         for work in batch {
             match work {
-                Work::Invoke(call) => items.append(Invocation::from_call(call))?,
+                Work::Invoke(call) => {
+                    let mut invocation = Invocation::from_call(call);
+                    invocation.driver = driver.clone();
+                    items.append(invocation)?
+                }
                 Work::Abandon(invocation_id) => items.append(invocation_id)?,
                 Work::Done { future, outcome } => items.append(done_tuple(py, future, outcome)?)?,
                 Work::Trigger(event) => items.append(event)?,
@@ -254,6 +320,25 @@ impl Inner {
         }
         self.dispatch.call1(py, (items,))?;
         Ok(())
+    }
+
+    /// Stops serving HTTP connections on the loop: the engine serves new ones again, the open
+    /// ones close.
+    fn unhost(&self, py: Python<'_>, loop_closed: bool) -> PyResult<()> {
+        let Some(driver) = self.driver.lock().ok().and_then(|mut d| d.take()) else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        #[cfg(unix)]
+        if !loop_closed {
+            result = self
+                .event_loop
+                .call_method1(py, "remove_reader", (driver.fd(),))
+                .map(drop);
+        }
+        let _ = (py, loop_closed);
+        driver.close();
+        result
     }
 
     fn loop_closed(&self, py: Python<'_>) -> bool {
@@ -283,6 +368,17 @@ struct Ready(Arc<Inner>);
 impl Ready {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         self.0.ready(py)
+    }
+}
+
+/// The callback the loop runs when the HTTP driver's descriptor is readable.
+#[pyclass(frozen, module = "fnmesh._native", name = "_BridgeHosted")]
+struct Hosted(Arc<Inner>);
+
+#[pymethods]
+impl Hosted {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        self.0.hosted(py)
     }
 }
 
@@ -366,6 +462,7 @@ impl Bridge {
             event_loop: event_loop.clone_ref(py),
             dispatch,
             closed: AtomicBool::new(false),
+            driver: Mutex::new(None),
         });
         let ready = Py::new(py, Ready(inner.clone()))?;
         // On failure `inner` is dropped here, closing what was opened.
@@ -410,6 +507,61 @@ impl Bridge {
             inner.shut();
         }
         Ok(())
+    }
+
+    /// Serves the HTTP trigger's connections of `engine` on this loop's thread from now on
+    /// (docs/architecture.md, "Requests on the loop's thread"): a request for a handler on this
+    /// loop then crosses no thread. Call on the loop's thread. Returns False, and changes
+    /// nothing, when the loop cannot watch a descriptor (`add_reader`) or the bridge is closed.
+    /// Closing the bridge hands new connections back to the engine and closes those it served.
+    fn host_http(&self, py: Python<'_>, engine: PyRef<'_, EngineHandle>) -> PyResult<bool> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let asyncio = py.import("asyncio")?;
+        let running = asyncio.call_method0("_get_running_loop")?;
+        if !running.is(inner.event_loop.bind(py)) {
+            return Err(InvalidArgument::new_err(
+                "host_http must be called on the bridge's running event loop",
+            ));
+        }
+        if inner.driver().is_some() {
+            return Ok(true);
+        }
+        #[cfg(unix)]
+        {
+            let (runtime, _) = engine.live()?;
+            let driver = Arc::new(Driver::new(runtime)?);
+            let hosted = Py::new(py, Hosted(inner.clone()))?;
+            match inner
+                .event_loop
+                .call_method1(py, "add_reader", (driver.fd(), hosted))
+            {
+                Ok(_) => {}
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyNotImplementedError>(py) => {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e),
+            }
+            if let Ok(mut slot) = inner.driver.lock() {
+                *slot = Some(driver.clone());
+            }
+            let host = LoopHost::new(driver.spawner(), LOOP_HOSTED_CONNECTIONS);
+            engine.set_http_host(Some(Arc::new(host)))?;
+            Ok(true)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = engine;
+            Ok(false)
+        }
+    }
+
+    /// HTTP connections served on this loop's thread now (see `host_http`).
+    #[getter]
+    fn hosted_connections(&self) -> usize {
+        self.inner.driver().map_or(0, |d| d.task_count())
     }
 
     /// True until `close()`.
@@ -517,6 +669,9 @@ pub struct Invocation {
     #[pyo3(get)]
     caller_worker_id: Option<String>,
     reply: Mutex<Option<Reply>>,
+    /// The loop's HTTP driver, when the bridge hosts connections: an answer given on the loop
+    /// outside a bridge batch runs the connection it woke right away.
+    driver: Option<Arc<Driver>>,
 }
 
 impl Invocation {
@@ -531,6 +686,7 @@ impl Invocation {
             baggage: call.baggage,
             caller_worker_id: call.caller_worker_id.map(|id| id.to_string()),
             reply: Mutex::new(Some(call.reply)),
+            driver: None,
         }
     }
 
@@ -539,9 +695,26 @@ impl Invocation {
         match reply {
             Some(reply) => {
                 reply.send(outcome);
+                self.run_woken();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Runs the hosted connections the answer woke (a response to write), when answered on
+    /// the loop's thread: no eventfd write and no further turn of the loop for it.
+    // NOTE: on Python 3.11 a handler runs in a Task after the batch that started it, so its
+    // answer comes outside the bridge's turn of the driver. Without this run the answer woke the
+    // connection through the eventfd: a write, a wake of the loop's selector and a poll of the
+    // driver more per request (strace of E4 at 1 in flight).
+    fn run_woken(&self) {
+        if let Some(driver) = &self.driver {
+            if driver.has_ready() && driver.is_owner_thread() {
+                let entered = driver.enter();
+                driver.run();
+                drop(entered);
+            }
         }
     }
 }

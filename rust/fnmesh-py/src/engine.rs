@@ -197,6 +197,25 @@ impl EngineHandle {
 }
 
 impl EngineHandle {
+    /// Offers the HTTP trigger's connections to `host` from now on (`None`: the runtime serves
+    /// them), or `InvalidArgument` once stopped.
+    pub(crate) fn set_http_host(
+        &self,
+        host: Option<Arc<dyn fnmesh_core::http::HttpHost>>,
+    ) -> PyResult<()> {
+        let state = self
+            .state
+            .lock()
+            .map_err(|_| InvalidArgument::new_err("the engine is not running"))?;
+        let (_, engine) = state
+            .as_ref()
+            .ok_or_else(|| InvalidArgument::new_err("the engine is not running"))?;
+        if let Some(http) = engine.service::<fnmesh_core::http::HttpService>() {
+            http.set_host(host);
+        }
+        Ok(())
+    }
+
     /// The runtime and a handle on the engine, or `InvalidArgument` once stopped.
     pub(crate) fn live(&self) -> PyResult<(tokio::runtime::Handle, EngineRef)> {
         self.state
