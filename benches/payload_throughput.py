@@ -1,5 +1,6 @@
 """E8 large payloads: 1 MiB of ``data`` per call through the engine at 8 in flight, in MB/s,
-against the one-hop echo floor measured in the same run.
+against the two-hop floor (a relay in front of an echo) measured in the same run, the one-hop
+echo shown beside it.
 
     python benches/payload_throughput.py [--quick]
 
@@ -10,16 +11,21 @@ the default 64 KiB refuses such frames), ``fnmesh-loadgen worker`` serving ``ben
 connection, then ``fnmesh-loadgen call --payload-bytes 1048576 --concurrency 8 --connections 4``:
 caller -> engine -> worker -> engine -> caller, every call carrying 1 MiB each way. The floor is
 ``fnmesh-loadgen echo``, which answers every ``invokefunction`` itself (caller -> echo -> caller,
-one hop): the most the same caller can move over loopback on this machine. The value is MB/s of
-``data`` sent (calls/s x 1 MiB / 10^6; the same amount comes back); the full run repeats rounds
-and reports medians. Any error or timeout fails the run.
+one hop): the most the same caller can move over loopback on this machine. The two-hop floor is
+``fnmesh-loadgen relay`` in front of that echo (caller -> relay -> echo -> relay -> caller): the
+relay reads each WebSocket frame whole and writes it on unread, the copying and socket work of
+any process between caller and worker and none of a router's. The value is MB/s of ``data`` sent
+(calls/s x 1 MiB / 10^6; the same amount comes back); the full run repeats rounds and reports
+medians. Any error or timeout fails the run.
 
-Through the engine every byte crosses two hops instead of one: per call the floor's two processes
-copy the MiB in and out once each (4 MiB of socket and parse work), the engine path's three
-processes twice as much (caller 2, engine 4, worker 2), and the engine scans each frame for its
-envelope on the way. On a CPU-bound machine (2 cores here for all three processes) half the
-floor's MB/s is the most the engine path could reach; the target is 0.4x, that bound less the
-engine's own scanning.
+Through the engine every byte crosses two hops instead of one: per call the echo floor's two
+processes copy the MiB in and out once each (4 MiB of socket and parse work), the engine path's
+three processes twice as much (caller 2, engine 4, worker 2). On a CPU-bound machine (2 cores
+here for all three processes) half the one-hop floor's MB/s is the most any two-hop path could
+reach, and the machine decides how close to half the relay gets (0.55x here, 0.5x on faster
+VMs), so a ratio to the one-hop echo judged the machine as much as the engine. The target is
+judged against the relay: the engine's own work on a 1 MiB frame (finding its envelope, routing,
+the invocation's bookkeeping) may cost at most a fifth of the relay's rate.
 
 Prints a Markdown table and writes ``benches/results/payload_throughput[.quick].json``.
 """
@@ -42,8 +48,8 @@ CONCURRENCY = 8
 CONNECTIONS = 4
 WARMUP = "1s"
 MAX_FRAME_BYTES = 4 * 1024 * 1024
-TARGETS = ("fnmesh", "echo")
-RATIO_TARGET = 0.4
+TARGETS = ("fnmesh", "relay", "echo")
+RATIO_TARGET = 0.8
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,12 @@ def measure(procs: Processes, target: str, logs: Path, round_index: int, plan: P
     tag = f"{target}-r{round_index}"
     started: list[subprocess.Popen[Any]] = []
     try:
-        if target == "echo":
+        if target in ("echo", "relay"):
             server, url = start_echo(procs, logs / f"{tag}.log")
             started.append(server)
+            if target == "relay":
+                relay, url = start_echo(procs, logs / f"{tag}-relay.log", upstream=url)
+                started.append(relay)
         else:
             config = logs / "engine.toml"
             config.write_text(f"max_frame_bytes = {MAX_FRAME_BYTES}\n", encoding="utf-8")
@@ -107,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         t: statistics.median(float(r["loadgen"]["latency_us"]["p50"]) for r in runs if r["target"] == t)
         for t in TARGETS
     }
-    ratio = benchkit.ratio(rate["fnmesh"], rate["echo"])
+    ratio = benchkit.ratio(rate["fnmesh"], rate["relay"])
+    to_echo = benchkit.ratio(rate["fnmesh"], rate["echo"])
+    relay_to_echo = benchkit.ratio(rate["relay"], rate["echo"])
     per_round = [
         benchkit.ratio(a["mb_per_s"], b["mb_per_s"])
         for a, b in zip(
             [r for r in runs if r["target"] == "fnmesh"],
-            [r for r in runs if r["target"] == "echo"],
+            [r for r in runs if r["target"] == "relay"],
             strict=True,
         )
     ]
@@ -122,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`fnmesh-loadgen call --payload-bytes {PAYLOAD_BYTES} --concurrency {CONCURRENCY} "
         f"--connections {CONNECTIONS} --duration {plan.duration_s:g}s --warmup {WARMUP}`; fnmesh: "
         f"fresh `fnmesh serve` (max_frame_bytes {MAX_FRAME_BYTES}) and `fnmesh-loadgen worker`; floor: "
-        f"`fnmesh-loadgen echo` (one hop); MB/s = calls/s x 1 MiB / 10^6 each way; {plan.rounds} round(s), "
+        f"`fnmesh-loadgen relay` in front of `fnmesh-loadgen echo` (two hops), and the echo alone (one "
+        f"hop); MB/s = calls/s x 1 MiB / 10^6 each way; {plan.rounds} round(s), "
         "medians" + (" (--quick)" if quick else ""),
         "",
     ]
@@ -131,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"1 MiB data, {CONCURRENCY} in flight",
             f"{rate['fnmesh']:,.0f} MB/s, p50 {p50['fnmesh'] / 1000:,.1f} ms",
-            f"{rate['echo']:,.0f} MB/s, p50 {p50['echo'] / 1000:,.1f} ms (echo floor, one hop)",
+            f"{rate['relay']:,.0f} MB/s, p50 {p50['relay'] / 1000:,.1f} ms (two-hop floor: a relay "
+            f"in front of an echo; the one-hop echo: {rate['echo']:,.0f} MB/s)",
             f"{ratio:.2f}x",
             f"≥ {RATIO_TARGET:g}x",
             "met" if met else "MISSED",
@@ -139,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(benchkit.table(["bench", "fnmesh", "baseline (same run)", "ratio", "target", ""], rows))
     print("\nratio per round: " + ", ".join(f"{x:.2f}x" for x in per_round))
+    print(
+        f"to the one-hop echo: fnmesh {to_echo:.2f}x, the relay {relay_to_echo:.2f}x (half is the most a "
+        "two-hop path can reach)"
+    )
     headline = [
         benchkit.headline(
             f"E8 large payloads, 1 MiB data, {CONCURRENCY} in flight",
             f"{rate['fnmesh']:,.0f} MB/s",
-            f"{rate['echo']:,.0f} MB/s (echo floor, one hop)",
+            f"{rate['relay']:,.0f} MB/s (two-hop floor; the one-hop echo: {rate['echo']:,.0f} MB/s)",
             ratio,
             f"≥ {RATIO_TARGET:g}x",
             met,
@@ -165,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 "p50_us": p50,
                 "ratio": ratio,
                 "ratio_per_round": per_round,
+                "ratio_to_echo": to_echo,
+                "relay_to_echo": relay_to_echo,
                 "met": met,
             },
             "runs": runs,
