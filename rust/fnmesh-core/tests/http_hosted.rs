@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod http_support;
-use http_support::serve_route;
+use http_support::{serve_route, until_closed};
 
 /// Far beyond what any of these exchanges takes on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -185,19 +185,6 @@ async fn read_response(stream: &mut TcpStream) -> (String, String) {
         );
         seen.extend_from_slice(&buf[..n]);
     }
-}
-
-/// Reads until the server closes the connection; what it sent on the way.
-async fn until_closed(stream: &mut TcpStream) -> String {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&seen).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

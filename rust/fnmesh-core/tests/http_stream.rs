@@ -14,11 +14,11 @@ use fnmesh_core::engine::Engine;
 use fnmesh_core::function::{async_fn, Outcome};
 use fnmesh_core::http::HttpConfig;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 mod http_support;
-use http_support::serve_route;
+use http_support::{serve_route, until_closed};
 
 /// Far beyond what any of these exchanges takes on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -77,18 +77,9 @@ async fn get_stream(addr: SocketAddr) -> String {
         .write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    let read = tokio::time::timeout(DEADLINE, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    });
-    read.await.expect("the server ends the response");
-    String::from_utf8_lossy(&seen).into_owned()
+    tokio::time::timeout(DEADLINE, until_closed(&mut stream))
+        .await
+        .expect("the server ends the response")
 }
 
 /// The chunked body's payload, and whether it ended cleanly (the zero-size last chunk).

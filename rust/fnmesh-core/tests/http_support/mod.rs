@@ -8,6 +8,8 @@ use fnmesh_core::http::HttpConfig;
 use fnmesh_core::registry::FunctionDef;
 use fnmesh_core::triggers::TriggerSpec;
 use serde_json::value::RawValue;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// An engine, HTTP listener on a free loopback port with `http`'s other settings, serving
 /// `function` as `function_id` at `route` (the trigger's config, e.g.
@@ -49,4 +51,17 @@ pub async fn serve_route(
         .expect("route registered");
     let addr = engine.http_addr().expect("the HTTP listener is open");
     (engine, addr)
+}
+
+/// Reads until the server closes the connection (or it fails); what it sent on the way.
+pub async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
 }
