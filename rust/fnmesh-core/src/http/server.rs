@@ -23,7 +23,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::flush::{Flushes, Watched};
-use super::hosted::HostedConnection;
+use super::hosted::{HostedConnection, HttpHost};
 use super::mapping::{error_reply, HttpReply};
 use super::stream::{full, BodySource, Reply, ResponseBody, Streaming};
 use super::trigger::{CorsConfig, HttpConfig, HttpTrigger};
@@ -154,31 +154,38 @@ async fn accept(
         };
         // A host (the app's event loop) serves the connection on its own thread when it can.
         let host = trigger.upgrade().and_then(|t| t.host());
-        let (stream, connection) = match host {
-            None => (stream, connection),
-            Some(host) => match stream.into_std() {
-                Ok(std_stream) => {
-                    match host.host(HostedConnection {
-                        stream: std_stream,
-                        connection,
-                    }) {
-                        Ok(()) => continue,
-                        Err(back) => match TcpStream::from_std(back.stream) {
-                            Ok(stream) => (stream, back.connection),
-                            Err(e) => {
-                                warn!("HTTP connection lost on its way back from the host: {e}");
-                                continue;
-                            }
-                        },
-                    }
-                }
-                Err(e) => {
-                    warn!("HTTP connection could not be handed to its host: {e}");
-                    continue;
-                }
-            },
+        let Some((stream, connection)) = offer(host, stream, connection) else {
+            continue;
         };
         tokio::spawn(connection.serve(stream));
+    }
+}
+
+/// Offers an accepted connection to `host`. Hands it back, to be served on the runtime, when
+/// there is no host or the host declines; `None` when the host took it (or it was lost on the
+/// way, logged).
+fn offer(
+    host: Option<Arc<dyn HttpHost>>,
+    stream: TcpStream,
+    connection: Connection,
+) -> Option<(TcpStream, Connection)> {
+    let Some(host) = host else {
+        return Some((stream, connection));
+    };
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!("HTTP connection could not be handed to its host: {e}");
+            return None;
+        }
+    };
+    let back = host.host(HostedConnection { stream, connection }).err()?;
+    match TcpStream::from_std(back.stream) {
+        Ok(stream) => Some((stream, back.connection)),
+        Err(e) => {
+            warn!("HTTP connection lost on its way back from the host: {e}");
+            None
+        }
     }
 }
 
