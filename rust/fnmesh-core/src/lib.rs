@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod bulk_read;
 pub mod change_trigger;
 pub mod channels;
 pub mod client;

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
+use crate::bulk_read::BulkRead;
 use crate::channels::{self, ChannelError, ChannelHub, Direction};
 pub use crate::meter::CloseReason;
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
@@ -590,8 +591,8 @@ async fn deliver(handler: &Arc<dyn ConnectionHandler>, conn: &Arc<Connection>, f
 /// [`ConnectionHandler::on_telemetry`] (large ones on the blocking pool, as frames do); nothing
 /// is ever sent back but the close.
 async fn serve_telemetry(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<TcpStream>, WsMessage>,
-    mut source: futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<BulkRead<TcpStream>>, WsMessage>,
+    mut source: futures_util::stream::SplitStream<WebSocketStream<BulkRead<TcpStream>>>,
     conn: Arc<Connection>,
     handler: Arc<dyn ConnectionHandler>,
     mut stop: watch::Receiver<bool>,
@@ -675,8 +676,11 @@ async fn serve_socket(
         }
         Ok(resp)
     };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        BulkRead::new(stream),
+        callback,
+        Some(ws_config),
+    );
     let ws = match tokio::time::timeout(config.handshake_timeout, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {

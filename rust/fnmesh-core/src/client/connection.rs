@@ -18,10 +18,11 @@ use super::error::ClientError;
 use super::handle::ClientState;
 use super::inner::Inner;
 use super::{duration_ms, lock, stopped};
+use crate::bulk_read::BulkRead;
 use crate::invocation::SWEEP_INTERVAL;
 use crate::protocol::{Message, Reattach};
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<BulkRead<TcpStream>>;
 
 /// Connects, serves, and reconnects with backoff until told to stop.
 pub(super) async fn supervise(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
@@ -141,7 +142,8 @@ async fn connect_once(inner: &Inner) -> Result<Socket, ConnectError> {
             .max_message_size(Some(crate::protocol::DEFAULT_MAX_FRAME_BYTES))
             .max_frame_size(Some(crate::protocol::DEFAULT_MAX_FRAME_BYTES));
         let (socket, _response) =
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
+            tokio_tungstenite::client_async_with_config(request, BulkRead::new(tcp), Some(config))
+                .await?;
         Ok::<_, ConnectError>(socket)
     };
     match tokio::time::timeout(inner.settings.connect_timeout, attempt).await {
