@@ -154,12 +154,11 @@ impl<T> PendingTable<T> {
 /// [`crate::protocol::splice_caller_worker_id`]; a call routed to a worker gets the same edit
 /// while its frame is encoded ([`crate::protocol::InvokeFunction::encode_with_caller`]).
 pub fn inject_caller_worker_id(data: &RawValue, worker_id: &str) -> Option<RawJson> {
-    let mut out = Vec::new();
+    let mut out = String::new();
     if !crate::protocol::splice_caller_worker_id(data.get(), worker_id, &mut out) {
         return None;
     }
-    // The splice keeps valid JSON valid (and UTF-8); from_string only re-checks it.
-    let out = String::from_utf8(out).ok()?;
+    // The splice keeps valid JSON valid; from_string only re-checks it.
     RawValue::from_string(out).ok()
 }
 

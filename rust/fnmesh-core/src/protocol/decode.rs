@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -15,6 +16,7 @@ use super::messages::{
     UnregisterTriggerType, WorkerRegistered,
 };
 use super::raw::{raw_of, Extra, RawJson};
+use super::scan::{scan_frame, Spans};
 use crate::error::{Error, Result};
 
 /// Decodes one frame.
@@ -34,6 +36,66 @@ pub fn decode(frame: &[u8]) -> Result<Message> {
 // (benches/observability_callgrind.py's method; docs/architecture.md, "The hot path").
 pub fn decode_text(frame: &str) -> Result<Message> {
     decode_from(serde_json::Deserializer::from_str(frame), frame.as_bytes())
+}
+
+/// Frames at least this large are decoded by [`decode_split`] without copying their payload.
+// NOTE: below this the ordinary decode costs a few microseconds and the scan would add work;
+// the split pays from tens of kilobytes up (E8 at 1 MiB: see `scan.rs`).
+pub const SPLIT_FRAME_BYTES: usize = 16 * 1024;
+
+/// A decoded frame whose payload may have stayed in the frame.
+#[derive(Debug)]
+pub struct Split {
+    /// The message. When [`Split::payload`] is set, the payload field (`data` of an
+    /// `invokefunction`, `result` of an `invocationresult`) is `None` here.
+    pub message: Message,
+    /// Where the payload left out of [`Split::message`] lies in the frame: well-formed JSON.
+    pub payload: Option<Range<usize>>,
+}
+
+/// Decodes one text frame as [`decode_text`] does, but leaves a large frame's payload in the
+/// frame: the payload is checked as well-formed JSON and its place returned, instead of being
+/// copied into the message (docs/architecture.md, "Large frames"). Small frames, other message
+/// types and frames the scan does not take are decoded whole.
+pub fn decode_split(frame: &str) -> Result<Split> {
+    if frame.len() >= SPLIT_FRAME_BYTES {
+        let spans = scan_frame(frame).filter(|s| s.data.is_some() || s.result.is_some());
+        if let Some(split) = spans.and_then(|spans| split_payload(frame, spans)) {
+            return Ok(split);
+        }
+    }
+    decode_text(frame).map(|message| Split {
+        message,
+        payload: None,
+    })
+}
+
+/// The envelope read with both payloads blanked out; `None` sends the frame down the ordinary
+/// path (a message type that keeps the other payload key too, or an envelope that does not
+/// decode, whose error that path words).
+fn split_payload(frame: &str, spans: Spans) -> Option<Split> {
+    let mut blanks: Vec<&Range<usize>> = spans.data.iter().chain(&spans.result).collect();
+    blanks.sort_by_key(|r| r.start);
+    let mut envelope = String::with_capacity(256);
+    let mut at = 0;
+    for r in blanks {
+        envelope.push_str(&frame[at..r.start]);
+        envelope.push('0');
+        at = r.end;
+    }
+    envelope.push_str(&frame[at..]);
+    let (message, payload) = match decode_text(&envelope).ok()? {
+        Message::InvokeFunction(mut m) if spans.result.is_none() => {
+            m.data = None;
+            (Message::InvokeFunction(m), spans.data)
+        }
+        Message::InvocationResult(mut r) if spans.data.is_none() => {
+            r.result = None;
+            (Message::InvocationResult(r), spans.result)
+        }
+        _ => return None,
+    };
+    Some(Split { message, payload })
 }
 
 /// The single pass over `frame` read through `de`.

@@ -22,7 +22,7 @@ impl Message {
     /// Appends the encoded message to `out` (lets a caller reuse one buffer per connection).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         if let Message::InvokeFunction(m) = self {
-            return encode_invoke(m, None, out);
+            return encode_invoke(m, payload_of(m), None, out);
         }
         let mut ser = serde_json::Serializer::new(out);
         // Serializing our own types into a Vec cannot fail: every key is a string and RawJson is
@@ -45,9 +45,26 @@ impl InvokeFunction {
     /// parsing the payload again; with `None`, the same bytes as [`Message::encode`].
     pub fn encode_with_caller(&self, caller_worker_id: Option<&str>) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_invoke(self, caller_worker_id, &mut out);
+        encode_invoke(self, payload_of(self), caller_worker_id, &mut out);
         out
     }
+
+    /// As [`InvokeFunction::encode_with_caller`], with `data` (well-formed JSON text) as the
+    /// payload in place of the message's own: a payload kept elsewhere (a slice of the frame it
+    /// arrived in) goes into the frame without first being copied into the message.
+    /// It is written as a `String`, so the frame goes out as text without its UTF-8 being
+    /// checked again.
+    // NOTE: `String::from_utf8` on the encoded frame in the connection's writer cost 25 µs per
+    // MiB (examples measured in docs/architecture.md, "Large frames").
+    pub fn encode_with_payload(&self, data: &str, caller_worker_id: Option<&str>) -> String {
+        let mut out = String::new();
+        encode_invoke(self, Some(data), caller_worker_id, &mut out);
+        out
+    }
+}
+
+fn payload_of(m: &InvokeFunction) -> Option<&str> {
+    m.data.as_deref().map(serde_json::value::RawValue::get)
 }
 
 /// Writes `data` (valid JSON) with `"_caller_worker_id": worker_id` added when it is an object,
@@ -56,22 +73,51 @@ impl InvokeFunction {
 /// The payload is not parsed: the key goes in before the closing brace, after any key of the same
 /// name the caller sent, so every last-wins JSON reader sees the engine's value. Whitespace around
 /// the object is dropped; valid JSON stays valid.
-pub fn splice_caller_worker_id(data: &str, worker_id: &str, out: &mut Vec<u8>) -> bool {
+pub fn splice_caller_worker_id(data: &str, worker_id: &str, out: &mut String) -> bool {
+    splice_into(data, worker_id, out)
+}
+
+/// Where a frame is encoded: bytes, or a `String` for a frame that goes out as text. Everything
+/// written is text, so both stay UTF-8 without a check.
+trait Out {
+    fn put(&mut self, text: &str);
+    fn reserve(&mut self, n: usize);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
+    }
+}
+
+impl Out for String {
+    fn put(&mut self, text: &str) {
+        self.push_str(text);
+    }
+    fn reserve(&mut self, n: usize) {
+        String::reserve(self, n);
+    }
+}
+
+fn splice_into<W: Out>(data: &str, worker_id: &str, out: &mut W) -> bool {
     let text = data.trim_matches(|c: char| c.is_ascii_whitespace());
     let Some(inner) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) else {
         return false;
     };
     out.reserve(text.len() + worker_id.len() + CALLER_WORKER_ID_KEY.len() + 6);
-    out.push(b'{');
+    out.put("{");
     if !inner.bytes().all(|b| b.is_ascii_whitespace()) {
-        out.extend_from_slice(inner.as_bytes());
-        out.push(b',');
+        out.put(inner);
+        out.put(",");
     }
-    out.push(b'"');
-    out.extend_from_slice(CALLER_WORKER_ID_KEY.as_bytes());
-    out.extend_from_slice(b"\":");
+    out.put("\"");
+    out.put(CALLER_WORKER_ID_KEY);
+    out.put("\":");
     write_str(out, worker_id);
-    out.push(b'}');
+    out.put("}");
     true
 }
 
@@ -81,75 +127,80 @@ pub fn splice_caller_worker_id(data: &str, worker_id: &str, out: &mut Vec<u8>) -
 // callgrind (E1 at 64 in flight, benches/observability_callgrind.py) 3,374 instructions per
 // routed call before (1,636 encoding, 1,738 splicing into a new payload parsed again), 1,009
 // after.
-fn encode_invoke(m: &InvokeFunction, caller: Option<&str>, out: &mut Vec<u8>) {
+fn encode_invoke<W: Out>(
+    m: &InvokeFunction,
+    data: Option<&str>,
+    caller: Option<&str>,
+    out: &mut W,
+) {
     let text_len = |v: &Option<String>| v.as_ref().map_or(0, String::len);
     let raw_len = |v: &Option<super::RawJson>| v.as_ref().map_or(0, |r| r.get().len());
     out.reserve(
         160 + text_len(&m.invocation_id)
             + m.function_id.len()
-            + raw_len(&m.data)
+            + data.map_or(0, str::len)
             + caller.map_or(0, str::len)
             + text_len(&m.traceparent)
             + text_len(&m.baggage)
             + raw_len(&m.metadata)
             + text_len(&m.namespace),
     );
-    out.extend_from_slice(br#"{"type":"invokefunction""#);
+    out.put(r#"{"type":"invokefunction""#);
     if let Some(id) = &m.invocation_id {
-        out.extend_from_slice(br#","invocation_id":"#);
+        out.put(r#","invocation_id":"#);
         write_str(out, id);
     }
-    out.extend_from_slice(br#","function_id":"#);
+    out.put(r#","function_id":"#);
     write_str(out, &m.function_id);
-    if let Some(data) = &m.data {
-        out.extend_from_slice(br#","data":"#);
-        let spliced = caller.is_some_and(|c| splice_caller_worker_id(data.get(), c, out));
+    if let Some(data) = data {
+        out.put(r#","data":"#);
+        let spliced = caller.is_some_and(|c| splice_into(data, c, out));
         if !spliced {
-            out.extend_from_slice(data.get().as_bytes());
+            out.put(data);
         }
     }
     if let Some(traceparent) = &m.traceparent {
-        out.extend_from_slice(br#","traceparent":"#);
+        out.put(r#","traceparent":"#);
         write_str(out, traceparent);
     }
     if let Some(baggage) = &m.baggage {
-        out.extend_from_slice(br#","baggage":"#);
+        out.put(r#","baggage":"#);
         write_str(out, baggage);
     }
     if let Some(action) = &m.action {
-        out.extend_from_slice(br#","action":"#);
-        serde_json::to_writer(&mut *out, action).expect("encoding an action cannot fail");
+        out.put(r#","action":"#);
+        out.put(&serde_json::to_string(action).expect("encoding an action cannot fail"));
     }
     if let Some(metadata) = &m.metadata {
-        out.extend_from_slice(br#","metadata":"#);
-        out.extend_from_slice(metadata.get().as_bytes());
+        out.put(r#","metadata":"#);
+        out.put(metadata.get());
     }
     if let Some(namespace) = &m.namespace {
-        out.extend_from_slice(br#","namespace":"#);
+        out.put(r#","namespace":"#);
         write_str(out, namespace);
     }
     for (key, value) in &m.extra {
-        out.push(b',');
+        out.put(",");
         write_str(out, key);
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
+        out.put(":");
+        out.put(value.get());
     }
-    out.push(b'}');
+    out.put("}");
 }
 
 /// A JSON string as serde_json writes it: verbatim when nothing in it needs an escape.
-fn write_str(out: &mut Vec<u8>, text: &str) {
+fn write_str<W: Out>(out: &mut W, text: &str) {
     // NOTE: a fold without early exit, which the compiler vectorises: 153 instructions per
     // 36-byte id against 288 with `any` (callgrind, E1 at 64 in flight).
     let needs_escape = text.bytes().fold(false, |seen, b| {
         seen | (b < 0x20) | (b == b'"') | (b == b'\\')
     });
     if needs_escape {
-        serde_json::to_writer(&mut *out, text).expect("encoding a string cannot fail");
+        out.put(&serde_json::to_string(text).expect("encoding a string cannot fail"));
     } else {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+        out.put("\"");
+        out.put(text);
+        out.put("\"");
     }
 }
 

@@ -27,13 +27,14 @@ mod encode;
 mod frame;
 mod messages;
 mod raw;
+mod scan;
 #[cfg(test)]
 mod tests;
 
 /// The table of wire error codes (it lives in [`crate::error::codes`]).
 pub use crate::error::codes;
 pub use crate::error::codes::{ErrorCode, UnknownErrorCode};
-pub use decode::{decode, decode_limited, decode_text};
+pub use decode::{decode, decode_limited, decode_split, decode_text, Split, SPLIT_FRAME_BYTES};
 pub use encode::{splice_caller_worker_id, CALLER_WORKER_ID_KEY};
 pub use frame::{is_blank, telemetry_frame, TelemetryKind};
 pub use messages::{
@@ -44,6 +45,7 @@ pub use messages::{
     UnregisterTriggerType, WorkerRegistered,
 };
 pub use raw::{Extra, RawJson};
+pub use scan::{scan_frame, Spans};
 
 /// Default limit on the size of one frame (docs/protocol.md 11.3): 64 MiB, iii's limit, so whatever
 /// an iii deployment sends passes here with the default settings.

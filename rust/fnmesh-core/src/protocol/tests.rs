@@ -376,9 +376,9 @@ fn encoding_with_the_caller_splices_its_id_into_object_payloads_only() {
         for caller in ["worker-1", "we\"ird\\id\n"] {
             let mut edited = m.clone();
             if let Some(data) = &m.data {
-                let mut spliced = Vec::new();
+                let mut spliced = String::new();
                 if splice_caller_worker_id(data.get(), caller, &mut spliced) {
-                    edited.data = Some(raw(std::str::from_utf8(&spliced).unwrap()));
+                    edited.data = Some(raw(&spliced));
                 }
             }
             let expected = serde_json::to_vec(&Message::InvokeFunction(edited)).unwrap();
@@ -408,4 +408,70 @@ fn encoding_with_the_caller_splices_its_id_into_object_payloads_only() {
             }
         }
     }
+}
+
+/// `decode_split` with its payload put back reads every frame as `decode_text` does, errors
+/// included; the large `invokefunction` and `invocationresult` frames keep their payload in the
+/// frame.
+#[test]
+fn split_and_whole_decoding_agree() {
+    let big = format!(r#"{{"pad":"{}","n":[1,2.5,-3e2,true,null]}}"#, "x".repeat(SPLIT_FRAME_BYTES));
+    let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    let split_expected = [
+        format!(r#"{{"type":"invokefunction","invocation_id":"i-1","function_id":"a.b","data":{big},"traceparent":"t","later":[1]}}"#),
+        format!(r#"{{"data":{big},"function_id":"a.b","type":"invokefunction"}}"#),
+        format!(r#" {{ "type" : "invokefunction" , "function_id" : "f" , "data" : {deep} }} "#),
+        format!(r#"{{"type":"invokefunction","function_id":"f","data":1,"data":{big}}}"#),
+        format!(r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","result":{big}}}"#),
+        format!(r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","result":"{}","error":null}}"#, "y".repeat(SPLIT_FRAME_BYTES)),
+    ];
+    let whole_expected = [
+        // No payload key, or the other one too: decoded whole.
+        format!(r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","error":{{"code":"c","message":"{}"}}}}"#, "m".repeat(SPLIT_FRAME_BYTES)),
+        format!(r#"{{"type":"invokefunction","function_id":"f","data":{big},"result":2}}"#),
+        format!(r#"{{"type":"registerfunction","id":"f","metadata":{big}}}"#),
+        format!(r#"{{"type":"mystery","data":{big}}}"#),
+        // An escaped key: the scan gives up.
+        format!(r#"{{"type":"invokefunction","function_id":"f","d\u0061ta":{big}}}"#),
+        // Errors, worded by the ordinary decoder.
+        format!(r#"{{"type":"invokefunction","data":{big}}}"#),
+        format!(r#"{{"type":"invocationresult","function_id":"f","result":{big}}}"#),
+        format!("{{\"type\":\"invokefunction\",\"function_id\":\"f\",\"data\":\"a\u{1}{big}\"}}"),
+        format!(r#"{{"type":"invokefunction","function_id":"f","data":{big}"#),
+        format!(r#"{{"type":"invokefunction","function_id":"f","data":{big}}} trailing"#),
+        format!(r#"{{"type":"invokefunction","function_id":"f","data":[{big},]}}"#),
+    ];
+    let rebuilt = |frame: &str| {
+        decode_split(frame).map(|split| {
+            let payload = split.payload.clone();
+            let mut message = split.message;
+            if let Some(range) = payload {
+                let raw = RawValue::from_string(frame[range].to_owned()).unwrap();
+                match &mut message {
+                    Message::InvokeFunction(m) => m.data = Some(raw),
+                    Message::InvocationResult(r) => r.result = Some(raw),
+                    other => panic!("a payload left out of {}", other.kind()),
+                }
+            }
+            (message, split.payload.is_some())
+        })
+    };
+    for (frames, split) in [(&split_expected[..], true), (&whole_expected[..], false)] {
+        for frame in frames {
+            let short = &frame[..frame.len().min(120)];
+            assert!(frame.len() >= SPLIT_FRAME_BYTES, "{short}");
+            let got = rebuilt(frame);
+            assert_eq!(
+                format!("{:?}", got.as_ref().map(|(m, _)| m)),
+                format!("{:?}", super::decode_text(frame)),
+                "{short}"
+            );
+            if let Ok((_, was_split)) = got {
+                assert_eq!(was_split, split, "{short}");
+            }
+        }
+    }
+    // Small frames are decoded whole.
+    let small = r#"{"type":"invokefunction","function_id":"f","data":{"a":1}}"#;
+    assert!(decode_split(small).unwrap().payload.is_none());
 }
