@@ -242,6 +242,11 @@ impl Connection {
         self.queue(frame.len(), Outbound::Frame(frame))
     }
 
+    /// Queues a text frame written as a `String`: no UTF-8 check on its way out.
+    pub fn send_text(&self, frame: String) -> Result<(), SendError> {
+        self.queue(frame.len(), Outbound::Text(frame.into()))
+    }
+
     /// Queues a frame read from another connection as it came, under the same bounds as
     /// [`Connection::send`].
     // NOTE: forwarding a worker's `invocationresult` this way instead of `send(frame.to_vec())`

@@ -449,6 +449,102 @@ async fn worker_to_worker_call_is_forwarded_verbatim() {
     finish(engine, [a, b]).await;
 }
 
+/// A payload of about `len` bytes with the JSON a splitter must get right: escapes, non-ASCII
+/// text, nesting, numbers, literals and odd whitespace.
+fn large_payload(len: usize) -> String {
+    let mut items = Vec::new();
+    let mut size = 0;
+    let mut n = 0;
+    while size < len {
+        let item = format!(
+            r#"{{"n":{n}, "s":"q\"uote\\ \u00e9 é ✓ {}", "a":[1.5e3,-0,true,null,[]] }}"#,
+            "x".repeat(n % 97)
+        );
+        size += item.len() + 2;
+        items.push(item);
+        n += 1;
+    }
+    format!("{{ \"items\" : [{}] , \"end\":\"}}\" }}", items.join(" ,\n"))
+}
+
+#[tokio::test]
+async fn large_payloads_stay_in_their_frame_and_arrive_exact() {
+    // Frames of 40 KiB: past the size from which the decoder leaves the payload in the frame
+    // (SPLIT_FRAME_BYTES), under the engine's default frame limit of 64 KiB.
+    let data = large_payload(40 * 1024);
+    let result = large_payload(41 * 1024);
+    assert!(data.len() >= fnmesh_core::protocol::SPLIT_FRAME_BYTES);
+    let engine = start(Engine::builder().function(
+        "native::echo",
+        FunctionDef::default(),
+        async_fn(|data| async move { Outcome::Success(Some(data)) }),
+    ))
+    .await;
+    let mut a = Worker::connect(&engine).await;
+    let mut b = Worker::connect(&engine).await;
+    a.register(&["svc::echo"]).await;
+
+    // Worker to worker: the worker reads the payload byte for byte, the caller's id spliced in.
+    let id = new_id();
+    b.send_text(format!(
+        r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"svc::echo","data":{data},"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}"#
+    ))
+    .await;
+    let (invoke, frame) = a.next_invoke().await;
+    assert_eq!(invoke["invocation_id"], id.as_str());
+    let spliced = format!(
+        r#"{},"_caller_worker_id":"{}"}}"#,
+        data.trim_end().strip_suffix('}').unwrap(),
+        b.id
+    );
+    assert_eq!(raw_fields(&frame)["data"].get(), spliced);
+    // The answer comes back to the calling worker as the serving worker wrote it.
+    let answer = format!(
+        r#"{{"type":"invocationresult","invocation_id":"{id}","function_id":"svc::echo","result":{result}}}"#
+    );
+    a.send_text(answer.clone()).await;
+    let (_, frame) = b.recv_type("invocationresult").await;
+    assert_eq!(frame, answer);
+
+    // A worker's large payload to a function in the process: it gets the value, exact.
+    let echoed = b.call("native::echo", serde_json::from_str(&data).unwrap()).await;
+    let mut expected: Value = serde_json::from_str(&data).unwrap();
+    expected["_caller_worker_id"] = json!(b.id);
+    assert_eq!(echoed["result"], expected);
+
+    // A worker's large answer to a caller in the process.
+    let engine_ref = &engine;
+    let call = engine_ref.call("default", "svc::echo", raw(r#"{"small":true}"#), None);
+    let serve = async {
+        let (invoke, _) = a.next_invoke().await;
+        a.send_text(format!(
+            r#"{{"type":"invocationresult","invocation_id":{},"function_id":"svc::echo","result":{result}}}"#,
+            invoke["invocation_id"]
+        ))
+        .await;
+    };
+    let (outcome, ()) = tokio::join!(call, serve);
+    match outcome {
+        Outcome::Success(Some(raw)) => assert_eq!(raw.get(), result),
+        other => panic!("expected the large result, got {other:?}"),
+    }
+
+    // A large frame that is not JSON (a raw control character in a string) is dropped as any
+    // malformed frame is; the calls after it go through.
+    let bad = new_id();
+    b.send_text(format!(
+        "{{\"type\":\"invokefunction\",\"invocation_id\":\"{bad}\",\"function_id\":\"svc::echo\",\"data\":\"\u{1}{}\"}}",
+        "y".repeat(30 * 1024)
+    ))
+    .await;
+    let good = b.invoke("native::echo", json!(7)).await;
+    let (reply, _) = b.recv_type("invocationresult").await;
+    assert_eq!(reply["invocation_id"], good.as_str(), "only the good call is answered");
+    assert_eq!(reply["result"], json!(7));
+    assert_eq!(engine.pending_count(), 0);
+    finish(engine, [a, b]).await;
+}
+
 #[tokio::test]
 async fn void_calls_get_no_reply_and_unknown_functions_fail() {
     let engine = start(Engine::builder()).await;

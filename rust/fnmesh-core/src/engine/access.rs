@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::payload::Payload;
 use super::state::{lock, send_msg, Shared, WorkerState};
 use super::ENGINE_OWNER;
 use crate::access::{AccessConfig, FunctionFilter, Grants};
@@ -36,7 +37,7 @@ pub(crate) struct Session {
 /// A gated call: what to dispatch instead of what the worker sent.
 pub(super) struct Gated {
     pub(super) function_id: String,
-    pub(super) data: Option<RawJson>,
+    pub(super) data: Option<Payload>,
     pub(super) action: Option<TriggerAction>,
     pub(super) namespace: String,
 }
@@ -248,7 +249,7 @@ impl Shared {
         session: &Session,
         function_id: String,
         namespace: String,
-        data: Option<RawJson>,
+        data: Option<Payload>,
         action: Option<TriggerAction>,
     ) -> Result<Gated, (String, String)> {
         if !self.may_call(session, &function_id, &namespace) {
@@ -263,7 +264,7 @@ impl Shared {
             Some(middleware) if !engine_owned => {
                 let payload = data
                     .as_ref()
-                    .and_then(|d| serde_json::from_str::<Value>(d.get()).ok())
+                    .and_then(|d| serde_json::from_str::<Value>(d.text()).ok())
                     .filter(|v| !v.is_null())
                     .unwrap_or_else(|| json!({}));
                 let input = json!({
@@ -275,7 +276,7 @@ impl Shared {
                 });
                 Ok(Gated {
                     function_id: middleware.clone(),
-                    data: raw(&input),
+                    data: raw(&input).map(Payload::Owned),
                     action: None,
                     namespace: DEFAULT_NAMESPACE.to_owned(),
                 })

@@ -5,13 +5,16 @@
 //! completion, timeouts and disconnects work the same way. A worker's answer is forwarded byte
 //! for byte when it already is what the caller needs.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tracing::{debug, Level};
 
+use super::payload::Payload;
 use super::state::{send_msg, uuid, InFlightSlot, Shared, Target, WorkerState};
 use crate::function::{Call, CallOptions, Completer, Outcome, Reply};
 use crate::invocation::inject_caller_worker_id;
@@ -103,8 +106,8 @@ fn outcome_label(outcome: &Outcome) -> CallOutcome {
 pub(super) struct Request {
     /// The function called.
     pub(super) function_id: String,
-    /// Its input, raw JSON.
-    pub(super) data: RawJson,
+    /// Its input: raw JSON, or a slice of the frame it came in.
+    pub(super) data: Payload,
     /// Namespace (`None`: `default`), metadata sidecar, W3C trace context, and the bound on the
     /// wait (`None`: the engine's `invocation_timeout`).
     pub(super) options: CallOptions,
@@ -126,13 +129,13 @@ impl Request {
     /// A call made in this process: the engine makes the invocation id.
     pub(super) fn new(
         function_id: impl Into<String>,
-        data: RawJson,
+        data: impl Into<Payload>,
         options: CallOptions,
         caller: Caller,
     ) -> Request {
         Request {
             function_id: function_id.into(),
-            data,
+            data: data.into(),
             options,
             invocation_id: None,
             caller,
@@ -251,33 +254,50 @@ impl Shared {
                 let frame = InvokeFunction {
                     invocation_id: Some(id_text),
                     function_id,
-                    data: Some(data),
                     traceparent,
                     baggage,
                     metadata,
                     ..InvokeFunction::default()
                 };
-                if conn.send(frame.encode_with_caller(data_caller)).is_err() {
+                if conn
+                    .send_text(frame.encode_with_payload(data.text(), data_caller))
+                    .is_err()
+                {
                     self.complete(
                         &id,
                         Outcome::failure(ErrorCode::InvocationStopped, "Invocation stopped"),
                     );
                 }
             }
-            Target::Native(function) => function.invoke(Call {
-                invocation_id: id.clone(),
-                function_id,
-                namespace: namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
-                data: match data_caller {
-                    Some(caller) => inject_caller_worker_id(&data, caller).unwrap_or(data),
-                    None => data,
-                },
-                metadata,
-                traceparent,
-                baggage,
-                caller_worker_id,
-                reply: Reply::new(id, self.completer()),
-            }),
+            Target::Native(function) => {
+                let data = match data.into_raw() {
+                    Ok(data) => data,
+                    Err(e) => {
+                        self.complete(
+                            &id,
+                            Outcome::failure(
+                                ErrorCode::DeserializationError,
+                                format!("the call's data is not JSON: {e}"),
+                            ),
+                        );
+                        return;
+                    }
+                };
+                function.invoke(Call {
+                    invocation_id: id.clone(),
+                    function_id,
+                    namespace: namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+                    data: match data_caller {
+                        Some(caller) => inject_caller_worker_id(&data, caller).unwrap_or(data),
+                        None => data,
+                    },
+                    metadata,
+                    traceparent,
+                    baggage,
+                    caller_worker_id,
+                    reply: Reply::new(id, self.completer()),
+                })
+            }
         }
     }
 
@@ -362,11 +382,13 @@ impl Shared {
     }
 
     /// A worker answered a call routed to it.
+    /// `payload` is where the decoder left the `result` in `frame`, when it left it there.
     pub(super) fn on_result(
         &self,
         from: &Arc<WorkerState>,
-        result: InvocationResult,
+        mut result: InvocationResult,
         frame: &Frame,
+        payload: Option<Range<usize>>,
     ) {
         let from_id = from.conn.id();
         let Some(mut pending) = self.pending.take_if(&result.invocation_id, |p| {
@@ -393,6 +415,22 @@ impl Shared {
                 let _ = conn.forward(frame);
             }
             _ => {
+                if let Some(range) = payload {
+                    // Read once more and copied: the answer goes to a caller in this process,
+                    // or its frame must be rewritten.
+                    let text = frame.as_str()[range].to_owned();
+                    match RawValue::from_string(text) {
+                        Ok(raw) => result.result = Some(raw),
+                        Err(e) => {
+                            let outcome = Outcome::failure(
+                                ErrorCode::DeserializationError,
+                                format!("the worker's result is not JSON: {e}"),
+                            );
+                            self.deliver(&result.invocation_id, pending, outcome);
+                            return;
+                        }
+                    }
+                }
                 let outcome = match result.error {
                     Some(error) => Outcome::Failure(error),
                     None => Outcome::Success(result.result),

@@ -65,6 +65,7 @@ mod dispatch;
 mod events;
 mod handle;
 mod meters;
+mod payload;
 pub mod recent;
 mod service;
 mod session;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::dispatch::{Caller, Request};
+use super::payload::Payload;
 use super::state::{
     lock, raw_null, send_msg, uuid, InFlightSlot, NsState, Provider, Shared, Target, WorkerState,
 };
@@ -34,16 +35,21 @@ impl Shared {
         if protocol::is_blank(frame.as_bytes()) {
             return;
         }
-        let message = match protocol::decode_text(frame.as_str()) {
-            Ok(message) => message,
+        // A large frame's payload stays in the frame (docs/architecture.md, "Large frames").
+        let (message, payload) = match protocol::decode_split(frame.as_str()) {
+            Ok(split) => (split.message, split.payload),
             Err(e) => {
                 warn!(worker = %ws.conn.id(), "ignoring a frame: {e}");
                 return;
             }
         };
+        let framed = |range| Payload::Framed {
+            frame: frame.clone(),
+            range,
+        };
         match message {
-            Message::InvokeFunction(call) => self.on_invoke(ws, call),
-            Message::InvocationResult(result) => self.on_result(ws, result, frame),
+            Message::InvokeFunction(call) => self.on_invoke(ws, call, payload.map(framed)),
+            Message::InvocationResult(result) => self.on_result(ws, result, frame, payload),
             Message::Reattach(r) => self.on_reattach(ws, &r.previous_worker_id, &r.reattach_token),
             Message::TriggerRegistrationResult(r) => self.on_trigger_ack(ws, r),
             Message::Ping(_) => {
@@ -101,7 +107,8 @@ impl Shared {
         }
     }
 
-    fn on_invoke(&self, ws: &Arc<WorkerState>, call: InvokeFunction) {
+    /// A worker's call; `framed` is its `data` when the decoder left it in the frame.
+    fn on_invoke(&self, ws: &Arc<WorkerState>, call: InvokeFunction, framed: Option<Payload>) {
         let InvokeFunction {
             invocation_id,
             function_id,
@@ -113,6 +120,7 @@ impl Shared {
             namespace,
             ..
         } = call;
+        let data = framed.or(data.map(Payload::Owned));
         let void = matches!(action, Some(TriggerAction::Void));
         let caller = Caller::Worker {
             conn: ws.conn.clone(),
@@ -160,6 +168,7 @@ impl Shared {
             // As iii does (4.4): a call of `engine::queue::enqueue` with the call inside, served
             // by the queue service when the engine runs one.
             let request = self.serves_enqueue().then(|| {
+                let data = data.map(Payload::into_raw).transpose()?;
                 serde_json::value::to_raw_value(&serde_json::json!({
                     "queue": queue,
                     "function_id": function_id,
@@ -207,7 +216,7 @@ impl Shared {
             );
             return;
         }
-        let data = data.unwrap_or_else(raw_null);
+        let data = data.unwrap_or_else(|| Payload::Owned(raw_null()));
         let options = CallOptions {
             namespace: Some(namespace),
             metadata,
