@@ -415,19 +415,32 @@ fn encoding_with_the_caller_splices_its_id_into_object_payloads_only() {
 /// frame.
 #[test]
 fn split_and_whole_decoding_agree() {
-    let big = format!(r#"{{"pad":"{}","n":[1,2.5,-3e2,true,null]}}"#, "x".repeat(SPLIT_FRAME_BYTES));
+    let big = format!(
+        r#"{{"pad":"{}","n":[1,2.5,-3e2,true,null]}}"#,
+        "x".repeat(SPLIT_FRAME_BYTES)
+    );
     let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
     let split_expected = [
-        format!(r#"{{"type":"invokefunction","invocation_id":"i-1","function_id":"a.b","data":{big},"traceparent":"t","later":[1]}}"#),
+        format!(
+            r#"{{"type":"invokefunction","invocation_id":"i-1","function_id":"a.b","data":{big},"traceparent":"t","later":[1]}}"#
+        ),
         format!(r#"{{"data":{big},"function_id":"a.b","type":"invokefunction"}}"#),
         format!(r#" {{ "type" : "invokefunction" , "function_id" : "f" , "data" : {deep} }} "#),
         format!(r#"{{"type":"invokefunction","function_id":"f","data":1,"data":{big}}}"#),
-        format!(r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","result":{big}}}"#),
-        format!(r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","result":"{}","error":null}}"#, "y".repeat(SPLIT_FRAME_BYTES)),
+        format!(
+            r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","result":{big}}}"#
+        ),
+        format!(
+            r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","result":"{}","error":null}}"#,
+            "y".repeat(SPLIT_FRAME_BYTES)
+        ),
     ];
     let whole_expected = [
         // No payload key, or the other one too: decoded whole.
-        format!(r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","error":{{"code":"c","message":"{}"}}}}"#, "m".repeat(SPLIT_FRAME_BYTES)),
+        format!(
+            r#"{{"type":"invocationresult","invocation_id":"i","function_id":"f","error":{{"code":"c","message":"{}"}}}}"#,
+            "m".repeat(SPLIT_FRAME_BYTES)
+        ),
         format!(r#"{{"type":"invokefunction","function_id":"f","data":{big},"result":2}}"#),
         format!(r#"{{"type":"registerfunction","id":"f","metadata":{big}}}"#),
         format!(r#"{{"type":"mystery","data":{big}}}"#),
