@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tracing::{debug, Level};
 
@@ -382,6 +381,7 @@ impl Shared {
     }
 
     /// A worker answered a call routed to it.
+    ///
     /// `payload` is where the decoder left the `result` in `frame`, when it left it there.
     pub(super) fn on_result(
         &self,
@@ -418,8 +418,11 @@ impl Shared {
                 if let Some(range) = payload {
                     // Read once more and copied: the answer goes to a caller in this process,
                     // or its frame must be rewritten.
-                    let text = frame.as_str()[range].to_owned();
-                    match RawValue::from_string(text) {
+                    let framed = Payload::Framed {
+                        frame: frame.clone(),
+                        range,
+                    };
+                    match framed.into_raw() {
                         Ok(raw) => result.result = Some(raw),
                         Err(e) => {
                             let outcome = Outcome::failure(

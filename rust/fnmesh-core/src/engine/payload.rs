@@ -4,9 +4,11 @@
 //! A large `invokefunction` is decoded with its `data` left in the frame
 //! ([`crate::protocol::decode_split`]); when a worker serves the call the engine writes that
 //! slice straight into the frame it sends, so the payload is copied once on its way through
-//! instead of three times. Whatever needs the payload as a value (a native function, the queue,
-//! an access-control middleware) takes it with [`Payload::into_raw`], at the cost of the copy
-//! the split saved.
+//! instead of three times. Whatever needs the payload as a value (a native function, the queue)
+//! takes it with [`Payload::into_raw`], at the cost of the copy the split saved; the
+//! access-control middleware reads its [`Payload::text`]. A worker's large answer is left in its
+//! frame the same way and goes through [`Payload::into_raw`] only when it is not forwarded as
+//! it came.
 
 use std::ops::Range;
 
