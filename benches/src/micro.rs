@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use fnmesh_core::protocol::{decode, Message};
+use fnmesh_core::protocol::{decode, decode_split, decode_text, Message};
 use fnmesh_core::registry::{FunctionDef, FunctionsRegistry};
 use hashbrown::HashMap;
 use serde::Serialize;
@@ -285,9 +285,39 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// What a codec frame's `data` is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadKind {
+    /// An object of many small records (ids, short strings, numbers): the default.
+    Object,
+    /// An object holding one long string (a blob), as E8 sends.
+    String,
+}
+
+impl std::str::FromStr for PayloadKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "object" => Ok(PayloadKind::Object),
+            "string" => Ok(PayloadKind::String),
+            other => Err(format!("--payload must be object or string, not {other:?}")),
+        }
+    }
+}
+
 /// An `invokefunction` frame whose `data` is a JSON object of about `payload_bytes` bytes, with
 /// the envelope a traced call carries.
 pub fn invoke_frame(payload_bytes: usize) -> String {
+    invoke_frame_of(payload_bytes, PayloadKind::Object)
+}
+
+/// As [`invoke_frame`], with `data` of the given kind.
+pub fn invoke_frame_of(payload_bytes: usize, kind: PayloadKind) -> String {
+    let data = match kind {
+        PayloadKind::Object => json_payload(payload_bytes),
+        PayloadKind::String => format!(r#"{{"blob":"{}"}}"#, "x".repeat(payload_bytes)),
+    };
     format!(
         concat!(
             r#"{{"type":"invokefunction","invocation_id":"0f6c3a52-8d1e-4b7a-9e43-2a5d7c1b9e08","#,
@@ -295,7 +325,7 @@ pub fn invoke_frame(payload_bytes: usize) -> String {
             r#""traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","#,
             r#""metadata":{{"session_id":"s_1"}}}}"#
         ),
-        json_payload(payload_bytes)
+        data
     )
 }
 
@@ -314,8 +344,18 @@ pub struct CodecReport {
     pub decode_ns: Stats,
     /// `Message::encode_into` a reused buffer.
     pub encode_ns: Stats,
-    /// Decode then encode: what the engine does per routed call.
+    /// Decode then encode of the whole message.
     pub forward_ns: Stats,
+    /// What the engine did per routed call before large frames were split: `decode_text` of the
+    /// frame (`data` copied into the message), then the frame to the worker written from the
+    /// message (`InvokeFunction::encode_with_caller`, the caller's id spliced in).
+    pub whole_ns: Stats,
+    /// What the engine does per routed call: `protocol::decode_split` of the frame as text (a
+    /// large frame's `data` stays in the frame) then the frame to the worker written around it
+    /// (`InvokeFunction::encode_with_payload`, the caller's id spliced in).
+    pub split_ns: Stats,
+    /// What `data` is made of.
+    pub payload: PayloadKind,
 }
 
 /// Operations per batch of each codec operation.
@@ -327,6 +367,10 @@ pub struct CodecBatches {
     pub encode: usize,
     /// Forwards per batch.
     pub forward: usize,
+    /// Whole forwards per batch.
+    pub whole: usize,
+    /// Split forwards per batch.
+    pub split: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -334,10 +378,12 @@ enum CodecOp {
     Decode,
     Encode,
     Forward,
+    Whole,
+    Split,
 }
 
 struct Codec<'a> {
-    frame: &'a [u8],
+    frame: &'a str,
     message: Message,
     buf: Vec<u8>,
 }
@@ -349,7 +395,7 @@ impl Codec<'_> {
         for _ in 0..n {
             match op {
                 CodecOp::Decode => {
-                    black_box(decode(black_box(self.frame)).ok());
+                    black_box(decode(black_box(self.frame.as_bytes())).ok());
                 }
                 CodecOp::Encode => {
                     self.buf.clear();
@@ -358,10 +404,27 @@ impl Codec<'_> {
                 }
                 CodecOp::Forward => {
                     self.buf.clear();
-                    if let Ok(message) = decode(black_box(self.frame)) {
+                    if let Ok(message) = decode(black_box(self.frame.as_bytes())) {
                         message.encode_into(&mut self.buf);
                     }
                     black_box(&self.buf);
+                }
+                CodecOp::Whole => {
+                    if let Ok(Message::InvokeFunction(m)) = decode_text(black_box(self.frame)) {
+                        black_box(m.encode_with_caller(Some(SPLICED_CALLER)));
+                    }
+                }
+                CodecOp::Split => {
+                    let frame = black_box(self.frame);
+                    if let Ok(split) = decode_split(frame) {
+                        if let Message::InvokeFunction(m) = &split.message {
+                            let data = match split.payload {
+                                Some(range) => &frame[range],
+                                None => m.data.as_deref().map_or("null", |d| d.get()),
+                            };
+                            black_box(m.encode_with_payload(data, Some(SPLICED_CALLER)));
+                        }
+                    }
                 }
             }
         }
@@ -381,23 +444,32 @@ impl Codec<'_> {
     }
 }
 
-/// Times decode, encode and forward of an `invokefunction` frame with about `payload_bytes` of
-/// `data`, their batches taking turns for about `seconds` in all.
-pub fn codec(payload_bytes: usize, seconds: f64) -> Result<CodecReport, String> {
-    let frame = invoke_frame(payload_bytes);
+/// The calling worker's id the split forward splices into `data`, as the engine does.
+const SPLICED_CALLER: &str = "5b1e7c1a-2f44-4d0e-9a61-3c8f0b7d2e19";
+
+/// Times decode, encode, forward and split forward of an `invokefunction` frame with about
+/// `payload_bytes` of `data` of `kind`, their batches taking turns for about `seconds` in all.
+pub fn codec(payload_bytes: usize, seconds: f64, kind: PayloadKind) -> Result<CodecReport, String> {
+    let frame = invoke_frame_of(payload_bytes, kind);
     let message =
         decode(frame.as_bytes()).map_err(|e| format!("the frame does not decode: {e}"))?;
     if !matches!(message, Message::InvokeFunction(_)) {
         return Err(format!("the frame decoded as {}", message.kind()));
     }
     let mut codec = Codec {
-        frame: frame.as_bytes(),
+        frame: &frame,
         message,
         buf: Vec::with_capacity(frame.len() + 256),
     };
-    let ops = [CodecOp::Decode, CodecOp::Encode, CodecOp::Forward];
+    let ops = [
+        CodecOp::Decode,
+        CodecOp::Encode,
+        CodecOp::Forward,
+        CodecOp::Whole,
+        CodecOp::Split,
+    ];
     let sizes = ops.map(|op| codec.batch_size(op));
-    let mut samples: [Vec<f64>; 3] = Default::default();
+    let mut samples: [Vec<f64>; 5] = Default::default();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     // Round-robin, so machine noise hits the three alike.
     while samples[0].is_empty() || Instant::now() < deadline {
@@ -406,7 +478,7 @@ pub fn codec(payload_bytes: usize, seconds: f64) -> Result<CodecReport, String> 
             out.push(elapsed.as_nanos() as f64 / n as f64);
         }
     }
-    let [mut decode_ns, mut encode_ns, mut forward_ns] = samples;
+    let [mut decode_ns, mut encode_ns, mut forward_ns, mut whole_ns, mut split_ns] = samples;
     Ok(CodecReport {
         bytes: payload_bytes,
         frame_bytes: frame.len(),
@@ -414,11 +486,16 @@ pub fn codec(payload_bytes: usize, seconds: f64) -> Result<CodecReport, String> 
             decode: sizes[0],
             encode: sizes[1],
             forward: sizes[2],
+            whole: sizes[3],
+            split: sizes[4],
         },
         batches: decode_ns.len(),
         decode_ns: Stats::of(&mut decode_ns),
         encode_ns: Stats::of(&mut encode_ns),
         forward_ns: Stats::of(&mut forward_ns),
+        whole_ns: Stats::of(&mut whole_ns),
+        split_ns: Stats::of(&mut split_ns),
+        payload: kind,
     })
 }
 

@@ -7,8 +7,12 @@
 //! fnmesh-microbench lookup --functions 1000000 [--seconds 1.0] [--op select|contains|hashbrown]
 //!     [--probes 65536]
 //!
-//! # decode, encode and forward (decode + encode) of an invokefunction frame with ~N bytes of data
-//! fnmesh-microbench codec [--bytes 1024] [--seconds 1.0]
+//! # decode, encode, forward (decode + encode), whole forward (the engine's path before large
+//! # frames were split: decode_text, then the frame to the worker written from the message) and
+//! # split forward (the engine's path: decode_split, then the frame to the worker written around
+//! # the payload) of an invokefunction frame with ~N bytes of data: an object of small records, or
+//! # one long string
+//! fnmesh-microbench codec [--bytes 1024] [--seconds 1.0] [--payload object|string]
 //!
 //! # that frame's exact bytes on stdout (no newline), for other codecs to time the same input
 //! fnmesh-microbench frame [--bytes 1024]
@@ -27,7 +31,7 @@ const USAGE: &str = "\
 usage:
   fnmesh-microbench lookup --functions N [--seconds 1.0] [--op select|contains|hashbrown]
                            [--probes 65536]  (distinct random keys cycled, a multiple of 1024)
-  fnmesh-microbench codec  [--bytes 1024] [--seconds 1.0]
+  fnmesh-microbench codec  [--bytes 1024] [--seconds 1.0] [--payload object|string]
   fnmesh-microbench frame  [--bytes 1024]      (the codec's frame, raw, on stdout)";
 
 enum Mode {
@@ -40,6 +44,7 @@ enum Mode {
     Codec {
         bytes: usize,
         seconds: f64,
+        payload: micro::PayloadKind,
     },
     Frame {
         bytes: usize,
@@ -82,6 +87,7 @@ fn parse(mut args: Args) -> Result<Mode, String> {
         "codec" => Mode::Codec {
             bytes: args.take_parsed("bytes", 1024)?,
             seconds: seconds(&mut args)?,
+            payload: args.take_parsed("payload", micro::PayloadKind::Object)?,
         },
         "frame" => Mode::Frame {
             bytes: args.take_parsed("bytes", 1024)?,
@@ -123,7 +129,11 @@ fn main() {
             op,
             probes,
         } => print_report(micro::lookup(functions, seconds, op, probes)),
-        Mode::Codec { bytes, seconds } => print_report(micro::codec(bytes, seconds)),
+        Mode::Codec {
+            bytes,
+            seconds,
+            payload,
+        } => print_report(micro::codec(bytes, seconds, payload)),
         Mode::Frame { bytes } => {
             let mut out = std::io::stdout().lock();
             let written = out
