@@ -464,7 +464,10 @@ fn large_payload(len: usize) -> String {
         items.push(item);
         n += 1;
     }
-    format!("{{ \"items\" : [{}] , \"end\":\"}}\" }}", items.join(" ,\n"))
+    format!(
+        "{{ \"items\" : [{}] , \"end\":\"}}\" }}",
+        items.join(" ,\n")
+    )
 }
 
 #[tokio::test]
@@ -507,7 +510,9 @@ async fn large_payloads_stay_in_their_frame_and_arrive_exact() {
     assert_eq!(frame, answer);
 
     // A worker's large payload to a function in the process: it gets the value, exact.
-    let echoed = b.call("native::echo", serde_json::from_str(&data).unwrap()).await;
+    let echoed = b
+        .call("native::echo", serde_json::from_str(&data).unwrap())
+        .await;
     let mut expected: Value = serde_json::from_str(&data).unwrap();
     expected["_caller_worker_id"] = json!(b.id);
     assert_eq!(echoed["result"], expected);
@@ -539,7 +544,11 @@ async fn large_payloads_stay_in_their_frame_and_arrive_exact() {
     .await;
     let good = b.invoke("native::echo", json!(7)).await;
     let (reply, _) = b.recv_type("invocationresult").await;
-    assert_eq!(reply["invocation_id"], good.as_str(), "only the good call is answered");
+    assert_eq!(
+        reply["invocation_id"],
+        good.as_str(),
+        "only the good call is answered"
+    );
     assert_eq!(reply["result"], json!(7));
     assert_eq!(engine.pending_count(), 0);
     finish(engine, [a, b]).await;
