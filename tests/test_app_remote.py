@@ -4,8 +4,10 @@ an iii-sdk worker process and the app call each other through ``fnmesh serve``."
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -176,3 +178,43 @@ async def test_connected_app_binds_http_routes_and_cron_jobs(engine: Served) -> 
         assert not rival.running
     finally:
         await app.stop()
+
+
+def big_payload() -> dict[str, Any]:
+    """About 3 MiB: one long string with escapes and non-ASCII text, and many small records."""
+    return {
+        "blob": 'é✓"\\\n\t' + "x" * (2 * 1024 * 1024),
+        "records": [{"id": i, "name": f"n°{i}", "tags": ["a", "b"], "v": i / 7} for i in range(20_000)],
+    }
+
+
+async def test_large_payloads_cross_the_engine_whole(tmp_path: Path) -> None:
+    # Frames far larger than the engine's 8 KiB reads and the 16 KiB from which it leaves a
+    # payload in its frame, both ways, between an iii-sdk worker, a fnmesh app and the engine.
+    config = tmp_path / "engine.toml"
+    config.write_text(f"max_frame_bytes = {16 * 1024 * 1024}\n", encoding="utf-8")
+    with serve(["--log-level", "warn", "--config", str(config)]) as engine:
+        app = fnmesh.App("bulk")
+
+        @app.function("bulk::echo")
+        async def echo(data: dict[str, Any], ctx: fnmesh.Context) -> dict[str, Any]:
+            return {"data": data, "caller": ctx.caller_worker_id}
+
+        await app.connect(engine.url, timeout=10)
+        worker = await asyncio.to_thread(Worker, engine.url, "alpha")
+        try:
+            payload = big_payload()
+            # The app's call to the iii-sdk worker and its answer.
+            echoed = await app.call("alpha::echo", payload)
+            assert echoed["worker"] == "alpha"
+            sent_back = dict(echoed["data"])
+            assert re.fullmatch(r"[0-9a-f-]{36}", sent_back.pop("_caller_worker_id"))
+            assert sent_back == payload
+            # An iii-sdk worker's call to the app and its answer.
+            with sdk_client(engine.url, "pytest") as client:
+                out = await asyncio.to_thread(call, client, "bulk::echo", payload)
+            assert re.fullmatch(r"[0-9a-f-]{36}", out["caller"])
+            assert out["data"] == {**payload, "_caller_worker_id": out["caller"]}
+        finally:
+            await asyncio.to_thread(worker.stop)
+            await app.stop()
