@@ -5,10 +5,19 @@
 //! limit and refuses above it; whatever decodes re-encodes to a JSON object (or the frame itself
 //! for an unknown type) that decodes again to the same message, byte for byte; and for a known
 //! type, every top-level field of the frame survives the round trip (the wire-vector rule: a
-//! non-payload field that is `null` may disappear).
+//! non-payload field that is `null` may disappear). The large-frame path too: `scan_frame` accepts
+//! nothing serde_json refuses and finds the `data` and `result` serde_json reads, and
+//! `decode_split` (the frame padded past its size threshold) reads the message `decode_text`
+//! reads, errors included.
 
-use fnmesh_core::protocol::{decode, decode_limited, is_blank, telemetry_frame, Message};
+use std::collections::BTreeMap;
+
+use fnmesh_core::protocol::{
+    decode, decode_limited, decode_split, decode_text, is_blank, scan_frame, telemetry_frame,
+    Message, SPLIT_FRAME_BYTES,
+};
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::gen::{
@@ -174,6 +183,10 @@ fn pair(rng: &mut Rng, name: &str, well_typed: bool) -> Vec<u8> {
 fn check(frame: &[u8]) -> Result<bool, Finding> {
     let _ = telemetry_frame(frame);
     let _ = is_blank(frame);
+    if let Ok(text) = std::str::from_utf8(frame) {
+        scan_agrees(text)?;
+        split_agrees(text)?;
+    }
     let decoded = decode(frame);
 
     // `decode_limited` agrees with `decode` at and above the frame's size, refuses below it.
@@ -227,6 +240,53 @@ fn check(frame: &[u8]) -> Result<bool, Finding> {
     }
     fields_survive(frame, &encoded)?;
     Ok(true)
+}
+
+/// What `scan_frame` accepts, serde_json reads as an object of well-formed values, whose last
+/// `data` and `result` are the values the scan found.
+fn scan_agrees(text: &str) -> Result<(), Finding> {
+    let Some(spans) = scan_frame(text) else {
+        return Ok(());
+    };
+    let map = serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(text).map_err(|e| {
+        Finding::Property(format!("scan_frame accepted what serde_json refuses: {e}"))
+    })?;
+    for (name, span) in [("data", spans.data), ("result", spans.result)] {
+        let found = span.map(|r| &text[r]);
+        let read = map.get(name).map(|v| v.get());
+        ensure(found == read, || {
+            format!("scan_frame found {name} {found:?}, serde_json reads {read:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// `decode_split` of the frame padded with trailing whitespace past `SPLIT_FRAME_BYTES` (the
+/// same JSON), its payload put back, is what `decode_text` reads.
+fn split_agrees(text: &str) -> Result<(), Finding> {
+    let padded = format!("{text}{}", " ".repeat(SPLIT_FRAME_BYTES));
+    let whole = decode_text(&padded);
+    let split = decode_split(&padded).and_then(|split| {
+        let mut message = split.message;
+        if let Some(range) = split.payload {
+            let raw = RawValue::from_string(padded[range].to_owned())
+                .map_err(|e| fnmesh_core::Error::MalformedFrame(format!("payload: {e}")))?;
+            match &mut message {
+                Message::InvokeFunction(m) => m.data = Some(raw),
+                Message::InvocationResult(r) => r.result = Some(raw),
+                other => {
+                    return Err(fnmesh_core::Error::MalformedFrame(format!(
+                        "a payload left out of {}",
+                        other.kind()
+                    )))
+                }
+            }
+        }
+        Ok(message)
+    });
+    ensure(same_outcome(&whole, &split), || {
+        format!("decode_split differs from decode_text: {split:?} vs {whole:?}")
+    })
 }
 
 fn same_outcome(a: &fnmesh_core::Result<Message>, b: &fnmesh_core::Result<Message>) -> bool {
