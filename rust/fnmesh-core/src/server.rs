@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -580,6 +581,26 @@ pub const READ_BUFFER_BYTES: usize = 8 * 1024;
 // for about 120 ms.
 const OFFLOAD_FRAME_BYTES: usize = 256 * 1024;
 
+/// Leaves a no-op waker where the writer's was, once everything it had is written.
+///
+/// tokio-tungstenite wakes the task that last wrote, as well as the reader, whenever the socket
+/// turns readable (its waker proxy wakes both halves of a split stream). The writer then has
+/// nothing to do: it waits on its queue, which wakes it itself. Woken anyway, it was a second
+/// runnable task per arriving frame, and tokio woke a sibling thread to take it, which found
+/// nothing and parked again. A flush with a no-op waker re-registers the writer's slot: with
+/// nothing buffered it writes nothing, and when the reader holds the stream this instant it
+/// returns `Pending` and changes nothing (one spurious wake, as before). A writer that has
+/// frames to write registers its own waker again as it writes them.
+// NOTE: E1 at one call in flight (`fnmesh-loadgen call --concurrency 1 --connections 4`, 5 s,
+// alternating with the two-hop relay at 92-98 µs): p50 125-146 µs and 7.1-8.1k calls/s before,
+// 85-88 µs and 11.0-11.4k calls/s after; `futex` calls in 3 s of it (`strace -c -f`) 18,890
+// before, 186 after (docs/benchmarks.md, "Where the misses come from"). `poll_ready` would not
+// do: the split sink answers it without reaching the stream.
+fn forget_writer_waker(sink: &mut SplitSink<WebSocketStream<BulkRead<TcpStream>>, WsMessage>) {
+    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+    let _ = futures_util::Sink::poll_flush(std::pin::Pin::new(sink), &mut cx);
+}
+
 /// Hands one frame to the handler, in order (the reader waits for it either way).
 async fn deliver(handler: &Arc<dyn ConnectionHandler>, conn: &Arc<Connection>, frame: Frame) {
     if frame.len() < OFFLOAD_FRAME_BYTES {
@@ -596,7 +617,7 @@ async fn deliver(handler: &Arc<dyn ConnectionHandler>, conn: &Arc<Connection>, f
 /// [`ConnectionHandler::on_telemetry`] (large ones on the blocking pool, as frames do); nothing
 /// is ever sent back but the close.
 async fn serve_telemetry(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<BulkRead<TcpStream>>, WsMessage>,
+    mut sink: SplitSink<WebSocketStream<BulkRead<TcpStream>>, WsMessage>,
     mut source: futures_util::stream::SplitStream<WebSocketStream<BulkRead<TcpStream>>>,
     conn: Arc<Connection>,
     handler: Arc<dyn ConnectionHandler>,
@@ -827,6 +848,7 @@ async fn serve_socket(
             if sink.flush().await.is_err() {
                 return;
             }
+            forget_writer_waker(&mut sink);
         }
     });
 
