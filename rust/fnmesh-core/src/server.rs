@@ -595,7 +595,9 @@ const OFFLOAD_FRAME_BYTES: usize = 256 * 1024;
 // alternating with the two-hop relay at 92-98 µs): p50 125-146 µs and 7.1-8.1k calls/s before,
 // 85-88 µs and 11.0-11.4k calls/s after; `futex` calls in 3 s of it (`strace -c -f`) 18,890
 // before, 186 after (docs/benchmarks.md, "Where the misses come from"). `poll_ready` would not
-// do: the split sink answers it without reaching the stream.
+// do: the split sink answers it without reaching the stream. Done after every batch, it cost E1
+// at 64 in flight CPU (CI's one-round smoke: 1.90x the relay's CPU per call, against 1.78x
+// before); done only when the queue is empty, `benches/routing.py --quick` read 1.68x.
 fn forget_writer_waker(sink: &mut SplitSink<WebSocketStream<BulkRead<TcpStream>>, WsMessage>) {
     let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
     let _ = futures_util::Sink::poll_flush(std::pin::Pin::new(sink), &mut cx);
@@ -848,7 +850,11 @@ async fn serve_socket(
             if sink.flush().await.is_err() {
                 return;
             }
-            forget_writer_waker(&mut sink);
+            // Only when the writer is about to wait: under load it goes straight on to the next
+            // batch, and the extra flush would be work for nothing.
+            if rx.is_empty() {
+                forget_writer_waker(&mut sink);
+            }
         }
     });
 
