@@ -40,13 +40,11 @@ pub fn scan_frame(frame: &str) -> Option<Spans> {
     } else {
         loop {
             scan.skip_ws();
-            let key = scan.string()?;
+            let key = scan.member_key()?;
             let key = &scan.b[key.start + 1..key.end - 1];
             if key.contains(&b'\\') {
                 return None;
             }
-            scan.skip_ws();
-            scan.eat(b':')?;
             scan.skip_ws();
             let value = scan.value()?;
             match key {
@@ -159,12 +157,13 @@ impl Scanner<'_> {
         }
     }
 
-    /// `"key" :` inside an object, up to its value.
+    /// `"key" :` inside an object, up to its value; returns the key's range, quotes included.
     #[inline(always)]
-    fn member_key(&mut self) -> Option<()> {
-        self.string()?;
+    fn member_key(&mut self) -> Option<Range<usize>> {
+        let key = self.string()?;
         self.skip_ws();
-        self.eat(b':')
+        self.eat(b':')?;
+        Some(key)
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
