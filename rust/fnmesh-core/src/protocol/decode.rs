@@ -57,6 +57,35 @@ pub struct Split {
     pub payload: Option<Range<usize>>,
 }
 
+impl Split {
+    /// The message as [`decode_text`] reads it: the payload left in `frame` (the frame this was
+    /// decoded from) read back into it, at the cost of the copy the split saved.
+    pub fn into_whole(self, frame: &str) -> Result<Message> {
+        let mut message = self.message;
+        let Some(range) = self.payload else {
+            return Ok(message);
+        };
+        let raw = frame
+            .get(range)
+            .ok_or_else(|| Error::MalformedFrame("the payload is outside the frame".to_owned()))
+            .and_then(|text| {
+                RawValue::from_string(text.to_owned())
+                    .map_err(|e| Error::MalformedFrame(format!("payload: {e}")))
+            })?;
+        match &mut message {
+            Message::InvokeFunction(m) => m.data = Some(raw),
+            Message::InvocationResult(r) => r.result = Some(raw),
+            other => {
+                return Err(Error::MalformedFrame(format!(
+                    "a payload left out of {}",
+                    other.kind()
+                )))
+            }
+        }
+        Ok(message)
+    }
+}
+
 /// Decodes one text frame as [`decode_text`] does, but leaves a large frame's payload in the
 /// frame: the payload is checked as well-formed JSON and its place returned, instead of being
 /// copied into the message (docs/architecture.md, "Large frames"). Small frames, other message

@@ -455,18 +455,9 @@ fn split_and_whole_decoding_agree() {
         format!(r#"{{"type":"invokefunction","function_id":"f","data":[{big},]}}"#),
     ];
     let rebuilt = |frame: &str| {
-        decode_split(frame).map(|split| {
-            let payload = split.payload.clone();
-            let mut message = split.message;
-            if let Some(range) = payload {
-                let raw = RawValue::from_string(frame[range].to_owned()).unwrap();
-                match &mut message {
-                    Message::InvokeFunction(m) => m.data = Some(raw),
-                    Message::InvocationResult(r) => r.result = Some(raw),
-                    other => panic!("a payload left out of {}", other.kind()),
-                }
-            }
-            (message, split.payload.is_some())
+        decode_split(frame).and_then(|split| {
+            let was_split = split.payload.is_some();
+            split.into_whole(frame).map(|message| (message, was_split))
         })
     };
     for (frames, split) in [(&split_expected[..], true), (&whole_expected[..], false)] {

@@ -266,24 +266,7 @@ fn scan_agrees(text: &str) -> Result<(), Finding> {
 fn split_agrees(text: &str) -> Result<(), Finding> {
     let padded = format!("{text}{}", " ".repeat(SPLIT_FRAME_BYTES));
     let whole = decode_text(&padded);
-    let split = decode_split(&padded).and_then(|split| {
-        let mut message = split.message;
-        if let Some(range) = split.payload {
-            let raw = RawValue::from_string(padded[range].to_owned())
-                .map_err(|e| fnmesh_core::Error::MalformedFrame(format!("payload: {e}")))?;
-            match &mut message {
-                Message::InvokeFunction(m) => m.data = Some(raw),
-                Message::InvocationResult(r) => r.result = Some(raw),
-                other => {
-                    return Err(fnmesh_core::Error::MalformedFrame(format!(
-                        "a payload left out of {}",
-                        other.kind()
-                    )))
-                }
-            }
-        }
-        Ok(message)
-    });
+    let split = decode_split(&padded).and_then(|split| split.into_whole(&padded));
     ensure(same_outcome(&whole, &split), || {
         format!("decode_split differs from decode_text: {split:?} vs {whole:?}")
     })
