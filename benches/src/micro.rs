@@ -8,6 +8,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnmesh_core::protocol::{decode, decode_split, decode_text, Message};
@@ -108,6 +110,10 @@ pub enum LookupOp {
     /// The floor: `get` on a plain `hashbrown::HashMap` of the same `(namespace, function_id)`
     /// keys (owned `String` pairs, probed with borrowed strs), no registry involved.
     Hashbrown,
+    /// The floor for `select`: the same plain map holding a shared in-flight counter per key
+    /// (`Arc<AtomicUsize>`), each probe leasing it as `select` leases a replica (clone the
+    /// `Arc`, count one in flight) and releasing it at once.
+    Leased,
 }
 
 impl std::str::FromStr for LookupOp {
@@ -118,7 +124,10 @@ impl std::str::FromStr for LookupOp {
             "select" => Ok(LookupOp::Select),
             "contains" => Ok(LookupOp::Contains),
             "hashbrown" => Ok(LookupOp::Hashbrown),
-            other => Err(format!("{other:?} is not select, contains or hashbrown")),
+            "leased" => Ok(LookupOp::Leased),
+            other => Err(format!(
+                "{other:?} is not select, contains, hashbrown or leased"
+            )),
         }
     }
 }
@@ -168,6 +177,22 @@ impl hashbrown::Equivalent<(String, String)> for PairView<'_> {
     }
 }
 
+/// The `leased` floor's lease: one call counted in flight on a shared counter until dropped.
+struct Lease(Arc<AtomicUsize>);
+
+impl Lease {
+    fn take(counter: Arc<AtomicUsize>) -> Lease {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Lease(counter)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A small deterministic generator (Steele, Lea and Flood's SplitMix64), so every run probes the
 /// same keys.
 struct SplitMix64(u64);
@@ -202,10 +227,18 @@ pub fn lookup(
     let began = Instant::now();
     let registry = FunctionsRegistry::<u64>::default();
     let mut plain: HashMap<(String, String), u64> = HashMap::default();
+    let mut leased: HashMap<(String, String), Arc<AtomicUsize>> = HashMap::default();
     for i in 0..functions {
-        if operation == LookupOp::Hashbrown {
-            plain.insert((NAMESPACE.to_owned(), function_id(i)), i as u64);
-            continue;
+        match operation {
+            LookupOp::Hashbrown => {
+                plain.insert((NAMESPACE.to_owned(), function_id(i)), i as u64);
+                continue;
+            }
+            LookupOp::Leased => {
+                leased.insert((NAMESPACE.to_owned(), function_id(i)), Arc::default());
+                continue;
+            }
+            LookupOp::Select | LookupOp::Contains => {}
         }
         registry
             .register(
@@ -234,6 +267,10 @@ pub fn lookup(
                 LookupOp::Hashbrown => plain
                     .get(&PairView(NAMESPACE, black_box(key)))
                     .is_some_and(|v| black_box(*v) < functions as u64),
+                LookupOp::Leased => leased
+                    .get(&PairView(NAMESPACE, black_box(key)))
+                    .map(|counter| Lease::take(counter.clone()))
+                    .is_some_and(|lease| black_box(lease).0.load(Ordering::Relaxed) > 0),
             };
             hits += usize::from(found);
         }
