@@ -757,9 +757,7 @@ impl<H> FunctionsRegistry<H> {
                 .map(|e| e.key.clone())
                 .collect();
             for key in served {
-                let Ok(mut found) =
-                    table.find_entry(hash, |e| e.key.is(key.namespace(), key.function_id()))
-                else {
+                let Ok(mut found) = table.find_entry(hash, |e| e.key == key) else {
                     continue;
                 };
                 let (_, empty) = found.get_mut().remove(owner);

@@ -146,7 +146,8 @@ impl Hash for FunctionKey {
 
 impl PartialEq for FunctionKey {
     fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
+        // The same bytes split at the same place are the same two parts (no UTF-8 check).
+        self.raw() == other.raw()
     }
 }
 
@@ -192,6 +193,7 @@ mod tests {
             assert!(key.is(namespace, function_id));
             let copy = key.clone();
             assert_eq!(copy.parts(), (namespace, function_id));
+            assert!(copy == key && FunctionKey::new(namespace, function_id) == key);
         }
     }
 
@@ -203,6 +205,11 @@ mod tests {
             for split in 0..=text.len() {
                 let (ns, id) = text.split_at(split);
                 assert_eq!(key.is(ns, id), ns == namespace, "split at {split}");
+                assert_eq!(
+                    FunctionKey::new(ns, id) == key,
+                    ns == namespace,
+                    "split at {split}"
+                );
             }
             assert!(!key.is(namespace, &function_id[1..]));
             assert!(!key.is(namespace, &format!("{function_id}x")));
