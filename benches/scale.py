@@ -335,7 +335,7 @@ def report(
                 for name, (ours, theirs) in LOOKUP_PAIRS.items()
             },
             # select against a bare get, no target: the lease's counter line is the difference.
-            "select_vs_get": pair_summary(keys, "select", "hashbrown", False),
+            "select_vs_get": pair_summary(keys, select, floor, False),
             "rss_bytes": {
                 op: statistics.median(int(r["microbench"]["rss_bytes"] or 0) for r in lookup_runs(keys, op))
                 for op in LOOKUP_OPS
