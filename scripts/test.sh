@@ -15,6 +15,15 @@ if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# NOTE: a CI run from a clean clone writes 4.6 GB (target/ 2.9 GB, four virtual environments
+# 1.7 GB); stop 35's ran out of disk halfway, in pip. Say so before the first build instead.
+need_kb=$((5 * 1024 * 1024))
+free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+    echo "warning: $((free_kb / 1024)) MiB free here; a run from a clean clone writes about" \
+        "4.6 GB (target/ and four virtual environments) and may fail with 'No space left on device'" >&2
+fi
+
 step "redis-server (the cron lock tests start their own, on a free port)"
 if command -v redis-server >/dev/null 2>&1; then
     redis-server --version
