@@ -65,19 +65,24 @@ ENGINES: dict[str, list[str]] = {
 }
 
 
-def git_commit() -> str:
-    """Short commit of the checkout, with ``+dirty`` when tracked files have uncommitted changes."""
+def git_commit(root: Path = ROOT) -> str:
+    """Short commit of the checkout, with ``+dirty`` when tracked files have uncommitted changes.
+
+    The suite's own outputs (``benches/results/``: its charts are written before its summary) do
+    not count: they made every full run's summary read ``+dirty``.
+    """
+    outputs = RESULTS.relative_to(ROOT).as_posix()
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){outputs}"],
+            cwd=root,
             capture_output=True,
             text=True,
             check=True,
