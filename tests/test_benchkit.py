@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
-def load_benchkit() -> ModuleType:
+@pytest.fixture(scope="module")
+def benchkit() -> ModuleType:
+    """benches/benchkit.py, loaded once (it is not a package module)."""
     spec = importlib.util.spec_from_file_location("benchkit_under_test", ROOT / "benches" / "benchkit.py")
     assert spec is not None
     assert spec.loader is not None
@@ -47,32 +49,29 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_clean_checkout_is_named_by_its_commit(repo: Path) -> None:
-    benchkit = load_benchkit()
+def test_a_clean_checkout_is_named_by_its_commit(benchkit: ModuleType, repo: Path) -> None:
     assert benchkit.git_commit(repo) == git(repo, "rev-parse", "--short", "HEAD")
 
 
-def test_the_suites_own_outputs_do_not_make_a_run_dirty(repo: Path) -> None:
-    benchkit = load_benchkit()
+def test_the_suites_own_outputs_do_not_make_a_run_dirty(benchkit: ModuleType, repo: Path) -> None:
     (repo / "benches" / "results" / "headline.png").write_bytes(b"chart 2")
     assert benchkit.git_commit(repo) == git(repo, "rev-parse", "--short", "HEAD")
 
 
-def test_an_edited_source_file_marks_the_run_dirty(repo: Path) -> None:
-    benchkit = load_benchkit()
+def test_an_edited_source_file_marks_the_run_dirty(benchkit: ModuleType, repo: Path) -> None:
     (repo / "benches" / "results" / "headline.png").write_bytes(b"chart 2")
     (repo / "engine.rs").write_text("fn main() { loop {} }\n", encoding="utf-8")
     assert benchkit.git_commit(repo) == git(repo, "rev-parse", "--short", "HEAD") + "+dirty"
 
 
-def test_an_untracked_file_does_not_mark_the_run_dirty(repo: Path) -> None:
-    benchkit = load_benchkit()
+def test_an_untracked_file_does_not_mark_the_run_dirty(benchkit: ModuleType, repo: Path) -> None:
     (repo / "notes.txt").write_text("scratch\n", encoding="utf-8")
     assert benchkit.git_commit(repo) == git(repo, "rev-parse", "--short", "HEAD")
 
 
-def test_outside_a_checkout_the_commit_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    benchkit = load_benchkit()
+def test_outside_a_checkout_the_commit_is_unknown(
+    benchkit: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     outside = tmp_path / "not-a-repo"
     outside.mkdir()
     # However the test's temporary folder is placed, git must not find a repository above it.
